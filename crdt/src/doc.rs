@@ -1,0 +1,238 @@
+//! A room's document: a `yrs::Doc` that only ever takes validated input.
+
+use std::sync::Arc;
+
+use yrs::updates::decoder::Decode;
+use yrs::updates::encoder::Encode;
+use yrs::{Doc, ReadTxn, StateVector, Transact, Update};
+
+use crate::error::DocError;
+use crate::validate::{check_state_vector_v1, check_update_v1};
+
+/// The encoding of an update that changes nothing (no clients, empty delete set).
+pub const EMPTY_UPDATE_V1: &[u8] = &[0, 0];
+
+/// Whether applying an update changed the document.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Applied {
+    /// The update added blocks, deletions or pending (not yet integrable) content.
+    Changed,
+    /// Everything in the update was already known: nothing to store or forward.
+    Unchanged,
+}
+
+/// The in-memory state of one room's document.
+///
+/// Every update and state vector is checked by [`crate::validate`] before `yrs` sees it. The full
+/// encoded state is cached between changes, so a crowd of joiners with empty state vectors costs
+/// one encoding, not one each.
+pub struct RoomDoc {
+    doc: Doc,
+    full_state: Option<Arc<[u8]>>,
+}
+
+impl Default for RoomDoc {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl std::fmt::Debug for RoomDoc {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RoomDoc").finish_non_exhaustive()
+    }
+}
+
+impl RoomDoc {
+    /// An empty document.
+    pub fn new() -> Self {
+        RoomDoc {
+            doc: Doc::new(),
+            full_state: None,
+        }
+    }
+
+    /// The underlying `yrs` document, for reading (JSON export, tests).
+    pub fn yrs(&self) -> &Doc {
+        &self.doc
+    }
+
+    /// Checks, decodes and applies an update (v1).
+    ///
+    /// # Errors
+    /// [`DocError`] when the update is malformed, does not decode or cannot be integrated. The
+    /// document is unchanged when the check or the decoding fails; `yrs` integration errors are
+    /// only possible for updates that decode, and leave whatever `yrs` integrated before failing.
+    pub fn apply_update_v1(&mut self, update: &[u8]) -> Result<Applied, DocError> {
+        if update == EMPTY_UPDATE_V1 {
+            return Ok(Applied::Unchanged);
+        }
+        check_update_v1(update)?;
+        let decoded = Update::decode_v1(update)?;
+        let mut txn = self.doc.transact_mut();
+        let pending_before = pending_len(&txn);
+        txn.apply_update(decoded)?;
+        let changed = !txn.insert_set().is_empty()
+            || !txn.delete_set().is_empty()
+            || pending_len(&txn) != pending_before;
+        drop(txn);
+        if changed {
+            self.full_state = None;
+            Ok(Applied::Changed)
+        } else {
+            Ok(Applied::Unchanged)
+        }
+    }
+
+    /// The document's state vector, encoded (v1).
+    pub fn state_vector_v1(&self) -> Vec<u8> {
+        self.doc.transact().state_vector().encode_v1()
+    }
+
+    /// Everything the document holds that a peer with `remote_state_vector` lacks, as an update
+    /// (v1). Content still waiting for missing dependencies is included, so nothing the relay
+    /// holds is withheld.
+    ///
+    /// # Errors
+    /// [`DocError`] when the state vector is malformed.
+    pub fn diff_v1(&mut self, remote_state_vector: &[u8]) -> Result<Arc<[u8]>, DocError> {
+        check_state_vector_v1(remote_state_vector)?;
+        let sv = StateVector::decode_v1(remote_state_vector)?;
+        if sv.is_empty() {
+            return Ok(self.encode_state_v1());
+        }
+        Ok(self.doc.transact().encode_state_as_update_v1(&sv).into())
+    }
+
+    /// The whole document as one update (v1), cached until the next change.
+    pub fn encode_state_v1(&mut self) -> Arc<[u8]> {
+        if let Some(state) = &self.full_state {
+            return state.clone();
+        }
+        let state: Arc<[u8]> = self
+            .doc
+            .transact()
+            .encode_state_as_update_v1(&StateVector::default())
+            .into();
+        self.full_state = Some(state.clone());
+        state
+    }
+}
+
+/// A cheap fingerprint of the pending (not yet integrable) content: how many clients it waits on
+/// and whether a pending delete set exists.
+fn pending_len<T: ReadTxn>(txn: &T) -> (usize, bool) {
+    let store = txn.store();
+    let missing = store.pending_update().map_or(0, |p| p.missing.len());
+    (missing, store.pending_ds().is_some())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use yrs::{GetString, Text};
+
+    fn text_update(client: u64, content: &str) -> Vec<u8> {
+        let doc = Doc::with_client_id(client);
+        doc.get_or_insert_text("t")
+            .insert(&mut doc.transact_mut(), 0, content);
+        doc.transact()
+            .encode_state_as_update_v1(&StateVector::default())
+    }
+
+    fn text_of(doc: &RoomDoc) -> String {
+        let text = doc.yrs().get_or_insert_text("t");
+        text.get_string(&doc.yrs().transact())
+    }
+
+    #[test]
+    fn applies_once_and_reports_duplicates_as_unchanged() {
+        let mut doc = RoomDoc::new();
+        let update = text_update(1, "hello");
+        assert_eq!(
+            doc.apply_update_v1(&update).expect("valid"),
+            Applied::Changed
+        );
+        assert_eq!(
+            doc.apply_update_v1(&update).expect("valid"),
+            Applied::Unchanged
+        );
+        assert_eq!(
+            doc.apply_update_v1(EMPTY_UPDATE_V1).expect("valid"),
+            Applied::Unchanged
+        );
+        assert_eq!(text_of(&doc), "hello");
+    }
+
+    #[test]
+    fn out_of_order_update_is_kept_as_pending_and_counts_as_a_change() {
+        let source = Doc::with_client_id(9);
+        let text = source.get_or_insert_text("t");
+        text.insert(&mut source.transact_mut(), 0, "ab");
+        let sv_after_first = source.transact().state_vector();
+        text.insert(&mut source.transact_mut(), 2, "cd");
+        let second = source.transact().encode_diff_v1(&sv_after_first);
+        let first = source
+            .transact()
+            .encode_state_as_update_v1(&StateVector::default());
+
+        let mut doc = RoomDoc::new();
+        assert_eq!(
+            doc.apply_update_v1(&second).expect("decodes"),
+            Applied::Changed
+        );
+        assert_eq!(text_of(&doc), "");
+        // The pending part is part of the state a joiner receives.
+        let full = doc.encode_state_v1();
+        assert!(full.len() > EMPTY_UPDATE_V1.len());
+        assert_eq!(
+            doc.apply_update_v1(&first).expect("decodes"),
+            Applied::Changed
+        );
+        assert_eq!(text_of(&doc), "abcd");
+    }
+
+    #[test]
+    fn diff_holds_only_what_the_peer_lacks() {
+        let mut doc = RoomDoc::new();
+        doc.apply_update_v1(&text_update(1, "one")).expect("valid");
+        let peer = Doc::new();
+        let peer_update = doc.diff_v1(&[0]).expect("empty sv");
+        peer.transact_mut()
+            .apply_update(Update::decode_v1(&peer_update).expect("decodes"))
+            .expect("applies");
+        doc.apply_update_v1(&text_update(2, "two")).expect("valid");
+        let sv = peer.transact().state_vector().encode_v1();
+        let diff = doc.diff_v1(&sv).expect("valid sv");
+        assert!(diff.len() < doc.encode_state_v1().len());
+        peer.transact_mut()
+            .apply_update(Update::decode_v1(&diff).expect("decodes"))
+            .expect("applies");
+        let peer_text = peer.get_or_insert_text("t");
+        assert_eq!(peer_text.get_string(&peer.transact()).len(), 6);
+    }
+
+    #[test]
+    fn malformed_input_is_refused_and_changes_nothing() {
+        let mut doc = RoomDoc::new();
+        doc.apply_update_v1(&text_update(1, "keep")).expect("valid");
+        let update = text_update(2, "garbage");
+        assert!(doc.apply_update_v1(&update[..update.len() - 3]).is_err());
+        assert!(
+            doc.apply_update_v1(&[0xff, 0xff, 0xff, 0xff, 0x0f])
+                .is_err()
+        );
+        assert!(doc.diff_v1(&[0xff, 0xff, 0xff, 0xff, 0x0f, 1]).is_err());
+        assert_eq!(text_of(&doc), "keep");
+    }
+
+    #[test]
+    fn full_state_cache_is_invalidated_by_changes() {
+        let mut doc = RoomDoc::new();
+        doc.apply_update_v1(&text_update(1, "a")).expect("valid");
+        let first = doc.encode_state_v1();
+        assert!(Arc::ptr_eq(&first, &doc.encode_state_v1()));
+        doc.apply_update_v1(&text_update(2, "b")).expect("valid");
+        assert!(!Arc::ptr_eq(&first, &doc.encode_state_v1()));
+    }
+}

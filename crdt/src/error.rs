@@ -1,0 +1,165 @@
+//! Error types, one enum per operation family.
+
+use thiserror::Error;
+
+/// A message, update, state vector or awareness payload that is not well formed.
+///
+/// Returned by the codec in [`crate::protocol`] and the checks in [`crate::validate`] and
+/// [`crate::awareness`]. Nothing has been applied or stored when one of these is returned.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[non_exhaustive]
+pub enum ProtocolError {
+    /// The input ended in the middle of a message.
+    #[error("message truncated")]
+    Truncated,
+    /// A variable-length integer does not fit its type.
+    #[error("variable-length integer overflows")]
+    VarIntOverflow,
+    /// A count claims more items than the remaining bytes could hold.
+    #[error("count {count} exceeds what the remaining bytes can hold")]
+    CountTooLarge {
+        /// The count that was read.
+        count: u64,
+    },
+    /// A string is not UTF-8.
+    #[error("string is not valid UTF-8")]
+    InvalidUtf8,
+    /// A sync message with an unknown sub-type.
+    #[error("unknown sync message type {0}")]
+    UnknownSyncType(u64),
+    /// An auth message with an unknown sub-type.
+    #[error("unknown auth message type {0}")]
+    UnknownAuthType(u64),
+    /// A save message with an unknown sub-type.
+    #[error("unknown save message type {0}")]
+    UnknownSaveType(u64),
+    /// An update item with an unknown content kind.
+    #[error("unknown item content kind {0}")]
+    UnknownContent(u8),
+    /// An `Any` value with an unknown type tag.
+    #[error("unknown value tag {0}")]
+    UnknownAny(u8),
+    /// Values nested deeper than [`crate::validate::MAX_ANY_DEPTH`].
+    #[error("values nested too deeply")]
+    TooDeep,
+    /// An awareness state that is not valid JSON.
+    #[error("awareness state is not valid JSON")]
+    InvalidAwareness,
+}
+
+/// Why an update or state vector could not be used by a [`crate::doc::RoomDoc`].
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum DocError {
+    /// The bytes are not a well-formed update or state vector.
+    #[error("malformed: {0}")]
+    Malformed(#[from] ProtocolError),
+    /// `yrs` could not decode the bytes.
+    #[error("does not decode: {0}")]
+    Decode(#[from] yrs::encoding::read::Error),
+    /// `yrs` refused to integrate the update.
+    #[error("cannot be applied: {0}")]
+    Apply(#[from] yrs::error::UpdateError),
+}
+
+/// Opening the store failed; nothing was written to the file.
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum OpenError {
+    /// redb could not open the file (in use, corrupted, or not a redb file).
+    #[error("cannot open the store at {path}: {source}")]
+    Database {
+        /// The store file.
+        path: std::path::PathBuf,
+        /// The redb error.
+        #[source]
+        source: redb::DatabaseError,
+    },
+    /// The file is a redb database but not one of ours.
+    #[error("{path} is not a relay store (it has no format version); refusing to touch it")]
+    Foreign {
+        /// The store file.
+        path: std::path::PathBuf,
+    },
+    /// The file was written by a format version this build does not read.
+    #[error("{path} has store format version {found}; this relay reads version {expected}")]
+    UnsupportedVersion {
+        /// The store file.
+        path: std::path::PathBuf,
+        /// The version in the file.
+        found: u64,
+        /// The version this build reads and writes.
+        expected: u64,
+    },
+    /// Reading or initialising the store's metadata failed.
+    #[error("cannot initialise the store: {0}")]
+    Storage(#[from] redb::Error),
+}
+
+/// Loading a room failed; the store is unchanged.
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum LoadError {
+    /// redb failed to read.
+    #[error("cannot read room {room:?}: {source}")]
+    Storage {
+        /// The room being loaded.
+        room: String,
+        /// The redb error.
+        #[source]
+        source: redb::Error,
+    },
+    /// A stored snapshot or update does not decode.
+    #[error("room {room:?} has a stored update that does not decode (seq {seq}): {source}")]
+    Corrupt {
+        /// The room being loaded.
+        room: String,
+        /// The sequence number of the bad record (0 for the snapshot).
+        seq: u64,
+        /// What is wrong with it.
+        #[source]
+        source: DocError,
+    },
+    /// A stored record is shorter than its header.
+    #[error("room {room:?} has a truncated record")]
+    Truncated {
+        /// The room being loaded.
+        room: String,
+    },
+}
+
+/// A write transaction failed. Nothing of the batch is on disk (redb transactions are atomic),
+/// and the caller still owns everything it asked to write, so it can retry.
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum CommitError {
+    /// redb failed to write or commit.
+    #[error("commit failed: {0}")]
+    Storage(#[from] redb::Error),
+}
+
+impl From<redb::TransactionError> for CommitError {
+    fn from(e: redb::TransactionError) -> Self {
+        CommitError::Storage(e.into())
+    }
+}
+impl From<redb::TableError> for CommitError {
+    fn from(e: redb::TableError) -> Self {
+        CommitError::Storage(e.into())
+    }
+}
+impl From<redb::StorageError> for CommitError {
+    fn from(e: redb::StorageError) -> Self {
+        CommitError::Storage(e.into())
+    }
+}
+impl From<redb::CommitError> for CommitError {
+    fn from(e: redb::CommitError) -> Self {
+        CommitError::Storage(e.into())
+    }
+}
+impl From<redb::SetDurabilityError> for CommitError {
+    fn from(e: redb::SetDurabilityError) -> Self {
+        CommitError::Storage(e.into())
+    }
+}

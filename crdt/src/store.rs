@@ -1,0 +1,454 @@
+//! Durable storage of room documents in one redb file.
+//!
+//! # On-disk format, version 1
+//!
+//! One redb database (by default `<data-dir>/relay.redb`) with three tables:
+//!
+//! | table | key | value |
+//! | --- | --- | --- |
+//! | `meta` | `&str` | `u64`; `"format_version"` = [`FORMAT_VERSION`] |
+//! | `snapshots` | room name (`&str`) | 8-byte little-endian sequence number *S*, then a Yjs update (v1) holding the whole document as of update *S* |
+//! | `log` | (room name, sequence number) (`(&str, u64)`) | one Yjs update (v1) |
+//!
+//! Each room numbers its updates 1, 2, 3, ... A room's document is its snapshot (if any) with every
+//! log entry of a higher sequence number applied in order. A compaction writes a snapshot covering
+//! *S* and deletes the log entries up to *S* in the same transaction, so entries appended while
+//! it was being prepared (numbered above *S*) stay in the log.
+//!
+//! # Durability
+//!
+//! Every [`Store::commit`] is one redb write transaction with [`redb::Durability::Immediate`]:
+//! when it returns `Ok`, the data and its checksums are fsynced and survive a crash or power loss
+//! (given a disk that honours fsync). A crash during a commit leaves the previous commit; redb
+//! rolls the torn one back on the next open. Nothing is written outside a commit.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use redb::{Database, Durability, ReadableDatabase, TableDefinition};
+
+use crate::doc::RoomDoc;
+use crate::error::{CommitError, LoadError, OpenError};
+
+/// The store format this build reads and writes.
+pub const FORMAT_VERSION: u64 = 1;
+
+const FORMAT_VERSION_KEY: &str = "format_version";
+const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+const SNAPSHOTS: TableDefinition<&str, &[u8]> = TableDefinition::new("snapshots");
+const LOG: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("log");
+
+/// Length of the sequence-number header of a snapshot record.
+const SNAPSHOT_HEADER: usize = 8;
+
+/// Options for opening a store.
+#[derive(Debug, Clone)]
+pub struct StoreOptions {
+    /// redb's page cache, in bytes.
+    pub cache_bytes: usize,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        StoreOptions {
+            cache_bytes: 64 << 20,
+        }
+    }
+}
+
+/// One write of a batch passed to [`Store::commit`].
+#[derive(Debug, Clone)]
+pub enum Write {
+    /// Append an update to a room's log under `seq`.
+    Append {
+        /// The room.
+        room: Arc<str>,
+        /// The update's sequence number within the room.
+        seq: u64,
+        /// The update (v1).
+        update: Bytes,
+    },
+    /// Replace a room's snapshot with `state`, which holds every update up to `through_seq`, and
+    /// delete those log entries.
+    Snapshot {
+        /// The room.
+        room: Arc<str>,
+        /// The highest sequence number the snapshot contains.
+        through_seq: u64,
+        /// The whole document as one update (v1).
+        state: Arc<[u8]>,
+    },
+}
+
+impl Write {
+    /// The room this write is for.
+    pub fn room(&self) -> &Arc<str> {
+        match self {
+            Write::Append { room, .. } | Write::Snapshot { room, .. } => room,
+        }
+    }
+
+    /// Bytes of payload this write carries.
+    pub fn payload_len(&self) -> usize {
+        match self {
+            Write::Append { update, .. } => update.len(),
+            Write::Snapshot { state, .. } => state.len(),
+        }
+    }
+}
+
+/// A room as loaded from the store.
+#[derive(Debug)]
+pub struct StoredRoom {
+    /// The document: snapshot plus log.
+    pub doc: RoomDoc,
+    /// The sequence number for the room's next update.
+    pub next_seq: u64,
+    /// Log entries after the snapshot.
+    pub log_entries: u64,
+    /// Bytes of those log entries.
+    pub log_bytes: u64,
+    /// Bytes of the snapshot's update (0 without one).
+    pub snapshot_bytes: u64,
+}
+
+/// The redb store holding every room.
+pub struct Store {
+    db: Database,
+    path: PathBuf,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store").field("path", &self.path).finish()
+    }
+}
+
+impl Store {
+    /// Opens the store at `path`, creating it if the file does not exist.
+    ///
+    /// A new file gets the tables and the format version. An existing file must be a relay store
+    /// of [`FORMAT_VERSION`]: a file that is not a redb database, or a redb database without our
+    /// format version, is refused and left untouched.
+    ///
+    /// # Errors
+    /// [`OpenError`] says why; the file is not modified in any error case.
+    pub fn open(path: &Path, options: &StoreOptions) -> Result<Store, OpenError> {
+        let db = Database::builder()
+            .set_cache_size(options.cache_bytes)
+            .create(path)
+            .map_err(|source| OpenError::Database {
+                path: path.to_owned(),
+                source,
+            })?;
+        let store = Store {
+            db,
+            path: path.to_owned(),
+        };
+        store.check_or_init_format()?;
+        Ok(store)
+    }
+
+    /// The store file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn check_or_init_format(&self) -> Result<(), OpenError> {
+        let read = self.db.begin_read().map_err(redb::Error::from)?;
+        let is_empty = read
+            .list_tables()
+            .map_err(redb::Error::from)?
+            .next()
+            .is_none();
+        if !is_empty {
+            let version = match read.open_table(META) {
+                Ok(meta) => meta
+                    .get(FORMAT_VERSION_KEY)
+                    .map_err(redb::Error::from)?
+                    .map(|v| v.value()),
+                Err(redb::TableError::TableDoesNotExist(_)) => None,
+                Err(e) => return Err(redb::Error::from(e).into()),
+            };
+            return match version {
+                Some(FORMAT_VERSION) => Ok(()),
+                Some(found) => Err(OpenError::UnsupportedVersion {
+                    path: self.path.clone(),
+                    found,
+                    expected: FORMAT_VERSION,
+                }),
+                None => Err(OpenError::Foreign {
+                    path: self.path.clone(),
+                }),
+            };
+        }
+        drop(read);
+        let write = self.db.begin_write().map_err(redb::Error::from)?;
+        {
+            let mut meta = write.open_table(META).map_err(redb::Error::from)?;
+            meta.insert(FORMAT_VERSION_KEY, FORMAT_VERSION)
+                .map_err(redb::Error::from)?;
+            write.open_table(SNAPSHOTS).map_err(redb::Error::from)?;
+            write.open_table(LOG).map_err(redb::Error::from)?;
+        }
+        write.commit().map_err(redb::Error::from)?;
+        Ok(())
+    }
+
+    /// Loads a room: its snapshot with every later log entry applied. A room that was never
+    /// written loads as an empty document with `next_seq` 1.
+    ///
+    /// # Errors
+    /// [`LoadError`] when redb fails or a stored record does not decode; the store is unchanged.
+    pub fn load(&self, room: &str) -> Result<StoredRoom, LoadError> {
+        let storage = |source: redb::Error| LoadError::Storage {
+            room: room.to_owned(),
+            source,
+        };
+        let read = self.db.begin_read().map_err(|e| storage(e.into()))?;
+        let snapshots = read.open_table(SNAPSHOTS).map_err(|e| storage(e.into()))?;
+        let log = read.open_table(LOG).map_err(|e| storage(e.into()))?;
+
+        let mut doc = RoomDoc::new();
+        let mut through = 0;
+        let mut snapshot_bytes = 0;
+        if let Some(record) = snapshots.get(room).map_err(|e| storage(e.into()))? {
+            let record = record.value();
+            if record.len() < SNAPSHOT_HEADER {
+                return Err(LoadError::Truncated {
+                    room: room.to_owned(),
+                });
+            }
+            let (header, state) = record.split_at(SNAPSHOT_HEADER);
+            through = u64::from_le_bytes(header.try_into().expect("header is 8 bytes"));
+            snapshot_bytes = state.len() as u64;
+            doc.apply_update_v1(state)
+                .map_err(|source| LoadError::Corrupt {
+                    room: room.to_owned(),
+                    seq: 0,
+                    source,
+                })?;
+        }
+
+        let mut last_seq = through;
+        let mut log_entries = 0;
+        let mut log_bytes = 0;
+        let entries = log
+            .range((room, through + 1)..=(room, u64::MAX))
+            .map_err(|e| storage(e.into()))?;
+        for entry in entries {
+            let (key, value) = entry.map_err(|e| storage(e.into()))?;
+            let seq = key.value().1;
+            let update = value.value();
+            doc.apply_update_v1(update)
+                .map_err(|source| LoadError::Corrupt {
+                    room: room.to_owned(),
+                    seq,
+                    source,
+                })?;
+            last_seq = seq;
+            log_entries += 1;
+            log_bytes += update.len() as u64;
+        }
+        Ok(StoredRoom {
+            doc,
+            next_seq: last_seq + 1,
+            log_entries,
+            log_bytes,
+            snapshot_bytes,
+        })
+    }
+
+    /// Writes a batch in one write transaction with immediate durability (a group commit).
+    ///
+    /// # Errors
+    /// [`CommitError`] when any part fails. The transaction is then aborted: nothing of the batch
+    /// is on disk, and the caller can retry the same batch.
+    pub fn commit(&self, writes: &[Write]) -> Result<(), CommitError> {
+        let mut txn = self.db.begin_write()?;
+        txn.set_durability(Durability::Immediate)?;
+        {
+            let mut log = txn.open_table(LOG)?;
+            let mut snapshots = txn.open_table(SNAPSHOTS)?;
+            for write in writes {
+                match write {
+                    Write::Append { room, seq, update } => {
+                        log.insert((&**room, *seq), &**update)?;
+                    }
+                    Write::Snapshot {
+                        room,
+                        through_seq,
+                        state,
+                    } => {
+                        let mut record = Vec::with_capacity(SNAPSHOT_HEADER + state.len());
+                        record.extend_from_slice(&through_seq.to_le_bytes());
+                        record.extend_from_slice(state);
+                        snapshots.insert(&**room, record.as_slice())?;
+                        log.retain_in((&**room, 0)..=(&**room, *through_seq), |_, _| false)?;
+                    }
+                }
+            }
+        }
+        txn.commit()?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use yrs::{Doc, GetString, ReadTxn, StateVector, Text, Transact};
+
+    fn edit(doc: &Doc, content: &str) -> Bytes {
+        let text = doc.get_or_insert_text("t");
+        let before = doc.transact().state_vector();
+        let len = text.len(&doc.transact());
+        text.insert(&mut doc.transact_mut(), len, content);
+        Bytes::from(doc.transact().encode_diff_v1(&before))
+    }
+
+    fn text_of(room: &StoredRoom) -> String {
+        let doc = room.doc.yrs();
+        doc.get_or_insert_text("t").get_string(&doc.transact())
+    }
+
+    fn append(room: &str, seq: u64, update: Bytes) -> Write {
+        Write::Append {
+            room: room.into(),
+            seq,
+            update,
+        }
+    }
+
+    #[test]
+    fn log_round_trips_across_reopen() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("relay.redb");
+        let source = Doc::new();
+        {
+            let store = Store::open(&path, &StoreOptions::default()).expect("open");
+            store
+                .commit(&[
+                    append("a", 1, edit(&source, "hello")),
+                    append("a", 2, edit(&source, " world")),
+                    append(
+                        "b",
+                        1,
+                        Bytes::from(
+                            Doc::new()
+                                .transact()
+                                .encode_state_as_update_v1(&StateVector::default()),
+                        ),
+                    ),
+                ])
+                .expect("commit");
+        }
+        let store = Store::open(&path, &StoreOptions::default()).expect("reopen");
+        let a = store.load("a").expect("load a");
+        assert_eq!(text_of(&a), "hello world");
+        assert_eq!((a.next_seq, a.log_entries), (3, 2));
+        let missing = store.load("never-written").expect("load empty");
+        assert_eq!((missing.next_seq, missing.log_entries), (1, 0));
+        assert_eq!(text_of(&missing), "");
+    }
+
+    #[test]
+    fn snapshot_replaces_covered_log_entries_and_keeps_later_ones() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store =
+            Store::open(&dir.path().join("s.redb"), &StoreOptions::default()).expect("open");
+        let source = Doc::new();
+        store
+            .commit(&[
+                append("r", 1, edit(&source, "a")),
+                append("r", 2, edit(&source, "b")),
+            ])
+            .expect("commit");
+        let state_through_2: Arc<[u8]> = source
+            .transact()
+            .encode_state_as_update_v1(&StateVector::default())
+            .into();
+        // An update that arrives while the snapshot is prepared gets seq 3.
+        store
+            .commit(&[append("r", 3, edit(&source, "c"))])
+            .expect("commit");
+        store
+            .commit(&[Write::Snapshot {
+                room: "r".into(),
+                through_seq: 2,
+                state: state_through_2,
+            }])
+            .expect("compact");
+        let room = store.load("r").expect("load");
+        assert_eq!(text_of(&room), "abc");
+        assert_eq!((room.log_entries, room.next_seq), (1, 4));
+        assert!(room.snapshot_bytes > 0);
+    }
+
+    #[test]
+    fn foreign_file_is_refused_and_left_untouched() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("relay.redb");
+        let foreign = b"this is somebody's spreadsheet, not a database".repeat(100);
+        std::fs::write(&path, &foreign).expect("write");
+        let err = Store::open(&path, &StoreOptions::default()).expect_err("must refuse");
+        assert!(matches!(err, OpenError::Database { .. }), "{err}");
+        assert_eq!(std::fs::read(&path).expect("read"), foreign);
+    }
+
+    #[test]
+    fn redb_file_of_another_application_is_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("other.redb");
+        {
+            let db = Database::create(&path).expect("create");
+            let w = db.begin_write().expect("write");
+            {
+                let mut t = w
+                    .open_table(TableDefinition::<&str, &str>::new("users"))
+                    .expect("table");
+                t.insert("alice", "admin").expect("insert");
+            }
+            w.commit().expect("commit");
+        }
+        let err = Store::open(&path, &StoreOptions::default()).expect_err("must refuse");
+        assert!(matches!(err, OpenError::Foreign { .. }), "{err}");
+    }
+
+    #[test]
+    fn other_format_version_is_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("future.redb");
+        {
+            let db = Database::create(&path).expect("create");
+            let w = db.begin_write().expect("write");
+            w.open_table(META)
+                .expect("meta")
+                .insert(FORMAT_VERSION_KEY, FORMAT_VERSION + 1)
+                .expect("insert");
+            w.commit().expect("commit");
+        }
+        let err = Store::open(&path, &StoreOptions::default()).expect_err("must refuse");
+        assert!(
+            matches!(err, OpenError::UnsupportedVersion { found: 2, .. }),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn corrupt_stored_update_is_reported_with_its_room_and_seq() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store =
+            Store::open(&dir.path().join("c.redb"), &StoreOptions::default()).expect("open");
+        store
+            .commit(&[append(
+                "bad",
+                1,
+                Bytes::from_static(&[0xff, 0xff, 0xff, 0xff, 0x0f]),
+            )])
+            .expect("commit");
+        let err = store.load("bad").expect_err("corrupt");
+        assert!(matches!(err, LoadError::Corrupt { seq: 1, .. }), "{err}");
+    }
+}
