@@ -265,7 +265,10 @@ impl Store {
     /// # Errors
     /// [`CommitError`] when any part fails. The transaction is then aborted: nothing of the batch
     /// is on disk, and the caller can retry the same batch.
-    pub fn commit(&self, writes: &[Write]) -> Result<(), CommitError> {
+    pub fn commit<'a>(
+        &self,
+        writes: impl IntoIterator<Item = &'a Write>,
+    ) -> Result<(), CommitError> {
         let mut txn = self.db.begin_write()?;
         txn.set_durability(Durability::Immediate)?;
         {

@@ -1,0 +1,205 @@
+//! The relay's configuration: one struct with defaults, filled from flags or `RELAY_*` variables.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Args;
+
+/// Name of the store file inside the data directory.
+pub const STORE_FILE: &str = "relay.redb";
+
+/// Settings of `relay serve`. Every flag has an environment variable under the `RELAY_` prefix.
+#[derive(Debug, Clone, Args)]
+pub struct Config {
+    /// Address to listen on. Loopback by default; use 0.0.0.0:8080 to accept other machines.
+    #[arg(long, env = "RELAY_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+
+    /// Directory holding the store (`relay.redb`); created if missing.
+    #[arg(long, env = "RELAY_DATA_DIR", default_value = "./data")]
+    pub data_dir: PathBuf,
+
+    /// Largest WebSocket message or frame accepted, in bytes.
+    #[arg(long, env = "RELAY_MAX_MESSAGE_BYTES", default_value_t = 64 << 20)]
+    pub max_message_bytes: usize,
+
+    /// Most WebSocket connections at once; further upgrades get HTTP 503.
+    #[arg(long, env = "RELAY_MAX_CONNECTIONS", default_value_t = 10_000)]
+    pub max_connections: usize,
+
+    /// Bytes a connection may have queued for sending before it is disconnected as too slow
+    /// (close code 1013). A single message larger than this is still delivered to an idle
+    /// connection.
+    #[arg(long, env = "RELAY_OUTBOUND_QUEUE_BYTES", default_value_t = 16 << 20)]
+    pub outbound_queue_bytes: usize,
+
+    /// Commands a room's queue holds before the connections feeding it wait.
+    #[arg(long, env = "RELAY_ROOM_QUEUE", default_value_t = 256)]
+    pub room_queue: usize,
+
+    /// Extra time the store writer waits to gather more updates into one commit, in
+    /// milliseconds. 0 commits as soon as the previous commit is done (updates that arrive
+    /// during a commit still share the next one).
+    #[arg(long, env = "RELAY_COMMIT_WINDOW_MS", default_value_t = 0)]
+    pub commit_window_ms: u64,
+
+    /// Log entries after which a room's log is compacted into a snapshot.
+    #[arg(long, env = "RELAY_COMPACT_ENTRIES", default_value_t = 1_000)]
+    pub compact_entries: u64,
+
+    /// Log bytes after which a room's log is compacted; the threshold is raised to the snapshot
+    /// size for large documents, so a snapshot is never rewritten for less than its own size.
+    #[arg(long, env = "RELAY_COMPACT_BYTES", default_value_t = 1 << 20)]
+    pub compact_bytes: u64,
+
+    /// Seconds a room without connections stays in memory before it is unloaded.
+    #[arg(long, env = "RELAY_IDLE_UNLOAD_SECS", default_value_t = 10)]
+    pub idle_unload_secs: u64,
+
+    /// Seconds of silence after which the relay sends a connection a keep-alive (an empty
+    /// awareness message and a ping). Must be well under the stock client's 30-second timeout.
+    #[arg(long, env = "RELAY_KEEPALIVE_SECS", default_value_t = 10)]
+    pub keepalive_secs: u64,
+
+    /// Seconds without anything from a client (pongs included) before its connection is
+    /// considered dead and closed.
+    #[arg(long, env = "RELAY_CLIENT_TIMEOUT_SECS", default_value_t = 60)]
+    pub client_timeout_secs: u64,
+
+    /// Seconds a shutdown may take to close sockets and commit before giving up.
+    #[arg(long, env = "RELAY_DRAIN_TIMEOUT_SECS", default_value_t = 10)]
+    pub drain_timeout_secs: u64,
+
+    /// redb page cache in MiB.
+    #[arg(long, env = "RELAY_STORE_CACHE_MB", default_value_t = 64)]
+    pub store_cache_mb: usize,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            data_dir: PathBuf::from("./data"),
+            max_message_bytes: 64 << 20,
+            max_connections: 10_000,
+            outbound_queue_bytes: 16 << 20,
+            room_queue: 256,
+            commit_window_ms: 0,
+            compact_entries: 1_000,
+            compact_bytes: 1 << 20,
+            idle_unload_secs: 10,
+            keepalive_secs: 10,
+            client_timeout_secs: 60,
+            drain_timeout_secs: 10,
+            store_cache_mb: 64,
+        }
+    }
+}
+
+/// A setting that cannot work.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid setting {name}: {reason}")]
+pub struct ConfigError {
+    /// The flag.
+    pub name: &'static str,
+    /// Why it is refused.
+    pub reason: String,
+}
+
+impl Config {
+    /// Checks the settings against each other.
+    ///
+    /// # Errors
+    /// [`ConfigError`] naming the first setting that cannot work.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let fail = |name, reason: &str| {
+            Err(ConfigError {
+                name,
+                reason: reason.to_owned(),
+            })
+        };
+        if self.max_message_bytes < 1024 {
+            return fail("--max-message-bytes", "must be at least 1024");
+        }
+        if self.max_connections == 0 {
+            return fail("--max-connections", "must be at least 1");
+        }
+        if self.room_queue == 0 {
+            return fail("--room-queue", "must be at least 1");
+        }
+        if self.compact_entries == 0 {
+            return fail("--compact-entries", "must be at least 1");
+        }
+        if self.keepalive_secs == 0 || self.keepalive_secs >= 30 {
+            return fail(
+                "--keepalive-secs",
+                "must be between 1 and 29 (stock clients give up after 30 s of silence)",
+            );
+        }
+        if self.client_timeout_secs <= self.keepalive_secs {
+            return fail(
+                "--client-timeout-secs",
+                "must be longer than --keepalive-secs",
+            );
+        }
+        Ok(())
+    }
+
+    /// Path of the store file.
+    pub fn store_path(&self) -> PathBuf {
+        self.data_dir.join(STORE_FILE)
+    }
+
+    /// The keep-alive interval.
+    pub fn keepalive(&self) -> Duration {
+        Duration::from_secs(self.keepalive_secs)
+    }
+
+    /// How long a client may stay silent.
+    pub fn client_timeout(&self) -> Duration {
+        Duration::from_secs(self.client_timeout_secs)
+    }
+
+    /// How long an empty room stays loaded.
+    pub fn idle_unload(&self) -> Duration {
+        Duration::from_secs(self.idle_unload_secs)
+    }
+
+    /// How long a shutdown may take.
+    pub fn drain_timeout(&self) -> Duration {
+        Duration::from_secs(self.drain_timeout_secs)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        config: Config,
+    }
+
+    #[test]
+    fn defaults_match_the_flag_defaults() {
+        let parsed = Cli::try_parse_from(["relay"]).expect("no flags").config;
+        let default = Config::default();
+        assert_eq!(format!("{parsed:?}"), format!("{default:?}"));
+        default.validate().expect("defaults are valid");
+    }
+
+    #[test]
+    fn refuses_a_keepalive_the_stock_client_would_not_survive() {
+        let config = Config {
+            keepalive_secs: 30,
+            ..Config::default()
+        };
+        assert_eq!(
+            config.validate().expect_err("too slow").name,
+            "--keepalive-secs"
+        );
+    }
+}

@@ -1,0 +1,478 @@
+//! One WebSocket connection: a reader that passes binary frames to the room, and a writer that
+//! drains the connection's outbound queue to the socket, sends keep-alives and closes.
+//!
+//! The loop is generic over `Sink`/`Stream` of WebSocket messages, so unit tests drive it with
+//! in-memory channels.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use crdt::protocol::encode_awareness;
+use futures_util::{Sink, SinkExt, Stream, StreamExt};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::error::{CapacityError, Error as WsError};
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_util::sync::CancellationToken;
+
+use crate::registry::RoomSender;
+use crate::room::{CloseReason, ConnHandle, ConnId, Outbound, RoomCommand};
+use crate::telemetry::Metrics;
+
+/// Frames written before the writer flushes, when more are queued.
+const WRITE_BATCH: usize = 64;
+/// How long a close frame may take to go out before the socket is simply dropped.
+const CLOSE_GRACE: Duration = Duration::from_secs(1);
+
+/// Timings of a connection.
+#[derive(Debug, Clone, Copy)]
+pub struct ConnectionSettings {
+    /// Silence on the outbound side after which a keep-alive is sent.
+    pub keepalive: Duration,
+    /// Silence on the inbound side after which the client is considered gone.
+    pub client_timeout: Duration,
+}
+
+/// The connection's side of its outbound queue, created before joining the room.
+pub struct Outbox {
+    rx: mpsc::UnboundedReceiver<Outbound>,
+    handle: ConnHandle,
+}
+
+impl Outbox {
+    /// A new queue and the handle the room uses to fill it.
+    pub fn new() -> Self {
+        let (tx, rx) = mpsc::unbounded_channel();
+        Outbox {
+            rx,
+            handle: ConnHandle {
+                tx,
+                queued_bytes: Arc::new(AtomicUsize::new(0)),
+                kick: CancellationToken::new(),
+            },
+        }
+    }
+
+    /// The handle to give the room.
+    pub fn handle(&self) -> ConnHandle {
+        self.handle.clone()
+    }
+}
+
+impl Default for Outbox {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// How a connection ended, for the log and the metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ended {
+    /// The client closed the connection or the socket failed.
+    ClientGone,
+    /// The relay closed it with this reason.
+    Closed(CloseReason),
+    /// The room no longer serves it.
+    RoomGone,
+}
+
+impl Ended {
+    /// The metric label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Ended::ClientGone => "client_closed",
+            Ended::Closed(reason) => reason.as_str(),
+            Ended::RoomGone => "room_gone",
+        }
+    }
+}
+
+/// Serves a joined connection until it ends, then tells the room it left.
+pub async fn serve<S>(
+    socket: S,
+    conn: ConnId,
+    room: RoomSender,
+    outbox: Outbox,
+    settings: ConnectionSettings,
+    shutdown: CancellationToken,
+    metrics: Arc<Metrics>,
+) -> Ended
+where
+    S: Stream<Item = Result<Message, WsError>> + Sink<Message, Error = WsError> + Unpin,
+{
+    let (sink, stream) = socket.split();
+    let Outbox { rx, handle } = outbox;
+    let close_tx = handle.tx.clone();
+    let reader = read_loop(stream, conn, &room, close_tx, settings, &metrics);
+    let writer = write_loop(sink, rx, &handle, settings, &shutdown, &metrics);
+    tokio::pin!(reader, writer);
+    let ended = tokio::select! {
+        ended = &mut writer => ended,
+        read_end = &mut reader => match read_end {
+            // The reader queued a close frame: give the writer a moment to send it.
+            Some(reason) => tokio::time::timeout(CLOSE_GRACE * 2, writer)
+                .await
+                .unwrap_or(Ended::Closed(reason)),
+            None => Ended::ClientGone,
+        },
+    };
+    // The room may already be gone at shutdown; then there is nobody to tell.
+    let _ = room.send(RoomCommand::Leave { conn }).await;
+    metrics.disconnect(ended.as_str());
+    ended
+}
+
+/// Reads frames until the client leaves. Returns the close reason it queued for the writer, if
+/// the client broke a rule.
+async fn read_loop<St>(
+    mut stream: St,
+    conn: ConnId,
+    room: &RoomSender,
+    close_tx: mpsc::UnboundedSender<Outbound>,
+    settings: ConnectionSettings,
+    metrics: &Metrics,
+) -> Option<CloseReason>
+where
+    St: Stream<Item = Result<Message, WsError>> + Unpin,
+{
+    let close = |reason: CloseReason| {
+        let _ = close_tx.send(Outbound::Close(reason));
+        Some(reason)
+    };
+    loop {
+        let next = match tokio::time::timeout(settings.client_timeout, stream.next()).await {
+            Ok(next) => next,
+            Err(_) => {
+                tracing::info!("client silent for too long; closing");
+                return close(CloseReason::ClientTimeout);
+            }
+        };
+        match next {
+            Some(Ok(Message::Binary(frame))) => {
+                metrics.frames_in.inc();
+                metrics.bytes_in.inc_by(frame.len() as u64);
+                if room.send(RoomCommand::Frame { conn, frame }).await.is_err() {
+                    return None;
+                }
+            }
+            Some(Ok(Message::Text(_))) => {
+                tracing::warn!("text frame; closing (the protocol is binary)");
+                metrics.error("text_frame");
+                return close(CloseReason::TextFrame);
+            }
+            Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => {}
+            Some(Ok(Message::Close(_))) | None => return None,
+            Some(Err(WsError::Capacity(error))) => {
+                let limit = match error {
+                    CapacityError::MessageTooLong { max_size, .. } => max_size,
+                    CapacityError::TooManyHeaders => 0,
+                };
+                tracing::warn!(limit, "frame over the size limit; closing");
+                metrics.error("too_big");
+                return close(CloseReason::TooBig);
+            }
+            Some(Err(error)) => {
+                tracing::debug!(%error, "socket error");
+                return None;
+            }
+        }
+    }
+}
+
+/// Writes what the room queues, batching frames into one flush, and keeps quiet connections
+/// alive. Ends on a close request, a kick, or shutdown.
+async fn write_loop<Si>(
+    mut sink: Si,
+    mut rx: mpsc::UnboundedReceiver<Outbound>,
+    handle: &ConnHandle,
+    settings: ConnectionSettings,
+    shutdown: &CancellationToken,
+    metrics: &Metrics,
+) -> Ended
+where
+    Si: Sink<Message, Error = WsError> + Unpin,
+{
+    // An awareness message with no entries: a no-op for every client, but it counts as traffic
+    // for the stock client's 30-second liveness check.
+    let keepalive_frame = Bytes::from(encode_awareness(&[0]));
+    let mut last_write = Instant::now();
+    loop {
+        let reason = tokio::select! {
+            biased;
+            () = handle.kick.cancelled() => Some(CloseReason::SlowReader),
+            () = shutdown.cancelled() => Some(CloseReason::Shutdown),
+            item = rx.recv() => match item {
+                None => return Ended::RoomGone,
+                Some(Outbound::Close(reason)) => Some(reason),
+                Some(Outbound::Frame(first)) => {
+                    let write = write_batch(&mut sink, first, &mut rx, handle, metrics);
+                    tokio::select! {
+                        biased;
+                        () = handle.kick.cancelled() => Some(CloseReason::SlowReader),
+                        result = write => match result {
+                            Ok(None) => { last_write = Instant::now(); None }
+                            Ok(Some(reason)) => Some(reason),
+                            Err(_) => return Ended::ClientGone,
+                        },
+                    }
+                }
+            },
+            () = tokio::time::sleep_until(last_write + settings.keepalive) => {
+                let ping = async {
+                    sink.feed(Message::Binary(keepalive_frame.clone())).await?;
+                    sink.feed(Message::Ping(Bytes::new())).await?;
+                    sink.flush().await
+                };
+                match tokio::time::timeout(settings.keepalive, ping).await {
+                    Ok(Ok(())) => { last_write = Instant::now(); None }
+                    Ok(Err(_)) => return Ended::ClientGone,
+                    // Cannot even send a keep-alive: the client is not reading.
+                    Err(_) => Some(CloseReason::SlowReader),
+                }
+            }
+        };
+        if let Some(reason) = reason {
+            if reason != CloseReason::SlowReader {
+                let frame = CloseFrame {
+                    code: CloseCode::from(reason.code()),
+                    reason: reason.as_str().into(),
+                };
+                let _ =
+                    tokio::time::timeout(CLOSE_GRACE, sink.send(Message::Close(Some(frame)))).await;
+            }
+            return Ended::Closed(reason);
+        }
+    }
+}
+
+/// Writes `first` and whatever else is queued (up to [`WRITE_BATCH`] frames), then flushes once.
+/// Returns a close reason if one was found in the queue after the frames.
+async fn write_batch<Si>(
+    sink: &mut Si,
+    first: Bytes,
+    rx: &mut mpsc::UnboundedReceiver<Outbound>,
+    handle: &ConnHandle,
+    metrics: &Metrics,
+) -> Result<Option<CloseReason>, WsError>
+where
+    Si: Sink<Message, Error = WsError> + Unpin,
+{
+    let mut next = Some(first);
+    let mut written = 0;
+    let mut close = None;
+    while let Some(frame) = next.take() {
+        let len = frame.len();
+        sink.feed(Message::Binary(frame)).await?;
+        handle.queued_bytes.fetch_sub(len, Ordering::Relaxed);
+        metrics.frames_out.inc();
+        metrics.bytes_out.inc_by(len as u64);
+        written += 1;
+        if written < WRITE_BATCH {
+            match rx.try_recv() {
+                Ok(Outbound::Frame(frame)) => next = Some(frame),
+                Ok(Outbound::Close(reason)) => close = Some(reason),
+                Err(_) => {}
+            }
+        }
+    }
+    sink.flush().await?;
+    Ok(close)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures_channel::mpsc as fmpsc;
+    use std::pin::Pin;
+    use std::task::{Context, Poll};
+
+    /// A socket made of two in-memory channels.
+    struct FakeSocket {
+        incoming: fmpsc::UnboundedReceiver<Result<Message, WsError>>,
+        outgoing: fmpsc::UnboundedSender<Message>,
+    }
+
+    impl Stream for FakeSocket {
+        type Item = Result<Message, WsError>;
+        fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+            Pin::new(&mut self.incoming).poll_next(cx)
+        }
+    }
+
+    impl Sink<Message> for FakeSocket {
+        type Error = WsError;
+        fn poll_ready(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Result<(), WsError>> {
+            Poll::Ready(Ok(()))
+        }
+        fn start_send(self: Pin<&mut Self>, item: Message) -> Result<(), WsError> {
+            self.outgoing
+                .unbounded_send(item)
+                .map_err(|_| WsError::ConnectionClosed)
+        }
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Result<(), WsError>> {
+            Poll::Ready(Ok(()))
+        }
+        fn poll_close(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Result<(), WsError>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    struct Harness {
+        to_relay: fmpsc::UnboundedSender<Result<Message, WsError>>,
+        from_relay: fmpsc::UnboundedReceiver<Message>,
+        room_rx: mpsc::Receiver<RoomCommand>,
+        handle: ConnHandle,
+        task: tokio::task::JoinHandle<Ended>,
+    }
+
+    fn start(settings: ConnectionSettings, shutdown: CancellationToken) -> Harness {
+        let (to_relay, incoming) = fmpsc::unbounded();
+        let (outgoing, from_relay) = fmpsc::unbounded();
+        let (room_tx, room_rx) = mpsc::channel(8);
+        let outbox = Outbox::new();
+        let handle = outbox.handle();
+        let task = tokio::spawn(serve(
+            FakeSocket { incoming, outgoing },
+            ConnId(1),
+            room_tx,
+            outbox,
+            settings,
+            shutdown,
+            Arc::new(Metrics::new()),
+        ));
+        Harness {
+            to_relay,
+            from_relay,
+            room_rx,
+            handle,
+            task,
+        }
+    }
+
+    const SETTINGS: ConnectionSettings = ConnectionSettings {
+        keepalive: Duration::from_secs(10),
+        client_timeout: Duration::from_secs(60),
+    };
+
+    fn close_code(message: &Message) -> Option<u16> {
+        match message {
+            Message::Close(Some(frame)) => Some(frame.code.into()),
+            _ => None,
+        }
+    }
+
+    #[tokio::test]
+    async fn binary_frames_go_to_the_room_and_queued_frames_to_the_socket() {
+        let mut h = start(SETTINGS, CancellationToken::new());
+        h.to_relay
+            .unbounded_send(Ok(Message::Binary(Bytes::from_static(&[0, 2, 2, 0, 0]))))
+            .expect("send");
+        match h.room_rx.recv().await {
+            Some(RoomCommand::Frame { conn, frame }) => {
+                assert_eq!(conn, ConnId(1));
+                assert_eq!(&frame[..], &[0, 2, 2, 0, 0]);
+            }
+            other => panic!("expected a frame, got {other:?}"),
+        }
+        h.handle.queued_bytes.fetch_add(3, Ordering::Relaxed);
+        h.handle
+            .tx
+            .send(Outbound::Frame(Bytes::from_static(&[1, 2, 3])))
+            .expect("queue");
+        let sent = h.from_relay.next().await.expect("a frame");
+        assert_eq!(sent, Message::Binary(Bytes::from_static(&[1, 2, 3])));
+        assert_eq!(h.handle.queued_bytes.load(Ordering::Relaxed), 0);
+        drop(h.to_relay);
+        assert_eq!(h.task.await.expect("task"), Ended::ClientGone);
+        assert!(matches!(
+            h.room_rx.recv().await,
+            Some(RoomCommand::Leave { .. })
+        ));
+    }
+
+    #[tokio::test]
+    async fn text_frame_is_closed_with_1003() {
+        let mut h = start(SETTINGS, CancellationToken::new());
+        h.to_relay
+            .unbounded_send(Ok(Message::Text("hello".into())))
+            .expect("send");
+        let sent = h.from_relay.next().await.expect("close frame");
+        assert_eq!(close_code(&sent), Some(1003));
+        assert_eq!(
+            h.task.await.expect("task"),
+            Ended::Closed(CloseReason::TextFrame)
+        );
+    }
+
+    #[tokio::test]
+    async fn oversize_message_is_closed_with_1009() {
+        let mut h = start(SETTINGS, CancellationToken::new());
+        h.to_relay
+            .unbounded_send(Err(WsError::Capacity(CapacityError::MessageTooLong {
+                size: 100,
+                max_size: 10,
+            })))
+            .expect("send");
+        let sent = h.from_relay.next().await.expect("close frame");
+        assert_eq!(close_code(&sent), Some(1009));
+    }
+
+    #[tokio::test]
+    async fn room_close_request_sends_the_code() {
+        let mut h = start(SETTINGS, CancellationToken::new());
+        h.handle
+            .tx
+            .send(Outbound::Close(CloseReason::ProtocolError))
+            .expect("queue");
+        let sent = h.from_relay.next().await.expect("close frame");
+        assert_eq!(close_code(&sent), Some(1002));
+        assert_eq!(
+            h.task.await.expect("task"),
+            Ended::Closed(CloseReason::ProtocolError)
+        );
+    }
+
+    #[tokio::test]
+    async fn shutdown_closes_with_1001() {
+        let shutdown = CancellationToken::new();
+        let mut h = start(SETTINGS, shutdown.clone());
+        shutdown.cancel();
+        let sent = h.from_relay.next().await.expect("close frame");
+        assert_eq!(close_code(&sent), Some(1001));
+    }
+
+    #[tokio::test]
+    async fn kick_ends_the_connection() {
+        let h = start(SETTINGS, CancellationToken::new());
+        h.handle.kick.cancel();
+        assert_eq!(
+            h.task.await.expect("task"),
+            Ended::Closed(CloseReason::SlowReader)
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn quiet_connection_gets_keepalives_and_silent_client_is_dropped() {
+        let mut h = start(SETTINGS, CancellationToken::new());
+        let first = h.from_relay.next().await.expect("keep-alive");
+        assert_eq!(first, Message::Binary(Bytes::from_static(&[1, 1, 0])));
+        assert!(matches!(h.from_relay.next().await, Some(Message::Ping(_))));
+        // The client never answers: after the client timeout it is closed.
+        let mut closed = None;
+        while let Some(message) = h.from_relay.next().await {
+            if let Some(code) = close_code(&message) {
+                closed = Some(code);
+                break;
+            }
+        }
+        assert_eq!(closed, Some(1001));
+        assert_eq!(
+            h.task.await.expect("task"),
+            Ended::Closed(CloseReason::ClientTimeout)
+        );
+    }
+}

@@ -1,0 +1,193 @@
+//! A self-hostable real-time relay for Yjs documents.
+//!
+//! The modules in the order a connection meets them:
+//!
+//! 1. [`config`]: the settings of `relay serve`.
+//! 2. [`server`]: the accept loop (TCP_NODELAY, hyper, graceful HTTP shutdown).
+//! 3. [`routes`]: the HTTP routes and the WebSocket upgrade at `/<room>`.
+//! 4. [`connection`]: one socket's reader and writer, keep-alives and close codes.
+//! 5. [`registry`]: the one place that creates room tasks.
+//! 6. [`room`]: one task per room owning its document and awareness.
+//! 7. [`persist`]: the store writer thread and its group commits.
+//! 8. [`telemetry`]: logging and Prometheus metrics.
+//!
+//! `main.rs` parses the command line and calls [`run`].
+//!
+//! # Example
+//!
+//! ```no_run
+//! # async fn example() -> Result<(), relay::RunError> {
+//! let config = relay::config::Config::default();
+//! let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+//! let shutdown = tokio_util::sync::CancellationToken::new();
+//! // Runs until `shutdown` is cancelled, then closes sockets and commits everything.
+//! relay::run(config, listener, shutdown).await
+//! # }
+//! ```
+
+pub mod config;
+pub mod connection;
+pub mod persist;
+pub mod registry;
+pub mod room;
+pub mod routes;
+pub mod server;
+pub mod telemetry;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crdt::store::{Store, StoreOptions};
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::Config;
+use crate::persist::PersistMsg;
+use crate::registry::{LoadedRoom, RoomRegistry};
+use crate::room::{RoomContext, RoomSettings};
+use crate::routes::AppState;
+use crate::telemetry::Metrics;
+
+/// Why the relay could not start or could not shut down cleanly.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// A setting cannot work.
+    #[error(transparent)]
+    Config(#[from] config::ConfigError),
+    /// The data directory cannot be created.
+    #[error("cannot create the data directory {path}: {source}")]
+    DataDir {
+        /// The directory.
+        path: std::path::PathBuf,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The store cannot be opened.
+    #[error(transparent)]
+    Store(#[from] crdt::error::OpenError),
+    /// A thread or task could not be started.
+    #[error("cannot start: {0}")]
+    Spawn(String),
+    /// The shutdown ran out of time with rooms still holding uncommitted updates.
+    #[error("shutdown timed out with unsaved rooms: {}", describe(.0))]
+    Unsaved(Vec<LoadedRoom>),
+}
+
+fn describe(rooms: &[LoadedRoom]) -> String {
+    rooms
+        .iter()
+        .map(|r| format!("{:?} ({} updates)", r.name, r.unsaved_updates))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Runs the relay on `listener` until `shutdown` is cancelled, then stops accepting, closes every
+/// socket with 1001, lets the rooms commit and unload, and returns.
+///
+/// # Errors
+/// [`RunError`] when the relay cannot start (bad settings, data directory, store), or when the
+/// shutdown's drain timeout passes with updates still uncommitted.
+pub async fn run(
+    config: Config,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> Result<(), RunError> {
+    config.validate()?;
+    std::fs::create_dir_all(&config.data_dir).map_err(|source| RunError::DataDir {
+        path: config.data_dir.clone(),
+        source,
+    })?;
+    let store_path = config.store_path();
+    let options = StoreOptions {
+        cache_bytes: config.store_cache_mb << 20,
+    };
+    let store = tokio::task::spawn_blocking(move || Store::open(&store_path, &options))
+        .await
+        .map_err(|e| RunError::Spawn(e.to_string()))??;
+    let store = Arc::new(store);
+    tracing::info!(
+        listen = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(),
+        store = %store.path().display(),
+        max_message_bytes = config.max_message_bytes,
+        max_connections = config.max_connections,
+        outbound_queue_bytes = config.outbound_queue_bytes,
+        commit_window_ms = config.commit_window_ms,
+        compact_entries = config.compact_entries,
+        compact_bytes = config.compact_bytes,
+        idle_unload_secs = config.idle_unload_secs,
+        keepalive_secs = config.keepalive_secs,
+        "relay starting"
+    );
+
+    let metrics = Arc::new(Metrics::new());
+    let (persist, writer) = persist::start(
+        store.clone(),
+        metrics.clone(),
+        Duration::from_millis(config.commit_window_ms),
+        4096,
+    )
+    .map_err(|e| RunError::Spawn(e.to_string()))?;
+    let ctx = Arc::new(RoomContext {
+        store,
+        persist: persist.clone(),
+        metrics: metrics.clone(),
+        settings: RoomSettings {
+            outbound_queue_bytes: config.outbound_queue_bytes,
+            compact_entries: config.compact_entries,
+            compact_bytes: config.compact_bytes,
+            idle_unload: config.idle_unload(),
+        },
+        shutdown: shutdown.clone(),
+    });
+    let registry = RoomRegistry::new(ctx, config.room_queue);
+    let drain_timeout = config.drain_timeout();
+    let config = Arc::new(config);
+    let state = AppState::new(config, registry.clone(), metrics, shutdown.clone());
+    let http_tasks = TaskTracker::new();
+
+    server::accept_loop(
+        listener,
+        routes::routes(state.clone()),
+        shutdown,
+        http_tasks.clone(),
+    )
+    .await;
+
+    tracing::info!("shutting down: closing connections and committing");
+    let deadline = tokio::time::Instant::now() + drain_timeout;
+    http_tasks.close();
+    state.sockets.close();
+    registry.tasks().close();
+    let drained = tokio::time::timeout_at(deadline, async {
+        state.sockets.wait().await;
+        registry.tasks().wait().await;
+        let (flushed, flush) = oneshot::channel();
+        if persist.send(PersistMsg::Flush(flushed)).await.is_ok() {
+            let _ = flush.await;
+        }
+    })
+    .await;
+    // HTTP requests in flight get what is left of the drain time, but never hold up the exit.
+    let _ = tokio::time::timeout_at(deadline, http_tasks.wait()).await;
+    if drained.is_err() {
+        let unsaved: Vec<_> = registry
+            .loaded()
+            .into_iter()
+            .filter(|r| r.unsaved_updates > 0)
+            .collect();
+        if !unsaved.is_empty() {
+            tracing::error!(rooms = %describe(&unsaved), "shutdown timed out before everything was committed");
+            return Err(RunError::Unsaved(unsaved));
+        }
+        tracing::warn!("shutdown timed out waiting for connections; everything is committed");
+    }
+    drop(persist);
+    drop(state);
+    // The writer thread exits once the last queue sender is gone; it has nothing left to do.
+    drop(writer);
+    tracing::info!("shutdown complete");
+    Ok(())
+}

@@ -1,0 +1,279 @@
+//! The store writer: one thread that turns the rooms' writes into group commits.
+//!
+//! Rooms send their writes (appended updates, snapshots) through a bounded queue and carry on
+//! without waiting. The writer takes everything that is queued, commits it in one redb write
+//! transaction with immediate durability, and then tells each room how far its updates are
+//! committed through the room's `watch` channel. Writes that arrive while a commit is in
+//! progress share the next commit, so the commit rate adapts to the load by itself.
+//!
+//! redb is synchronous, so the writer is a plain thread and never blocks the async runtime.
+//! The queue is bounded so that a store that cannot keep up slows the rooms down instead of
+//! growing memory without limit.
+//!
+//! When a commit fails (disk full, I/O error), the writer keeps the batch, tells the rooms, and
+//! retries with backoff. It keeps taking new writes in the meantime, holding them in memory, so
+//! editing carries on; the first commit that succeeds stores everything in order.
+
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crdt::store::{Store, Write};
+use tokio::sync::{mpsc, oneshot, watch};
+
+use crate::telemetry::Metrics;
+
+/// Most writes in one commit.
+const MAX_BATCH_WRITES: usize = 8192;
+/// Most payload bytes in one commit (a single larger write is still committed alone).
+const MAX_BATCH_BYTES: usize = 64 << 20;
+/// First retry delay after a failed commit; doubled up to [`MAX_RETRY_DELAY`].
+const FIRST_RETRY_DELAY: Duration = Duration::from_millis(50);
+const MAX_RETRY_DELAY: Duration = Duration::from_secs(5);
+
+/// How far a room's updates are committed, as seen by the room.
+#[derive(Debug, Clone, Default)]
+pub struct CommitState {
+    /// Every update of the room with a sequence number up to this one is durable.
+    pub committed_seq: u64,
+    /// Set while commits are failing; cleared by the next successful commit.
+    pub failure: Option<CommitFailure>,
+}
+
+/// A failed commit, as reported to the rooms that had writes in it.
+#[derive(Debug, Clone)]
+pub struct CommitFailure {
+    /// Increases with every failed attempt, so a room can tell a new failure from an old one.
+    pub attempt: u64,
+    /// What went wrong, for the clients' save-error message.
+    pub reason: Arc<str>,
+}
+
+/// One write and the room to notify once it is committed.
+#[derive(Debug)]
+pub struct PersistJob {
+    /// What to write.
+    pub write: Write,
+    /// The room's commit state.
+    pub notify: Arc<watch::Sender<CommitState>>,
+}
+
+/// What the writer's queue carries.
+#[derive(Debug)]
+pub enum PersistMsg {
+    /// A write to commit.
+    Job(PersistJob),
+    /// Answered once everything queued before it is committed.
+    Flush(oneshot::Sender<()>),
+}
+
+/// The sending side of the writer's queue.
+pub type PersistSender = mpsc::Sender<PersistMsg>;
+
+/// Starts the writer thread. It runs until every [`PersistSender`] is dropped and everything it
+/// was given is committed.
+///
+/// # Errors
+/// Fails only if the operating system cannot start a thread.
+pub fn start(
+    store: Arc<Store>,
+    metrics: Arc<Metrics>,
+    commit_window: Duration,
+    queue_len: usize,
+) -> std::io::Result<(PersistSender, JoinHandle<()>)> {
+    let (tx, rx) = mpsc::channel(queue_len);
+    let handle = std::thread::Builder::new()
+        .name("store-writer".into())
+        .spawn(move || Writer::new(store, metrics, commit_window).run(rx))?;
+    Ok((tx, handle))
+}
+
+struct Writer {
+    store: Arc<Store>,
+    metrics: Arc<Metrics>,
+    commit_window: Duration,
+    failed_attempts: u64,
+}
+
+impl Writer {
+    fn new(store: Arc<Store>, metrics: Arc<Metrics>, commit_window: Duration) -> Self {
+        Writer {
+            store,
+            metrics,
+            commit_window,
+            failed_attempts: 0,
+        }
+    }
+
+    fn run(mut self, mut rx: mpsc::Receiver<PersistMsg>) {
+        let span = tracing::info_span!("store_writer", path = %self.store.path().display());
+        let _entered = span.enter();
+        let mut pending: Vec<PersistJob> = Vec::new();
+        let mut flushes: Vec<oneshot::Sender<()>> = Vec::new();
+        loop {
+            if pending.is_empty() {
+                for flush in flushes.drain(..) {
+                    let _ = flush.send(());
+                }
+                match rx.blocking_recv() {
+                    Some(PersistMsg::Job(job)) => pending.push(job),
+                    Some(PersistMsg::Flush(flush)) => {
+                        flushes.push(flush);
+                        continue;
+                    }
+                    None => break,
+                }
+                if !self.commit_window.is_zero() {
+                    std::thread::sleep(self.commit_window);
+                }
+            }
+            let mut bytes: usize = pending.iter().map(|j| j.write.payload_len()).sum();
+            // A flush ends the batch, so its answer covers exactly what was queued before it.
+            while flushes.is_empty() && pending.len() < MAX_BATCH_WRITES && bytes < MAX_BATCH_BYTES
+            {
+                match rx.try_recv() {
+                    Ok(PersistMsg::Job(job)) => {
+                        bytes += job.write.payload_len();
+                        pending.push(job);
+                    }
+                    Ok(PersistMsg::Flush(flush)) => flushes.push(flush),
+                    Err(_) => break,
+                }
+            }
+            let started = Instant::now();
+            match self.store.commit(pending.iter().map(|j| &j.write)) {
+                Ok(()) => {
+                    self.metrics
+                        .commit_seconds
+                        .observe(started.elapsed().as_secs_f64());
+                    self.metrics
+                        .commit_batch_writes
+                        .observe(pending.len() as f64);
+                    if self.failed_attempts > 0 {
+                        tracing::info!(
+                            attempts = self.failed_attempts,
+                            writes = pending.len(),
+                            "store commit succeeded after failures"
+                        );
+                        self.failed_attempts = 0;
+                    }
+                    notify_committed(&pending, &self.metrics);
+                    pending.clear();
+                }
+                Err(error) => {
+                    self.failed_attempts += 1;
+                    self.metrics.commit_failures.inc();
+                    tracing::error!(
+                        %error,
+                        attempt = self.failed_attempts,
+                        writes = pending.len(),
+                        "store commit failed; edits are kept in memory and retried"
+                    );
+                    notify_failed(&pending, self.failed_attempts, &error.to_string());
+                    std::thread::sleep(retry_delay(self.failed_attempts));
+                }
+            }
+        }
+        tracing::debug!("store writer finished");
+    }
+}
+
+fn retry_delay(attempt: u64) -> Duration {
+    let exponent = attempt.saturating_sub(1).min(16) as u32;
+    FIRST_RETRY_DELAY
+        .saturating_mul(2u32.saturating_pow(exponent))
+        .min(MAX_RETRY_DELAY)
+}
+
+fn notify_committed(jobs: &[PersistJob], metrics: &Metrics) {
+    for job in jobs {
+        let seq = match &job.write {
+            Write::Append { seq, .. } => Some(*seq),
+            Write::Snapshot { .. } => {
+                metrics.compactions.inc();
+                None
+            }
+        };
+        job.notify.send_if_modified(|state| {
+            let mut changed = state.failure.take().is_some();
+            if let Some(seq) = seq
+                && seq > state.committed_seq
+            {
+                state.committed_seq = seq;
+                changed = true;
+            }
+            changed
+        });
+    }
+}
+
+fn notify_failed(jobs: &[PersistJob], attempt: u64, reason: &str) {
+    let reason: Arc<str> = reason.into();
+    let mut notified: Vec<*const watch::Sender<CommitState>> = Vec::new();
+    for job in jobs {
+        let key = Arc::as_ptr(&job.notify);
+        if notified.contains(&key) {
+            continue;
+        }
+        notified.push(key);
+        job.notify.send_modify(|state| {
+            state.failure = Some(CommitFailure {
+                attempt,
+                reason: reason.clone(),
+            });
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+    use crdt::store::StoreOptions;
+
+    #[test]
+    fn retry_delay_grows_and_is_capped() {
+        assert_eq!(retry_delay(1), FIRST_RETRY_DELAY);
+        assert_eq!(retry_delay(2), FIRST_RETRY_DELAY * 2);
+        assert_eq!(retry_delay(60), MAX_RETRY_DELAY);
+    }
+
+    #[tokio::test]
+    async fn commits_and_reports_the_highest_sequence_number() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Arc::new(
+            Store::open(&dir.path().join("p.redb"), &StoreOptions::default()).expect("open"),
+        );
+        let metrics = Arc::new(Metrics::new());
+        let (tx, handle) = start(store.clone(), metrics, Duration::ZERO, 16).expect("start");
+        let (notify, mut state) = watch::channel(CommitState::default());
+        let notify = Arc::new(notify);
+        for seq in 1..=3 {
+            tx.send(PersistMsg::Job(PersistJob {
+                write: Write::Append {
+                    room: "r".into(),
+                    seq,
+                    update: Bytes::from_static(&[0, 0]),
+                },
+                notify: notify.clone(),
+            }))
+            .await
+            .expect("writer running");
+        }
+        state
+            .wait_for(|s| s.committed_seq == 3)
+            .await
+            .expect("writer running");
+        let (flushed, flush) = oneshot::channel();
+        tx.send(PersistMsg::Flush(flushed))
+            .await
+            .expect("writer running");
+        flush.await.expect("flush answered");
+        drop(tx);
+        tokio::task::spawn_blocking(move || handle.join())
+            .await
+            .expect("join")
+            .expect("writer did not panic");
+        assert_eq!(store.load("r").expect("load").next_seq, 4);
+    }
+}

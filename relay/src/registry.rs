@@ -1,0 +1,159 @@
+//! The registry of loaded rooms: the one entry point that creates room tasks.
+//!
+//! A joiner looks the room up and, if it is not loaded, starts its task, all under one lock, so
+//! two first visitors never load a document twice. A room unloads itself through
+//! [`RoomRegistry::remove_if_idle`], under the same lock, and only if no join is on its way:
+//! joiners count themselves in `pending_joins` under the lock before they send, and the room
+//! counts them out as it takes their `Join`.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::mpsc;
+use tokio_util::task::TaskTracker;
+
+use crate::room::{ConnHandle, ConnId, RoomCommand, RoomContext, RoomStatus, run_room};
+
+/// The queue of a loaded room.
+pub type RoomSender = mpsc::Sender<RoomCommand>;
+
+struct RoomEntry {
+    id: u64,
+    tx: RoomSender,
+    pending_joins: Arc<AtomicUsize>,
+    status: Arc<RoomStatus>,
+}
+
+/// A room that is still loaded, as reported at shutdown.
+#[derive(Debug, Clone)]
+pub struct LoadedRoom {
+    /// The room name.
+    pub name: Arc<str>,
+    /// Updates it holds that are not committed.
+    pub unsaved_updates: u64,
+}
+
+/// Joining failed because the room kept going away under the joiner.
+#[derive(Debug, thiserror::Error)]
+#[error("room {0:?} could not be joined")]
+pub struct JoinError(pub String);
+
+/// All loaded rooms.
+pub struct RoomRegistry {
+    // A std mutex: it is held for a map lookup or insert only, never across an await.
+    rooms: Mutex<HashMap<Arc<str>, RoomEntry>>,
+    ctx: Arc<RoomContext>,
+    queue_len: usize,
+    next_entry: AtomicU64,
+    tasks: TaskTracker,
+}
+
+impl RoomRegistry {
+    /// An empty registry whose rooms share `ctx` and have queues of `queue_len` commands.
+    pub fn new(ctx: Arc<RoomContext>, queue_len: usize) -> Arc<Self> {
+        Arc::new(RoomRegistry {
+            rooms: Mutex::new(HashMap::new()),
+            ctx,
+            queue_len,
+            next_entry: AtomicU64::new(1),
+            tasks: TaskTracker::new(),
+        })
+    }
+
+    /// The room tasks, for waiting on them at shutdown.
+    pub fn tasks(&self) -> &TaskTracker {
+        &self.tasks
+    }
+
+    /// Joins `conn` to `room`, loading the room if needed. Returns the room's queue for the
+    /// connection's frames.
+    ///
+    /// # Errors
+    /// [`JoinError`] if the room unloads under the joiner three times in a row (it fails to
+    /// load, or the relay is shutting down).
+    pub async fn join(
+        self: &Arc<Self>,
+        room: &str,
+        conn: ConnId,
+        handle: ConnHandle,
+    ) -> Result<RoomSender, JoinError> {
+        let mut command = RoomCommand::Join { conn, handle };
+        for _ in 0..3 {
+            let (tx, pending) = self.entry_for(room);
+            match tx.send(command).await {
+                Ok(()) => return Ok(tx),
+                Err(mpsc::error::SendError(returned)) => {
+                    pending.fetch_sub(1, Ordering::AcqRel);
+                    command = returned;
+                }
+            }
+        }
+        Err(JoinError(room.to_owned()))
+    }
+
+    /// Finds or starts the room and counts a pending join, under the lock.
+    fn entry_for(self: &Arc<Self>, room: &str) -> (RoomSender, Arc<AtomicUsize>) {
+        let mut rooms = self.rooms.lock().expect("registry lock is never poisoned");
+        if let Some(entry) = rooms.get(room) {
+            entry.pending_joins.fetch_add(1, Ordering::AcqRel);
+            return (entry.tx.clone(), entry.pending_joins.clone());
+        }
+        let name: Arc<str> = room.into();
+        let (tx, rx) = mpsc::channel(self.queue_len);
+        let id = self.next_entry.fetch_add(1, Ordering::Relaxed);
+        let pending_joins = Arc::new(AtomicUsize::new(1));
+        let status = Arc::new(RoomStatus::default());
+        rooms.insert(
+            name.clone(),
+            RoomEntry {
+                id,
+                tx: tx.clone(),
+                pending_joins: pending_joins.clone(),
+                status: status.clone(),
+            },
+        );
+        self.tasks.spawn(run_room(
+            name,
+            rx,
+            self.ctx.clone(),
+            self.clone(),
+            id,
+            pending_joins.clone(),
+            status,
+        ));
+        (tx, pending_joins)
+    }
+
+    /// Removes the room's entry if no join is on its way. Called by the room itself.
+    pub(crate) fn remove_if_idle(&self, room: &str, entry_id: u64, pending: &AtomicUsize) -> bool {
+        let mut rooms = self.rooms.lock().expect("registry lock is never poisoned");
+        if pending.load(Ordering::Acquire) != 0 {
+            return false;
+        }
+        if rooms.get(room).is_some_and(|e| e.id == entry_id) {
+            rooms.remove(room);
+        }
+        true
+    }
+
+    /// Removes the room's entry unconditionally (after a failed load).
+    pub(crate) fn remove(&self, room: &str, entry_id: u64) {
+        let mut rooms = self.rooms.lock().expect("registry lock is never poisoned");
+        if rooms.get(room).is_some_and(|e| e.id == entry_id) {
+            rooms.remove(room);
+        }
+    }
+
+    /// Rooms still loaded, with how much each holds uncommitted.
+    pub fn loaded(&self) -> Vec<LoadedRoom> {
+        let rooms = self.rooms.lock().expect("registry lock is never poisoned");
+        rooms
+            .iter()
+            .map(|(name, entry)| LoadedRoom {
+                name: name.clone(),
+                unsaved_updates: entry.status.unsaved_updates.load(Ordering::Relaxed),
+            })
+            .collect()
+    }
+}

@@ -1,0 +1,719 @@
+//! One task per room: it owns the document and the awareness states, applies what connections
+//! send, fans updates out, hands them to the store writer and acknowledges saves.
+//!
+//! Because a single task owns everything about a room, there are no locks on documents: the
+//! connections talk to it through a bounded queue of [`RoomCommand`]s, and it talks back through
+//! each connection's outbound queue, which never blocks the room (a connection that lets too much
+//! pile up is disconnected instead).
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use crdt::awareness::{AwarenessTable, parse_awareness_update};
+use crdt::doc::{Applied, RoomDoc};
+use crdt::protocol::{
+    Message, MessageReader, encode_awareness, encode_save_error, encode_saved, encode_sync_step1,
+    encode_sync_step2, encode_update,
+};
+use crdt::store::{Store, StoredRoom, Write};
+use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use crate::persist::{CommitState, PersistJob, PersistMsg, PersistSender};
+use crate::registry::RoomRegistry;
+use crate::telemetry::Metrics;
+
+/// Identifies one connection for the lifetime of the process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ConnId(pub u64);
+
+impl std::fmt::Display for ConnId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// Why the relay closes a connection; each maps to a WebSocket close code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CloseReason {
+    /// The relay is shutting down (1001).
+    Shutdown,
+    /// The client said nothing, not even a pong, for too long (1001).
+    ClientTimeout,
+    /// A malformed message, or an update or state vector that does not decode (1002).
+    ProtocolError,
+    /// A text frame (1003).
+    TextFrame,
+    /// A frame or message over the size limit (1009).
+    TooBig,
+    /// The relay failed internally, e.g. it could not load the room (1011).
+    Internal,
+    /// The connection fell too far behind (1013).
+    SlowReader,
+}
+
+impl CloseReason {
+    /// The WebSocket close code.
+    pub fn code(self) -> u16 {
+        match self {
+            CloseReason::Shutdown | CloseReason::ClientTimeout => 1001,
+            CloseReason::ProtocolError => 1002,
+            CloseReason::TextFrame => 1003,
+            CloseReason::TooBig => 1009,
+            CloseReason::Internal => 1011,
+            CloseReason::SlowReader => 1013,
+        }
+    }
+
+    /// The close frame's reason text, and the metric label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CloseReason::Shutdown => "shutdown",
+            CloseReason::ClientTimeout => "client_timeout",
+            CloseReason::ProtocolError => "protocol_error",
+            CloseReason::TextFrame => "text_frame",
+            CloseReason::TooBig => "too_big",
+            CloseReason::Internal => "internal_error",
+            CloseReason::SlowReader => "slow_reader",
+        }
+    }
+}
+
+/// What a room sends to a connection's writer.
+#[derive(Debug)]
+pub enum Outbound {
+    /// One binary frame holding exactly one message.
+    Frame(Bytes),
+    /// Close the connection with this reason.
+    Close(CloseReason),
+}
+
+/// The room's handle on a connection.
+#[derive(Debug, Clone)]
+pub struct ConnHandle {
+    /// The connection's outbound queue. Unbounded so the room never waits on a client; its size
+    /// is bounded by `queued_bytes` instead.
+    pub tx: mpsc::UnboundedSender<Outbound>,
+    /// Bytes queued and not yet written to the socket.
+    pub queued_bytes: Arc<AtomicUsize>,
+    /// Cancelled to drop a connection that fell behind, even in the middle of a blocked write.
+    pub kick: CancellationToken,
+}
+
+/// A request to a room's task.
+#[derive(Debug)]
+pub enum RoomCommand {
+    /// A connection joins.
+    Join {
+        /// The connection.
+        conn: ConnId,
+        /// How to reach it.
+        handle: ConnHandle,
+    },
+    /// A binary frame from a connection, holding one or more messages.
+    Frame {
+        /// The sender.
+        conn: ConnId,
+        /// The frame.
+        frame: Bytes,
+    },
+    /// A connection is gone.
+    Leave {
+        /// The connection.
+        conn: ConnId,
+    },
+}
+
+/// Limits and timings that apply to every room.
+#[derive(Debug, Clone)]
+pub struct RoomSettings {
+    /// Bytes a connection may have queued before it is dropped as too slow.
+    pub outbound_queue_bytes: usize,
+    /// Log entries that trigger a compaction.
+    pub compact_entries: u64,
+    /// Log bytes that trigger a compaction (raised to the snapshot size).
+    pub compact_bytes: u64,
+    /// How long an empty room stays loaded.
+    pub idle_unload: Duration,
+}
+
+/// What every room shares.
+pub struct RoomContext {
+    /// The store, for loading.
+    pub store: Arc<Store>,
+    /// The store writer's queue.
+    pub persist: PersistSender,
+    /// Metrics.
+    pub metrics: Arc<Metrics>,
+    /// Limits and timings.
+    pub settings: RoomSettings,
+    /// Cancelled when the relay shuts down: empty rooms then unload without delay.
+    pub shutdown: CancellationToken,
+}
+
+/// What the registry can see of a running room.
+#[derive(Debug, Default)]
+pub struct RoomStatus {
+    /// Updates applied but not yet committed.
+    pub unsaved_updates: AtomicU64,
+}
+
+/// A save request waiting for its commit.
+#[derive(Debug)]
+struct PendingSave {
+    request_id: u64,
+    /// The request is answered once this sequence number is committed.
+    seq: u64,
+    /// Whether a save error was already sent for it.
+    error_sent: bool,
+}
+
+/// A connection as the room sees it.
+#[derive(Debug)]
+struct ConnState {
+    handle: ConnHandle,
+    /// Sequence number of the last update this connection contributed.
+    last_seq: u64,
+    /// Own updates to echo back once committed: (sequence number, message).
+    echoes: VecDeque<(u64, Bytes)>,
+    /// Save requests waiting for a commit, in request order.
+    saves: VecDeque<PendingSave>,
+}
+
+/// Everything [`Room::deliver`] needs, split from the connection map so both can be borrowed.
+struct Delivery<'a> {
+    limit: usize,
+    metrics: &'a Metrics,
+}
+
+impl Delivery<'_> {
+    /// Queues a frame for a connection. Returns false if the connection has fallen too far
+    /// behind and must be dropped. A frame is always accepted by an empty queue, so a single
+    /// large update reaches everyone who keeps up.
+    fn deliver(&self, handle: &ConnHandle, frame: Bytes) -> bool {
+        let len = frame.len();
+        let queued = handle.queued_bytes.load(Ordering::Relaxed);
+        if queued > 0 && queued + len > self.limit {
+            self.metrics.error("outbound_queue_full");
+            return false;
+        }
+        handle.queued_bytes.fetch_add(len, Ordering::Relaxed);
+        // A closed queue means the connection is already going away; its Leave will follow.
+        let _ = handle.tx.send(Outbound::Frame(frame));
+        true
+    }
+}
+
+/// The state of one loaded room.
+pub struct Room {
+    name: Arc<str>,
+    ctx: Arc<RoomContext>,
+    doc: RoomDoc,
+    awareness: AwarenessTable<ConnId>,
+    conns: HashMap<ConnId, ConnState>,
+    /// Sequence number for the next update.
+    next_seq: u64,
+    /// Every update up to this one is committed.
+    committed_seq: u64,
+    log_entries: u64,
+    log_bytes: u64,
+    snapshot_bytes: u64,
+    /// The sync step 2 answering an empty state vector, cached between changes: a crowd of new
+    /// joiners shares one encoding and one buffer.
+    full_step2: Option<Bytes>,
+    commit_notify: Arc<watch::Sender<CommitState>>,
+    /// Set when the room last became empty.
+    empty_since: Option<Instant>,
+    status: Arc<RoomStatus>,
+}
+
+impl Room {
+    fn new(
+        name: Arc<str>,
+        ctx: Arc<RoomContext>,
+        stored: StoredRoom,
+        status: Arc<RoomStatus>,
+    ) -> Self {
+        let committed = stored.next_seq - 1;
+        let (notify, _) = watch::channel(CommitState {
+            committed_seq: committed,
+            failure: None,
+        });
+        Room {
+            name,
+            ctx,
+            doc: stored.doc,
+            awareness: AwarenessTable::new(),
+            conns: HashMap::new(),
+            next_seq: stored.next_seq,
+            committed_seq: committed,
+            log_entries: stored.log_entries,
+            log_bytes: stored.log_bytes,
+            snapshot_bytes: stored.snapshot_bytes,
+            full_step2: None,
+            commit_notify: Arc::new(notify),
+            empty_since: Some(Instant::now()),
+            status,
+        }
+    }
+
+    fn delivery(&self) -> Delivery<'_> {
+        Delivery {
+            limit: self.ctx.settings.outbound_queue_bytes,
+            metrics: &self.ctx.metrics,
+        }
+    }
+
+    /// When the room may unload: it is empty and everything it holds is committed.
+    fn unload_deadline(&self) -> Option<Instant> {
+        let since = self.empty_since?;
+        if self.committed_seq + 1 != self.next_seq {
+            return None;
+        }
+        if self.ctx.shutdown.is_cancelled() {
+            return Some(Instant::now());
+        }
+        Some(since + self.ctx.settings.idle_unload)
+    }
+
+    fn join(&mut self, conn: ConnId, handle: ConnHandle) {
+        tracing::debug!(%conn, "connection joined");
+        let delivery = self.delivery();
+        // Greeting: sync step 1, then the awareness states, each in its own frame.
+        let mut ok = delivery.deliver(
+            &handle,
+            encode_sync_step1(&self.doc.state_vector_v1()).into(),
+        );
+        if let Some(states) = self.awareness.encode_all() {
+            ok &= delivery.deliver(&handle, encode_awareness(&states).into());
+        }
+        self.conns.insert(
+            conn,
+            ConnState {
+                handle,
+                last_seq: 0,
+                echoes: VecDeque::new(),
+                saves: VecDeque::new(),
+            },
+        );
+        self.empty_since = None;
+        if !ok {
+            self.remove_conns(vec![(conn, Some(CloseReason::SlowReader))]);
+        }
+    }
+
+    async fn on_frame(&mut self, conn: ConnId, frame: Bytes) {
+        for item in MessageReader::new(&frame) {
+            if !self.conns.contains_key(&conn) {
+                // Dropped (for an earlier message, or as a slow reader): ignore the rest.
+                return;
+            }
+            let (message, range) = match item {
+                Ok(parsed) => parsed,
+                Err(error) => {
+                    tracing::warn!(%conn, %error, "malformed message; closing the connection");
+                    self.ctx.metrics.error("malformed_message");
+                    self.remove_conns(vec![(conn, Some(CloseReason::ProtocolError))]);
+                    return;
+                }
+            };
+            match message {
+                Message::SyncStep1(state_vector) => self.on_sync_step1(conn, state_vector),
+                Message::SyncStep2(update) => self.on_update(conn, &frame, update, None).await,
+                Message::Update(update) => {
+                    self.on_update(conn, &frame, update, Some(frame.slice(range)))
+                        .await
+                }
+                Message::Awareness(payload) => self.on_awareness(conn, payload, frame.slice(range)),
+                Message::QueryAwareness => {
+                    let states = self.awareness.encode_all().unwrap_or_else(|| vec![0]);
+                    self.send(conn, encode_awareness(&states).into());
+                }
+                Message::SaveRequest(request_id) => self.on_save_request(conn, request_id),
+                Message::AuthDenied(_) | Message::Saved(_) | Message::SaveError(..) => {
+                    tracing::debug!(%conn, "ignoring a relay-to-client message sent by a client");
+                }
+                Message::Unknown(tag) => {
+                    tracing::debug!(%conn, tag, "ignoring a message of unknown type");
+                }
+            }
+        }
+    }
+
+    fn on_sync_step1(&mut self, conn: ConnId, state_vector: &[u8]) {
+        let reply = if state_vector == [0] {
+            // An empty state vector asks for everything.
+            match &self.full_step2 {
+                Some(cached) => cached.clone(),
+                None => {
+                    let message = Bytes::from(encode_sync_step2(&self.doc.encode_state_v1()));
+                    self.full_step2 = Some(message.clone());
+                    message
+                }
+            }
+        } else {
+            match self.doc.diff_v1(state_vector) {
+                Ok(diff) => encode_sync_step2(&diff).into(),
+                Err(error) => {
+                    tracing::warn!(%conn, %error, "bad state vector; closing the connection");
+                    self.ctx.metrics.error("invalid_state_vector");
+                    self.remove_conns(vec![(conn, Some(CloseReason::ProtocolError))]);
+                    return;
+                }
+            }
+        };
+        self.send(conn, reply);
+    }
+
+    /// Applies an update from `conn`. `as_sent` is the original update message when it can be
+    /// forwarded as is (a sync step 2 is re-encoded as an update).
+    async fn on_update(
+        &mut self,
+        conn: ConnId,
+        frame: &Bytes,
+        update: &[u8],
+        as_sent: Option<Bytes>,
+    ) {
+        match self.doc.apply_update_v1(update) {
+            Err(error) => {
+                tracing::warn!(%conn, %error, "update does not apply; closing the connection");
+                self.ctx.metrics.error("invalid_update");
+                self.remove_conns(vec![(conn, Some(CloseReason::ProtocolError))]);
+            }
+            Ok(Applied::Unchanged) => {}
+            Ok(Applied::Changed) => {
+                self.full_step2 = None;
+                self.ctx.metrics.updates_in.inc();
+                self.ctx.metrics.update_bytes_in.inc_by(update.len() as u64);
+                let (message, payload) = match as_sent {
+                    Some(message) => (message, frame.slice_ref(update)),
+                    None => {
+                        let message = Bytes::from(encode_update(update));
+                        let payload = message.slice(message.len() - update.len()..);
+                        (message, payload)
+                    }
+                };
+                // Fan out at once, without waiting for the disk.
+                let delivery = self.delivery();
+                let mut slow = Vec::new();
+                for (&id, state) in &self.conns {
+                    if id != conn && !delivery.deliver(&state.handle, message.clone()) {
+                        slow.push((id, Some(CloseReason::SlowReader)));
+                    }
+                }
+                let seq = self.next_seq;
+                self.next_seq += 1;
+                if let Some(state) = self.conns.get_mut(&conn) {
+                    state.last_seq = seq;
+                    // The sender gets its own update back only once it is durable.
+                    state.echoes.push_back((seq, message));
+                }
+                self.log_entries += 1;
+                self.log_bytes += payload.len() as u64;
+                self.status.unsaved_updates.fetch_add(1, Ordering::Relaxed);
+                self.persist(Write::Append {
+                    room: self.name.clone(),
+                    seq,
+                    update: payload,
+                })
+                .await;
+                self.remove_conns(slow);
+                self.maybe_compact().await;
+            }
+        }
+    }
+
+    fn on_awareness(&mut self, conn: ConnId, payload: &[u8], message: Bytes) {
+        match parse_awareness_update(payload) {
+            Err(error) => {
+                tracing::warn!(%conn, %error, "bad awareness update; closing the connection");
+                self.ctx.metrics.error("invalid_awareness");
+                self.remove_conns(vec![(conn, Some(CloseReason::ProtocolError))]);
+            }
+            Ok(entries) => {
+                let changes = self.awareness.apply(&entries, conn);
+                if changes.added.is_empty()
+                    && changes.updated.is_empty()
+                    && changes.removed.is_empty()
+                {
+                    return;
+                }
+                // Everyone gets it, the sender too: its own renewals coming back are what keep a
+                // lone stock client from timing out.
+                self.broadcast(message, None);
+            }
+        }
+    }
+
+    fn on_save_request(&mut self, conn: ConnId, request_id: u64) {
+        let committed = self.committed_seq;
+        let failure = self.commit_notify.borrow().failure.clone();
+        let Some(state) = self.conns.get_mut(&conn) else {
+            return;
+        };
+        let reply = if state.last_seq <= committed {
+            Some(encode_saved(request_id))
+        } else {
+            let error = failure
+                .as_ref()
+                .map(|f| encode_save_error(request_id, &f.reason));
+            state.saves.push_back(PendingSave {
+                request_id,
+                seq: state.last_seq,
+                error_sent: error.is_some(),
+            });
+            error
+        };
+        if let Some(reply) = reply {
+            self.send(conn, reply.into());
+        }
+    }
+
+    /// Reacts to the store writer's progress: echoes committed updates to their senders and
+    /// answers save requests; on a failed commit, tells waiting clients once.
+    fn on_commit(&mut self, state: CommitState) {
+        self.committed_seq = state.committed_seq;
+        let unsaved = (self.next_seq - 1).saturating_sub(self.committed_seq);
+        self.status
+            .unsaved_updates
+            .store(unsaved, Ordering::Relaxed);
+        let delivery = Delivery {
+            limit: self.ctx.settings.outbound_queue_bytes,
+            metrics: &self.ctx.metrics,
+        };
+        let mut slow = Vec::new();
+        for (&id, conn) in self.conns.iter_mut() {
+            let mut ok = true;
+            while let Some((seq, _)) = conn.echoes.front() {
+                if *seq > self.committed_seq {
+                    break;
+                }
+                let (_, message) = conn.echoes.pop_front().expect("front exists");
+                ok &= delivery.deliver(&conn.handle, message);
+            }
+            while let Some(save) = conn.saves.front() {
+                if save.seq > self.committed_seq {
+                    break;
+                }
+                let save = conn.saves.pop_front().expect("front exists");
+                ok &= delivery.deliver(&conn.handle, encode_saved(save.request_id).into());
+            }
+            if let Some(failure) = &state.failure {
+                for save in conn.saves.iter_mut().filter(|s| !s.error_sent) {
+                    save.error_sent = true;
+                    ok &= delivery.deliver(
+                        &conn.handle,
+                        encode_save_error(save.request_id, &failure.reason).into(),
+                    );
+                }
+            }
+            if !ok {
+                slow.push((id, Some(CloseReason::SlowReader)));
+            }
+        }
+        self.remove_conns(slow);
+    }
+
+    async fn maybe_compact(&mut self) {
+        let settings = &self.ctx.settings;
+        let byte_threshold = settings.compact_bytes.max(self.snapshot_bytes);
+        if self.log_entries < settings.compact_entries && self.log_bytes < byte_threshold {
+            return;
+        }
+        let state = self.doc.encode_state_v1();
+        let through_seq = self.next_seq - 1;
+        tracing::info!(
+            through_seq,
+            log_entries = self.log_entries,
+            log_bytes = self.log_bytes,
+            snapshot_bytes = state.len(),
+            "compacting"
+        );
+        self.snapshot_bytes = state.len() as u64;
+        self.log_entries = 0;
+        self.log_bytes = 0;
+        self.persist(Write::Snapshot {
+            room: self.name.clone(),
+            through_seq,
+            state,
+        })
+        .await;
+    }
+
+    async fn persist(&self, write: Write) {
+        let job = PersistJob {
+            write,
+            notify: self.commit_notify.clone(),
+        };
+        if self.ctx.persist.send(PersistMsg::Job(job)).await.is_err() {
+            // The writer only stops after every room is gone, so this is a bug.
+            tracing::error!("the store writer has stopped; this update is not saved");
+            self.ctx.metrics.error("store_writer_gone");
+        }
+    }
+
+    /// Sends a frame to one connection, dropping it if it has fallen behind.
+    fn send(&mut self, conn: ConnId, frame: Bytes) {
+        let Some(state) = self.conns.get(&conn) else {
+            return;
+        };
+        if !self.delivery().deliver(&state.handle, frame) {
+            self.remove_conns(vec![(conn, Some(CloseReason::SlowReader))]);
+        }
+    }
+
+    /// Sends a frame to every connection but `except`, dropping those that have fallen behind.
+    fn broadcast(&mut self, frame: Bytes, except: Option<ConnId>) {
+        let delivery = self.delivery();
+        let slow: Vec<_> = self
+            .conns
+            .iter()
+            .filter(|(id, _)| Some(**id) != except)
+            .filter(|(_, state)| !delivery.deliver(&state.handle, frame.clone()))
+            .map(|(id, _)| (*id, Some(CloseReason::SlowReader)))
+            .collect();
+        self.remove_conns(slow);
+    }
+
+    /// Removes connections, closing them with the given reason (or not at all, for a connection
+    /// that left by itself), and announces the removal of the awareness states they introduced.
+    /// Removal announcements can reveal more slow readers; those are removed in turn.
+    fn remove_conns(&mut self, mut work: Vec<(ConnId, Option<CloseReason>)>) {
+        while let Some((conn, reason)) = work.pop() {
+            let Some(state) = self.conns.remove(&conn) else {
+                continue;
+            };
+            match reason {
+                Some(CloseReason::SlowReader) => {
+                    tracing::warn!(%conn, "connection fell behind; disconnecting it");
+                    self.ctx
+                        .metrics
+                        .disconnect(CloseReason::SlowReader.as_str());
+                    state.handle.kick.cancel();
+                }
+                Some(reason) => {
+                    let _ = state.handle.tx.send(Outbound::Close(reason));
+                }
+                None => tracing::debug!(%conn, "connection left"),
+            }
+            if let Some(removal) = self.awareness.remove_owner(conn) {
+                let frame = Bytes::from(encode_awareness(&removal));
+                let delivery = self.delivery();
+                for (&id, other) in &self.conns {
+                    if !delivery.deliver(&other.handle, frame.clone()) {
+                        work.push((id, Some(CloseReason::SlowReader)));
+                    }
+                }
+            }
+        }
+        if self.conns.is_empty() && self.empty_since.is_none() {
+            self.empty_since = Some(Instant::now());
+        }
+    }
+}
+
+/// Runs a room until it unloads: loads it, serves its commands and commit notifications, and
+/// unloads it once it has been empty for the idle delay with everything committed.
+pub(crate) async fn run_room(
+    name: Arc<str>,
+    mut rx: mpsc::Receiver<RoomCommand>,
+    ctx: Arc<RoomContext>,
+    registry: Arc<RoomRegistry>,
+    entry_id: u64,
+    pending_joins: Arc<AtomicUsize>,
+    status: Arc<RoomStatus>,
+) {
+    let span = tracing::info_span!("room", room = %name);
+    async move {
+        let store = ctx.store.clone();
+        let load_name = name.clone();
+        let loaded = tokio::task::spawn_blocking(move || store.load(&load_name)).await;
+        let stored = match loaded {
+            Ok(Ok(stored)) => stored,
+            Ok(Err(error)) => {
+                tracing::error!(%error, "cannot load the room; refusing its connections");
+                ctx.metrics.error("room_load_failed");
+                refuse_all(&registry, &name, entry_id, rx, &ctx.metrics).await;
+                return;
+            }
+            Err(error) => {
+                tracing::error!(%error, "room loading panicked; refusing its connections");
+                ctx.metrics.error("room_load_failed");
+                refuse_all(&registry, &name, entry_id, rx, &ctx.metrics).await;
+                return;
+            }
+        };
+        tracing::info!(
+            next_seq = stored.next_seq,
+            log_entries = stored.log_entries,
+            snapshot_bytes = stored.snapshot_bytes,
+            "room loaded"
+        );
+        ctx.metrics.rooms_loaded.inc();
+        let mut room = Room::new(name.clone(), ctx.clone(), stored, status);
+        let mut commits = room.commit_notify.subscribe();
+        loop {
+            let deadline = room.unload_deadline();
+            tokio::select! {
+                command = rx.recv() => match command {
+                    Some(RoomCommand::Join { conn, handle }) => {
+                        pending_joins.fetch_sub(1, Ordering::AcqRel);
+                        room.join(conn, handle);
+                    }
+                    Some(RoomCommand::Frame { conn, frame }) => room.on_frame(conn, frame).await,
+                    Some(RoomCommand::Leave { conn }) => room.remove_conns(vec![(conn, None)]),
+                    None => break,
+                },
+                changed = commits.changed() => {
+                    if changed.is_ok() {
+                        let state = commits.borrow_and_update().clone();
+                        room.on_commit(state);
+                    }
+                }
+                () = sleep_until_opt(deadline), if deadline.is_some() => {
+                    if registry.remove_if_idle(&name, entry_id, &pending_joins) {
+                        rx.close();
+                        break;
+                    }
+                    // A join is on its way; it will arrive through the queue.
+                    room.empty_since = Some(Instant::now());
+                }
+                () = ctx.shutdown.cancelled(), if !ctx.shutdown.is_cancelled() => {}
+            }
+        }
+        ctx.metrics.rooms_loaded.dec();
+        tracing::info!("room unloaded");
+    }
+    .instrument(span)
+    .await
+}
+
+async fn sleep_until_opt(deadline: Option<Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// After a failed load: leave the registry, then close every connection that tried to join.
+async fn refuse_all(
+    registry: &RoomRegistry,
+    name: &str,
+    entry_id: u64,
+    mut rx: mpsc::Receiver<RoomCommand>,
+    metrics: &Metrics,
+) {
+    registry.remove(name, entry_id);
+    rx.close();
+    while let Some(command) = rx.recv().await {
+        if let RoomCommand::Join { handle, .. } = command {
+            metrics.disconnect(CloseReason::Internal.as_str());
+            let _ = handle.tx.send(Outbound::Close(CloseReason::Internal));
+        }
+    }
+}
