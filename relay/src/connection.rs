@@ -199,7 +199,13 @@ where
     // An awareness message with no entries: a no-op for every client, but it counts as traffic
     // for the stock client's 30-second liveness check.
     let keepalive_frame = Bytes::from(encode_awareness(&[0]));
-    let mut last_write = Instant::now();
+    // Pings go out on every tick, busy or not: a passive client (no awareness renewals) only
+    // proves it is alive with its pongs. The awareness keep-alive is only needed when the
+    // connection was otherwise quiet since the last tick.
+    let mut ticks =
+        tokio::time::interval_at(Instant::now() + settings.keepalive, settings.keepalive);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut wrote_since_tick = false;
     loop {
         let reason = tokio::select! {
             biased;
@@ -214,21 +220,24 @@ where
                         biased;
                         () = handle.kick.cancelled() => Some(CloseReason::SlowReader),
                         result = write => match result {
-                            Ok(None) => { last_write = Instant::now(); None }
+                            Ok(None) => { wrote_since_tick = true; None }
                             Ok(Some(reason)) => Some(reason),
                             Err(_) => return Ended::ClientGone,
                         },
                     }
                 }
             },
-            () = tokio::time::sleep_until(last_write + settings.keepalive) => {
+            _ = ticks.tick() => {
+                let quiet = !std::mem::take(&mut wrote_since_tick);
                 let ping = async {
-                    sink.feed(Message::Binary(keepalive_frame.clone())).await?;
+                    if quiet {
+                        sink.feed(Message::Binary(keepalive_frame.clone())).await?;
+                    }
                     sink.feed(Message::Ping(Bytes::new())).await?;
                     sink.flush().await
                 };
                 match tokio::time::timeout(settings.keepalive, ping).await {
-                    Ok(Ok(())) => { last_write = Instant::now(); None }
+                    Ok(Ok(())) => None,
                     Ok(Err(_)) => return Ended::ClientGone,
                     // Cannot even send a keep-alive: the client is not reading.
                     Err(_) => Some(CloseReason::SlowReader),
@@ -453,6 +462,38 @@ mod tests {
             h.task.await.expect("task"),
             Ended::Closed(CloseReason::SlowReader)
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn busy_connection_still_gets_pings_but_no_awareness_keepalive() {
+        let mut h = start(SETTINGS, CancellationToken::new());
+        let data = Bytes::from_static(&[0, 2, 2, 0, 0]);
+        let mut saw_ping = false;
+        for _ in 0..40 {
+            h.handle
+                .queued_bytes
+                .fetch_add(data.len(), Ordering::Relaxed);
+            h.handle
+                .tx
+                .send(Outbound::Frame(data.clone()))
+                .expect("queue");
+            loop {
+                match h.from_relay.next().await.expect("message") {
+                    Message::Ping(_) => saw_ping = true,
+                    Message::Binary(frame) => {
+                        assert_eq!(frame, data, "no keep-alive frame while busy");
+                        break;
+                    }
+                    other => panic!("unexpected {other:?}"),
+                }
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            // Answer like a live client would, so the client timeout does not fire.
+            h.to_relay
+                .unbounded_send(Ok(Message::Pong(Bytes::new())))
+                .expect("pong");
+        }
+        assert!(saw_ping, "a busy connection must still be pinged");
     }
 
     #[tokio::test(start_paused = true)]

@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Runs every test of the project, installing what a fresh machine lacks.
+#
+#   tests/run-all.sh
+#
+# 1. formatting and lints of the Rust code,
+# 2. Rust unit tests and the integration tests in tests/ (real relay on a loopback port),
+# 3. the Node interoperability tests in tests/interop (unmodified yjs / y-websocket clients from
+#    npm against the relay binary).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+step() { printf '\n=== %s\n' "$*"; }
+
+step "cargo fmt --check"
+cargo fmt --all -- --check
+
+step "cargo clippy"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+
+step "cargo build (the relay binary the Node tests run)"
+cargo build --locked -p relay
+
+step "cargo test"
+cargo test --workspace --locked
+
+step "Node interoperability tests"
+(
+  cd tests/interop
+  npm ci --no-audit --no-fund --loglevel=error
+  npm test
+)
+
+printf '\nall tests passed\n'
