@@ -6,7 +6,7 @@
 //! `Awareness` couples the table to a `Doc` and a local client of its own; a relay has no local
 //! state, so this table is a small map with exactly the y-protocols rules.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 
 use crate::error::ProtocolError;
 use crate::protocol::{Cursor, write_var_bytes, write_var_u64};
@@ -72,9 +72,16 @@ pub fn encode_awareness_update<'a>(
 #[derive(Debug, Clone)]
 struct ClientState<O> {
     clock: u64,
-    state: Box<str>,
+    /// `None` for a removed client, kept as a tombstone with its clock.
+    state: Option<Box<str>>,
     owner: O,
 }
+
+/// How many removed clients keep their clock. Stock providers send every awareness change they
+/// apply back to the relay, so a removed client's old state can come back from another
+/// connection after the removal; the tombstone's higher clock is what makes the relay ignore it.
+/// Beyond this many, the oldest tombstones are forgotten.
+const MAX_TOMBSTONES: usize = 1024;
 
 /// What applying an awareness update changed.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -87,16 +94,29 @@ pub struct AwarenessChanges {
     pub removed: Vec<u64>,
 }
 
-/// The live awareness states of a room, with the owner (a connection id) that last set each one.
+impl AwarenessChanges {
+    /// Whether nothing changed.
+    pub fn is_empty(&self) -> bool {
+        self.added.is_empty() && self.updated.is_empty() && self.removed.is_empty()
+    }
+}
+
+/// The awareness states of a room, with the owner (a connection id) that last set each one.
 #[derive(Debug, Clone)]
 pub struct AwarenessTable<O> {
     states: HashMap<u64, ClientState<O>>,
+    /// Live (non-tombstone) entries.
+    live: usize,
+    /// Removed client ids, oldest first.
+    tombstones: VecDeque<u64>,
 }
 
 impl<O> Default for AwarenessTable<O> {
     fn default() -> Self {
         AwarenessTable {
             states: HashMap::new(),
+            live: 0,
+            tombstones: VecDeque::new(),
         }
     }
 }
@@ -109,81 +129,97 @@ impl<O: Copy + PartialEq> AwarenessTable<O> {
 
     /// Number of live states.
     pub fn len(&self) -> usize {
-        self.states.len()
+        self.live
     }
 
     /// Whether there are no live states.
     pub fn is_empty(&self) -> bool {
-        self.states.is_empty()
+        self.live == 0
     }
 
     /// Applies parsed entries from `owner` with the y-protocols rules: an entry wins when its clock
     /// is higher than the known one (0 for unknown clients), or when it is a removal at the same
-    /// clock. Removed clients are forgotten at once: the relay has no use for their clocks once
-    /// the removal has been forwarded.
+    /// clock of a live state. The winner's connection becomes the client id's owner.
     pub fn apply(&mut self, entries: &[AwarenessEntry<'_>], owner: O) -> AwarenessChanges {
         let mut changes = AwarenessChanges::default();
         for entry in entries {
             let known = self.states.get(&entry.client_id);
             let current_clock = known.map_or(0, |s| s.clock);
+            let was_live = known.is_some_and(|s| s.state.is_some());
             let wins = current_clock < entry.clock
-                || (current_clock == entry.clock && entry.state.is_none() && known.is_some());
+                || (current_clock == entry.clock && entry.state.is_none() && was_live);
             if !wins {
                 continue;
             }
-            match entry.state {
-                None => {
-                    if self.states.remove(&entry.client_id).is_some() {
-                        changes.removed.push(entry.client_id);
-                    }
+            self.states.insert(
+                entry.client_id,
+                ClientState {
+                    clock: entry.clock,
+                    state: entry.state.map(Into::into),
+                    owner,
+                },
+            );
+            match (was_live, entry.state.is_some()) {
+                (false, true) => {
+                    self.live += 1;
+                    changes.added.push(entry.client_id);
                 }
-                Some(json) => {
-                    let previous = self.states.insert(
-                        entry.client_id,
-                        ClientState {
-                            clock: entry.clock,
-                            state: json.into(),
-                            owner,
-                        },
-                    );
-                    match previous {
-                        None => changes.added.push(entry.client_id),
-                        Some(_) => changes.updated.push(entry.client_id),
-                    }
+                (true, true) => changes.updated.push(entry.client_id),
+                (true, false) => {
+                    self.live -= 1;
+                    changes.removed.push(entry.client_id);
+                    self.remember_tombstone(entry.client_id);
                 }
+                (false, false) => self.remember_tombstone(entry.client_id),
             }
         }
         changes
     }
 
+    fn remember_tombstone(&mut self, client_id: u64) {
+        self.tombstones.push_back(client_id);
+        while self.tombstones.len() > MAX_TOMBSTONES {
+            let oldest = self.tombstones.pop_front().expect("not empty");
+            // It may have come back to life since; only forget it if it is still removed.
+            if self.states.get(&oldest).is_some_and(|s| s.state.is_none()) {
+                self.states.remove(&oldest);
+            }
+        }
+    }
+
     /// Encodes every live state as one awareness update payload, or `None` if there is none.
     pub fn encode_all(&self) -> Option<Vec<u8>> {
-        if self.states.is_empty() {
+        if self.live == 0 {
             return None;
         }
-        Some(encode_awareness_update(self.states.iter().map(
-            |(&id, s)| AwarenessEntry {
-                client_id: id,
-                clock: s.clock,
-                state: Some(&s.state),
+        Some(encode_awareness_update(self.states.iter().filter_map(
+            |(&id, s)| {
+                s.state.as_deref().map(|state| AwarenessEntry {
+                    client_id: id,
+                    clock: s.clock,
+                    state: Some(state),
+                })
             },
         )))
     }
 
-    /// Removes every state that `owner` set last and returns the awareness update payload that
-    /// announces the removals (clock + 1, state `null`), or `None` if it owned nothing.
+    /// Removes every live state that `owner` set last and returns the awareness update payload
+    /// that announces the removals (clock + 1, state `null`), or `None` if it owned nothing.
     pub fn remove_owner(&mut self, owner: O) -> Option<Vec<u8>> {
         let mut removed = Vec::new();
-        self.states.retain(|&id, s| {
-            if s.owner == owner {
-                removed.push((id, s.clock + 1));
-                false
-            } else {
-                true
+        for (&id, s) in self.states.iter_mut() {
+            if s.owner == owner && s.state.is_some() {
+                s.clock += 1;
+                s.state = None;
+                removed.push((id, s.clock));
             }
-        });
+        }
         if removed.is_empty() {
             return None;
+        }
+        self.live -= removed.len();
+        for &(id, _) in &removed {
+            self.remember_tombstone(id);
         }
         Some(encode_awareness_update(removed.into_iter().map(
             |(client_id, clock)| AwarenessEntry {
@@ -262,5 +298,31 @@ mod tests {
         assert_eq!(table.remove_owner('a'), None);
         let all = table.encode_all().expect("states left");
         assert_eq!(parse_awareness_update(&all).expect("valid").len(), 2);
+    }
+
+    #[test]
+    fn a_removed_state_sent_back_by_another_client_stays_removed() {
+        let mut table = AwarenessTable::new();
+        table.apply(&[entry(1, 3, Some(r#"{"n":"a"}"#))], 'a');
+        table.remove_owner('a').expect("a owned client 1");
+        // Connection b re-sends the state it had applied before it saw the removal.
+        let changes = table.apply(&[entry(1, 3, Some(r#"{"n":"a"}"#))], 'b');
+        assert!(changes.is_empty());
+        assert!(table.is_empty());
+        assert_eq!(table.encode_all(), None);
+        // The client itself comes back with a newer clock.
+        let changes = table.apply(&[entry(1, 5, Some(r#"{"n":"a"}"#))], 'c');
+        assert_eq!(changes.added, vec![1]);
+    }
+
+    #[test]
+    fn tombstones_are_bounded() {
+        let mut table = AwarenessTable::new();
+        for id in 0..(MAX_TOMBSTONES as u64 * 3) {
+            table.apply(&[entry(id, 1, Some("{}"))], 'a');
+            table.apply(&[entry(id, 1, None)], 'a');
+        }
+        assert!(table.states.len() <= MAX_TOMBSTONES);
+        assert!(table.is_empty());
     }
 }

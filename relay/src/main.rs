@@ -50,6 +50,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
 
 async fn serve(config: Config) -> anyhow::Result<()> {
     config.validate()?;
+    raise_file_limit(config.max_connections);
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;
@@ -62,6 +63,25 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     tokio::spawn(cancel_on_signal(shutdown.clone()));
     relay::run(config, listener, shutdown).await?;
     Ok(())
+}
+
+/// Each connection needs a file descriptor, and the default soft limit (often 1024) is far below
+/// `--max-connections`: raise it to the hard limit, and say so if that is still too low.
+fn raise_file_limit(max_connections: usize) {
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(limit) => {
+            // Room for the store, the listener and HTTP requests besides the sockets.
+            let needed = max_connections as u64 + 64;
+            if limit < needed {
+                tracing::warn!(
+                    limit,
+                    max_connections,
+                    "the open-file limit is below --max-connections; raise it (ulimit -n) or lower --max-connections"
+                );
+            }
+        }
+        Err(error) => tracing::warn!(%error, "cannot raise the open-file limit"),
+    }
 }
 
 async fn cancel_on_signal(shutdown: CancellationToken) {
