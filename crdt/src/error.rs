@@ -128,6 +128,15 @@ pub enum LoadError {
     },
 }
 
+/// Listing rooms failed; the store is unchanged.
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum ListError {
+    /// redb failed to read.
+    #[error("cannot list rooms: {0}")]
+    Storage(#[from] redb::Error),
+}
+
 /// A write transaction failed. Nothing of the batch is on disk (redb transactions are atomic),
 /// and the caller still owns everything it asked to write, so it can retry.
 #[derive(Debug, Error)]

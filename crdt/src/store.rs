@@ -2,13 +2,14 @@
 //!
 //! # On-disk format, version 1
 //!
-//! One redb database (by default `<data-dir>/relay.redb`) with three tables:
+//! One redb database (by default `<data-dir>/relay.redb`) with four tables:
 //!
 //! | table | key | value |
 //! | --- | --- | --- |
 //! | `meta` | `&str` | `u64`; `"format_version"` = [`FORMAT_VERSION`] |
 //! | `snapshots` | room name (`&str`) | 8-byte little-endian sequence number *S*, then a Yjs update (v1) holding the whole document as of update *S* |
 //! | `log` | (room name, sequence number) (`(&str, u64)`) | one Yjs update (v1) |
+//! | `rooms` | room name (`&str`) | (`u64`, `u64`): when the last update was committed, in milliseconds since the Unix epoch, and the bytes the room's snapshot and log hold |
 //!
 //! Each room numbers its updates 1, 2, 3, ... A room's document is its snapshot (if any) with every
 //! log entry of a higher sequence number applied in order. A compaction writes a snapshot covering
@@ -22,14 +23,15 @@
 //! (given a disk that honours fsync). A crash during a commit leaves the previous commit; redb
 //! rolls the torn one back on the next open. Nothing is written outside a commit.
 
+use std::ops::Bound;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use bytes::Bytes;
-use redb::{Database, Durability, ReadableDatabase, TableDefinition};
+use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
 
 use crate::doc::RoomDoc;
-use crate::error::{CommitError, LoadError, OpenError};
+use crate::error::{CommitError, ListError, LoadError, OpenError};
 
 /// The store format this build reads and writes.
 pub const FORMAT_VERSION: u64 = 1;
@@ -38,6 +40,7 @@ const FORMAT_VERSION_KEY: &str = "format_version";
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 const SNAPSHOTS: TableDefinition<&str, &[u8]> = TableDefinition::new("snapshots");
 const LOG: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("log");
+const ROOMS: TableDefinition<&str, (u64, u64)> = TableDefinition::new("rooms");
 
 /// Length of the sequence-number header of a snapshot record.
 const SNAPSHOT_HEADER: usize = 8;
@@ -191,6 +194,7 @@ impl Store {
                 .map_err(redb::Error::from)?;
             write.open_table(SNAPSHOTS).map_err(redb::Error::from)?;
             write.open_table(LOG).map_err(redb::Error::from)?;
+            write.open_table(ROOMS).map_err(redb::Error::from)?;
         }
         write.commit().map_err(redb::Error::from)?;
         Ok(())
@@ -269,15 +273,21 @@ impl Store {
         &self,
         writes: impl IntoIterator<Item = &'a Write>,
     ) -> Result<(), CommitError> {
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
         let mut txn = self.db.begin_write()?;
         txn.set_durability(Durability::Immediate)?;
         {
             let mut log = txn.open_table(LOG)?;
             let mut snapshots = txn.open_table(SNAPSHOTS)?;
+            let mut rooms = txn.open_table(ROOMS)?;
             for write in writes {
                 match write {
                     Write::Append { room, seq, update } => {
                         log.insert((&**room, *seq), &**update)?;
+                        let bytes = rooms.get(&**room)?.map_or(0, |info| info.value().1);
+                        rooms.insert(&**room, (now_ms, bytes + update.len() as u64))?;
                     }
                     Write::Snapshot {
                         room,
@@ -289,6 +299,13 @@ impl Store {
                         record.extend_from_slice(state);
                         snapshots.insert(&**room, record.as_slice())?;
                         log.retain_in((&**room, 0)..=(&**room, *through_seq), |_, _| false)?;
+                        // Few entries follow a snapshot: the compaction just removed the rest.
+                        let mut bytes = state.len() as u64;
+                        for entry in log.range((&**room, *through_seq + 1)..=(&**room, u64::MAX))? {
+                            bytes += entry?.1.value().len() as u64;
+                        }
+                        let updated = rooms.get(&**room)?.map_or(now_ms, |info| info.value().0);
+                        rooms.insert(&**room, (updated, bytes))?;
                     }
                 }
             }
@@ -296,6 +313,46 @@ impl Store {
         txn.commit()?;
         Ok(())
     }
+
+    /// Lists stored rooms in name order, starting after `after`, at most `limit` of them.
+    ///
+    /// # Errors
+    /// [`ListError`] when redb fails to read; the store is unchanged.
+    pub fn list_rooms(
+        &self,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<RoomInfo>, ListError> {
+        let read = self.db.begin_read().map_err(redb::Error::from)?;
+        let rooms = read.open_table(ROOMS).map_err(redb::Error::from)?;
+        let range = match after {
+            Some(after) => rooms.range::<&str>((Bound::Excluded(after), Bound::Unbounded)),
+            None => rooms.range::<&str>(..),
+        }
+        .map_err(redb::Error::from)?;
+        let mut out = Vec::new();
+        for entry in range.take(limit) {
+            let (name, info) = entry.map_err(redb::Error::from)?;
+            let (updated_ms, stored_bytes) = info.value();
+            out.push(RoomInfo {
+                name: name.value().to_owned(),
+                updated_ms,
+                stored_bytes,
+            });
+        }
+        Ok(out)
+    }
+}
+
+/// A stored room, as listed by [`Store::list_rooms`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RoomInfo {
+    /// The room name.
+    pub name: String,
+    /// When its last update was committed, in milliseconds since the Unix epoch.
+    pub updated_ms: u64,
+    /// Bytes its snapshot and log hold.
+    pub stored_bytes: u64,
 }
 
 #[cfg(test)]
@@ -387,6 +444,55 @@ mod tests {
         assert_eq!(text_of(&room), "abc");
         assert_eq!((room.log_entries, room.next_seq), (1, 4));
         assert!(room.snapshot_bytes > 0);
+    }
+
+    #[test]
+    fn rooms_are_listed_in_pages_with_their_size() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store =
+            Store::open(&dir.path().join("l.redb"), &StoreOptions::default()).expect("open");
+        let source = Doc::new();
+        let first = edit(&source, "abc");
+        let first_len = first.len() as u64;
+        store
+            .commit(&[
+                append("b", 1, first),
+                append("a", 1, edit(&Doc::new(), "x")),
+                append("c", 1, edit(&Doc::new(), "y")),
+            ])
+            .expect("commit");
+        let second = edit(&source, "def");
+        let second_len = second.len() as u64;
+        store.commit(&[append("b", 2, second)]).expect("commit");
+        let page = store.list_rooms(None, 2).expect("list");
+        assert_eq!(
+            page.iter().map(|r| r.name.as_str()).collect::<Vec<_>>(),
+            ["a", "b"]
+        );
+        assert_eq!(page[1].stored_bytes, first_len + second_len);
+        assert!(page[1].updated_ms > 0);
+        let rest = store.list_rooms(Some("b"), 2).expect("list");
+        assert_eq!(
+            rest.iter().map(|r| r.name.as_str()).collect::<Vec<_>>(),
+            ["c"]
+        );
+
+        // After a compaction the size is the snapshot's.
+        let state: Arc<[u8]> = source
+            .transact()
+            .encode_state_as_update_v1(&StateVector::default())
+            .into();
+        let state_len = state.len() as u64;
+        store
+            .commit(&[Write::Snapshot {
+                room: "b".into(),
+                through_seq: 2,
+                state,
+            }])
+            .expect("compact");
+        let b = store.list_rooms(Some("a"), 1).expect("list");
+        assert_eq!(b[0].stored_bytes, state_len);
+        assert_eq!(b[0].updated_ms, page[1].updated_ms);
     }
 
     #[test]

@@ -4,7 +4,8 @@
 //!
 //! 1. [`config`]: the settings of `relay serve`.
 //! 2. [`server`]: the accept loop (TCP_NODELAY, hyper, graceful HTTP shutdown).
-//! 3. [`routes`]: the HTTP routes and the WebSocket upgrade at `/<room>`.
+//! 3. [`routes`]: the HTTP routes and the WebSocket upgrade at `/<room>`; [`api`] (JSON) and
+//!    [`assets`] (the demo apps compiled into the binary) serve the plain HTTP side.
 //! 4. [`connection`]: one socket's reader and writer, keep-alives and close codes.
 //! 5. [`registry`]: the one place that creates room tasks.
 //! 6. [`room`]: one task per room owning its document and awareness.
@@ -25,6 +26,8 @@
 //! # }
 //! ```
 
+pub mod api;
+pub mod assets;
 pub mod config;
 pub mod connection;
 pub mod persist;

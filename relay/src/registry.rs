@@ -61,6 +61,19 @@ impl RoomRegistry {
         })
     }
 
+    /// The store the rooms load from.
+    pub fn store(&self) -> &Arc<crdt::store::Store> {
+        &self.ctx.store
+    }
+
+    /// Connections open to `room` now (0 when it is not loaded).
+    pub fn connections(&self, room: &str) -> usize {
+        let rooms = self.rooms.lock().expect("registry lock is never poisoned");
+        rooms
+            .get(room)
+            .map_or(0, |e| e.status.connections.load(Ordering::Relaxed))
+    }
+
     /// The room tasks, for waiting on them at shutdown.
     pub fn tasks(&self) -> &TaskTracker {
         &self.tasks

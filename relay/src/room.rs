@@ -161,6 +161,8 @@ pub struct RoomContext {
 pub struct RoomStatus {
     /// Updates applied but not yet committed.
     pub unsaved_updates: AtomicU64,
+    /// Connections joined now.
+    pub connections: AtomicUsize,
 }
 
 /// A save request waiting for its commit.
@@ -299,6 +301,9 @@ impl Room {
             },
         );
         self.empty_since = None;
+        self.status
+            .connections
+            .store(self.conns.len(), Ordering::Relaxed);
         if !ok {
             self.remove_conns(vec![(conn, Some(CloseReason::SlowReader))]);
         }
@@ -601,6 +606,9 @@ impl Room {
                 }
             }
         }
+        self.status
+            .connections
+            .store(self.conns.len(), Ordering::Relaxed);
         if self.conns.is_empty() && self.empty_since.is_none() {
             self.empty_since = Some(Instant::now());
         }

@@ -130,38 +130,46 @@ pub fn routes(
     let healthz = warp::path!("healthz")
         .and(warp::get().or(warp::head()).unify())
         .map(|| text(StatusCode::OK, "ok\n"));
-    let metrics =
-        warp::path!("metrics")
-            .and(warp::get())
-            .and(with_state)
-            .map(|state: Arc<AppState>| {
-                let mut response = state.metrics.encode().into_response();
-                response.headers_mut().insert(
-                    CONTENT_TYPE,
-                    http::HeaderValue::from_static(
-                        "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                    ),
-                );
-                response
-            });
-    let index = warp::path::end().and(warp::get()).map(|| {
-        text(
-            StatusCode::OK,
-            "This is a Yjs relay. Connect a y-websocket provider to ws://<this host>/<room>.\n",
-        )
-    });
+    let metrics = warp::path!("metrics")
+        .and(warp::get())
+        .and(with_state.clone())
+        .map(|state: Arc<AppState>| {
+            let mut response = state.metrics.encode().into_response();
+            response.headers_mut().insert(
+                CONTENT_TYPE,
+                http::HeaderValue::from_static(
+                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                ),
+            );
+            response
+        });
+    let list_docs = warp::path!("api" / "docs")
+        .and(warp::get())
+        .and(warp::query::<crate::api::ListQuery>())
+        .and(with_state.clone())
+        .then(crate::api::list_docs);
+    let assets = warp::get()
+        .and(warp::path::full())
+        .and(warp::header::headers_cloned())
+        .and_then(|path: FullPath, headers: HeaderMap| async move {
+            crate::assets::serve(path.as_str(), &headers).ok_or_else(warp::reject::not_found)
+        });
     websocket
         .or(healthz)
         .unify()
         .or(metrics)
         .unify()
-        .or(index)
+        .or(list_docs)
+        .unify()
+        .or(assets)
         .unify()
         .recover(|rejection: warp::Rejection| async move {
-            let response = if rejection.is_not_found() {
-                text(StatusCode::NOT_FOUND, "not found\n")
+            // Every route rejects with its own reason (a missing Upgrade header, a wrong method);
+            // what the client needs to hear is that nothing is here, unless a query was bad.
+            let response = if rejection.find::<warp::reject::InvalidQuery>().is_some() {
+                crate::api::error(StatusCode::BAD_REQUEST, "invalid query parameters")
             } else {
-                text(StatusCode::BAD_REQUEST, "bad request\n")
+                text(StatusCode::NOT_FOUND, "not found\n")
             };
             Ok::<_, Infallible>(response)
         })
