@@ -9,6 +9,23 @@ use clap::Args;
 /// Name of the store file inside the data directory.
 pub const STORE_FILE: &str = "relay.redb";
 
+/// A secret from the command line or the environment. It never appears in logs or `Debug`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(pub String);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+impl std::str::FromStr for Secret {
+    type Err = std::convert::Infallible;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(Secret(s.to_owned()))
+    }
+}
+
 /// Settings of `relay serve`. Every flag has an environment variable under the `RELAY_` prefix.
 #[derive(Debug, Clone, Args)]
 pub struct Config {
@@ -74,6 +91,39 @@ pub struct Config {
     /// redb page cache in MiB.
     #[arg(long, env = "RELAY_STORE_CACHE_MB", default_value_t = 64)]
     pub store_cache_mb: usize,
+
+    /// Secret for signing and checking tokens: `SECRET`, or `KID:SECRET` to name the key. Repeat
+    /// the flag (or separate with commas in the variable) to accept several keys while rotating;
+    /// the first one signs. Without a secret the relay is open to everyone.
+    #[arg(
+        long = "secret",
+        env = "RELAY_SECRET",
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
+    pub secrets: Vec<Secret>,
+
+    /// Origins (scheme://host[:port]) allowed to open WebSockets, besides the relay's own. Without
+    /// any, every origin is allowed. Repeat the flag or separate with commas.
+    #[arg(
+        long = "allowed-origin",
+        env = "RELAY_ALLOWED_ORIGINS",
+        value_delimiter = ','
+    )]
+    pub allowed_origins: Vec<String>,
+
+    /// URL that receives a signed JSON POST when a document is created, changed or deleted.
+    #[arg(long, env = "RELAY_WEBHOOK_URL")]
+    pub webhook_url: Option<String>,
+
+    /// Secret for the webhook's HMAC-SHA256 signature (default: the first --secret).
+    #[arg(long, env = "RELAY_WEBHOOK_SECRET", hide_env_values = true)]
+    pub webhook_secret: Option<Secret>,
+
+    /// Enable the demo's sign-on endpoint, which hands out write tokens for demo documents to
+    /// anyone. For demos only; never on by default.
+    #[arg(long, env = "RELAY_DEMO_SIGN_ON")]
+    pub demo_sign_on: bool,
 }
 
 impl Default for Config {
@@ -93,6 +143,11 @@ impl Default for Config {
             client_timeout_secs: 60,
             drain_timeout_secs: 10,
             store_cache_mb: 64,
+            secrets: Vec::new(),
+            allowed_origins: Vec::new(),
+            webhook_url: None,
+            webhook_secret: None,
+            demo_sign_on: false,
         }
     }
 }

@@ -35,6 +35,9 @@ pub struct ConnectionSettings {
     pub keepalive: Duration,
     /// Silence on the inbound side after which the client is considered gone.
     pub client_timeout: Duration,
+    /// When the connection's token expires, in seconds since the Unix epoch; the connection is
+    /// then closed with 4401.
+    pub expires_at: Option<u64>,
 }
 
 /// The connection's side of its outbound queue, created before joining the room.
@@ -107,11 +110,21 @@ where
     let (sink, stream) = socket.split();
     let Outbox { rx, handle } = outbox;
     let close_tx = handle.tx.clone();
+    let expiry_tx = handle.tx.clone();
     let reader = read_loop(stream, conn, &room, close_tx, settings, &metrics);
     let writer = write_loop(sink, rx, &handle, settings, &shutdown, &metrics);
     tokio::pin!(reader, writer);
+    let expiry = token_expiry(settings.expires_at);
+    tokio::pin!(expiry);
     let ended = tokio::select! {
         ended = &mut writer => ended,
+        () = &mut expiry => {
+            tracing::info!("token expired; closing");
+            let _ = expiry_tx.send(Outbound::Close(CloseReason::TokenExpired));
+            tokio::time::timeout(CLOSE_GRACE * 2, &mut writer)
+                .await
+                .unwrap_or(Ended::Closed(CloseReason::TokenExpired))
+        }
         read_end = &mut reader => match read_end {
             // The reader queued a close frame: give the writer a moment to send it.
             Some(reason) => tokio::time::timeout(CLOSE_GRACE * 2, writer)
@@ -124,6 +137,16 @@ where
     let _ = room.send(RoomCommand::Leave { conn }).await;
     metrics.disconnect(ended.as_str());
     ended
+}
+
+/// Completes when the token expires (never without an expiry).
+async fn token_expiry(expires_at: Option<u64>) {
+    let Some(expires_at) = expires_at else {
+        return std::future::pending().await;
+    };
+    // A token is valid through its `exp` second, as when it was checked.
+    let left = (expires_at + 1).saturating_sub(crate::auth::now_secs());
+    tokio::time::sleep(Duration::from_secs(left)).await;
 }
 
 /// Reads frames until the client leaves. Returns the close reason it queued for the writer, if
@@ -365,6 +388,7 @@ mod tests {
     const SETTINGS: ConnectionSettings = ConnectionSettings {
         keepalive: Duration::from_secs(10),
         client_timeout: Duration::from_secs(60),
+        expires_at: None,
     };
 
     fn close_code(message: &Message) -> Option<u16> {
@@ -452,6 +476,27 @@ mod tests {
         shutdown.cancel();
         let sent = h.from_relay.next().await.expect("close frame");
         assert_eq!(close_code(&sent), Some(1001));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn expired_token_closes_with_4401() {
+        let settings = ConnectionSettings {
+            expires_at: Some(crate::auth::now_secs() + 5),
+            ..SETTINGS
+        };
+        let mut h = start(settings, CancellationToken::new());
+        let mut code = None;
+        while let Some(message) = h.from_relay.next().await {
+            if let Some(c) = close_code(&message) {
+                code = Some(c);
+                break;
+            }
+        }
+        assert_eq!(code, Some(4401));
+        assert_eq!(
+            h.task.await.expect("task"),
+            Ended::Closed(CloseReason::TokenExpired)
+        );
     }
 
     #[tokio::test]

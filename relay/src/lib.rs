@@ -6,6 +6,7 @@
 //! 2. [`server`]: the accept loop (TCP_NODELAY, hyper, graceful HTTP shutdown).
 //! 3. [`routes`]: the HTTP routes and the WebSocket upgrade at `/<room>`; [`api`] (JSON) and
 //!    [`assets`] (the demo apps compiled into the binary) serve the plain HTTP side.
+//!    [`upgrade`] checks a WebSocket upgrade (origin, token, limits) before accepting it.
 //! 4. [`connection`]: one socket's reader and writer, keep-alives and close codes.
 //! 5. [`registry`]: the one place that creates room tasks.
 //! 6. [`room`]: one task per room owning its document and awareness.
@@ -28,6 +29,7 @@
 
 pub mod api;
 pub mod assets;
+pub mod auth;
 pub mod config;
 pub mod connection;
 pub mod persist;
@@ -36,6 +38,7 @@ pub mod room;
 pub mod routes;
 pub mod server;
 pub mod telemetry;
+pub mod upgrade;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -59,6 +62,9 @@ pub enum RunError {
     /// A setting cannot work.
     #[error(transparent)]
     Config(#[from] config::ConfigError),
+    /// A secret cannot be used.
+    #[error(transparent)]
+    Secret(#[from] auth::KeyError),
     /// The data directory cannot be created.
     #[error("cannot create the data directory {path}: {source}")]
     DataDir {
@@ -99,6 +105,15 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> Result<(), RunError> {
     config.validate()?;
+    let keys = if config.secrets.is_empty() {
+        tracing::warn!(
+            "no --secret given: the relay is OPEN, anyone who can reach it may read, edit and delete every document; set RELAY_SECRET before exposing it"
+        );
+        None
+    } else {
+        let secrets: Vec<String> = config.secrets.iter().map(|s| s.0.clone()).collect();
+        Some(Arc::new(auth::Keys::parse(&secrets)?))
+    };
     std::fs::create_dir_all(&config.data_dir).map_err(|source| RunError::DataDir {
         path: config.data_dir.clone(),
         source,
@@ -148,7 +163,7 @@ pub async fn run(
     let registry = RoomRegistry::new(ctx, config.room_queue);
     let drain_timeout = config.drain_timeout();
     let config = Arc::new(config);
-    let state = AppState::new(config, registry.clone(), metrics, shutdown.clone());
+    let state = AppState::new(config, registry.clone(), metrics, shutdown.clone(), keys);
     let http_tasks = TaskTracker::new();
 
     server::accept_loop(

@@ -13,6 +13,7 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::mpsc;
 use tokio_util::task::TaskTracker;
 
+use crate::auth::Access;
 use crate::room::{ConnHandle, ConnId, RoomCommand, RoomContext, RoomStatus, run_room};
 
 /// The queue of a loaded room.
@@ -79,7 +80,7 @@ impl RoomRegistry {
         &self.tasks
     }
 
-    /// Joins `conn` to `room`, loading the room if needed. Returns the room's queue for the
+    /// Joins `conn` to `room` with `access`, loading the room if needed. Returns the room's queue for the
     /// connection's frames.
     ///
     /// # Errors
@@ -89,9 +90,14 @@ impl RoomRegistry {
         self: &Arc<Self>,
         room: &str,
         conn: ConnId,
+        access: Access,
         handle: ConnHandle,
     ) -> Result<RoomSender, JoinError> {
-        let mut command = RoomCommand::Join { conn, handle };
+        let mut command = RoomCommand::Join {
+            conn,
+            access,
+            handle,
+        };
         for _ in 0..3 {
             let (tx, pending) = self.entry_for(room);
             match tx.send(command).await {

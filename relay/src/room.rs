@@ -13,10 +13,10 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use crdt::awareness::{AwarenessTable, parse_awareness_update};
-use crdt::doc::{Applied, RoomDoc};
+use crdt::doc::{Applied, EMPTY_UPDATE_V1, RoomDoc};
 use crdt::protocol::{
-    Message, MessageReader, encode_awareness, encode_save_error, encode_saved, encode_sync_step1,
-    encode_sync_step2, encode_update,
+    Message, MessageReader, encode_awareness, encode_permission_denied, encode_save_error,
+    encode_saved, encode_sync_step1, encode_sync_step2, encode_update,
 };
 use crdt::store::{Store, StoredRoom, Write};
 use tokio::sync::{mpsc, watch};
@@ -24,9 +24,13 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
+use crate::auth::Access;
 use crate::persist::{CommitState, PersistJob, PersistMsg, PersistSender};
 use crate::registry::RoomRegistry;
 use crate::telemetry::Metrics;
+
+/// The reason sent with a refused update from a read-only connection.
+const READ_ONLY_REASON: &str = "read-only access: updates are not accepted";
 
 /// Identifies one connection for the lifetime of the process.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -45,6 +49,10 @@ pub enum CloseReason {
     Shutdown,
     /// The client said nothing, not even a pong, for too long (1001).
     ClientTimeout,
+    /// The connection's token expired (4401): get a new token before reconnecting.
+    TokenExpired,
+    /// The document was deleted (4404): do not reconnect to it.
+    DocumentDeleted,
     /// A malformed message, or an update or state vector that does not decode (1002).
     ProtocolError,
     /// A text frame (1003).
@@ -67,6 +75,8 @@ impl CloseReason {
             CloseReason::TooBig => 1009,
             CloseReason::Internal => 1011,
             CloseReason::SlowReader => 1013,
+            CloseReason::TokenExpired => 4401,
+            CloseReason::DocumentDeleted => 4404,
         }
     }
 
@@ -80,6 +90,8 @@ impl CloseReason {
             CloseReason::TooBig => "too_big",
             CloseReason::Internal => "internal_error",
             CloseReason::SlowReader => "slow_reader",
+            CloseReason::TokenExpired => "token_expired",
+            CloseReason::DocumentDeleted => "document_deleted",
         }
     }
 }
@@ -112,6 +124,8 @@ pub enum RoomCommand {
     Join {
         /// The connection.
         conn: ConnId,
+        /// What its token allows.
+        access: Access,
         /// How to reach it.
         handle: ConnHandle,
     },
@@ -179,6 +193,8 @@ struct PendingSave {
 #[derive(Debug)]
 struct ConnState {
     handle: ConnHandle,
+    /// Read-only connections get everything but may not change the document.
+    access: Access,
     /// Sequence number of the last update this connection contributed.
     last_seq: u64,
     /// Save requests waiting for a commit, in request order.
@@ -281,7 +297,7 @@ impl Room {
         Some(since + self.ctx.settings.idle_unload)
     }
 
-    fn join(&mut self, conn: ConnId, handle: ConnHandle) {
+    fn join(&mut self, conn: ConnId, access: Access, handle: ConnHandle) {
         tracing::debug!(%conn, "connection joined");
         let delivery = self.delivery();
         // Greeting: sync step 1, then the awareness states, each in its own frame.
@@ -296,6 +312,7 @@ impl Room {
             conn,
             ConnState {
                 handle,
+                access,
                 last_seq: 0,
                 saves: VecDeque::new(),
             },
@@ -381,6 +398,20 @@ impl Room {
         update: &[u8],
         as_sent: Option<Bytes>,
     ) {
+        let read_only = self
+            .conns
+            .get(&conn)
+            .is_some_and(|c| c.access < Access::Write);
+        if read_only {
+            // Every client answers the greeting with a sync step 2, usually empty: only refuse
+            // one that would change something.
+            if update != EMPTY_UPDATE_V1 {
+                tracing::debug!(%conn, "refused an update from a read-only connection");
+                self.ctx.metrics.error("read_only_update");
+                self.send(conn, encode_permission_denied(READ_ONLY_REASON).into());
+            }
+            return;
+        }
         match self.doc.apply_update_v1(update) {
             Err(error) => {
                 tracing::warn!(%conn, %error, "update does not apply; closing the connection");
@@ -659,9 +690,9 @@ pub(crate) async fn run_room(
             let deadline = room.unload_deadline();
             tokio::select! {
                 command = rx.recv() => match command {
-                    Some(RoomCommand::Join { conn, handle }) => {
+                    Some(RoomCommand::Join { conn, access, handle }) => {
                         pending_joins.fetch_sub(1, Ordering::AcqRel);
-                        room.join(conn, handle);
+                        room.join(conn, access, handle);
                     }
                     Some(RoomCommand::Frame { conn, frame }) => room.on_frame(conn, frame).await,
                     Some(RoomCommand::Leave { conn }) => room.remove_conns(vec![(conn, None)]),

@@ -1,0 +1,424 @@
+//! Tokens and permissions: signed, expiring JWTs (HS256) that grant read, write or admin access
+//! to one document or to every document under a prefix.
+//!
+//! The relay is given one or more secrets. Each is either a plain secret or `KID:SECRET`; tokens
+//! are signed with the first one (its key id goes into the token header), and verified with the
+//! key their header names, so a new key can be added in front of the old one and the old one
+//! dropped once its tokens have expired. Expiry is enforced to the second, with no leeway.
+
+use std::fmt;
+
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use serde::{Deserialize, Serialize};
+
+/// What a token allows, in increasing order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Access {
+    /// Receive the document and awareness; share awareness; no edits.
+    Read,
+    /// Read and edit.
+    Write,
+    /// Everything, including the document API.
+    Admin,
+}
+
+impl Access {
+    /// The lowercase name used in tokens and on the command line.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Access::Read => "read",
+            Access::Write => "write",
+            Access::Admin => "admin",
+        }
+    }
+}
+
+impl std::str::FromStr for Access {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "read" => Ok(Access::Read),
+            "write" => Ok(Access::Write),
+            "admin" => Ok(Access::Admin),
+            other => Err(format!(
+                "unknown access {other:?}: use read, write or admin"
+            )),
+        }
+    }
+}
+
+/// The claims of a relay token.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Claims {
+    /// The one document this token is for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub doc: Option<String>,
+    /// Or: every document whose name starts with this.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub doc_prefix: Option<String>,
+    /// What the token allows.
+    pub access: Access,
+    /// Expiry, in seconds since the Unix epoch.
+    pub exp: u64,
+    /// When it was issued.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub iat: Option<u64>,
+    /// The user's id in the application.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sub: Option<String>,
+    /// The user's display name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+}
+
+impl Claims {
+    /// Whether the token covers `room`. An admin token without a document covers every
+    /// document; any other token must name the document or a prefix of it.
+    pub fn covers(&self, room: &str) -> bool {
+        match (&self.doc, &self.doc_prefix) {
+            (Some(doc), _) => doc == room,
+            (None, Some(prefix)) => room.starts_with(prefix.as_str()),
+            (None, None) => self.access == Access::Admin,
+        }
+    }
+}
+
+/// Why a request was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AuthError {
+    /// No token was given.
+    #[error("a token is required")]
+    Missing,
+    /// The token is not a JWT, is signed with an unknown key or a wrong signature, or its claims
+    /// are not ours.
+    #[error("the token is invalid")]
+    Invalid,
+    /// The token has expired.
+    #[error("the token has expired")]
+    Expired,
+    /// The token is for other documents.
+    #[error("the token is not valid for this document")]
+    WrongDocument,
+    /// The token does not allow this.
+    #[error("the token does not allow {0}")]
+    Insufficient(&'static str),
+}
+
+impl AuthError {
+    /// The HTTP status for a refused request: 401 when the client must get a (new) token, 403
+    /// when its valid token does not allow the request.
+    pub fn status(&self) -> http::StatusCode {
+        match self {
+            AuthError::Missing | AuthError::Invalid | AuthError::Expired => {
+                http::StatusCode::UNAUTHORIZED
+            }
+            AuthError::WrongDocument | AuthError::Insufficient(_) => http::StatusCode::FORBIDDEN,
+        }
+    }
+}
+
+/// A secret given on the command line that cannot be used.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("invalid --secret: {0}")]
+pub struct KeyError(String);
+
+struct Key {
+    kid: Option<String>,
+    encoding: EncodingKey,
+    decoding: DecodingKey,
+}
+
+/// The relay's signing keys; the first one signs.
+pub struct Keys {
+    keys: Vec<Key>,
+}
+
+impl fmt::Debug for Keys {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let kids: Vec<_> = self
+            .keys
+            .iter()
+            .map(|k| k.kid.as_deref().unwrap_or("-"))
+            .collect();
+        f.debug_struct("Keys")
+            .field("kids", &kids)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The shortest secret accepted, in bytes: HS256 keys should be at least as long as the hash.
+pub const MIN_SECRET_BYTES: usize = 16;
+
+impl Keys {
+    /// Parses secrets given as `SECRET` or `KID:SECRET` (a key id is letters, digits, `-`, `_`
+    /// and `.`, up to 64 of them).
+    ///
+    /// # Errors
+    /// [`KeyError`] for an empty list, a secret shorter than [`MIN_SECRET_BYTES`], a repeated key
+    /// id, or several secrets of which one has no key id (tokens could not name it).
+    pub fn parse(specs: &[String]) -> Result<Keys, KeyError> {
+        if specs.is_empty() {
+            return Err(KeyError("no secret given".into()));
+        }
+        let mut keys: Vec<Key> = Vec::new();
+        for spec in specs {
+            let (kid, secret) = match spec.split_once(':') {
+                Some((kid, secret)) if is_key_id(kid) => (Some(kid.to_owned()), secret),
+                _ => (None, spec.as_str()),
+            };
+            if secret.len() < MIN_SECRET_BYTES {
+                return Err(KeyError(format!(
+                    "a secret must be at least {MIN_SECRET_BYTES} bytes long"
+                )));
+            }
+            if keys.iter().any(|k| k.kid == kid) {
+                return Err(KeyError(format!(
+                    "key id {} is given twice",
+                    kid.as_deref().unwrap_or("(none)")
+                )));
+            }
+            keys.push(Key {
+                kid,
+                encoding: EncodingKey::from_secret(secret.as_bytes()),
+                decoding: DecodingKey::from_secret(secret.as_bytes()),
+            });
+        }
+        if keys.len() > 1 && keys.iter().any(|k| k.kid.is_none()) {
+            return Err(KeyError(
+                "with several secrets, give each a key id: KID:SECRET".into(),
+            ));
+        }
+        Ok(Keys { keys })
+    }
+
+    /// Signs `claims` with the first key.
+    pub fn mint(&self, claims: &Claims) -> String {
+        let key = &self.keys[0];
+        let mut header = Header::new(Algorithm::HS256);
+        header.kid = key.kid.clone();
+        jsonwebtoken::encode(&header, claims, &key.encoding)
+            .expect("HS256 signing of serializable claims cannot fail")
+    }
+
+    /// Checks a token's signature and expiry and returns its claims.
+    ///
+    /// # Errors
+    /// [`AuthError::Invalid`] or [`AuthError::Expired`].
+    pub fn verify(&self, token: &str) -> Result<Claims, AuthError> {
+        let header = jsonwebtoken::decode_header(token).map_err(|_| AuthError::Invalid)?;
+        let key = match &header.kid {
+            Some(kid) => self.keys.iter().find(|k| k.kid.as_deref() == Some(kid)),
+            None => self.keys.iter().find(|k| k.kid.is_none()),
+        }
+        .ok_or(AuthError::Invalid)?;
+        let mut validation = Validation::new(Algorithm::HS256);
+        validation.leeway = 0;
+        validation.validate_aud = false;
+        match jsonwebtoken::decode::<Claims>(token, &key.decoding, &validation) {
+            Ok(data) => Ok(data.claims),
+            Err(e) if matches!(e.kind(), jsonwebtoken::errors::ErrorKind::ExpiredSignature) => {
+                Err(AuthError::Expired)
+            }
+            Err(_) => Err(AuthError::Invalid),
+        }
+    }
+}
+
+fn is_key_id(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 64
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+}
+
+/// What an accepted request may do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Grant {
+    /// The access granted.
+    pub access: Access,
+    /// When the grant ends, in seconds since the Unix epoch (`None` on an open relay).
+    pub expires_at: Option<u64>,
+}
+
+/// Decides whether a request for `room` (or for the whole document API when `room` is `None`)
+/// with `token` gets at least `needed` access.
+///
+/// Without keys the relay is open: everything is allowed.
+///
+/// # Errors
+/// [`AuthError`] saying why not.
+pub fn authorize(
+    keys: Option<&Keys>,
+    token: Option<&str>,
+    room: Option<&str>,
+    needed: Access,
+) -> Result<Grant, AuthError> {
+    let Some(keys) = keys else {
+        return Ok(Grant {
+            access: Access::Admin,
+            expires_at: None,
+        });
+    };
+    let token = token.filter(|t| !t.is_empty()).ok_or(AuthError::Missing)?;
+    let claims = keys.verify(token)?;
+    let covered = match room {
+        Some(room) => claims.covers(room),
+        None => claims.doc.is_none() && claims.doc_prefix.is_none(),
+    };
+    if !covered {
+        return Err(AuthError::WrongDocument);
+    }
+    if claims.access < needed {
+        return Err(AuthError::Insufficient(match needed {
+            Access::Read => "reading",
+            Access::Write => "writing",
+            Access::Admin => "administration",
+        }));
+    }
+    Ok(Grant {
+        access: claims.access,
+        expires_at: Some(claims.exp),
+    })
+}
+
+/// Seconds since the Unix epoch.
+pub fn now_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SECRET: &str = "0123456789abcdef-test-secret";
+
+    fn claims(doc: Option<&str>, access: Access, exp: u64) -> Claims {
+        Claims {
+            doc: doc.map(Into::into),
+            doc_prefix: None,
+            access,
+            exp,
+            iat: None,
+            sub: Some("u1".into()),
+            name: Some("Ada".into()),
+        }
+    }
+
+    fn keys(specs: &[&str]) -> Keys {
+        Keys::parse(&specs.iter().map(|s| s.to_string()).collect::<Vec<_>>()).expect("valid")
+    }
+
+    #[test]
+    fn minted_token_verifies_and_round_trips_its_claims() {
+        let keys = keys(&[SECRET]);
+        let c = claims(Some("notes"), Access::Write, now_secs() + 60);
+        assert_eq!(keys.verify(&keys.mint(&c)), Ok(c));
+    }
+
+    #[test]
+    fn expiry_is_enforced_to_the_second() {
+        let keys = keys(&[SECRET]);
+        let expired = keys.mint(&claims(Some("d"), Access::Write, now_secs() - 1));
+        assert_eq!(keys.verify(&expired), Err(AuthError::Expired));
+        let valid = keys.mint(&claims(Some("d"), Access::Write, now_secs() + 2));
+        assert!(keys.verify(&valid).is_ok());
+    }
+
+    #[test]
+    fn forged_or_foreign_tokens_are_invalid() {
+        let keys = keys(&[SECRET]);
+        let other = self::keys(&["another-secret-of-16-bytes"]);
+        let token = other.mint(&claims(Some("d"), Access::Admin, now_secs() + 60));
+        assert_eq!(keys.verify(&token), Err(AuthError::Invalid));
+        assert_eq!(keys.verify("not.a.jwt"), Err(AuthError::Invalid));
+        let good = keys.mint(&claims(Some("d"), Access::Read, now_secs() + 60));
+        let mut parts: Vec<&str> = good.split('.').collect();
+        let forged_payload = {
+            let admin = keys.mint(&claims(Some("d"), Access::Admin, now_secs() + 60));
+            admin.split('.').nth(1).expect("payload").to_owned()
+        };
+        parts[1] = &forged_payload;
+        // A read token's signature over an admin token's payload.
+        assert_eq!(keys.verify(&parts.join(".")), Err(AuthError::Invalid));
+    }
+
+    #[test]
+    fn rotation_verifies_old_and_new_keys_and_signs_with_the_first() {
+        let old = keys(&["old:old-secret-0123456789"]);
+        let rotated = keys(&["new:new-secret-0123456789", "old:old-secret-0123456789"]);
+        let old_token = old.mint(&claims(Some("d"), Access::Read, now_secs() + 60));
+        assert!(rotated.verify(&old_token).is_ok());
+        let new_token = rotated.mint(&claims(Some("d"), Access::Read, now_secs() + 60));
+        assert_eq!(
+            jsonwebtoken::decode_header(&new_token)
+                .expect("header")
+                .kid
+                .as_deref(),
+            Some("new")
+        );
+        assert_eq!(old.verify(&new_token), Err(AuthError::Invalid));
+    }
+
+    #[test]
+    fn key_parsing_refuses_unusable_secrets() {
+        assert!(Keys::parse(&[]).is_err());
+        assert!(Keys::parse(&["short".into()]).is_err());
+        assert!(Keys::parse(&["a:0123456789abcdef".into(), "a:0123456789abcdeg".into()]).is_err());
+        assert!(Keys::parse(&["0123456789abcdef".into(), "b:0123456789abcdeg".into()]).is_err());
+        // A secret with a colon whose first part is not a key id stays whole.
+        let k = Keys::parse(&["pass phrase: with a colon".into()]).expect("valid");
+        assert_eq!(k.keys[0].kid, None);
+    }
+
+    #[test]
+    fn documents_prefixes_and_admin_scope() {
+        let exact = claims(Some("notes"), Access::Write, 0);
+        assert!(exact.covers("notes") && !exact.covers("notes2"));
+        let prefix = Claims {
+            doc: None,
+            doc_prefix: Some("team/".into()),
+            ..exact.clone()
+        };
+        assert!(prefix.covers("team/a") && !prefix.covers("other"));
+        let admin_all = claims(None, Access::Admin, 0);
+        assert!(admin_all.covers("anything"));
+        let write_all = claims(None, Access::Write, 0);
+        assert!(!write_all.covers("anything"));
+    }
+
+    #[test]
+    fn authorize_maps_each_refusal_to_its_status() {
+        let keys = keys(&[SECRET]);
+        let exp = now_secs() + 60;
+        let read = keys.mint(&claims(Some("d"), Access::Read, exp));
+        let admin = keys.mint(&claims(None, Access::Admin, exp));
+        let k = Some(&keys);
+        assert_eq!(
+            authorize(k, None, Some("d"), Access::Read),
+            Err(AuthError::Missing)
+        );
+        assert_eq!(
+            authorize(k, Some(&read), Some("e"), Access::Read),
+            Err(AuthError::WrongDocument)
+        );
+        assert_eq!(
+            authorize(k, Some(&read), Some("d"), Access::Read).map(|g| g.access),
+            Ok(Access::Read)
+        );
+        let denied = authorize(k, Some(&read), None, Access::Admin).expect_err("not admin");
+        assert_eq!(denied.status(), http::StatusCode::FORBIDDEN);
+        assert_eq!(
+            authorize(k, Some(&admin), None, Access::Admin).map(|g| g.expires_at),
+            Ok(Some(exp))
+        );
+        assert_eq!(AuthError::Expired.status(), http::StatusCode::UNAUTHORIZED);
+        assert_eq!(
+            authorize(None, None, Some("d"), Access::Admin).map(|g| g.access),
+            Ok(Access::Admin)
+        );
+    }
+}

@@ -1,0 +1,356 @@
+//! The WebSocket upgrade at `/<room>`: checks everything before switching protocols (room name,
+//! handshake headers, origin, token, connection limit), then runs the socket as a room
+//! connection.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use futures_util::SinkExt;
+use http::header::{
+    AUTHORIZATION, CONNECTION, HOST, ORIGIN, SEC_WEBSOCKET_ACCEPT, SEC_WEBSOCKET_KEY,
+    SEC_WEBSOCKET_VERSION, UPGRADE,
+};
+use http::{HeaderMap, HeaderValue, StatusCode};
+use hyper::upgrade::OnUpgrade;
+use hyper_util::rt::TokioIo;
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
+use tracing::Instrument;
+use warp::path::FullPath;
+use warp::reply::Response;
+
+use crate::auth::{Access, Grant, authorize};
+use crate::connection::{self, ConnectionSettings, Outbox};
+use crate::room::ConnId;
+use crate::routes::{AppState, text};
+use crate::server::PeerAddr;
+
+/// Longest room name, in bytes (after percent-decoding).
+pub const MAX_ROOM_NAME_BYTES: usize = 512;
+
+/// Decodes and checks a room name taken from a request path.
+///
+/// # Errors
+/// A message for the client when the name is empty, too long, not UTF-8 or holds control
+/// characters.
+pub fn room_name(path: &str) -> Result<String, &'static str> {
+    let raw = path.strip_prefix('/').unwrap_or(path);
+    let name = percent_encoding::percent_decode_str(raw)
+        .decode_utf8()
+        .map_err(|_| "room name is not valid UTF-8\n")?;
+    if name.is_empty() {
+        return Err("missing room name: connect to /<room>\n");
+    }
+    if name.len() > MAX_ROOM_NAME_BYTES {
+        return Err("room name is longer than 512 bytes\n");
+    }
+    if name.chars().any(char::is_control) {
+        return Err("room name contains control characters\n");
+    }
+    Ok(name.into_owned())
+}
+
+/// The token of a request: the `token` query parameter (how the stock y-websocket provider passes
+/// `params`) or an `Authorization: Bearer` header.
+pub fn request_token(query: Option<&str>, headers: &HeaderMap) -> Option<String> {
+    let from_query = query.and_then(|q| {
+        q.split('&').find_map(|pair| {
+            let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+            (key == "token").then(|| {
+                percent_encoding::percent_decode_str(value)
+                    .decode_utf8_lossy()
+                    .into_owned()
+            })
+        })
+    });
+    from_query.or_else(|| {
+        headers
+            .get(AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .map(|t| t.trim().to_owned())
+    })
+}
+
+/// Whether the request's `Origin` may open a WebSocket: requests without one (not from a
+/// browser), the relay's own origin, and the configured ones. With no list, every origin.
+fn origin_allowed(headers: &HeaderMap, allowed: &[String]) -> bool {
+    let Some(origin) = headers.get(ORIGIN).and_then(|v| v.to_str().ok()) else {
+        return true;
+    };
+    if allowed.is_empty()
+        || allowed
+            .iter()
+            .any(|a| a == "*" || a.eq_ignore_ascii_case(origin))
+    {
+        return true;
+    }
+    // Same origin: the Origin's host:port is the Host the request was sent to.
+    let origin_host = origin.split_once("://").map_or(origin, |(_, rest)| rest);
+    headers
+        .get(HOST)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|host| host.eq_ignore_ascii_case(origin_host))
+}
+
+fn header_has_token(headers: &HeaderMap, name: http::HeaderName, token: &str) -> bool {
+    headers.get_all(name).iter().any(|value| {
+        value
+            .to_str()
+            .map(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
+            .unwrap_or(false)
+    })
+}
+
+/// A connection slot, given back when dropped.
+struct SocketSlot(Arc<AtomicUsize>);
+
+impl Drop for SocketSlot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Takes a connection slot, or `None` at the limit.
+fn reserve_socket(open: &Arc<AtomicUsize>, limit: usize) -> Option<SocketSlot> {
+    let mut current = open.load(Ordering::Relaxed);
+    loop {
+        if current >= limit {
+            return None;
+        }
+        match open.compare_exchange_weak(current, current + 1, Ordering::AcqRel, Ordering::Relaxed)
+        {
+            Ok(_) => return Some(SocketSlot(open.clone())),
+            Err(actual) => current = actual,
+        }
+    }
+}
+
+fn websocket_config(max_message_bytes: usize) -> WebSocketConfig {
+    // Small buffers: an idle connection should cost less than a whole idle room. They grow as
+    // needed for large messages.
+    WebSocketConfig::default()
+        .read_buffer_size(4096)
+        .write_buffer_size(16 * 1024)
+        .max_write_buffer_size(max_message_bytes + (1 << 20))
+        .max_message_size(Some(max_message_bytes))
+        .max_frame_size(Some(max_message_bytes))
+}
+
+/// The parts of an upgrade request the handler needs.
+pub struct UpgradeRequest {
+    /// The request path (the room, percent-encoded).
+    pub path: FullPath,
+    /// The raw query string.
+    pub query: Option<String>,
+    /// The request headers.
+    pub headers: HeaderMap,
+    /// hyper's handle on the upgrade.
+    pub on_upgrade: Option<OnUpgrade>,
+    /// The peer address.
+    pub peer: Option<PeerAddr>,
+}
+
+/// Answers an upgrade request: 101 and a room connection, or an HTTP error saying why not.
+pub fn upgrade(request: UpgradeRequest, state: Arc<AppState>) -> Response {
+    let UpgradeRequest {
+        path,
+        query,
+        headers,
+        on_upgrade,
+        peer,
+    } = request;
+    let room = match room_name(path.as_str()) {
+        Ok(room) => room,
+        Err(message) => return text(StatusCode::BAD_REQUEST, message),
+    };
+    if !header_has_token(&headers, CONNECTION, "upgrade") {
+        return text(StatusCode::BAD_REQUEST, "missing Connection: upgrade\n");
+    }
+    if headers
+        .get(SEC_WEBSOCKET_VERSION)
+        .and_then(|v| v.to_str().ok())
+        != Some("13")
+    {
+        let mut response = text(
+            StatusCode::UPGRADE_REQUIRED,
+            "WebSocket version 13 required\n",
+        );
+        response
+            .headers_mut()
+            .insert(SEC_WEBSOCKET_VERSION, HeaderValue::from_static("13"));
+        return response;
+    }
+    let Some(key) = headers.get(SEC_WEBSOCKET_KEY) else {
+        return text(StatusCode::BAD_REQUEST, "missing Sec-WebSocket-Key\n");
+    };
+    let Some(on_upgrade) = on_upgrade else {
+        return text(
+            StatusCode::BAD_REQUEST,
+            "this connection cannot be upgraded\n",
+        );
+    };
+    if !origin_allowed(&headers, &state.config.allowed_origins) {
+        state.metrics.error("origin_refused");
+        tracing::warn!(room = %room, "WebSocket from an origin that is not allowed");
+        return text(StatusCode::FORBIDDEN, "origin not allowed\n");
+    }
+    let token = request_token(query.as_deref(), &headers);
+    let grant = match authorize(
+        state.keys.as_deref(),
+        token.as_deref(),
+        Some(&room),
+        Access::Read,
+    ) {
+        Ok(grant) => grant,
+        Err(error) => {
+            state.metrics.error("auth_refused");
+            tracing::info!(room = %room, %error, "refused a connection");
+            return crate::api::error(error.status(), &error.to_string());
+        }
+    };
+    let Some(slot) = reserve_socket(&state.open_sockets, state.config.max_connections) else {
+        state.metrics.error("too_many_connections");
+        tracing::warn!("connection limit reached; refusing an upgrade");
+        return text(StatusCode::SERVICE_UNAVAILABLE, "too many connections\n");
+    };
+    let accept = derive_accept_key(key.as_bytes());
+    let conn = state.next_conn_id();
+    let peer = peer.map(|p| p.0.to_string()).unwrap_or_default();
+    let span = tracing::info_span!("conn", conn_id = conn.0, room = %room, peer = %peer);
+    let task_state = state.clone();
+    state.sockets.spawn(
+        async move {
+            let _slot = slot;
+            match on_upgrade.await {
+                Ok(upgraded) => {
+                    let config = websocket_config(task_state.config.max_message_bytes);
+                    let socket = WebSocketStream::from_raw_socket(
+                        TokioIo::new(upgraded),
+                        Role::Server,
+                        Some(config),
+                    )
+                    .await;
+                    run_socket(task_state, conn, room, grant, socket).await;
+                }
+                Err(error) => tracing::debug!(%error, "upgrade failed"),
+            }
+        }
+        .instrument(span),
+    );
+    let mut response = Response::default();
+    *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let headers = response.headers_mut();
+    headers.insert(CONNECTION, HeaderValue::from_static("upgrade"));
+    headers.insert(UPGRADE, HeaderValue::from_static("websocket"));
+    headers.insert(
+        SEC_WEBSOCKET_ACCEPT,
+        HeaderValue::from_str(&accept).expect("base64 is a valid header value"),
+    );
+    response
+}
+
+async fn run_socket<S>(
+    state: Arc<AppState>,
+    conn: ConnId,
+    room: String,
+    grant: Grant,
+    mut socket: S,
+) where
+    S: futures_util::Stream<Item = Result<Message, tokio_tungstenite::tungstenite::Error>>
+        + futures_util::Sink<Message, Error = tokio_tungstenite::tungstenite::Error>
+        + Unpin,
+{
+    let metrics = state.metrics.clone();
+    metrics.connections.inc();
+    metrics.connections_total.inc();
+    let outbox = Outbox::new();
+    match state
+        .registry
+        .join(&room, conn, grant.access, outbox.handle())
+        .await
+    {
+        Ok(room_tx) => {
+            tracing::info!(access = grant.access.as_str(), "connected");
+            let settings = ConnectionSettings {
+                keepalive: state.config.keepalive(),
+                client_timeout: state.config.client_timeout(),
+                expires_at: grant.expires_at,
+            };
+            let ended = connection::serve(
+                socket,
+                conn,
+                room_tx,
+                outbox,
+                settings,
+                state.shutdown.clone(),
+                metrics.clone(),
+            )
+            .await;
+            tracing::info!(reason = ended.as_str(), "disconnected");
+        }
+        Err(error) => {
+            tracing::warn!(%error, "cannot join the room");
+            let frame = CloseFrame {
+                code: 1011.into(),
+                reason: "room unavailable".into(),
+            };
+            let _ = socket.send(Message::Close(Some(frame))).await;
+            metrics.disconnect("room_unavailable");
+        }
+    }
+    metrics.connections.dec();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn room_names_are_percent_decoded_and_checked() {
+        assert_eq!(room_name("/notes%2Fmonday").as_deref(), Ok("notes/monday"));
+        assert_eq!(room_name("/a/b c").as_deref(), Ok("a/b c"));
+        assert_eq!(room_name("/caf%C3%A9").as_deref(), Ok("café"));
+        assert!(room_name("/").is_err());
+        assert!(room_name("/%FF").is_err());
+        assert!(room_name("/a%00b").is_err());
+        assert!(room_name(&format!("/{}", "x".repeat(513))).is_err());
+        assert!(room_name(&format!("/{}", "x".repeat(512))).is_ok());
+    }
+
+    #[test]
+    fn token_comes_from_the_query_or_the_bearer_header() {
+        let mut headers = HeaderMap::new();
+        assert_eq!(
+            request_token(Some("a=1&token=abc%2Edef"), &headers).as_deref(),
+            Some("abc.def")
+        );
+        assert_eq!(request_token(Some("a=1"), &headers), None);
+        headers.insert(AUTHORIZATION, HeaderValue::from_static("Bearer xyz"));
+        assert_eq!(request_token(None, &headers).as_deref(), Some("xyz"));
+        assert_eq!(
+            request_token(Some("token=q"), &headers).as_deref(),
+            Some("q")
+        );
+    }
+
+    #[test]
+    fn origins_are_checked_against_the_list_and_the_host() {
+        let mut headers = HeaderMap::new();
+        let allowed = vec!["https://app.example".to_string()];
+        assert!(
+            origin_allowed(&headers, &allowed),
+            "no Origin: not a browser"
+        );
+        headers.insert(ORIGIN, HeaderValue::from_static("https://evil.example"));
+        assert!(origin_allowed(&headers, &[]), "no list: every origin");
+        assert!(!origin_allowed(&headers, &allowed));
+        headers.insert(ORIGIN, HeaderValue::from_static("https://app.example"));
+        assert!(origin_allowed(&headers, &allowed));
+        headers.insert(ORIGIN, HeaderValue::from_static("http://relay.local:8080"));
+        headers.insert(HOST, HeaderValue::from_static("relay.local:8080"));
+        assert!(origin_allowed(&headers, &allowed), "same origin");
+    }
+}
