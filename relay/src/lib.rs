@@ -182,10 +182,6 @@ pub async fn run(
     let drained = tokio::time::timeout_at(deadline, async {
         state.sockets.wait().await;
         registry.tasks().wait().await;
-        let (flushed, flush) = oneshot::channel();
-        if persist.send(PersistMsg::Flush(flushed)).await.is_ok() {
-            let _ = flush.await;
-        }
     })
     .await;
     // HTTP requests in flight get what is left of the drain time, but never hold up the exit.
@@ -202,10 +198,26 @@ pub async fn run(
         }
         tracing::warn!("shutdown timed out waiting for connections; everything is committed");
     }
-    drop(persist);
-    drop(state);
-    // The writer thread exits once the last queue sender is gone; it has nothing left to do.
-    drop(writer);
+    // Every room has unloaded, so nothing new can be queued: stop the writer once it has
+    // committed what it holds (compaction snapshots, at most), and wait for its thread, so that
+    // the store file is closed when `run` returns.
+    let (stopped, stop) = oneshot::channel();
+    if persist.send(PersistMsg::Stop(stopped)).await.is_ok() {
+        let _ = tokio::time::timeout_at(deadline + Duration::from_secs(5), stop).await;
+    }
+    let store = registry.store().clone();
+    drop((persist, state, registry));
+    if tokio::task::spawn_blocking(move || writer.join())
+        .await
+        .is_err()
+    {
+        tracing::error!("the store writer thread panicked");
+    }
+    if Arc::try_unwrap(store).is_err() {
+        tracing::warn!(
+            "the store is still in use after shutdown; it closes when the process exits"
+        );
+    }
     tracing::info!("shutdown complete");
     Ok(())
 }

@@ -65,6 +65,8 @@ pub enum PersistMsg {
     Job(PersistJob),
     /// Answered once everything queued before it is committed.
     Flush(oneshot::Sender<()>),
+    /// Like `Flush`, and then the writer exits, releasing its handle on the store.
+    Stop(oneshot::Sender<()>),
 }
 
 /// The sending side of the writer's queue.
@@ -110,15 +112,24 @@ impl Writer {
         let _entered = span.enter();
         let mut pending: Vec<PersistJob> = Vec::new();
         let mut flushes: Vec<oneshot::Sender<()>> = Vec::new();
+        let mut stopping = false;
         loop {
             if pending.is_empty() {
                 for flush in flushes.drain(..) {
                     let _ = flush.send(());
                 }
+                if stopping {
+                    break;
+                }
                 match rx.blocking_recv() {
                     Some(PersistMsg::Job(job)) => pending.push(job),
                     Some(PersistMsg::Flush(flush)) => {
                         flushes.push(flush);
+                        continue;
+                    }
+                    Some(PersistMsg::Stop(flush)) => {
+                        flushes.push(flush);
+                        stopping = true;
                         continue;
                     }
                     None => break,
@@ -137,6 +148,10 @@ impl Writer {
                         pending.push(job);
                     }
                     Ok(PersistMsg::Flush(flush)) => flushes.push(flush),
+                    Ok(PersistMsg::Stop(flush)) => {
+                        flushes.push(flush);
+                        stopping = true;
+                    }
                     Err(_) => break,
                 }
             }
