@@ -2,9 +2,15 @@
 
 use std::sync::Arc;
 
+use yrs::branch::BranchPtr;
+use yrs::types::AsPrelim;
+use yrs::types::ToJson;
 use yrs::updates::decoder::Decode;
 use yrs::updates::encoder::Encode;
-use yrs::{Doc, ReadTxn, StateVector, Transact, Update};
+use yrs::{
+    Array, ArrayRef, Doc, GetString, In, MapRef, Out, ReadTxn, StateVector, TextRef, Transact,
+    Update, XmlElementRef, XmlFragmentRef, XmlTextRef,
+};
 
 use crate::error::DocError;
 use crate::validate::{check_state_vector_v1, check_update_v1};
@@ -104,6 +110,23 @@ impl RoomDoc {
         Ok(self.doc.transact().encode_state_as_update_v1(&sv).into())
     }
 
+    /// The document's root types as JSON, as Yjs' `doc.toJSON()` gives them: text and XML as
+    /// strings, maps as objects, arrays as arrays. Root types that only updates created (the
+    /// relay never declares types) are recognised by their content; an empty or wholly deleted
+    /// one may come out as `{}` or `[]` where the client that made it would say `""`.
+    pub fn to_json(&self) -> serde_json::Value {
+        let txn = self.doc.transact();
+        let mut roots = serde_json::Map::new();
+        for (name, value) in txn.root_refs() {
+            let json = match value {
+                Out::UndefinedRef(branch) => undefined_root_json(branch, &txn),
+                other => any_to_json(&other.to_json(&txn)),
+            };
+            roots.insert(name.to_owned(), json);
+        }
+        serde_json::Value::Object(roots)
+    }
+
     /// The whole document as one update (v1), cached until the next change.
     pub fn encode_state_v1(&mut self) -> Arc<[u8]> {
         if let Some(state) = &self.full_state {
@@ -119,6 +142,34 @@ impl RoomDoc {
     }
 }
 
+/// JSON of a root type whose kind the document does not know (it was created by an update, not
+/// by this process), inferred from its content the way `yrs` does, plus XML fragments.
+fn undefined_root_json<T: ReadTxn>(branch: BranchPtr, txn: &T) -> serde_json::Value {
+    let string = serde_json::Value::String;
+    match Out::UndefinedRef(branch).as_prelim(txn) {
+        In::Text(_) => string(TextRef::from(branch).get_string(txn)),
+        In::XmlText(_) => string(XmlTextRef::from(branch).get_string(txn)),
+        In::XmlElement(_) => string(XmlElementRef::from(branch).get_string(txn)),
+        In::Array(_) => {
+            let array = ArrayRef::from(branch);
+            let is_xml = matches!(
+                array.iter(txn).next(),
+                Some(Out::YXmlElement(_) | Out::YXmlText(_))
+            );
+            if is_xml {
+                string(XmlFragmentRef::from(branch).get_string(txn))
+            } else {
+                any_to_json(&array.to_json(txn))
+            }
+        }
+        _ => any_to_json(&MapRef::from(branch).to_json(txn)),
+    }
+}
+
+fn any_to_json(any: &yrs::Any) -> serde_json::Value {
+    serde_json::to_value(any).unwrap_or(serde_json::Value::Null)
+}
+
 /// A cheap fingerprint of the pending (not yet integrable) content: how many clients it waits on
 /// and whether a pending delete set exists.
 fn pending_len<T: ReadTxn>(txn: &T) -> (usize, bool) {
@@ -130,7 +181,7 @@ fn pending_len<T: ReadTxn>(txn: &T) -> (usize, bool) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use yrs::{GetString, Text};
+    use yrs::{Map, Text};
 
     fn text_update(client: u64, content: &str) -> Vec<u8> {
         let doc = Doc::with_client_id(client);
@@ -224,6 +275,32 @@ mod tests {
         );
         assert!(doc.diff_v1(&[0xff, 0xff, 0xff, 0xff, 0x0f, 1]).is_err());
         assert_eq!(text_of(&doc), "keep");
+    }
+
+    #[test]
+    fn json_export_recognises_the_root_types_of_a_client() {
+        let client = Doc::with_client_id(5);
+        // Root types are declared before the transaction: declaring one takes its own.
+        let text = client.get_or_insert_text("text");
+        let map = client.get_or_insert_map("map");
+        let array = client.get_or_insert_array("array");
+        let xml = client.get_or_insert_xml_fragment("xml");
+        {
+            let mut txn = client.transact_mut();
+            text.insert(&mut txn, 0, "hello");
+            map.insert(&mut txn, "k", 1);
+            yrs::Array::insert(&array, &mut txn, 0, "x");
+            yrs::XmlFragment::insert(&xml, &mut txn, 0, yrs::XmlElementPrelim::empty("p"));
+        }
+        let update = client
+            .transact()
+            .encode_state_as_update_v1(&StateVector::default());
+        let mut doc = RoomDoc::new();
+        doc.apply_update_v1(&update).expect("valid");
+        assert_eq!(
+            doc.to_json(),
+            serde_json::json!({"text": "hello", "map": {"k": 1}, "array": ["x"], "xml": "<p></p>"})
+        );
     }
 
     #[test]
