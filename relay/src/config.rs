@@ -45,11 +45,16 @@ pub struct Config {
     #[arg(long, env = "RELAY_MAX_CONNECTIONS", default_value_t = 10_000)]
     pub max_connections: usize,
 
-    /// Bytes a connection may have queued for sending before it is disconnected as too slow
-    /// (close code 1013). A single message larger than this is still delivered to an idle
-    /// connection.
+    /// Bytes a connection may have queued for sending. A connection over this that has written
+    /// nothing for --slow-reader-grace-ms, or that has four times this queued, is disconnected
+    /// as too slow (close code 1013). A single message larger than this is still delivered.
     #[arg(long, env = "RELAY_OUTBOUND_QUEUE_BYTES", default_value_t = 16 << 20)]
     pub outbound_queue_bytes: usize,
+
+    /// How long a connection over its queue limit may go without the socket taking any data
+    /// before it is disconnected, in milliseconds.
+    #[arg(long, env = "RELAY_SLOW_READER_GRACE_MS", default_value_t = 30_000)]
+    pub slow_reader_grace_ms: u64,
 
     /// Commands a room's queue holds before the connections feeding it wait.
     #[arg(long, env = "RELAY_ROOM_QUEUE", default_value_t = 256)]
@@ -134,6 +139,7 @@ impl Default for Config {
             max_message_bytes: 64 << 20,
             max_connections: 10_000,
             outbound_queue_bytes: 16 << 20,
+            slow_reader_grace_ms: 30_000,
             room_queue: 256,
             commit_window_ms: 0,
             compact_entries: 1_000,

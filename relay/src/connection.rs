@@ -5,7 +5,6 @@
 //! in-memory channels.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -20,7 +19,7 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_util::sync::CancellationToken;
 
 use crate::registry::RoomSender;
-use crate::room::{CloseReason, ConnHandle, ConnId, Outbound, RoomCommand};
+use crate::room::{Backlog, CloseReason, ConnHandle, ConnId, Outbound, RoomCommand};
 use crate::telemetry::Metrics;
 
 /// Frames written before the writer flushes, when more are queued.
@@ -38,6 +37,9 @@ pub struct ConnectionSettings {
     /// When the connection's token expires, in seconds since the Unix epoch; the connection is
     /// then closed with 4401.
     pub expires_at: Option<u64>,
+    /// How long one batch of frames may take to go out before the client is considered to have
+    /// stopped reading.
+    pub write_timeout: Duration,
 }
 
 /// The connection's side of its outbound queue, created before joining the room.
@@ -54,7 +56,7 @@ impl Outbox {
             rx,
             handle: ConnHandle {
                 tx,
-                queued_bytes: Arc::new(AtomicUsize::new(0)),
+                backlog: Arc::new(Backlog::default()),
                 kick: CancellationToken::new(),
             },
         }
@@ -242,6 +244,13 @@ where
                     tokio::select! {
                         biased;
                         () = handle.kick.cancelled() => Some(CloseReason::SlowReader),
+                        // The socket took nothing for the whole grace period: the client has
+                        // stopped reading. Checked here too, because a room that has gone quiet
+                        // delivers nothing more that could notice.
+                        () = tokio::time::sleep(settings.write_timeout) => {
+                            tracing::warn!("socket took no data for the grace period; disconnecting");
+                            Some(CloseReason::SlowReader)
+                        }
                         result = write => match result {
                             Ok(None) => { wrote_since_tick = true; None }
                             Ok(Some(reason)) => Some(reason),
@@ -299,7 +308,7 @@ where
     while let Some(frame) = next.take() {
         let len = frame.len();
         sink.feed(Message::Binary(frame)).await?;
-        handle.queued_bytes.fetch_sub(len, Ordering::Relaxed);
+        handle.backlog.written(len);
         metrics.frames_out.inc();
         metrics.bytes_out.inc_by(len as u64);
         written += 1;
@@ -389,6 +398,7 @@ mod tests {
         keepalive: Duration::from_secs(10),
         client_timeout: Duration::from_secs(60),
         expires_at: None,
+        write_timeout: Duration::from_secs(10),
     };
 
     fn close_code(message: &Message) -> Option<u16> {
@@ -411,14 +421,14 @@ mod tests {
             }
             other => panic!("expected a frame, got {other:?}"),
         }
-        h.handle.queued_bytes.fetch_add(3, Ordering::Relaxed);
+        h.handle.backlog.add(3);
         h.handle
             .tx
             .send(Outbound::Frame(Bytes::from_static(&[1, 2, 3])))
             .expect("queue");
         let sent = h.from_relay.next().await.expect("a frame");
         assert_eq!(sent, Message::Binary(Bytes::from_static(&[1, 2, 3])));
-        assert_eq!(h.handle.queued_bytes.load(Ordering::Relaxed), 0);
+        assert_eq!(h.handle.backlog.queued(), 0);
         drop(h.to_relay);
         assert_eq!(h.task.await.expect("task"), Ended::ClientGone);
         assert!(matches!(
@@ -515,9 +525,7 @@ mod tests {
         let data = Bytes::from_static(&[0, 2, 2, 0, 0]);
         let mut saw_ping = false;
         for _ in 0..40 {
-            h.handle
-                .queued_bytes
-                .fetch_add(data.len(), Ordering::Relaxed);
+            h.handle.backlog.add(data.len());
             h.handle
                 .tx
                 .send(Outbound::Frame(data.clone()))

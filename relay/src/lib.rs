@@ -154,6 +154,7 @@ pub async fn run(
         metrics: metrics.clone(),
         settings: RoomSettings {
             outbound_queue_bytes: config.outbound_queue_bytes,
+            slow_reader_grace: Duration::from_millis(config.slow_reader_grace_ms),
             compact_entries: config.compact_entries,
             compact_bytes: config.compact_bytes,
             idle_unload: config.idle_unload(),

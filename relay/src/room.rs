@@ -8,7 +8,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -105,14 +105,59 @@ pub enum Outbound {
     Close(CloseReason),
 }
 
+/// Milliseconds on a process-wide clock; never 0.
+pub fn clock_ms() -> u64 {
+    static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    START
+        .get_or_init(std::time::Instant::now)
+        .elapsed()
+        .as_millis() as u64
+        + 1
+}
+
+/// What a connection has queued for its socket, shared by the room (which adds) and the
+/// connection's writer (which takes away).
+#[derive(Debug, Default)]
+pub struct Backlog {
+    queued: AtomicUsize,
+    /// When the writer last wrote something, or when work arrived at an empty queue
+    /// ([`clock_ms`]).
+    last_progress_ms: AtomicU64,
+}
+
+impl Backlog {
+    /// Bytes queued and not yet written.
+    pub fn queued(&self) -> usize {
+        self.queued.load(Ordering::Relaxed)
+    }
+
+    /// Records `bytes` queued.
+    pub fn add(&self, bytes: usize) {
+        if self.queued.fetch_add(bytes, Ordering::Relaxed) == 0 {
+            self.last_progress_ms.store(clock_ms(), Ordering::Relaxed);
+        }
+    }
+
+    /// Records `bytes` written to the socket.
+    pub fn written(&self, bytes: usize) {
+        self.queued.fetch_sub(bytes, Ordering::Relaxed);
+        self.last_progress_ms.store(clock_ms(), Ordering::Relaxed);
+    }
+
+    /// Milliseconds since the writer last made progress with a non-empty queue.
+    fn stalled_ms(&self) -> u64 {
+        clock_ms().saturating_sub(self.last_progress_ms.load(Ordering::Relaxed))
+    }
+}
+
 /// The room's handle on a connection.
 #[derive(Debug, Clone)]
 pub struct ConnHandle {
     /// The connection's outbound queue. Unbounded so the room never waits on a client; its size
-    /// is bounded by `queued_bytes` instead.
+    /// is bounded by the backlog checks instead.
     pub tx: mpsc::UnboundedSender<Outbound>,
-    /// Bytes queued and not yet written to the socket.
-    pub queued_bytes: Arc<AtomicUsize>,
+    /// What is queued and how the writer is doing.
+    pub backlog: Arc<Backlog>,
     /// Cancelled to drop a connection that fell behind, even in the middle of a blocked write.
     pub kick: CancellationToken,
 }
@@ -146,8 +191,11 @@ pub enum RoomCommand {
 /// Limits and timings that apply to every room.
 #[derive(Debug, Clone)]
 pub struct RoomSettings {
-    /// Bytes a connection may have queued before it is dropped as too slow.
+    /// Bytes a connection may have queued while its writer makes no progress for
+    /// `slow_reader_grace`; four times as much in any case.
     pub outbound_queue_bytes: usize,
+    /// How long a connection over its queue limit may go without writing anything.
+    pub slow_reader_grace: Duration,
     /// Log entries that trigger a compaction.
     pub compact_entries: u64,
     /// Log bytes that trigger a compaction (raised to the snapshot size).
@@ -201,24 +249,39 @@ struct ConnState {
     saves: VecDeque<PendingSave>,
 }
 
-/// Everything [`Room::deliver`] needs, split from the connection map so both can be borrowed.
+/// How many times the queue limit a connection may hold even while it makes progress.
+const HARD_LIMIT_FACTOR: usize = 4;
+
+/// Everything [`Delivery::deliver`] needs, split from the connection map so both can be
+/// borrowed.
 struct Delivery<'a> {
     limit: usize,
+    grace_ms: u64,
     metrics: &'a Metrics,
+    /// Set when a queue went over the limit: the room then yields, so writers get to run.
+    lagging: &'a AtomicBool,
 }
 
 impl Delivery<'_> {
     /// Queues a frame for a connection. Returns false if the connection has fallen too far
-    /// behind and must be dropped. A frame is always accepted by an empty queue, so a single
-    /// large update reaches everyone who keeps up.
+    /// behind and must be dropped: its queue is over the limit and its writer has not written
+    /// anything for the grace period (the client stopped reading), or its queue is over four
+    /// times the limit. A slow but live client (a big document over a slow link) keeps making
+    /// progress and stays; a frame is always accepted by an empty queue, so a single large
+    /// update reaches everyone who keeps up.
     fn deliver(&self, handle: &ConnHandle, frame: Bytes) -> bool {
         let len = frame.len();
-        let queued = handle.queued_bytes.load(Ordering::Relaxed);
+        let backlog = &handle.backlog;
+        let queued = backlog.queued();
         if queued > 0 && queued + len > self.limit {
-            self.metrics.error("outbound_queue_full");
-            return false;
+            let stalled = backlog.stalled_ms() > self.grace_ms;
+            if stalled || queued + len > self.limit * HARD_LIMIT_FACTOR {
+                self.metrics.error("outbound_queue_full");
+                return false;
+            }
+            self.lagging.store(true, Ordering::Relaxed);
         }
-        handle.queued_bytes.fetch_add(len, Ordering::Relaxed);
+        backlog.add(len);
         // A closed queue means the connection is already going away; its Leave will follow.
         let _ = handle.tx.send(Outbound::Frame(frame));
         true
@@ -245,6 +308,8 @@ pub struct Room {
     commit_notify: Arc<watch::Sender<CommitState>>,
     /// Set when the room last became empty.
     empty_since: Option<Instant>,
+    /// Set by a delivery that left a queue over its limit.
+    lagging: AtomicBool,
     status: Arc<RoomStatus>,
 }
 
@@ -274,6 +339,7 @@ impl Room {
             full_step2: None,
             commit_notify: Arc::new(notify),
             empty_since: Some(Instant::now()),
+            lagging: AtomicBool::new(false),
             status,
         }
     }
@@ -281,7 +347,9 @@ impl Room {
     fn delivery(&self) -> Delivery<'_> {
         Delivery {
             limit: self.ctx.settings.outbound_queue_bytes,
+            grace_ms: self.ctx.settings.slow_reader_grace.as_millis() as u64,
             metrics: &self.ctx.metrics,
+            lagging: &self.lagging,
         }
     }
 
@@ -517,7 +585,9 @@ impl Room {
             .store(unsaved, Ordering::Relaxed);
         let delivery = Delivery {
             limit: self.ctx.settings.outbound_queue_bytes,
+            grace_ms: self.ctx.settings.slow_reader_grace.as_millis() as u64,
             metrics: &self.ctx.metrics,
+            lagging: &self.lagging,
         };
         let mut slow = Vec::new();
         for (&id, conn) in self.conns.iter_mut() {
@@ -616,10 +686,8 @@ impl Room {
             };
             match reason {
                 Some(CloseReason::SlowReader) => {
+                    // Counted in the metrics by the connection when it ends.
                     tracing::warn!(%conn, "connection fell behind; disconnecting it");
-                    self.ctx
-                        .metrics
-                        .disconnect(CloseReason::SlowReader.as_str());
                     state.handle.kick.cancel();
                 }
                 Some(reason) => {
@@ -667,13 +735,13 @@ pub(crate) async fn run_room(
             Ok(Err(error)) => {
                 tracing::error!(%error, "cannot load the room; refusing its connections");
                 ctx.metrics.error("room_load_failed");
-                refuse_all(&registry, &name, entry_id, rx, &ctx.metrics).await;
+                refuse_all(&registry, &name, entry_id, rx).await;
                 return;
             }
             Err(error) => {
                 tracing::error!(%error, "room loading panicked; refusing its connections");
                 ctx.metrics.error("room_load_failed");
-                refuse_all(&registry, &name, entry_id, rx, &ctx.metrics).await;
+                refuse_all(&registry, &name, entry_id, rx).await;
                 return;
             }
         };
@@ -694,7 +762,14 @@ pub(crate) async fn run_room(
                         pending_joins.fetch_sub(1, Ordering::AcqRel);
                         room.join(conn, access, handle);
                     }
-                    Some(RoomCommand::Frame { conn, frame }) => room.on_frame(conn, frame).await,
+                    Some(RoomCommand::Frame { conn, frame }) => {
+                        room.on_frame(conn, frame).await;
+                        if room.lagging.swap(false, Ordering::Relaxed) {
+                            // Some writer has a backlog: let it run before producing more, so
+                            // scheduling delays are not mistaken for a slow client.
+                            tokio::task::yield_now().await;
+                        }
+                    }
                     Some(RoomCommand::Leave { conn }) => room.remove_conns(vec![(conn, None)]),
                     None => break,
                 },
@@ -735,13 +810,12 @@ async fn refuse_all(
     name: &str,
     entry_id: u64,
     mut rx: mpsc::Receiver<RoomCommand>,
-    metrics: &Metrics,
 ) {
     registry.remove(name, entry_id);
     rx.close();
     while let Some(command) = rx.recv().await {
         if let RoomCommand::Join { handle, .. } = command {
-            metrics.disconnect(CloseReason::Internal.as_str());
+            // Counted in the metrics by the connection when it ends.
             let _ = handle.tx.send(Outbound::Close(CloseReason::Internal));
         }
     }

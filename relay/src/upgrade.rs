@@ -4,6 +4,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
 
 use futures_util::SinkExt;
 use http::header::{
@@ -278,6 +279,7 @@ async fn run_socket<S>(
                 keepalive: state.config.keepalive(),
                 client_timeout: state.config.client_timeout(),
                 expires_at: grant.expires_at,
+                write_timeout: Duration::from_millis(state.config.slow_reader_grace_ms),
             };
             let ended = connection::serve(
                 socket,
