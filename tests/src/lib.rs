@@ -1,1 +1,838 @@
+//! Fixtures for the relay's integration tests.
+//!
+//! [`TestRelay`] runs the real relay ([`relay::run`]) in-process on `127.0.0.1:0` with a fresh
+//! temporary data directory. [`Client`] is a WebSocket client (tokio-tungstenite) holding a `yrs`
+//! document, so the tests send and check real Yjs updates. Messages are encoded and decoded with
+//! [`crdt::protocol`], the relay's own codec.
+//!
+//! Nothing here sleeps a fixed time: every wait is for an event or a condition, bounded by
+//! [`DEADLINE`].
 
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use bytes::Bytes;
+use crdt::awareness::{AwarenessEntry, encode_awareness_update, parse_awareness_update};
+use crdt::protocol::{
+    Message, MessageReader, encode_awareness, encode_save_request, encode_sync_step1,
+    encode_sync_step2, encode_update,
+};
+use crdt::store::{Store, StoreOptions};
+use futures_util::stream::{SplitSink, SplitStream};
+use futures_util::{SinkExt, StreamExt};
+use percent_encoding::{NON_ALPHANUMERIC, utf8_percent_encode};
+use relay::RunError;
+use relay::config::Config;
+use tempfile::TempDir;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio::task::JoinHandle;
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::Message as WsMessage;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_util::sync::CancellationToken;
+use yrs::updates::decoder::Decode;
+use yrs::updates::encoder::Encode;
+use yrs::{Doc, GetString, ReadTxn, StateVector, Text, Transact, Update};
+
+/// The longest any single wait in a test may take before the test fails.
+pub const DEADLINE: Duration = Duration::from_secs(10);
+
+/// The name of the shared text every test document edits.
+pub const TEXT: &str = "t";
+
+/// Awaits `future`, failing the test with `what` if it takes longer than [`DEADLINE`].
+pub async fn within<T>(what: &str, future: impl Future<Output = T>) -> T {
+    within_for(DEADLINE, what, future).await
+}
+
+/// Awaits `future`, failing the test with `what` if it takes longer than `limit`.
+pub async fn within_for<T>(limit: Duration, what: &str, future: impl Future<Output = T>) -> T {
+    match tokio::time::timeout(limit, future).await {
+        Ok(value) => value,
+        Err(_) => panic!("timed out after {limit:?} waiting for {what}"),
+    }
+}
+
+// ------------------------------------------------------------------------------------------------
+// The relay
+// ------------------------------------------------------------------------------------------------
+
+/// The real relay, running in-process on a loopback port with its own temporary data directory.
+///
+/// Dropping it cancels the relay (it then shuts down in the background) and deletes the data
+/// directory. [`TestRelay::stop`] shuts it down and checks that [`relay::run`] returned `Ok`.
+pub struct TestRelay {
+    config: Config,
+    addr: SocketAddr,
+    shutdown: CancellationToken,
+    task: Option<JoinHandle<Result<(), RunError>>>,
+    // Held only to delete the directory when the fixture is dropped (after the relay has been
+    // told to stop, as fields drop after `Drop::drop`).
+    _dir: TempDir,
+}
+
+impl TestRelay {
+    /// Starts a relay with the default test configuration.
+    pub async fn start() -> Self {
+        Self::start_with(|_| {}).await
+    }
+
+    /// Starts a relay with the test configuration adjusted by `adjust` (the data directory and
+    /// the listen address are set by the fixture).
+    pub async fn start_with(adjust: impl FnOnce(&mut Config)) -> Self {
+        let dir = tempfile::tempdir().expect("create a temporary data directory");
+        let mut config = Config {
+            data_dir: dir.path().join("data"),
+            ..Config::default()
+        };
+        adjust(&mut config);
+        config.data_dir = dir.path().join("data");
+        let mut relay = TestRelay {
+            config,
+            addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            shutdown: CancellationToken::new(),
+            task: None,
+            _dir: dir,
+        };
+        relay.launch().await;
+        relay
+    }
+
+    async fn launch(&mut self) {
+        assert!(self.task.is_none(), "the relay is already running");
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind a loopback port");
+        self.addr = listener.local_addr().expect("local address");
+        let mut config = self.config.clone();
+        config.listen = self.addr;
+        self.shutdown = CancellationToken::new();
+        let task = tokio::spawn(relay::run(config, listener, self.shutdown.clone()));
+        self.task = Some(task);
+        // The listener is bound already, but the store opens first: wait until it answers.
+        let addr = self.addr;
+        let task = self.task.as_ref().expect("just set");
+        within("the relay to answer /healthz", async {
+            loop {
+                if task.is_finished() {
+                    break;
+                }
+                if let Ok((200, _)) = http_get(addr, "/healthz").await {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+        .await;
+        if self.task.as_ref().is_some_and(JoinHandle::is_finished) {
+            let result = self.task.take().expect("checked").await;
+            panic!("the relay stopped right after starting: {result:?}");
+        }
+    }
+
+    /// Shuts the relay down gracefully (cancels its token) and asserts that [`relay::run`]
+    /// returns `Ok` within the drain timeout plus [`DEADLINE`].
+    pub async fn stop(&mut self) {
+        let result = self.stop_result().await;
+        if let Err(error) = result {
+            panic!("relay::run returned an error on shutdown: {error}");
+        }
+    }
+
+    /// Shuts the relay down and returns what [`relay::run`] returned.
+    pub async fn stop_result(&mut self) -> Result<(), RunError> {
+        let task = self.task.take().expect("the relay is running");
+        self.shutdown.cancel();
+        let limit = self.config.drain_timeout() + DEADLINE;
+        within_for(limit, "relay::run to return after shutdown", task)
+            .await
+            .expect("the relay task did not panic")
+    }
+
+    /// Starts the relay again on the same data directory (on a new port). Stops it first if it
+    /// is running. The store is opened at once: `run` must have released it when it returned.
+    pub async fn restart(&mut self) {
+        if self.task.is_some() {
+            self.stop().await;
+        }
+        self.launch().await;
+    }
+
+    /// Opens the store of the stopped relay directly. Fails the test if the stopped relay still
+    /// holds it.
+    pub fn open_store(&self) -> Store {
+        assert!(
+            self.task.is_none(),
+            "stop the relay before opening its store"
+        );
+        let path = self.store_path();
+        Store::open(&path, &StoreOptions::default()).unwrap_or_else(|error| {
+            panic!(
+                "open the store {} of the stopped relay: {error}",
+                path.display()
+            )
+        })
+    }
+
+    /// The text of a room as stored, read directly from the store of the stopped relay.
+    pub fn stored_text(&self, room: &str) -> String {
+        let store = self.open_store();
+        let stored = store.load(room).expect("load the room");
+        doc_text(stored.doc.yrs())
+    }
+
+    /// The token that stops the relay; cancel it to begin a graceful shutdown, then call
+    /// [`TestRelay::stop`] to await the result.
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.shutdown.clone()
+    }
+
+    /// The configuration the relay runs with.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// The relay's address.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The data directory.
+    pub fn data_dir(&self) -> &Path {
+        &self.config.data_dir
+    }
+
+    /// The store file.
+    pub fn store_path(&self) -> PathBuf {
+        self.config.store_path()
+    }
+
+    /// The WebSocket URL of a room, percent-encoded as the stock provider does.
+    pub fn ws_url(&self, room: &str) -> String {
+        format!("ws://{}/{}", self.addr, encode_room(room))
+    }
+
+    /// The URL of an HTTP path (`path` starts with `/`).
+    pub fn http_url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    /// `GET path`: the status code and the body.
+    pub async fn get(&self, path: &str) -> (u16, String) {
+        within(&format!("GET {path}"), http_get(self.addr, path))
+            .await
+            .unwrap_or_else(|e| panic!("GET {path}: {e}"))
+    }
+
+    /// Asserts that `GET /healthz` answers `200 ok`.
+    pub async fn assert_healthy(&self) {
+        let (status, body) = self.get("/healthz").await;
+        assert_eq!((status, body.as_str()), (200, "ok\n"), "GET /healthz");
+    }
+
+    /// The text of `GET /metrics`.
+    pub async fn metrics(&self) -> String {
+        let (status, body) = self.get("/metrics").await;
+        assert_eq!(status, 200, "GET /metrics: {body}");
+        body
+    }
+
+    /// The value of one sample of `/metrics`, e.g. `relay_rooms_loaded` or
+    /// `relay_disconnects_total{reason="slow_reader"}`; `None` if it is not exported.
+    pub async fn metric(&self, sample: &str) -> Option<f64> {
+        metric_value(&self.metrics().await, sample)
+    }
+
+    /// Polls `/metrics` until `sample` satisfies `accept`, and returns its value.
+    pub async fn wait_metric(&self, sample: &str, accept: impl Fn(f64) -> bool) -> f64 {
+        let mut last = None;
+        let result = tokio::time::timeout(DEADLINE, async {
+            loop {
+                let value = self.metric(sample).await;
+                if let Some(v) = value
+                    && accept(v)
+                {
+                    return v;
+                }
+                last = value;
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+        .await;
+        match result {
+            Ok(v) => v,
+            Err(_) => panic!("timed out waiting for {sample}; last value {last:?}"),
+        }
+    }
+
+    /// Connects a client to `room` and reads the greeting's sync step 1.
+    pub async fn join(&self, room: &str) -> Client {
+        Client::join(&self.ws_url(room)).await
+    }
+
+    /// Connects a client to `room` without reading anything.
+    pub async fn connect(&self, room: &str) -> Client {
+        Client::connect(&self.ws_url(room)).await
+    }
+}
+
+impl Drop for TestRelay {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+/// Percent-encodes a room name for a URL path (every byte but ASCII letters and digits).
+pub fn encode_room(room: &str) -> String {
+    utf8_percent_encode(room, NON_ALPHANUMERIC).to_string()
+}
+
+/// Finds one sample in a Prometheus/OpenMetrics text.
+pub fn metric_value(text: &str, sample: &str) -> Option<f64> {
+    text.lines()
+        .filter(|line| !line.starts_with('#'))
+        .find_map(|line| {
+            let (name, value) = line.rsplit_once(' ')?;
+            (name == sample).then(|| value.parse().ok()).flatten()
+        })
+}
+
+/// A minimal HTTP/1.1 GET: the status code and the body.
+pub async fn http_get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
+    let mut stream = TcpStream::connect(addr).await?;
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await?;
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response).await?;
+    let invalid =
+        |what: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, what.to_owned());
+    let text = String::from_utf8(response).map_err(|_| invalid("response is not UTF-8"))?;
+    let (head, body) = text
+        .split_once("\r\n\r\n")
+        .ok_or_else(|| invalid("no end of headers"))?;
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| invalid("no status code"))?;
+    let chunked = head.lines().any(|l| {
+        let l = l.to_ascii_lowercase();
+        l.starts_with("transfer-encoding:") && l.contains("chunked")
+    });
+    let body = if chunked {
+        dechunk(body).ok_or_else(|| invalid("bad chunked body"))?
+    } else {
+        body.to_owned()
+    };
+    Ok((status, body))
+}
+
+fn dechunk(mut body: &str) -> Option<String> {
+    let mut out = String::new();
+    loop {
+        let (size, rest) = body.split_once("\r\n")?;
+        let size = usize::from_str_radix(size.split(';').next()?.trim(), 16).ok()?;
+        if size == 0 {
+            return Some(out);
+        }
+        out.push_str(rest.get(..size)?);
+        body = rest.get(size + 2..)?;
+    }
+}
+
+// ------------------------------------------------------------------------------------------------
+// Messages
+// ------------------------------------------------------------------------------------------------
+
+/// An owned copy of a decoded [`crdt::protocol::Message`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Msg {
+    /// Sync step 1 with a state vector.
+    SyncStep1(Vec<u8>),
+    /// Sync step 2 with an update.
+    SyncStep2(Vec<u8>),
+    /// A sync update.
+    Update(Vec<u8>),
+    /// An awareness update payload.
+    Awareness(Vec<u8>),
+    /// Permission denied.
+    AuthDenied(String),
+    /// Query awareness.
+    QueryAwareness,
+    /// Save request.
+    SaveRequest(u64),
+    /// Saved.
+    Saved(u64),
+    /// Save error.
+    SaveError(u64, String),
+    /// Unknown type.
+    Unknown(u64),
+}
+
+impl From<Message<'_>> for Msg {
+    fn from(message: Message<'_>) -> Self {
+        match message {
+            Message::SyncStep1(sv) => Msg::SyncStep1(sv.to_vec()),
+            Message::SyncStep2(u) => Msg::SyncStep2(u.to_vec()),
+            Message::Update(u) => Msg::Update(u.to_vec()),
+            Message::Awareness(a) => Msg::Awareness(a.to_vec()),
+            Message::AuthDenied(r) => Msg::AuthDenied(r.to_owned()),
+            Message::QueryAwareness => Msg::QueryAwareness,
+            Message::SaveRequest(id) => Msg::SaveRequest(id),
+            Message::Saved(id) => Msg::Saved(id),
+            Message::SaveError(id, r) => Msg::SaveError(id, r.to_owned()),
+            Message::Unknown(tag) => Msg::Unknown(tag),
+        }
+    }
+}
+
+impl Msg {
+    /// A short name for failure messages (payloads can be large).
+    pub fn kind(&self) -> String {
+        match self {
+            Msg::SyncStep1(p) => format!("sync step 1 ({} bytes)", p.len()),
+            Msg::SyncStep2(p) => format!("sync step 2 ({} bytes)", p.len()),
+            Msg::Update(p) => format!("update ({} bytes)", p.len()),
+            Msg::Awareness(p) => format!("awareness {:?}", awareness_entries(p)),
+            other => format!("{other:?}"),
+        }
+    }
+}
+
+/// Decodes every message of a frame; fails the test on a malformed frame.
+pub fn decode_all(frame: &[u8]) -> Vec<Msg> {
+    MessageReader::new(frame)
+        .map(|item| Msg::from(item.expect("the relay sent a well-formed message").0))
+        .collect()
+}
+
+/// Decodes a frame that must hold exactly one message (the relay sends one per frame).
+pub fn decode_one(frame: &[u8]) -> Msg {
+    let mut messages = decode_all(frame);
+    assert_eq!(
+        messages.len(),
+        1,
+        "expected exactly one message in the frame, got {messages:?}"
+    );
+    messages.pop().expect("one")
+}
+
+/// One entry of an awareness update, owned.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AwarenessState {
+    /// Client id.
+    pub client_id: u64,
+    /// Clock.
+    pub clock: u64,
+    /// JSON state, `None` when removed.
+    pub state: Option<String>,
+}
+
+/// Parses an awareness update payload with the relay's parser.
+pub fn awareness_entries(payload: &[u8]) -> Vec<AwarenessState> {
+    parse_awareness_update(payload)
+        .expect("well-formed awareness update")
+        .into_iter()
+        .map(|e| AwarenessState {
+            client_id: e.client_id,
+            clock: e.clock,
+            state: e.state.map(str::to_owned),
+        })
+        .collect()
+}
+
+/// An awareness message (type 1) setting one client's state (`None` removes it).
+pub fn awareness_message(client_id: u64, clock: u64, state: Option<&str>) -> Vec<u8> {
+    encode_awareness(&encode_awareness_update([AwarenessEntry {
+        client_id,
+        clock,
+        state,
+    }]))
+}
+
+/// Concatenates messages into one frame.
+pub fn pack(messages: &[&[u8]]) -> Vec<u8> {
+    messages.concat()
+}
+
+// ------------------------------------------------------------------------------------------------
+// Documents
+// ------------------------------------------------------------------------------------------------
+
+/// The text of a document's shared text [`TEXT`].
+pub fn doc_text(doc: &Doc) -> String {
+    let text = doc.get_or_insert_text(TEXT);
+    text.get_string(&doc.transact())
+}
+
+/// Appends `s` to the document's text and returns the update (v1) that holds the change.
+pub fn append(doc: &Doc, s: &str) -> Vec<u8> {
+    let text = doc.get_or_insert_text(TEXT);
+    let before = doc.transact().state_vector();
+    {
+        let mut txn = doc.transact_mut();
+        let len = text.len(&txn);
+        text.insert(&mut txn, len, s);
+    }
+    doc.transact().encode_diff_v1(&before)
+}
+
+/// Applies an update (v1) to a document.
+pub fn apply(doc: &Doc, update: &[u8]) {
+    let update = Update::decode_v1(update).expect("the relay sent a decodable update");
+    doc.transact_mut()
+        .apply_update(update)
+        .expect("the update applies");
+}
+
+/// The document's state vector (v1).
+pub fn state_vector(doc: &Doc) -> Vec<u8> {
+    doc.transact().state_vector().encode_v1()
+}
+
+/// The whole document as one update (v1).
+pub fn full_state(doc: &Doc) -> Vec<u8> {
+    doc.transact()
+        .encode_state_as_update_v1(&StateVector::default())
+}
+
+/// The text a single update produces on an empty document.
+pub fn text_of_update(update: &[u8]) -> String {
+    let doc = Doc::new();
+    apply(&doc, update);
+    doc_text(&doc)
+}
+
+/// An update inserting `s` into an empty document of a new client.
+pub fn text_update(s: &str) -> Vec<u8> {
+    append(&Doc::new(), s)
+}
+
+// ------------------------------------------------------------------------------------------------
+// The client
+// ------------------------------------------------------------------------------------------------
+
+/// The client's WebSocket.
+pub type Ws = WebSocketStream<TcpStream>;
+
+/// What the client read next.
+#[derive(Debug)]
+pub enum Event {
+    /// A binary frame.
+    Frame(Bytes),
+    /// A text frame (the relay never sends one).
+    Text(String),
+    /// A close frame with its code (`None` for a close frame without a code).
+    Close(Option<u16>),
+    /// The stream ended without a close frame, or failed; the error text.
+    Ended(String),
+}
+
+/// Reads the next event from a client stream (pings and pongs are skipped). Fails the test
+/// after `limit`.
+pub async fn next_event(stream: &mut SplitStream<Ws>, limit: Duration) -> Event {
+    within_for(limit, "a message from the relay", async {
+        loop {
+            match stream.next().await {
+                Some(Ok(WsMessage::Binary(frame))) => return Event::Frame(frame),
+                Some(Ok(WsMessage::Text(text))) => return Event::Text(text.to_string()),
+                Some(Ok(WsMessage::Close(frame))) => {
+                    return Event::Close(frame.map(|f| u16::from(f.code)));
+                }
+                Some(Ok(WsMessage::Ping(_) | WsMessage::Pong(_) | WsMessage::Frame(_))) => {}
+                Some(Err(error)) => return Event::Ended(error.to_string()),
+                None => return Event::Ended("end of stream".into()),
+            }
+        }
+    })
+    .await
+}
+
+/// A WebSocket client with a `yrs` document.
+pub struct Client {
+    /// The sending half of the socket.
+    pub sink: SplitSink<Ws, WsMessage>,
+    /// The receiving half of the socket.
+    pub stream: SplitStream<Ws>,
+    /// The client's document.
+    pub doc: Doc,
+    /// The awareness states this client has seen, by client id (removals delete).
+    pub awareness: std::collections::HashMap<u64, AwarenessState>,
+}
+
+impl Client {
+    /// Connects to a WebSocket URL of the relay, without reading anything.
+    pub async fn connect(url: &str) -> Client {
+        Self::try_connect(url, None)
+            .await
+            .unwrap_or_else(|e| panic!("connect to {url}: {e}"))
+    }
+
+    /// Connects, optionally with a small socket receive buffer (to make a client that does not
+    /// read fall behind quickly).
+    pub async fn try_connect(
+        url: &str,
+        recv_buffer: Option<u32>,
+    ) -> Result<Client, tokio_tungstenite::tungstenite::Error> {
+        let authority = url
+            .strip_prefix("ws://")
+            .and_then(|rest| rest.split('/').next())
+            .expect("a ws:// URL");
+        let addr: SocketAddr = authority.parse().expect("an IP address and port");
+        let socket = TcpSocket::new_v4()?;
+        if let Some(size) = recv_buffer {
+            socket.set_recv_buffer_size(size)?;
+        }
+        let tcp = within("the TCP connection", socket.connect(addr)).await?;
+        tcp.set_nodelay(true)?;
+        let config = WebSocketConfig::default()
+            .max_message_size(Some(256 << 20))
+            .max_frame_size(Some(256 << 20));
+        let (ws, _response) = within(
+            "the WebSocket handshake",
+            tokio_tungstenite::client_async_with_config(url, tcp, Some(config)),
+        )
+        .await?;
+        let (sink, stream) = ws.split();
+        Ok(Client {
+            sink,
+            stream,
+            doc: Doc::new(),
+            awareness: Default::default(),
+        })
+    }
+
+    /// Connects and reads the greeting's sync step 1, which it answers with a sync step 2 if the
+    /// client's document has something the relay lacks (as the stock client does).
+    pub async fn join(url: &str) -> Client {
+        Self::join_with_doc(url, Doc::new()).await
+    }
+
+    /// Like [`Client::join`], with a document that may already hold content.
+    pub async fn join_with_doc(url: &str, doc: Doc) -> Client {
+        let mut client = Self::connect(url).await;
+        client.doc = doc;
+        let state_vector = match client.recv_msg().await {
+            Msg::SyncStep1(sv) => sv,
+            other => panic!("expected the greeting's sync step 1, got {}", other.kind()),
+        };
+        let sv = StateVector::decode_v1(&state_vector).expect("a decodable state vector");
+        let diff = client.doc.transact().encode_diff_v1(&sv);
+        if diff != crdt::doc::EMPTY_UPDATE_V1 {
+            client.send(encode_sync_step2(&diff)).await;
+        }
+        client
+    }
+
+    /// Sends one binary frame.
+    pub async fn send(&mut self, frame: impl Into<Bytes>) {
+        within(
+            "sending a frame",
+            self.sink.send(WsMessage::Binary(frame.into())),
+        )
+        .await
+        .expect("send a frame");
+    }
+
+    /// Sends any WebSocket message.
+    pub async fn send_ws(&mut self, message: WsMessage) {
+        within("sending a message", self.sink.send(message))
+            .await
+            .expect("send a message");
+    }
+
+    /// Appends `s` to the client's document and sends the update; returns the update.
+    pub async fn edit(&mut self, s: &str) -> Vec<u8> {
+        let update = append(&self.doc, s);
+        self.send(encode_update(&update)).await;
+        update
+    }
+
+    /// Sends a save request.
+    pub async fn request_save(&mut self, id: u64) {
+        self.send(encode_save_request(id)).await;
+    }
+
+    /// Sends a save request and reads (absorbing) until its *saved* answer: afterwards, the
+    /// room has processed and committed everything this client sent before.
+    pub async fn save(&mut self, id: u64) {
+        self.request_save(id).await;
+        self.recv_until(&format!("saved {id}"), |m| *m == Msg::Saved(id))
+            .await;
+    }
+
+    /// Sends sync step 1 with the client's state vector.
+    pub async fn send_step1(&mut self) {
+        let sv = state_vector(&self.doc);
+        self.send(encode_sync_step1(&sv)).await;
+    }
+
+    /// The next event, failing after [`DEADLINE`].
+    pub async fn next_event(&mut self) -> Event {
+        next_event(&mut self.stream, DEADLINE).await
+    }
+
+    /// The next binary frame; fails the test on anything else.
+    pub async fn recv_frame(&mut self) -> Bytes {
+        match self.next_event().await {
+            Event::Frame(frame) => frame,
+            other => panic!("expected a binary frame, got {other:?}"),
+        }
+    }
+
+    /// The next message; the frame must hold exactly one.
+    pub async fn recv_msg(&mut self) -> Msg {
+        decode_one(&self.recv_frame().await)
+    }
+
+    /// Reads until a close frame and returns its code, discarding binary frames before it.
+    /// Fails the test if the stream ends without one.
+    pub async fn expect_close(&mut self) -> Option<u16> {
+        loop {
+            match self.next_event().await {
+                Event::Frame(_) => {}
+                Event::Close(code) => return code,
+                other => panic!("expected a close frame, got {other:?}"),
+            }
+        }
+    }
+
+    /// Reads until the stream ends (with or without a close frame), discarding frames; returns
+    /// how many binary frames came before the end, and the close code if there was one.
+    pub async fn read_to_end(&mut self) -> (usize, Option<u16>) {
+        let mut frames = 0;
+        loop {
+            match self.next_event().await {
+                Event::Frame(_) | Event::Text(_) => frames += 1,
+                Event::Close(code) => return (frames, code),
+                Event::Ended(_) => return (frames, None),
+            }
+        }
+    }
+
+    /// Handles a message the way a Yjs client does: applies sync updates to the document and
+    /// records awareness states. Answers nothing.
+    pub fn absorb(&mut self, message: &Msg) {
+        match message {
+            Msg::SyncStep2(update) | Msg::Update(update) => apply(&self.doc, update),
+            Msg::Awareness(payload) => {
+                for entry in awareness_entries(payload) {
+                    if entry.state.is_some() {
+                        self.awareness.insert(entry.client_id, entry);
+                    } else {
+                        self.awareness.remove(&entry.client_id);
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// Reads messages, absorbing each, until one satisfies `wanted`; returns it. Fails the test
+    /// if the connection closes or [`DEADLINE`] passes first.
+    pub async fn recv_until(&mut self, what: &str, mut wanted: impl FnMut(&Msg) -> bool) -> Msg {
+        let deadline = tokio::time::Instant::now() + DEADLINE;
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let frame =
+                match tokio::time::timeout(left, next_event(&mut self.stream, DEADLINE)).await {
+                    Ok(Event::Frame(frame)) => frame,
+                    Ok(other) => panic!("waiting for {what}: got {other:?}"),
+                    Err(_) => panic!("timed out waiting for {what}"),
+                };
+            let message = decode_one(&frame);
+            self.absorb(&message);
+            if wanted(&message) {
+                return message;
+            }
+        }
+    }
+
+    /// Reads and absorbs messages until the document's text is `expected`.
+    pub async fn wait_for_text(&mut self, expected: &str) {
+        if doc_text(&self.doc) == expected {
+            return;
+        }
+        let doc = self.doc.clone();
+        let what = format!("the text to become {:?}", abbreviate(expected));
+        let mut last = String::new();
+        let deadline = tokio::time::Instant::now() + DEADLINE;
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let event = tokio::time::timeout(left, next_event(&mut self.stream, DEADLINE)).await;
+            let frame = match event {
+                Ok(Event::Frame(frame)) => frame,
+                Ok(other) => panic!("waiting for {what}: got {other:?}; text {last:?}"),
+                Err(_) => panic!(
+                    "timed out waiting for {what}; text is {:?}",
+                    abbreviate(&last)
+                ),
+            };
+            let message = decode_one(&frame);
+            self.absorb(&message);
+            last = doc_text(&doc);
+            if last == expected {
+                return;
+            }
+        }
+    }
+
+    /// Sends sync step 1 and absorbs messages until the sync step 2 answering it; returns the
+    /// step 2's update.
+    pub async fn sync(&mut self) -> Vec<u8> {
+        self.send_step1().await;
+        match self
+            .recv_until("sync step 2", |m| matches!(m, Msg::SyncStep2(_)))
+            .await
+        {
+            Msg::SyncStep2(update) => update,
+            _ => unreachable!(),
+        }
+    }
+
+    /// The client's text.
+    pub fn text(&self) -> String {
+        doc_text(&self.doc)
+    }
+
+    /// The document's Yjs client id.
+    pub fn client_id(&self) -> u64 {
+        self.doc.client_id().get()
+    }
+
+    /// Closes the connection cleanly (close frame, then waits for the relay's close frame or the
+    /// end of the stream).
+    pub async fn close(mut self) {
+        let _ = within(
+            "sending a close frame",
+            self.sink.send(WsMessage::Close(None)),
+        )
+        .await;
+        loop {
+            match self.next_event().await {
+                Event::Close(_) | Event::Ended(_) => return,
+                Event::Frame(_) | Event::Text(_) => {}
+            }
+        }
+    }
+}
+
+/// Shortens long strings in failure messages.
+pub fn abbreviate(s: &str) -> String {
+    if s.len() <= 200 {
+        return s.to_owned();
+    }
+    let head: String = s.chars().take(80).collect();
+    let tail: String = s
+        .chars()
+        .rev()
+        .take(80)
+        .collect::<Vec<_>>()
+        .into_iter()
+        .rev()
+        .collect();
+    format!("{head}…({} bytes)…{tail}", s.len())
+}

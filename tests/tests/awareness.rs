@@ -1,0 +1,184 @@
+//! Awareness: forwarding, query-awareness, and removal when a connection closes.
+
+use crdt::protocol::encode_query_awareness;
+use relay_tests::*;
+
+fn single(message: &Msg) -> Vec<AwarenessState> {
+    match message {
+        Msg::Awareness(payload) => awareness_entries(payload),
+        other => panic!("expected an awareness message, got {}", other.kind()),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn awareness_reaches_everyone_and_is_removed_when_the_socket_closes() {
+    let relay = TestRelay::start().await;
+    let mut a = relay.join("presence").await;
+    let mut b = relay.join("presence").await;
+    let a_id = a.client_id();
+    let state = r##"{"user":{"name":"Ann","color":"#f00"}}"##;
+    a.send(awareness_message(a_id, 1, Some(state))).await;
+    let expected = vec![AwarenessState {
+        client_id: a_id,
+        clock: 1,
+        state: Some(state.to_owned()),
+    }];
+    assert_eq!(
+        single(&b.recv_msg().await),
+        expected,
+        "B receives A's state"
+    );
+    assert_eq!(
+        single(&a.recv_msg().await),
+        expected,
+        "A receives its own state back"
+    );
+
+    // A stale clock changes nothing and is not forwarded; a newer one is.
+    a.send(awareness_message(a_id, 1, Some(r#"{"stale":true}"#)))
+        .await;
+    a.send(awareness_message(
+        a_id,
+        2,
+        Some(r#"{"user":{"name":"Ann B"}}"#),
+    ))
+    .await;
+    let next = single(&b.recv_msg().await);
+    assert_eq!(next[0].clock, 2, "the stale state was dropped: {next:?}");
+
+    // A's socket closes without a goodbye: B learns that A's client id is gone.
+    drop(a);
+    let removal = single(&b.recv_msg().await);
+    assert_eq!(removal.len(), 1, "{removal:?}");
+    assert_eq!(removal[0].client_id, a_id);
+    assert_eq!(removal[0].state, None, "removal is a null state");
+    assert!(
+        removal[0].clock > 2,
+        "the removal wins over the last clock: {removal:?}"
+    );
+
+    // The state is gone from the room: a newcomer's greeting has no awareness message.
+    let mut c = relay.join("presence").await;
+    c.send(encode_query_awareness()).await;
+    let all = single(&c.recv_msg().await);
+    assert!(all.is_empty(), "no states left: {all:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn removal_covers_every_client_id_a_connection_introduced() {
+    let relay = TestRelay::start().await;
+    let mut a = relay.join("many-ids").await;
+    let mut b = relay.join("many-ids").await;
+    for id in [11, 12] {
+        a.send(awareness_message(id, 1, Some("{}"))).await;
+        b.recv_msg().await;
+    }
+    a.close().await;
+    let mut removed = Vec::new();
+    while removed.len() < 2 {
+        for entry in single(&b.recv_msg().await) {
+            assert_eq!(entry.state, None, "{entry:?}");
+            removed.push(entry.client_id);
+        }
+    }
+    removed.sort_unstable();
+    assert_eq!(removed, [11, 12]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn query_awareness_is_answered_with_every_state() {
+    let relay = TestRelay::start().await;
+    let mut a = relay.join("query").await;
+    let mut b = relay.join("query").await;
+    let mut c = relay.join("query").await;
+    a.send(awareness_message(a.client_id(), 3, Some(r#"{"n":"a"}"#)))
+        .await;
+    b.send(awareness_message(b.client_id(), 5, Some(r#"{"n":"b"}"#)))
+        .await;
+    // C sees both, so the room holds both.
+    c.recv_msg().await;
+    c.recv_msg().await;
+
+    c.send(encode_query_awareness()).await;
+    let mut all = single(&c.recv_msg().await);
+    all.sort_by_key(|s| s.client_id);
+    let mut expected = vec![
+        AwarenessState {
+            client_id: a.client_id(),
+            clock: 3,
+            state: Some(r#"{"n":"a"}"#.into()),
+        },
+        AwarenessState {
+            client_id: b.client_id(),
+            clock: 5,
+            state: Some(r#"{"n":"b"}"#.into()),
+        },
+    ];
+    expected.sort_by_key(|s| s.client_id);
+    assert_eq!(all, expected);
+
+    // The answer goes only to the one who asked: A receives the two states (its own comes
+    // back), then the update C sends now, and nothing in between.
+    let update = c.edit("x").await;
+    while a.awareness.len() < 2 {
+        let message = a.recv_msg().await;
+        assert!(matches!(message, Msg::Awareness(_)), "{}", message.kind());
+        a.absorb(&message);
+    }
+    assert_eq!(a.recv_msg().await, Msg::Update(update));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_state_at_clock_0_is_never_applied() {
+    let relay = TestRelay::start().await;
+    let mut a = relay.join("clock0").await;
+    let mut b = relay.join("clock0").await;
+    a.send(awareness_message(
+        a.client_id(),
+        0,
+        Some(r#"{"zero":true}"#),
+    ))
+    .await;
+    a.send(awareness_message(a.client_id(), 1, Some(r#"{"one":true}"#)))
+        .await;
+    // B's first awareness message is the clock-1 state: the clock-0 one was not forwarded.
+    let first = single(&b.recv_msg().await);
+    assert_eq!(first.len(), 1);
+    assert_eq!(first[0].clock, 1, "{first:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_removed_state_sent_back_by_another_client_stays_removed() {
+    let relay = TestRelay::start().await;
+    let mut a = relay.join("tombstone").await;
+    let mut b = relay.join("tombstone").await;
+    let mut c = relay.join("tombstone").await;
+    let a_id = a.client_id();
+    let old = awareness_message(a_id, 1, Some(r#"{"n":"a"}"#));
+    a.send(old.clone()).await;
+    b.recv_msg().await;
+    c.recv_msg().await;
+    drop(a);
+    let removal = single(&b.recv_msg().await);
+    assert_eq!(
+        (removal[0].client_id, removal[0].state.as_deref()),
+        (a_id, None)
+    );
+    single(&c.recv_msg().await);
+
+    // B had applied A's state before the removal and sends it back, as stock providers do.
+    b.send(old).await;
+    // Then B's own state: C's next awareness message must be that one, not A's old state.
+    b.send(awareness_message(b.client_id(), 1, Some(r#"{"n":"b"}"#)))
+        .await;
+    let next = single(&c.recv_msg().await);
+    assert_eq!(next.len(), 1);
+    assert_eq!(
+        next[0].client_id,
+        b.client_id(),
+        "A's old state came back: {next:?}"
+    );
+    c.send(encode_query_awareness()).await;
+    let all = single(&c.recv_msg().await);
+    assert!(all.iter().all(|s| s.client_id != a_id), "{all:?}");
+}

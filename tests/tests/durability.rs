@@ -1,0 +1,205 @@
+//! Durability: save acknowledgements (type 100), restarts, compaction, idle unload and graceful
+//! shutdown.
+
+use crdt::protocol::{encode_save_request, encode_update};
+use crdt::store::{Store, StoreOptions};
+use relay_tests::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn save_request_is_answered_once_committed_and_survives_a_restart() {
+    let mut relay = TestRelay::start().await;
+    let mut a = relay.join("save").await;
+    let mut b = relay.join("save").await;
+    let update = a.edit("durable").await;
+    a.request_save(7).await;
+    // No echo of the update (PROTOCOL.md, "No echo"): A's next message is the answer.
+    assert_eq!(a.recv_msg().await, Msg::Saved(7));
+    assert_eq!(b.recv_msg().await, Msg::Update(update), "B got the update");
+
+    // Nothing pending: answered at once.
+    a.request_save(8).await;
+    assert_eq!(a.recv_msg().await, Msg::Saved(8));
+    // A large id (a multi-byte varint) comes back unchanged.
+    let big_id = (1 << 40) + 3;
+    a.request_save(big_id).await;
+    assert_eq!(a.recv_msg().await, Msg::Saved(big_id));
+
+    relay.restart().await;
+    let mut fresh = relay.join("save").await;
+    fresh.sync().await;
+    assert_eq!(fresh.text(), "durable", "after a graceful restart");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn save_requests_are_answered_in_order() {
+    let relay = TestRelay::start_with(|c| c.commit_window_ms = 20).await;
+    let mut a = relay.join("order").await;
+    let u1 = append(&a.doc, "one ");
+    let u2 = append(&a.doc, "two ");
+    let u3 = append(&a.doc, "three");
+    // Requests between updates, two in a row, and some in the same frame as updates.
+    a.send(encode_update(&u1)).await;
+    a.request_save(1).await;
+    a.send(pack(&[
+        &encode_update(&u2),
+        &encode_save_request(2),
+        &encode_save_request(3),
+    ]))
+    .await;
+    a.send(encode_update(&u3)).await;
+    a.request_save(4).await;
+    a.request_save(5).await;
+
+    let mut got = Vec::new();
+    while got.last() != Some(&Msg::Saved(5)) {
+        got.push(a.recv_msg().await);
+    }
+    let kinds: Vec<_> = got.iter().map(Msg::kind).collect();
+    assert_eq!(
+        got,
+        (1..=5).map(Msg::Saved).collect::<Vec<_>>(),
+        "each answered once, in order, and nothing else: {kinds:?}"
+    );
+    let mut b = relay.join("order").await;
+    b.sync().await;
+    assert_eq!(b.text(), "one two three");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn duplicate_update_is_acknowledged_without_a_commit() {
+    let relay = TestRelay::start().await;
+    let mut a = relay.join("dup").await;
+    let mut b = relay.join("dup").await;
+    let update = a.edit("same").await;
+    assert_eq!(b.recv_msg().await, Msg::Update(update.clone()));
+    // B sends the update it already got: nothing changes, nothing is forwarded or echoed.
+    b.send(encode_update(&update)).await;
+    b.request_save(1).await;
+    assert_eq!(b.recv_msg().await, Msg::Saved(1), "answered at once");
+    let next = a.edit("!").await;
+    assert_eq!(
+        b.recv_msg().await,
+        Msg::Update(next),
+        "the duplicate was not forwarded"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_room_unloads_and_reloads_from_the_store() {
+    let relay = TestRelay::start_with(|c| c.idle_unload_secs = 0).await;
+    let mut a = relay.join("idle").await;
+    let mut b = relay.join("idle").await;
+    a.edit("kept across unloads").await;
+    a.save(1).await;
+    b.wait_for_text("kept across unloads").await;
+    assert_eq!(relay.metric("relay_rooms_loaded").await, Some(1.0));
+
+    a.close().await;
+    // One client left: the room stays.
+    b.edit(", and more").await;
+    b.save(2).await;
+    assert_eq!(relay.metric("relay_rooms_loaded").await, Some(1.0));
+    b.close().await;
+    relay.wait_metric("relay_rooms_loaded", |v| v == 0.0).await;
+
+    let mut c = relay.join("idle").await;
+    c.sync().await;
+    assert_eq!(c.text(), "kept across unloads, and more", "reloaded");
+    assert_eq!(relay.metric("relay_rooms_loaded").await, Some(1.0));
+    // And the reloaded room keeps working and numbering its updates after the stored ones.
+    c.edit("!").await;
+    c.save(3).await;
+    c.close().await;
+    relay.wait_metric("relay_rooms_loaded", |v| v == 0.0).await;
+    let mut d = relay.join("idle").await;
+    d.sync().await;
+    assert_eq!(d.text(), "kept across unloads, and more!");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compaction_keeps_the_log_short_and_the_content_complete() {
+    const UPDATES: usize = 23;
+    let mut relay = TestRelay::start_with(|c| c.compact_entries = 5).await;
+    let mut a = relay.join("compact").await;
+    let mut expected = String::new();
+    for i in 0..UPDATES {
+        let word = format!("w{i} ");
+        a.edit(&word).await;
+        expected.push_str(&word);
+    }
+    a.save(1).await;
+    assert!(
+        relay.metric("relay_compactions_total").await.unwrap_or(0.0) >= 1.0,
+        "{}",
+        relay.metrics().await
+    );
+    drop(a);
+
+    relay.stop().await;
+    {
+        let store = relay.open_store();
+        let stored = store.load("compact").expect("load the room");
+        assert!(
+            stored.log_entries < UPDATES as u64,
+            "log entries {}",
+            stored.log_entries
+        );
+        assert!(
+            stored.log_entries < 5,
+            "at most compact_entries - 1 entries after the last compaction, got {}",
+            stored.log_entries
+        );
+        assert!(stored.snapshot_bytes > 0, "a snapshot was written");
+        assert_eq!(stored.next_seq, UPDATES as u64 + 1, "every update numbered");
+        assert_eq!(doc_text(stored.doc.yrs()), expected, "stored content");
+    }
+
+    relay.restart().await;
+    let mut b = relay.join("compact").await;
+    b.sync().await;
+    assert_eq!(b.text(), expected, "content after a restart");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn graceful_shutdown_closes_with_1001_and_commits_everything() {
+    // A commit window makes it likely that the last update is still uncommitted when the
+    // shutdown starts: the shutdown has to commit it.
+    let mut relay = TestRelay::start_with(|c| c.commit_window_ms = 300).await;
+    let mut a = relay.join("shutdown").await;
+    let mut b = relay.join("shutdown").await;
+    let mut other = relay.join("another room").await;
+    let update = a.edit("applied before the shutdown").await;
+    // B has it, so the room applied it; it may not be committed yet.
+    assert_eq!(b.recv_msg().await, Msg::Update(update));
+
+    relay.shutdown_token().cancel();
+    assert_eq!(a.expect_close().await, Some(1001));
+    assert_eq!(b.expect_close().await, Some(1001));
+    assert_eq!(other.expect_close().await, Some(1001));
+    relay.stop().await;
+
+    assert_eq!(relay.stored_text("shutdown"), "applied before the shutdown");
+    relay.restart().await;
+    let mut c = relay.join("shutdown").await;
+    c.sync().await;
+    assert_eq!(c.text(), "applied before the shutdown");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn store_is_released_when_run_returns() {
+    // Once relay::run has returned Ok, the process may open the store again (a restart, a
+    // backup tool, this test): the relay must not hold the file any more.
+    let mut relay = TestRelay::start().await;
+    for round in 0..5 {
+        let mut a = relay.join("reopen").await;
+        a.edit(&round.to_string()).await;
+        a.save(round).await;
+        relay.stop().await;
+        let opened = Store::open(&relay.store_path(), &StoreOptions::default());
+        if let Err(error) = &opened {
+            panic!("round {round}: the store is still open after relay::run returned: {error}");
+        }
+        drop(opened);
+        relay.restart().await;
+    }
+}
