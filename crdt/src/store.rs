@@ -82,13 +82,20 @@ pub enum Write {
         /// The whole document as one update (v1).
         state: Arc<[u8]>,
     },
+    /// Delete everything stored for a room.
+    Delete {
+        /// The room.
+        room: Arc<str>,
+    },
 }
 
 impl Write {
     /// The room this write is for.
     pub fn room(&self) -> &Arc<str> {
         match self {
-            Write::Append { room, .. } | Write::Snapshot { room, .. } => room,
+            Write::Append { room, .. } | Write::Snapshot { room, .. } | Write::Delete { room } => {
+                room
+            }
         }
     }
 
@@ -97,6 +104,7 @@ impl Write {
         match self {
             Write::Append { update, .. } => update.len(),
             Write::Snapshot { state, .. } => state.len(),
+            Write::Delete { .. } => 0,
         }
     }
 }
@@ -307,11 +315,34 @@ impl Store {
                         let updated = rooms.get(&**room)?.map_or(now_ms, |info| info.value().0);
                         rooms.insert(&**room, (updated, bytes))?;
                     }
+                    Write::Delete { room } => {
+                        snapshots.remove(&**room)?;
+                        log.retain_in((&**room, 0)..=(&**room, u64::MAX), |_, _| false)?;
+                        rooms.remove(&**room)?;
+                    }
                 }
             }
         }
         txn.commit()?;
         Ok(())
+    }
+
+    /// What is stored about one room, or `None` if nothing is.
+    ///
+    /// # Errors
+    /// [`ListError`] when redb fails to read.
+    pub fn room_info(&self, room: &str) -> Result<Option<RoomInfo>, ListError> {
+        let read = self.db.begin_read().map_err(redb::Error::from)?;
+        let rooms = read.open_table(ROOMS).map_err(redb::Error::from)?;
+        let info = rooms.get(room).map_err(redb::Error::from)?;
+        Ok(info.map(|info| {
+            let (updated_ms, stored_bytes) = info.value();
+            RoomInfo {
+                name: room.to_owned(),
+                updated_ms,
+                stored_bytes,
+            }
+        }))
     }
 
     /// Lists stored rooms in name order, starting after `after`, at most `limit` of them.
@@ -493,6 +524,46 @@ mod tests {
         let b = store.list_rooms(Some("a"), 1).expect("list");
         assert_eq!(b[0].stored_bytes, state_len);
         assert_eq!(b[0].updated_ms, page[1].updated_ms);
+    }
+
+    #[test]
+    fn delete_removes_snapshot_log_and_listing_of_one_room_only() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store =
+            Store::open(&dir.path().join("d.redb"), &StoreOptions::default()).expect("open");
+        let source = Doc::new();
+        let state: Arc<[u8]> = {
+            edit(&source, "abc");
+            source
+                .transact()
+                .encode_state_as_update_v1(&StateVector::default())
+                .into()
+        };
+        store
+            .commit(&[
+                append("gone", 1, edit(&source, "d")),
+                Write::Snapshot {
+                    room: "gone".into(),
+                    through_seq: 1,
+                    state,
+                },
+                append("gone", 2, edit(&source, "e")),
+                append("kept", 1, edit(&Doc::new(), "k")),
+            ])
+            .expect("commit");
+        store
+            .commit(&[Write::Delete {
+                room: "gone".into(),
+            }])
+            .expect("delete");
+        let gone = store.load("gone").expect("load");
+        assert_eq!(
+            (gone.next_seq, gone.log_entries, gone.snapshot_bytes),
+            (1, 0, 0)
+        );
+        assert_eq!(store.room_info("gone").expect("info"), None);
+        assert_eq!(text_of(&store.load("kept").expect("load")), "k");
+        assert!(store.room_info("kept").expect("info").is_some());
     }
 
     #[test]

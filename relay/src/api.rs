@@ -1,15 +1,43 @@
-//! The HTTP API for documents (JSON), used by the demo's document list.
+//! The document API (HTTP, JSON errors). Every request needs an `admin` token (the `token` query
+//! parameter or `Authorization: Bearer`), unless the relay runs without a secret.
+//!
+//! | request | what |
+//! | --- | --- |
+//! | `GET /api/docs?limit=&after=` | documents with size, last change and live connections, in pages |
+//! | `GET /api/docs/{name}` | the state as one binary Yjs update; `?format=json`: the root types as JSON |
+//! | `POST /api/docs/{name}/update` | apply a binary update; 200 once it is committed |
+//! | `DELETE /api/docs/{name}` | disconnect its clients (4404) and delete it |
+//! | `POST /api/tokens` | mint a client token |
+//!
+//! `{name}` is one path segment: encode a `/` in a name as `%2F`.
+
+// The helpers return the finished error response itself, which every caller sends as is; boxing
+// it would only add an allocation to each refused request.
+#![allow(clippy::result_large_err)]
 
 use std::sync::Arc;
+use std::time::Duration;
 
-use http::StatusCode;
+use bytes::Bytes;
+use http::header::CONTENT_TYPE;
+use http::{HeaderMap, HeaderValue, StatusCode};
 use serde::{Deserialize, Serialize};
+use tokio::sync::oneshot;
+use warp::Filter;
+use warp::path::Tail;
 use warp::reply::{Reply, Response};
 
+use crate::auth::{Access, Claims, authorize, now_secs};
+use crate::room::RoomCommand;
 use crate::routes::AppState;
+use crate::upgrade::{request_token, room_name};
 
 /// Most documents one page lists.
 pub const MAX_PAGE: usize = 500;
+/// Longest lifetime of a minted token: 30 days.
+pub const MAX_TOKEN_TTL_SECS: u64 = 30 * 24 * 3600;
+/// How long an update request waits for its commit before answering 503.
+const COMMIT_WAIT: Duration = Duration::from_secs(30);
 
 /// Query of `GET /api/docs`.
 #[derive(Debug, Deserialize)]
@@ -18,6 +46,17 @@ pub struct ListQuery {
     pub limit: Option<usize>,
     /// List documents whose name sorts after this one (the previous page's `next_after`).
     pub after: Option<String>,
+    /// The token, if not in a header.
+    pub token: Option<String>,
+}
+
+/// Query of the per-document requests.
+#[derive(Debug, Deserialize)]
+pub struct DocQuery {
+    /// `json` for `GET /api/docs/{name}` as JSON.
+    pub format: Option<String>,
+    /// The token, if not in a header.
+    pub token: Option<String>,
 }
 
 /// One document in a listing.
@@ -43,6 +82,33 @@ pub struct DocList {
     pub next_after: Option<String>,
 }
 
+/// Body of `POST /api/tokens`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenRequest {
+    /// The document the token is for.
+    pub doc: Option<String>,
+    /// Or a prefix of the documents it is for.
+    pub doc_prefix: Option<String>,
+    /// `read`, `write` or `admin`.
+    pub access: Access,
+    /// Lifetime in seconds (default 3600, at most 30 days).
+    pub ttl_secs: Option<u64>,
+    /// The user's id.
+    pub sub: Option<String>,
+    /// The user's display name.
+    pub name: Option<String>,
+}
+
+/// Answer of `POST /api/tokens`.
+#[derive(Debug, Serialize)]
+pub struct TokenResponse {
+    /// The signed token.
+    pub token: String,
+    /// Its expiry, in seconds since the Unix epoch.
+    pub expires_at: u64,
+}
+
 #[derive(Debug, Serialize)]
 struct ErrorBody<'a> {
     error: &'a str,
@@ -54,35 +120,356 @@ pub fn error(status: StatusCode, message: &str) -> Response {
         .into_response()
 }
 
-/// `GET /api/docs?limit=&after=`: stored documents with size, last change and live connections.
-pub async fn list_docs(query: ListQuery, state: Arc<AppState>) -> Response {
-    let limit = query.limit.unwrap_or(100).clamp(1, MAX_PAGE);
+/// Every route of the document API.
+pub fn routes(
+    state: Arc<AppState>,
+) -> impl Filter<Extract = (Response,), Error = warp::Rejection> + Clone + Send + Sync + 'static {
+    let max_body = state.config.max_message_bytes as u64;
+    let with_state = warp::any().map(move || state.clone());
+    let list = warp::path!("api" / "docs")
+        .and(warp::get())
+        .and(warp::query::<ListQuery>())
+        .and(warp::header::headers_cloned())
+        .and(with_state.clone())
+        .then(list_docs);
+    let get = warp::path("api")
+        .and(warp::path("docs"))
+        .and(warp::path::tail())
+        .and(warp::get())
+        .and(warp::query::<DocQuery>())
+        .and(warp::header::headers_cloned())
+        .and(with_state.clone())
+        .then(get_doc);
+    let update = warp::path("api")
+        .and(warp::path("docs"))
+        .and(warp::path::tail())
+        .and(warp::post())
+        .and(warp::query::<DocQuery>())
+        .and(warp::header::headers_cloned())
+        .and(with_state.clone())
+        // Refused with 413 from the Content-Length alone, before the body is read.
+        .and(warp::body::content_length_limit(max_body))
+        .and(warp::body::bytes())
+        .then(post_update);
+    let delete = warp::path("api")
+        .and(warp::path("docs"))
+        .and(warp::path::tail())
+        .and(warp::delete())
+        .and(warp::query::<DocQuery>())
+        .and(warp::header::headers_cloned())
+        .and(with_state.clone())
+        .then(delete_doc);
+    let tokens = warp::path!("api" / "tokens")
+        .and(warp::post())
+        .and(warp::query::<DocQuery>())
+        .and(warp::header::headers_cloned())
+        .and(warp::body::content_length_limit(64 * 1024))
+        .and(warp::body::json::<TokenRequest>())
+        .and(with_state)
+        .then(mint_token);
+    list.or(get)
+        .unify()
+        .or(update)
+        .unify()
+        .or(delete)
+        .unify()
+        .or(tokens)
+        .unify()
+}
+
+/// Checks that the request carries admin access for `room` (or for every document).
+fn admin(
+    state: &AppState,
+    token: Option<&str>,
+    headers: &HeaderMap,
+    room: Option<&str>,
+) -> Result<(), Response> {
+    let token = token
+        .map(str::to_owned)
+        .or_else(|| request_token(None, headers));
+    authorize(state.keys.as_deref(), token.as_deref(), room, Access::Admin)
+        .map(|_| ())
+        .map_err(|e| {
+            state.metrics.error("auth_refused");
+            error(e.status(), &e.to_string())
+        })
+}
+
+/// Splits `{name}` or `{name}/{action}` out of the path after `/api/docs/`.
+fn doc_path(tail: &Tail) -> Result<(String, Option<&str>), Response> {
+    let mut parts = tail.as_str().splitn(2, '/');
+    let raw = parts.next().unwrap_or_default();
+    let action = parts.next();
+    let name = room_name(raw).map_err(|m| error(StatusCode::BAD_REQUEST, m.trim_end()))?;
+    Ok((name, action))
+}
+
+/// Whether a document exists: stored, or loaded with updates not committed yet.
+async fn exists(state: &AppState, name: &str) -> Result<bool, Response> {
+    if state.registry.unsaved_updates(name) > 0 {
+        return Ok(true);
+    }
     let store = state.registry.store().clone();
-    let after = query.after.clone();
-    let listed =
-        tokio::task::spawn_blocking(move || store.list_rooms(after.as_deref(), limit)).await;
-    let rooms = match listed {
-        Ok(Ok(rooms)) => rooms,
+    let owned = name.to_owned();
+    match tokio::task::spawn_blocking(move || store.room_info(&owned)).await {
+        Ok(Ok(info)) => Ok(info.is_some()),
         Ok(Err(e)) => {
-            tracing::error!(error = %e, "cannot list documents");
-            return error(StatusCode::INTERNAL_SERVER_ERROR, "cannot read the store");
+            tracing::error!(error = %e, "cannot read the store");
+            Err(error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "cannot read the store",
+            ))
         }
         Err(e) => {
-            tracing::error!(error = %e, "listing documents panicked");
-            return error(StatusCode::INTERNAL_SERVER_ERROR, "cannot read the store");
+            tracing::error!(error = %e, "store read panicked");
+            Err(error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "cannot read the store",
+            ))
         }
-    };
-    let next_after = (rooms.len() == limit)
-        .then(|| rooms.last().map(|r| r.name.clone()))
-        .flatten();
-    let docs = rooms
-        .into_iter()
-        .map(|room| DocSummary {
-            connections: state.registry.connections(&room.name),
-            name: room.name,
-            size_bytes: room.stored_bytes,
-            updated_at_ms: room.updated_ms,
+    }
+}
+
+/// Sends a command to a room and waits for its answer.
+async fn ask<T>(
+    state: &AppState,
+    name: &str,
+    make: impl FnOnce(oneshot::Sender<T>) -> RoomCommand,
+) -> Result<T, Response> {
+    let (tx, rx) = oneshot::channel();
+    if state.registry.request(name, make(tx)).await.is_err() {
+        return Err(error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the document is unavailable",
+        ));
+    }
+    rx.await.map_err(|_| {
+        error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the document is unavailable",
+        )
+    })
+}
+
+fn unwrap(result: Result<Response, Response>) -> Response {
+    result.unwrap_or_else(|response| response)
+}
+
+/// `GET /api/docs?limit=&after=`.
+pub async fn list_docs(query: ListQuery, headers: HeaderMap, state: Arc<AppState>) -> Response {
+    unwrap(
+        async {
+            admin(&state, query.token.as_deref(), &headers, None)?;
+            let limit = query.limit.unwrap_or(100).clamp(1, MAX_PAGE);
+            let store = state.registry.store().clone();
+            let after = query.after.clone();
+            let rooms = match tokio::task::spawn_blocking(move || {
+                store.list_rooms(after.as_deref(), limit)
+            })
+            .await
+            {
+                Ok(Ok(rooms)) => rooms,
+                Ok(Err(e)) => {
+                    tracing::error!(error = %e, "cannot list documents");
+                    return Err(error(
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        "cannot read the store",
+                    ));
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "listing documents panicked");
+                    return Err(error(
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        "cannot read the store",
+                    ));
+                }
+            };
+            let next_after = (rooms.len() == limit)
+                .then(|| rooms.last().map(|r| r.name.clone()))
+                .flatten();
+            let docs = rooms
+                .into_iter()
+                .map(|room| DocSummary {
+                    connections: state.registry.connections(&room.name),
+                    name: room.name,
+                    size_bytes: room.stored_bytes,
+                    updated_at_ms: room.updated_ms,
+                })
+                .collect();
+            Ok(warp::reply::json(&DocList { docs, next_after }).into_response())
+        }
+        .await,
+    )
+}
+
+/// `GET /api/docs/{name}[?format=json]`.
+pub async fn get_doc(
+    tail: Tail,
+    query: DocQuery,
+    headers: HeaderMap,
+    state: Arc<AppState>,
+) -> Response {
+    unwrap(
+        async {
+            let (name, action) = doc_path(&tail)?;
+            if action.is_some() {
+                return Err(error(StatusCode::NOT_FOUND, "not found"));
+            }
+            admin(&state, query.token.as_deref(), &headers, Some(&name))?;
+            if !exists(&state, &name).await? {
+                return Err(error(StatusCode::NOT_FOUND, "no such document"));
+            }
+            match query.format.as_deref() {
+                None | Some("binary") => {
+                    let state_update =
+                        ask(&state, &name, |reply| RoomCommand::Export { reply }).await?;
+                    let mut response = Response::new(state_update.to_vec().into());
+                    response.headers_mut().insert(
+                        CONTENT_TYPE,
+                        HeaderValue::from_static("application/octet-stream"),
+                    );
+                    Ok(response)
+                }
+                Some("json") => {
+                    let json =
+                        ask(&state, &name, |reply| RoomCommand::ExportJson { reply }).await?;
+                    Ok(warp::reply::json(&json).into_response())
+                }
+                Some(_) => Err(error(
+                    StatusCode::BAD_REQUEST,
+                    "format must be json or binary",
+                )),
+            }
+        }
+        .await,
+    )
+}
+
+/// `POST /api/docs/{name}/update` with a binary update as the body.
+pub async fn post_update(
+    tail: Tail,
+    query: DocQuery,
+    headers: HeaderMap,
+    state: Arc<AppState>,
+    body: Bytes,
+) -> Response {
+    unwrap(
+        async {
+            let (name, action) = doc_path(&tail)?;
+            if action != Some("update") {
+                return Err(error(StatusCode::NOT_FOUND, "not found"));
+            }
+            admin(&state, query.token.as_deref(), &headers, Some(&name))?;
+            if body.len() > state.config.max_message_bytes {
+                return Err(error(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "the update is larger than --max-message-bytes",
+                ));
+            }
+            if body.is_empty() {
+                return Err(error(
+                    StatusCode::BAD_REQUEST,
+                    "the body must be a binary Yjs update (v1)",
+                ));
+            }
+            let outcome = ask(&state, &name, |reply| RoomCommand::ApplyUpdate {
+                update: body,
+                reply,
+            });
+            match tokio::time::timeout(COMMIT_WAIT, outcome).await {
+                Ok(Ok(Ok(()))) => Ok(
+                    warp::reply::json(&serde_json::json!({ "committed": true })).into_response()
+                ),
+                Ok(Ok(Err(reason))) => Err(error(
+                    StatusCode::BAD_REQUEST,
+                    &format!("the update was refused and changed nothing: {reason}"),
+                )),
+                Ok(Err(response)) => Err(response),
+                Err(_) => Err(error(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "the update is applied but not committed yet; the relay keeps retrying",
+                )),
+            }
+        }
+        .await,
+    )
+}
+
+/// `DELETE /api/docs/{name}`.
+pub async fn delete_doc(
+    tail: Tail,
+    query: DocQuery,
+    headers: HeaderMap,
+    state: Arc<AppState>,
+) -> Response {
+    unwrap(
+        async {
+            let (name, action) = doc_path(&tail)?;
+            if action.is_some() {
+                return Err(error(StatusCode::NOT_FOUND, "not found"));
+            }
+            admin(&state, query.token.as_deref(), &headers, Some(&name))?;
+            if !exists(&state, &name).await? {
+                return Err(error(StatusCode::NOT_FOUND, "no such document"));
+            }
+            ask(&state, &name, |reply| RoomCommand::Delete { reply }).await?;
+            tracing::info!(room = %name, "document deleted through the API");
+            Ok(warp::reply::json(&serde_json::json!({ "deleted": name })).into_response())
+        }
+        .await,
+    )
+}
+
+/// `POST /api/tokens` with a [`TokenRequest`] body.
+pub async fn mint_token(
+    query: DocQuery,
+    headers: HeaderMap,
+    request: TokenRequest,
+    state: Arc<AppState>,
+) -> Response {
+    unwrap(async {
+        let Some(keys) = state.keys.as_deref() else {
+            return Err(error(
+                StatusCode::BAD_REQUEST,
+                "this relay runs without --secret: it has no key to sign tokens, and needs none",
+            ));
+        };
+        if request.doc.is_some() && request.doc_prefix.is_some() {
+            return Err(error(StatusCode::BAD_REQUEST, "give doc or doc_prefix, not both"));
+        }
+        if let Some(doc) = &request.doc {
+            room_name(doc).map_err(|m| error(StatusCode::BAD_REQUEST, m.trim_end()))?;
+        }
+        // The caller's admin token must cover everything the new token would: a single document
+        // it covers, or (for a prefix or every document) it must cover every document.
+        let scope = request.doc.as_deref();
+        admin(&state, query.token.as_deref(), &headers, scope)?;
+        let ttl = request.ttl_secs.unwrap_or(3600);
+        if ttl == 0 || ttl > MAX_TOKEN_TTL_SECS {
+            return Err(error(StatusCode::BAD_REQUEST, "ttl_secs must be between 1 and 2592000"));
+        }
+        if request.doc.is_none() && request.doc_prefix.is_none() && request.access != Access::Admin {
+            return Err(error(
+                StatusCode::BAD_REQUEST,
+                "a read or write token must name a doc or a doc_prefix",
+            ));
+        }
+        let now = now_secs();
+        let claims = Claims {
+            doc: request.doc,
+            doc_prefix: request.doc_prefix,
+            access: request.access,
+            exp: now + ttl,
+            iat: Some(now),
+            sub: request.sub,
+            name: request.name,
+        };
+        let token = keys.mint(&claims);
+        Ok(warp::reply::json(&TokenResponse {
+            token,
+            expires_at: claims.exp,
         })
-        .collect();
-    warp::reply::json(&DocList { docs, next_after }).into_response()
+        .into_response())
+    }
+    .await)
 }

@@ -56,6 +56,8 @@ pub struct PersistJob {
     pub write: Write,
     /// The room's commit state.
     pub notify: Arc<watch::Sender<CommitState>>,
+    /// Answered once the write is committed.
+    pub done: Option<oneshot::Sender<()>>,
 }
 
 /// What the writer's queue carries.
@@ -172,7 +174,7 @@ impl Writer {
                         );
                         self.failed_attempts = 0;
                     }
-                    notify_committed(&pending, &self.metrics);
+                    notify_committed(&mut pending, &self.metrics);
                     pending.clear();
                 }
                 Err(error) => {
@@ -200,14 +202,18 @@ fn retry_delay(attempt: u64) -> Duration {
         .min(MAX_RETRY_DELAY)
 }
 
-fn notify_committed(jobs: &[PersistJob], metrics: &Metrics) {
+fn notify_committed(jobs: &mut [PersistJob], metrics: &Metrics) {
     for job in jobs {
+        if let Some(done) = job.done.take() {
+            let _ = done.send(());
+        }
         let seq = match &job.write {
             Write::Append { seq, .. } => Some(*seq),
             Write::Snapshot { .. } => {
                 metrics.compactions.inc();
                 None
             }
+            Write::Delete { .. } => None,
         };
         job.notify.send_if_modified(|state| {
             let mut changed = state.failure.take().is_some();
@@ -271,6 +277,7 @@ mod tests {
                     update: Bytes::from_static(&[0, 0]),
                 },
                 notify: notify.clone(),
+                done: None,
             }))
             .await
             .expect("writer running");

@@ -2,9 +2,9 @@
 //!
 //! A joiner looks the room up and, if it is not loaded, starts its task, all under one lock, so
 //! two first visitors never load a document twice. A room unloads itself through
-//! [`RoomRegistry::remove_if_idle`], under the same lock, and only if no join is on its way:
-//! joiners count themselves in `pending_joins` under the lock before they send, and the room
-//! counts them out as it takes their `Join`.
+//! [`RoomRegistry::remove_if_idle`], under the same lock, and only if no join or API request is
+//! on its way: senders count themselves in `pending_joins` under the lock before they send, and
+//! the room counts them out as it takes their command.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -80,8 +80,8 @@ impl RoomRegistry {
         &self.tasks
     }
 
-    /// Joins `conn` to `room` with `access`, loading the room if needed. Returns the room's queue for the
-    /// connection's frames.
+    /// Joins `conn` to `room` with `access`, loading the room if needed. Returns the room's queue
+    /// for the connection's frames.
     ///
     /// # Errors
     /// [`JoinError`] if the room unloads under the joiner three times in a row (it fails to
@@ -93,11 +93,32 @@ impl RoomRegistry {
         access: Access,
         handle: ConnHandle,
     ) -> Result<RoomSender, JoinError> {
-        let mut command = RoomCommand::Join {
+        let command = RoomCommand::Join {
             conn,
             access,
             handle,
         };
+        self.send(room, command).await
+    }
+
+    /// Sends a request (an API command) to `room`, loading the room if needed.
+    ///
+    /// # Errors
+    /// As [`RoomRegistry::join`].
+    pub async fn request(
+        self: &Arc<Self>,
+        room: &str,
+        command: RoomCommand,
+    ) -> Result<(), JoinError> {
+        self.send(room, command).await.map(|_| ())
+    }
+
+    /// Sends a counted command, retrying if the room unloads in between.
+    async fn send(
+        self: &Arc<Self>,
+        room: &str,
+        mut command: RoomCommand,
+    ) -> Result<RoomSender, JoinError> {
         for _ in 0..3 {
             let (tx, pending) = self.entry_for(room);
             match tx.send(command).await {
@@ -109,6 +130,14 @@ impl RoomRegistry {
             }
         }
         Err(JoinError(room.to_owned()))
+    }
+
+    /// Updates `room` holds that are not committed yet (0 when it is not loaded).
+    pub fn unsaved_updates(&self, room: &str) -> u64 {
+        let rooms = self.rooms.lock().expect("registry lock is never poisoned");
+        rooms
+            .get(room)
+            .map_or(0, |e| e.status.unsaved_updates.load(Ordering::Relaxed))
     }
 
     /// Finds or starts the room and counts a pending join, under the lock.

@@ -19,7 +19,7 @@ use crdt::protocol::{
     encode_saved, encode_sync_step1, encode_sync_step2, encode_update,
 };
 use crdt::store::{Store, StoredRoom, Write};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
@@ -186,6 +186,38 @@ pub enum RoomCommand {
         /// The connection.
         conn: ConnId,
     },
+    /// The HTTP API asks for the document: its whole state as one update (v1).
+    Export {
+        /// Where the state goes.
+        reply: oneshot::Sender<Arc<[u8]>>,
+    },
+    /// The HTTP API asks for the document's root types as JSON.
+    ExportJson {
+        /// Where the JSON goes.
+        reply: oneshot::Sender<serde_json::Value>,
+    },
+    /// The HTTP API applies an update. Answered once it (and everything before it) is
+    /// committed, or at once with the reason it was refused.
+    ApplyUpdate {
+        /// The update (v1).
+        update: Bytes,
+        /// The outcome.
+        reply: oneshot::Sender<Result<(), String>>,
+    },
+    /// The HTTP API deletes the document: its connections are closed with 4404 and its storage
+    /// removed; answered once the deletion is committed.
+    Delete {
+        /// Answered when done.
+        reply: oneshot::Sender<()>,
+    },
+}
+
+impl RoomCommand {
+    /// Whether the registry counted this command as pending when it was sent (everything but a
+    /// connection's frames and its leaving, which only come from joined connections).
+    fn was_counted(&self) -> bool {
+        !matches!(self, RoomCommand::Frame { .. } | RoomCommand::Leave { .. })
+    }
 }
 
 /// Limits and timings that apply to every room.
@@ -306,6 +338,10 @@ pub struct Room {
     /// joiners shares one encoding and one buffer.
     full_step2: Option<Bytes>,
     commit_notify: Arc<watch::Sender<CommitState>>,
+    /// The room's view of `commit_notify`.
+    commits: watch::Receiver<CommitState>,
+    /// Updates applied through the HTTP API, answered once this sequence number is committed.
+    api_waiters: VecDeque<(u64, oneshot::Sender<Result<(), String>>)>,
     /// Set when the room last became empty.
     empty_since: Option<Instant>,
     /// Set by a delivery that left a queue over its limit.
@@ -321,7 +357,7 @@ impl Room {
         status: Arc<RoomStatus>,
     ) -> Self {
         let committed = stored.next_seq - 1;
-        let (notify, _) = watch::channel(CommitState {
+        let (notify, commits) = watch::channel(CommitState {
             committed_seq: committed,
             failure: None,
         });
@@ -338,6 +374,8 @@ impl Room {
             snapshot_bytes: stored.snapshot_bytes,
             full_step2: None,
             commit_notify: Arc::new(notify),
+            commits,
+            api_waiters: VecDeque::new(),
             empty_since: Some(Instant::now()),
             lagging: AtomicBool::new(false),
             status,
@@ -612,7 +650,95 @@ impl Room {
                 slow.push((id, Some(CloseReason::SlowReader)));
             }
         }
+        while self
+            .api_waiters
+            .front()
+            .is_some_and(|(seq, _)| *seq <= self.committed_seq)
+        {
+            let (_, reply) = self.api_waiters.pop_front().expect("front exists");
+            let _ = reply.send(Ok(()));
+        }
         self.remove_conns(slow);
+    }
+
+    /// Applies an update from the HTTP API: like one from a connection, but every connection
+    /// receives it, and the answer waits for the commit that holds it.
+    async fn on_api_update(&mut self, update: Bytes, reply: oneshot::Sender<Result<(), String>>) {
+        match self.doc.apply_update_v1(&update) {
+            Err(error) => {
+                let _ = reply.send(Err(error.to_string()));
+            }
+            Ok(Applied::Unchanged) => self.wait_for_commit(self.next_seq - 1, reply),
+            Ok(Applied::Changed) => {
+                self.full_step2 = None;
+                self.ctx.metrics.updates_in.inc();
+                self.ctx.metrics.update_bytes_in.inc_by(update.len() as u64);
+                let message = Bytes::from(encode_update(&update));
+                self.broadcast(message, None);
+                let seq = self.next_seq;
+                self.next_seq += 1;
+                self.log_entries += 1;
+                self.log_bytes += update.len() as u64;
+                self.status.unsaved_updates.fetch_add(1, Ordering::Relaxed);
+                self.persist(Write::Append {
+                    room: self.name.clone(),
+                    seq,
+                    update,
+                })
+                .await;
+                self.wait_for_commit(seq, reply);
+                self.maybe_compact().await;
+            }
+        }
+    }
+
+    fn wait_for_commit(&mut self, seq: u64, reply: oneshot::Sender<Result<(), String>>) {
+        if seq <= self.committed_seq {
+            let _ = reply.send(Ok(()));
+        } else {
+            self.api_waiters.push_back((seq, reply));
+        }
+    }
+
+    /// Deletes the document: closes every connection with 4404, forgets the document and its
+    /// awareness, and removes its storage; `reply` is answered once that is committed. The room
+    /// then goes on as a new, empty document.
+    async fn delete(&mut self, reply: oneshot::Sender<()>) {
+        tracing::info!(connections = self.conns.len(), "deleting the document");
+        let conns: Vec<_> = self
+            .conns
+            .keys()
+            .map(|&id| (id, Some(CloseReason::DocumentDeleted)))
+            .collect();
+        self.remove_conns(conns);
+        self.awareness = AwarenessTable::new();
+        self.doc = RoomDoc::new();
+        self.full_step2 = None;
+        self.log_entries = 0;
+        self.log_bytes = 0;
+        self.snapshot_bytes = 0;
+        // Waiting API updates were committed or are about to be, and are deleted right after.
+        for (_, waiter) in self.api_waiters.drain(..) {
+            let _ = waiter.send(Err("the document was deleted".into()));
+        }
+        // A new numbering and a new commit watch: writes queued for the old document still
+        // report to the old one.
+        self.next_seq = 1;
+        self.committed_seq = 0;
+        let (notify, commits) = watch::channel(CommitState::default());
+        self.commit_notify = Arc::new(notify);
+        self.commits = commits;
+        self.status.unsaved_updates.store(0, Ordering::Relaxed);
+        let job = PersistJob {
+            write: Write::Delete {
+                room: self.name.clone(),
+            },
+            notify: self.commit_notify.clone(),
+            done: Some(reply),
+        };
+        if self.ctx.persist.send(PersistMsg::Job(job)).await.is_err() {
+            tracing::error!("the store writer has stopped; the deletion is not saved");
+        }
     }
 
     async fn maybe_compact(&mut self) {
@@ -645,6 +771,7 @@ impl Room {
         let job = PersistJob {
             write,
             notify: self.commit_notify.clone(),
+            done: None,
         };
         if self.ctx.persist.send(PersistMsg::Job(job)).await.is_err() {
             // The writer only stops after every room is gone, so this is a bug.
@@ -753,15 +880,15 @@ pub(crate) async fn run_room(
         );
         ctx.metrics.rooms_loaded.inc();
         let mut room = Room::new(name.clone(), ctx.clone(), stored, status);
-        let mut commits = room.commit_notify.subscribe();
         loop {
             let deadline = room.unload_deadline();
             tokio::select! {
-                command = rx.recv() => match command {
-                    Some(RoomCommand::Join { conn, access, handle }) => {
+                command = rx.recv() => {
+                    if command.as_ref().is_some_and(RoomCommand::was_counted) {
                         pending_joins.fetch_sub(1, Ordering::AcqRel);
-                        room.join(conn, access, handle);
                     }
+                    match command {
+                    Some(RoomCommand::Join { conn, access, handle }) => room.join(conn, access, handle),
                     Some(RoomCommand::Frame { conn, frame }) => {
                         room.on_frame(conn, frame).await;
                         if room.lagging.swap(false, Ordering::Relaxed) {
@@ -771,11 +898,22 @@ pub(crate) async fn run_room(
                         }
                     }
                     Some(RoomCommand::Leave { conn }) => room.remove_conns(vec![(conn, None)]),
+                    Some(RoomCommand::Export { reply }) => {
+                        let _ = reply.send(room.doc.encode_state_v1());
+                    }
+                    Some(RoomCommand::ExportJson { reply }) => {
+                        let _ = reply.send(room.doc.to_json());
+                    }
+                    Some(RoomCommand::ApplyUpdate { update, reply }) => {
+                        room.on_api_update(update, reply).await;
+                    }
+                    Some(RoomCommand::Delete { reply }) => room.delete(reply).await,
                     None => break,
-                },
-                changed = commits.changed() => {
+                    }
+                }
+                changed = room.commits.changed() => {
                     if changed.is_ok() {
-                        let state = commits.borrow_and_update().clone();
+                        let state = room.commits.borrow_and_update().clone();
                         room.on_commit(state);
                     }
                 }

@@ -112,11 +112,7 @@ pub fn routes(
             );
             response
         });
-    let list_docs = warp::path!("api" / "docs")
-        .and(warp::get())
-        .and(warp::query::<crate::api::ListQuery>())
-        .and(with_state.clone())
-        .then(crate::api::list_docs);
+    let api = crate::api::routes(state.clone());
     let assets = warp::get()
         .and(warp::path::full())
         .and(warp::header::headers_cloned())
@@ -128,7 +124,7 @@ pub fn routes(
         .unify()
         .or(metrics)
         .unify()
-        .or(list_docs)
+        .or(api)
         .unify()
         .or(assets)
         .unify()
@@ -137,6 +133,15 @@ pub fn routes(
             // what the client needs to hear is that nothing is here, unless a query was bad.
             let response = if rejection.find::<warp::reject::InvalidQuery>().is_some() {
                 crate::api::error(StatusCode::BAD_REQUEST, "invalid query parameters")
+            } else if rejection.find::<warp::reject::PayloadTooLarge>().is_some() {
+                crate::api::error(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "the body is over the size limit",
+                )
+            } else if rejection.find::<warp::reject::LengthRequired>().is_some() {
+                crate::api::error(StatusCode::LENGTH_REQUIRED, "a Content-Length is required")
+            } else if let Some(e) = rejection.find::<warp::filters::body::BodyDeserializeError>() {
+                crate::api::error(StatusCode::BAD_REQUEST, &format!("invalid JSON body: {e}"))
             } else {
                 text(StatusCode::NOT_FOUND, "not found\n")
             };
