@@ -7,6 +7,7 @@
 //! state, so this table is a small map with exactly the y-protocols rules.
 
 use std::collections::{HashMap, VecDeque};
+use std::time::{Duration, Instant};
 
 use crate::error::ProtocolError;
 use crate::protocol::{Cursor, write_var_bytes, write_var_u64};
@@ -75,7 +76,15 @@ struct ClientState<O> {
     /// `None` for a removed client, kept as a tombstone with its clock.
     state: Option<Box<str>>,
     owner: O,
+    /// When the entry last won.
+    updated_at: Instant,
+    /// The relay removed it (its connection closed, or it went silent), not the client: the
+    /// same clock brings it back, so a client that reconnects is visible at once.
+    revivable: bool,
 }
+
+/// How long a state lives without a renewal, as in y-protocols (clients renew every 15 s).
+pub const OUTDATED_AFTER: Duration = Duration::from_secs(30);
 
 /// How many removed clients keep their clock. Stock providers send every awareness change they
 /// apply back to the relay, so a removed client's old state can come back from another
@@ -137,17 +146,32 @@ impl<O: Copy + PartialEq> AwarenessTable<O> {
         self.live == 0
     }
 
-    /// Applies parsed entries from `owner` with the y-protocols rules: an entry wins when its clock
-    /// is higher than the known one (0 for unknown clients), or when it is a removal at the same
-    /// clock of a live state. The winner's connection becomes the client id's owner.
-    pub fn apply(&mut self, entries: &[AwarenessEntry<'_>], owner: O) -> AwarenessChanges {
+    /// Applies parsed entries from `owner` at time `now` with the y-protocols rules: an entry wins
+    /// when its clock is higher than the known one (0 for unknown clients), or when it is a
+    /// removal at the same clock of a live state. One addition: after the relay itself removed a
+    /// client (see [`AwarenessTable::remove_owner`]), a state at the same clock from a connection
+    /// that speaks for no other client brings it back, so that a client that reconnects is seen
+    /// at once rather than after its next renewal. The winner's connection becomes the client
+    /// id's owner.
+    pub fn apply(
+        &mut self,
+        entries: &[AwarenessEntry<'_>],
+        owner: O,
+        now: Instant,
+    ) -> AwarenessChanges {
         let mut changes = AwarenessChanges::default();
         for entry in entries {
             let known = self.states.get(&entry.client_id);
             let current_clock = known.map_or(0, |s| s.clock);
             let was_live = known.is_some_and(|s| s.state.is_some());
+            // Only a connection that speaks for no other client may revive one: a reconnecting
+            // client's first message, not another client sending back what it had applied.
+            let revives = known.is_some_and(|s| s.revivable && s.state.is_none())
+                && entry.state.is_some()
+                && !self.owns_other_than(owner, entry.client_id);
             let wins = current_clock < entry.clock
-                || (current_clock == entry.clock && entry.state.is_none() && was_live);
+                || (current_clock == entry.clock && entry.state.is_none() && was_live)
+                || (current_clock == entry.clock && revives);
             if !wins {
                 continue;
             }
@@ -157,6 +181,8 @@ impl<O: Copy + PartialEq> AwarenessTable<O> {
                     clock: entry.clock,
                     state: entry.state.map(Into::into),
                     owner,
+                    updated_at: now,
+                    revivable: false,
                 },
             );
             match (was_live, entry.state.is_some()) {
@@ -174,6 +200,13 @@ impl<O: Copy + PartialEq> AwarenessTable<O> {
             }
         }
         changes
+    }
+
+    /// Whether `owner` holds a live state for a client other than `client_id`.
+    fn owns_other_than(&self, owner: O, client_id: u64) -> bool {
+        self.states
+            .iter()
+            .any(|(&id, s)| id != client_id && s.owner == owner && s.state.is_some())
     }
 
     fn remember_tombstone(&mut self, client_id: u64) {
@@ -204,13 +237,26 @@ impl<O: Copy + PartialEq> AwarenessTable<O> {
     }
 
     /// Removes every live state that `owner` set last and returns the awareness update payload
-    /// that announces the removals (clock + 1, state `null`), or `None` if it owned nothing.
+    /// that announces the removals, or `None` if it owned nothing. The removal keeps the state's
+    /// clock, as y-protocols does for remote clients: receivers apply a removal at the clock they
+    /// know.
     pub fn remove_owner(&mut self, owner: O) -> Option<Vec<u8>> {
+        self.remove_where(|s| s.owner == owner)
+    }
+
+    /// Removes every live state not renewed since `now - max_age` (a client that went away
+    /// without a word on a connection that is still open, or a state some other client sent
+    /// back after its owner left) and returns the payload announcing the removals.
+    pub fn remove_outdated(&mut self, now: Instant, max_age: Duration) -> Option<Vec<u8>> {
+        self.remove_where(|s| now.saturating_duration_since(s.updated_at) > max_age)
+    }
+
+    fn remove_where(&mut self, mut remove: impl FnMut(&ClientState<O>) -> bool) -> Option<Vec<u8>> {
         let mut removed = Vec::new();
         for (&id, s) in self.states.iter_mut() {
-            if s.owner == owner && s.state.is_some() {
-                s.clock += 1;
+            if s.state.is_some() && remove(s) {
                 s.state = None;
+                s.revivable = true;
                 removed.push((id, s.clock));
             }
         }
@@ -234,6 +280,11 @@ impl<O: Copy + PartialEq> AwarenessTable<O> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn t0() -> Instant {
+        static START: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+        *START.get_or_init(Instant::now)
+    }
 
     fn entry(client_id: u64, clock: u64, state: Option<&str>) -> AwarenessEntry<'_> {
         AwarenessEntry {
@@ -269,15 +320,15 @@ mod tests {
     #[test]
     fn higher_clock_wins_and_clock_zero_is_ignored_like_y_protocols() {
         let mut table = AwarenessTable::new();
-        let changes = table.apply(&[entry(1, 0, Some("{}"))], 'a');
+        let changes = table.apply(&[entry(1, 0, Some("{}"))], 'a', t0());
         assert_eq!(changes, AwarenessChanges::default());
-        let changes = table.apply(&[entry(1, 1, Some("{}"))], 'a');
+        let changes = table.apply(&[entry(1, 1, Some("{}"))], 'a', t0());
         assert_eq!(changes.added, vec![1]);
-        let changes = table.apply(&[entry(1, 1, Some(r#"{"x":1}"#))], 'a');
+        let changes = table.apply(&[entry(1, 1, Some(r#"{"x":1}"#))], 'a', t0());
         assert_eq!(changes, AwarenessChanges::default(), "same clock loses");
-        let changes = table.apply(&[entry(1, 2, Some(r#"{"x":1}"#))], 'a');
+        let changes = table.apply(&[entry(1, 2, Some(r#"{"x":1}"#))], 'a', t0());
         assert_eq!(changes.updated, vec![1]);
-        let changes = table.apply(&[entry(1, 2, None)], 'a');
+        let changes = table.apply(&[entry(1, 2, None)], 'a', t0());
         assert_eq!(changes.removed, vec![1], "removal at the same clock wins");
         assert!(table.is_empty());
     }
@@ -285,14 +336,18 @@ mod tests {
     #[test]
     fn remove_owner_announces_only_its_own_clients() {
         let mut table = AwarenessTable::new();
-        table.apply(&[entry(1, 1, Some("{}")), entry(2, 5, Some("{}"))], 'a');
-        table.apply(&[entry(3, 1, Some("{}"))], 'b');
+        table.apply(
+            &[entry(1, 1, Some("{}")), entry(2, 5, Some("{}"))],
+            'a',
+            t0(),
+        );
+        table.apply(&[entry(3, 1, Some("{}"))], 'b', t0());
         // Client 2 moved to connection b (a reconnect racing the old socket's close).
-        table.apply(&[entry(2, 6, Some("{}"))], 'b');
+        table.apply(&[entry(2, 6, Some("{}"))], 'b', t0());
         let removal = table.remove_owner('a').expect("a owned client 1");
         assert_eq!(
             parse_awareness_update(&removal).expect("valid"),
-            vec![entry(1, 2, None)]
+            vec![entry(1, 1, None)]
         );
         assert_eq!(table.len(), 2);
         assert_eq!(table.remove_owner('a'), None);
@@ -301,26 +356,78 @@ mod tests {
     }
 
     #[test]
-    fn a_removed_state_sent_back_by_another_client_stays_removed() {
+    fn an_older_state_sent_back_after_a_removal_stays_removed() {
         let mut table = AwarenessTable::new();
-        table.apply(&[entry(1, 3, Some(r#"{"n":"a"}"#))], 'a');
+        table.apply(&[entry(1, 3, Some(r#"{"n":"a"}"#))], 'a', t0());
         table.remove_owner('a').expect("a owned client 1");
-        // Connection b re-sends the state it had applied before it saw the removal.
-        let changes = table.apply(&[entry(1, 3, Some(r#"{"n":"a"}"#))], 'b');
+        let changes = table.apply(&[entry(1, 2, Some(r#"{"n":"old"}"#))], 'b', t0());
         assert!(changes.is_empty());
-        assert!(table.is_empty());
         assert_eq!(table.encode_all(), None);
-        // The client itself comes back with a newer clock.
-        let changes = table.apply(&[entry(1, 5, Some(r#"{"n":"a"}"#))], 'c');
+    }
+
+    #[test]
+    fn a_client_that_reconnects_is_back_at_once_with_the_same_clock() {
+        let mut table = AwarenessTable::new();
+        table.apply(&[entry(1, 3, Some(r#"{"n":"a"}"#))], 'a', t0());
+        table.remove_owner('a').expect("a owned client 1");
+        let changes = table.apply(&[entry(1, 3, Some(r#"{"n":"a"}"#))], 'c', t0());
         assert_eq!(changes.added, vec![1]);
+        // Now owned by the new connection.
+        assert!(table.remove_owner('a').is_none());
+        assert!(table.remove_owner('c').is_some());
+    }
+
+    #[test]
+    fn another_client_sending_back_a_removed_state_does_not_revive_it() {
+        let mut table = AwarenessTable::new();
+        table.apply(&[entry(1, 3, Some(r#"{"n":"a"}"#))], 'a', t0());
+        table.apply(&[entry(2, 1, Some(r#"{"n":"b"}"#))], 'b', t0());
+        table.remove_owner('a').expect("a owned client 1");
+        let changes = table.apply(&[entry(1, 3, Some(r#"{"n":"a"}"#))], 'b', t0());
+        assert!(changes.is_empty());
+        assert_eq!(table.len(), 1);
+    }
+
+    #[test]
+    fn a_state_the_client_removed_itself_is_not_revived_at_its_old_clock() {
+        let mut table = AwarenessTable::new();
+        table.apply(&[entry(1, 3, Some("{}"))], 'a', t0());
+        table.apply(&[entry(1, 4, None)], 'a', t0());
+        let changes = table.apply(&[entry(1, 4, Some("{}"))], 'b', t0());
+        assert!(changes.is_empty());
+        let changes = table.apply(&[entry(1, 3, Some("{}"))], 'b', t0());
+        assert!(changes.is_empty());
+    }
+
+    #[test]
+    fn states_not_renewed_go_out_of_date() {
+        let mut table = AwarenessTable::new();
+        table.apply(&[entry(1, 1, Some("{}"))], 'a', t0());
+        table.apply(
+            &[entry(2, 1, Some("{}"))],
+            'a',
+            t0() + Duration::from_secs(20),
+        );
+        assert_eq!(
+            table.remove_outdated(t0() + Duration::from_secs(29), OUTDATED_AFTER),
+            None
+        );
+        let removal = table
+            .remove_outdated(t0() + Duration::from_secs(31), OUTDATED_AFTER)
+            .expect("client 1 is out of date");
+        assert_eq!(
+            parse_awareness_update(&removal).expect("valid"),
+            vec![entry(1, 1, None)]
+        );
+        assert_eq!(table.len(), 1);
     }
 
     #[test]
     fn tombstones_are_bounded() {
         let mut table = AwarenessTable::new();
         for id in 0..(MAX_TOMBSTONES as u64 * 3) {
-            table.apply(&[entry(id, 1, Some("{}"))], 'a');
-            table.apply(&[entry(id, 1, None)], 'a');
+            table.apply(&[entry(id, 1, Some("{}"))], 'a', t0());
+            table.apply(&[entry(id, 1, None)], 'a', t0());
         }
         assert!(table.states.len() <= MAX_TOMBSTONES);
         assert!(table.is_empty());

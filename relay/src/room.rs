@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
-use crdt::awareness::{AwarenessTable, parse_awareness_update};
+use crdt::awareness::{AwarenessTable, OUTDATED_AFTER, parse_awareness_update};
 use crdt::doc::{Applied, EMPTY_UPDATE_V1, RoomDoc};
 use crdt::protocol::{
     Message, MessageReader, encode_awareness, encode_permission_denied, encode_save_error,
@@ -28,6 +28,9 @@ use crate::auth::Access;
 use crate::persist::{CommitState, PersistJob, PersistMsg, PersistSender};
 use crate::registry::RoomRegistry;
 use crate::telemetry::Metrics;
+
+/// How often a room with awareness states looks for out-of-date ones.
+const AWARENESS_SWEEP: Duration = Duration::from_secs(10);
 
 /// The reason sent with a refused update from a read-only connection.
 const READ_ONLY_REASON: &str = "read-only access: updates are not accepted";
@@ -346,6 +349,8 @@ pub struct Room {
     empty_since: Option<Instant>,
     /// Set by a delivery that left a queue over its limit.
     lagging: AtomicBool,
+    /// When to look for out-of-date awareness states; `None` while there are none.
+    awareness_sweep_at: Option<Instant>,
     status: Arc<RoomStatus>,
 }
 
@@ -378,6 +383,7 @@ impl Room {
             api_waiters: VecDeque::new(),
             empty_since: Some(Instant::now()),
             lagging: AtomicBool::new(false),
+            awareness_sweep_at: None,
             status,
         }
     }
@@ -575,7 +581,12 @@ impl Room {
                 self.remove_conns(vec![(conn, Some(CloseReason::ProtocolError))]);
             }
             Ok(entries) => {
-                let changes = self.awareness.apply(&entries, conn);
+                let changes = self
+                    .awareness
+                    .apply(&entries, conn, std::time::Instant::now());
+                if self.awareness_sweep_at.is_none() && !self.awareness.is_empty() {
+                    self.awareness_sweep_at = Some(Instant::now() + AWARENESS_SWEEP);
+                }
                 if changes.added.is_empty()
                     && changes.updated.is_empty()
                     && changes.removed.is_empty()
@@ -698,6 +709,21 @@ impl Room {
         } else {
             self.api_waiters.push_back((seq, reply));
         }
+    }
+
+    /// Removes awareness states their clients stopped renewing (a client that vanished on a
+    /// connection still open, or a state another client sent back after its owner left) and
+    /// announces their removal, as y-protocols clients do after 30 seconds.
+    fn sweep_awareness(&mut self) {
+        if let Some(removal) = self
+            .awareness
+            .remove_outdated(std::time::Instant::now(), OUTDATED_AFTER)
+        {
+            tracing::debug!("removing out-of-date awareness states");
+            self.broadcast(encode_awareness(&removal).into(), None);
+        }
+        self.awareness_sweep_at =
+            (!self.awareness.is_empty()).then(|| Instant::now() + AWARENESS_SWEEP);
     }
 
     /// Deletes the document: closes every connection with 4404, forgets the document and its
@@ -916,6 +942,9 @@ pub(crate) async fn run_room(
                         let state = room.commits.borrow_and_update().clone();
                         room.on_commit(state);
                     }
+                }
+                () = sleep_until_opt(room.awareness_sweep_at), if room.awareness_sweep_at.is_some() => {
+                    room.sweep_awareness();
                 }
                 () = sleep_until_opt(deadline), if deadline.is_some() => {
                     if registry.remove_if_idle(&name, entry_id, &pending_joins) {

@@ -52,10 +52,8 @@ async fn awareness_reaches_everyone_and_is_removed_when_the_socket_closes() {
     assert_eq!(removal.len(), 1, "{removal:?}");
     assert_eq!(removal[0].client_id, a_id);
     assert_eq!(removal[0].state, None, "removal is a null state");
-    assert!(
-        removal[0].clock > 2,
-        "the removal wins over the last clock: {removal:?}"
-    );
+    // At the last clock: y-protocols receivers apply a removal at the clock they know.
+    assert_eq!(removal[0].clock, 2, "{removal:?}");
 
     // The state is gone from the room: a newcomer's greeting has no awareness message.
     let mut c = relay.join("presence").await;
@@ -153,6 +151,11 @@ async fn a_removed_state_sent_back_by_another_client_stays_removed() {
     let mut a = relay.join("tombstone").await;
     let mut b = relay.join("tombstone").await;
     let mut c = relay.join("tombstone").await;
+    // B has a state of its own, as an application's clients do.
+    b.send(awareness_message(b.client_id(), 1, Some(r#"{"n":"b"}"#)))
+        .await;
+    single(&b.recv_msg().await);
+    single(&c.recv_msg().await);
     let a_id = a.client_id();
     let old = awareness_message(a_id, 1, Some(r#"{"n":"a"}"#));
     a.send(old.clone()).await;
@@ -168,8 +171,8 @@ async fn a_removed_state_sent_back_by_another_client_stays_removed() {
 
     // B had applied A's state before the removal and sends it back, as stock providers do.
     b.send(old).await;
-    // Then B's own state: C's next awareness message must be that one, not A's old state.
-    b.send(awareness_message(b.client_id(), 1, Some(r#"{"n":"b"}"#)))
+    // Then B renews its own state: C's next awareness message must be that one, not A's.
+    b.send(awareness_message(b.client_id(), 2, Some(r#"{"n":"b"}"#)))
         .await;
     let next = single(&c.recv_msg().await);
     assert_eq!(next.len(), 1);
@@ -181,4 +184,30 @@ async fn a_removed_state_sent_back_by_another_client_stays_removed() {
     c.send(encode_query_awareness()).await;
     let all = single(&c.recv_msg().await);
     assert!(all.iter().all(|s| s.client_id != a_id), "{all:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_reconnects_is_visible_again_at_once() {
+    // A stock client that loses its connection sends its unchanged state (same clock) on the
+    // new one; others must see it then, not after two more 15-second renewals.
+    let relay = TestRelay::start().await;
+    let mut a = relay.join("reconnect").await;
+    let mut b = relay.join("reconnect").await;
+    let a_id = a.client_id();
+    let state = awareness_message(a_id, 3, Some(r#"{"n":"a"}"#));
+    a.send(state.clone()).await;
+    single(&b.recv_msg().await);
+    drop(a);
+    let removal = single(&b.recv_msg().await);
+    assert_eq!(
+        (removal[0].client_id, removal[0].state.as_deref()),
+        (a_id, None)
+    );
+
+    let mut again = relay.join("reconnect").await;
+    again.send(state).await;
+    let back = single(&b.recv_msg().await);
+    assert_eq!(back.len(), 1);
+    assert_eq!((back[0].client_id, back[0].clock), (a_id, 3), "{back:?}");
+    assert!(back[0].state.is_some());
 }
