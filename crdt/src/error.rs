@@ -128,6 +128,15 @@ pub enum LoadError {
     },
 }
 
+/// Compacting the file failed; the file is as before.
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum CompactError {
+    /// redb could not compact.
+    #[error("cannot compact the store: {0}")]
+    Storage(#[from] redb::CompactionError),
+}
+
 /// Listing rooms failed; the store is unchanged.
 #[derive(Debug, Error)]
 #[non_exhaustive]

@@ -31,7 +31,7 @@ use bytes::Bytes;
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
 
 use crate::doc::RoomDoc;
-use crate::error::{CommitError, ListError, LoadError, OpenError};
+use crate::error::{CommitError, CompactError, ListError, LoadError, OpenError};
 
 /// The store format this build reads and writes.
 pub const FORMAT_VERSION: u64 = 1;
@@ -324,6 +324,16 @@ impl Store {
             }
         }
         txn.commit()?;
+        Ok(())
+    }
+
+    /// Compacts the file, giving the space of deleted pages back to the file system. Needs the
+    /// store to itself (no other transaction open).
+    ///
+    /// # Errors
+    /// [`CompactError`] when redb cannot compact; the file is then as before.
+    pub fn compact_file(&mut self) -> Result<(), CompactError> {
+        self.db.compact()?;
         Ok(())
     }
 

@@ -13,7 +13,8 @@
 //! 7. [`persist`]: the store writer thread and its group commits.
 //! 8. [`telemetry`]: logging and Prometheus metrics.
 //!
-//! `main.rs` parses the command line and calls [`run`].
+//! `main.rs` parses the command line and calls [`run`]; [`cli`] holds the commands that work on
+//! a data directory directly.
 //!
 //! # Example
 //!
@@ -30,6 +31,7 @@
 pub mod api;
 pub mod assets;
 pub mod auth;
+pub mod cli;
 pub mod config;
 pub mod connection;
 pub mod persist;
