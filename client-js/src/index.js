@@ -1,0 +1,34 @@
+/**
+ * `@relay/client`: a Yjs provider for the relay.
+ *
+ * Modules, in the order an edit passes them:
+ * - `provider.js`: {@link RelayProvider}, the public API (connection state, events, save status);
+ * - `protocol.js`: the y-protocols messages and the relay's *saved* extension (type 100);
+ * - `transport.js`: the WebSocket and its liveness check;
+ * - `backoff.js`: reconnect delays;
+ * - `save-status.js`: local versions against acknowledged ones;
+ * - `offline-store.js`: IndexedDB storage with compaction;
+ * - `cross-tab.js`: BroadcastChannel sync between tabs;
+ * - `environment.js`: timers, window, BroadcastChannel and IndexedDB (replaceable in tests).
+ *
+ * ```js
+ * import * as Y from 'yjs'
+ * import { RelayProvider } from '@relay/client'
+ *
+ * const doc = new Y.Doc()
+ * const provider = new RelayProvider('ws://127.0.0.1:8080', 'my-document', doc)
+ * provider.on('save-status', ({ status }) => console.log(status))
+ * doc.getText('content').insert(0, 'Hello!') // 'saving', then 'saved' once the relay committed it
+ * ```
+ *
+ * @module @relay/client
+ */
+
+export { RelayProvider, normalizeServerUrl } from './provider.js'
+export { Backoff } from './backoff.js'
+export { SaveTracker, snapshotCovers, mergeSnapshots } from './save-status.js'
+export { OfflineStore, logStats } from './offline-store.js'
+export { CrossTab } from './cross-tab.js'
+export { SocketTransport } from './transport.js'
+export { defaultEnvironment } from './environment.js'
+export * as protocol from './protocol.js'

@@ -1,0 +1,566 @@
+/**
+ * The provider: connects a Yjs document to a room of the relay, keeps it in IndexedDB, syncs it
+ * with the other tabs of the browser and tells when the relay has saved the local edits.
+ *
+ * @module provider
+ */
+
+import * as Y from 'yjs'
+import { ObservableV2 } from 'lib0/observable'
+import * as awarenessProtocol from 'y-protocols/awareness'
+import { Backoff } from './backoff.js'
+import { CrossTab } from './cross-tab.js'
+import { defaultEnvironment } from './environment.js'
+import { OfflineStore } from './offline-store.js'
+import {
+  CLOSE_FORBIDDEN, CLOSE_UNAUTHORIZED, encodeAwareness, encodeSaveRequest, encodeSyncStep1, encodeUpdate,
+  readMessages
+} from './protocol.js'
+import { SaveTracker, snapshotCovers } from './save-status.js'
+import { SocketTransport } from './transport.js'
+
+/** @typedef {'connecting' | 'connected' | 'disconnected'} ConnectionStatus */
+/** @typedef {import('./save-status.js').SaveStatus} SaveStatus */
+/** @typedef {import('./transport.js').CloseInfo} CloseInfo */
+/** @typedef {import('./transport.js').WebSocketConstructor} WebSocketConstructor */
+
+/**
+ * The events of a {@link RelayProvider} (lib0 `ObservableV2`: `provider.on(name, fn)`,
+ * `provider.off(name, fn)`). The first four have y-websocket's names and arguments.
+ *
+ * @typedef {object} RelayProviderEvents
+ * @property {(event: {status: ConnectionStatus}) => void} status
+ *   The connection to the relay changed: 'connecting' (a socket is being opened), 'connected' (it
+ *   is open), 'disconnected' (no socket; a reconnect may be scheduled).
+ * @property {(synced: boolean) => void} sync
+ *   `true` when the relay's sync step 2 arrived on the current connection (the document has
+ *   everything the relay had), `false` when that connection closed.
+ * @property {(event: CloseInfo, provider: RelayProvider) => void} connection-close
+ *   A connection closed: the socket's CloseEvent, or `{code: 1006, reason, wasClean: false}` when
+ *   the client gave up on it (liveness timeout, `offline` event), or `{code: 1000, ...}` after
+ *   `disconnect()`. After code 4401 or 4403 the provider does not reconnect until `connect()`.
+ * @property {(event: any, provider: RelayProvider) => void} connection-error
+ *   The socket reported an error (a close follows).
+ * @property {(event: {status: SaveStatus, error?: string}) => void} save-status
+ *   The save status changed: 'saved' (the relay acknowledged every local edit as durable),
+ *   'saving' (connected, waiting for the acknowledgement), 'offline-unsaved' (local edits the relay
+ *   has not acknowledged, and no connection), 'error' (the relay reported a failed commit, with its
+ *   reason in `error`; it retries, and 'saved' follows once a retry commits).
+ * @property {() => void} loaded
+ *   The content stored in IndexedDB is in the document (emitted once, also when offline storage is
+ *   off, then at once).
+ */
+
+/**
+ * @typedef {object} RelayProviderOptions
+ * @property {awarenessProtocol.Awareness} [awareness] default `new Awareness(doc)` (destroyed with the provider)
+ * @property {Record<string, string>} [params] query parameters for the URL (e.g. `{ token }`); can be
+ *   replaced later through `provider.params` before calling `connect()`
+ * @property {boolean} [connect] connect at once (default true)
+ * @property {boolean} [offline] keep the document in IndexedDB (default true; off when there is no indexedDB)
+ * @property {boolean} [crossTab] sync with other tabs through a BroadcastChannel (default true; off when there is none)
+ * @property {{initialMs?: number, maxMs?: number, factor?: number, jitter?: number}} [backoff]
+ *   reconnect delays (default 500 ms doubling up to 30 s, half of each delay random)
+ * @property {number} [livenessTimeoutMs] close and reconnect when nothing arrived for this long (default 30000)
+ * @property {boolean} [warnBeforeUnload] in browsers, ask before leaving the page while edits are unsaved (default true)
+ * @property {WebSocketConstructor} [WebSocketPolyfill] WebSocket implementation (Node: `ws`)
+ * @property {Partial<import('./environment.js').Environment>} [env] replaces parts of the
+ *   environment (timers, window, BroadcastChannel, indexedDB, random); for tests
+ * @property {number} [compactAfter] IndexedDB entries appended in a session before the log is compacted
+ */
+
+const DEFAULT_LIVENESS_TIMEOUT_MS = 30000
+
+/**
+ * Turns `http(s)://` into `ws(s)://` and drops trailing slashes.
+ * @param {string} serverUrl
+ * @returns {string}
+ */
+export function normalizeServerUrl (serverUrl) {
+  let url = serverUrl.trim().replace(/\/+$/, '')
+  if (/^http:\/\//i.test(url)) url = 'ws://' + url.slice(7)
+  else if (/^https:\/\//i.test(url)) url = 'wss://' + url.slice(8)
+  if (!/^wss?:\/\//i.test(url)) throw new TypeError(`relay URL must start with ws://, wss://, http:// or https:// (got ${serverUrl})`)
+  return url
+}
+
+/**
+ * Connects a Yjs document to a room of the relay.
+ *
+ * ```js
+ * const provider = new RelayProvider('wss://relay.example', 'notes/monday', doc, { params: { token } })
+ * provider.on('save-status', ({ status }) => { indicator.textContent = status })
+ * await provider.whenSynced
+ * ```
+ *
+ * What each state means (three different things):
+ * - *loaded*: the content kept in IndexedDB is in the document (`whenLoaded`, 'loaded');
+ * - *synced*: the document has everything the relay had when this connection opened (`synced`,
+ *   `whenSynced`, 'sync');
+ * - *saved*: the relay has committed every local edit to disk (`saveStatus`, `whenSaved()`,
+ *   'save-status'). Local edits are edits made in this tab or received from another tab, and
+ *   content loaded from IndexedDB that the relay never acknowledged.
+ *
+ * @extends {ObservableV2<RelayProviderEvents>}
+ */
+export class RelayProvider extends ObservableV2 {
+  /**
+   * @param {string} serverUrl `ws(s)://host:port` or `http(s)://host:port`
+   * @param {string} room the room (document) name; any string, percent-encoded into the URL
+   * @param {Y.Doc} doc
+   * @param {RelayProviderOptions} [opts]
+   */
+  constructor (serverUrl, room, doc, opts = {}) {
+    super()
+    const env = { ...defaultEnvironment(), ...opts.env }
+    const WebSocketImpl = opts.WebSocketPolyfill ?? /** @type {any} */ (globalThis).WebSocket
+    if (typeof WebSocketImpl !== 'function') {
+      throw new TypeError('no WebSocket implementation: pass WebSocketPolyfill (in Node: the ws package)')
+    }
+    this.serverUrl = normalizeServerUrl(serverUrl)
+    this.room = room
+    this.doc = doc
+    /** @type {Record<string, string>} query parameters of the next connection */
+    this.params = { ...opts.params }
+    this._ownAwareness = opts.awareness === undefined
+    this.awareness = opts.awareness ?? new awarenessProtocol.Awareness(doc)
+    /** @type {ConnectionStatus} */
+    this.status = 'disconnected'
+    this.synced = false
+    /** @type {SaveStatus} */
+    this.saveStatus = 'saved'
+    /** @type {string | null} reason of the last save error, while saveStatus is 'error' */
+    this.saveError = null
+    this.loaded = false
+    this.destroyed = false
+    this.livenessTimeoutMs = opts.livenessTimeoutMs ?? DEFAULT_LIVENESS_TIMEOUT_MS
+    this._env = env
+    this._WebSocket = WebSocketImpl
+    this._backoff = new Backoff({ ...opts.backoff, random: env.random })
+    this._tracker = new SaveTracker()
+    this._shouldConnect = false
+    /** @type {SocketTransport | null} */
+    this._transport = null
+    /** whether our sync step 2 went out on the current connection (save requests wait for it) */
+    this._sentStep2 = false
+    this._saveRequestQueued = false
+    this._persisting = false
+    this._persistAgain = false
+    /** @type {any} */
+    this._reconnectTimer = null
+    this._openAfterLoad = false
+    /** @type {CrossTab | null} */
+    this._crossTab = null
+    /** @type {Array<{resolve: () => void, reject: (err: Error) => void}>} */
+    this._savedWaiters = []
+    this._warnBeforeUnload = opts.warnBeforeUnload ?? true
+    this._beforeUnloadInstalled = false
+
+    // Content that was in the document before the provider saw it is not known to be saved.
+    if (doc.store.clients.size > 0) this._tracker.change()
+
+    /** @type {(update: Uint8Array, origin: any) => void} */
+    this._onDocUpdate = (update, origin) => this._docUpdated(update, origin)
+    /** @type {(changes: {added: number[], updated: number[], removed: number[]}, origin: any) => void} */
+    this._onAwarenessUpdate = ({ added, updated, removed }, _origin) => {
+      // Only the local client's entry: every other client speaks for itself.
+      const id = this.doc.clientID
+      if (!added.includes(id) && !updated.includes(id) && !removed.includes(id)) return
+      if (this._transport?.isOpen) this._transport.send(encodeAwareness(this.awareness, [id]))
+      this._crossTab?.postAwareness([id])
+    }
+    this._onDocDestroy = () => this.destroy()
+    doc.on('update', this._onDocUpdate)
+    doc.on('destroy', this._onDocDestroy)
+    this.awareness.on('update', this._onAwarenessUpdate)
+
+    const name = `relay-client:${this.serverUrl}/${encodeURIComponent(room)}`
+    /** @type {OfflineStore | null} */
+    this._store = (opts.offline ?? true) && env.indexedDB !== null
+      ? new OfflineStore(name, doc, { indexedDB: env.indexedDB, compactAfter: opts.compactAfter })
+      : null
+    /** @type {Promise<void>} the content kept in IndexedDB is in the document */
+    this.whenLoaded = (this._store !== null ? this._store.whenLoaded : Promise.resolve(null)).then(result => {
+      if (this.destroyed) return
+      if (result?.error) console.warn('relay-client: could not load the document from IndexedDB', result.error)
+      // Loaded content counts as unsaved unless the relay acknowledged all of it before.
+      if (result !== null && result.entries > 0) {
+        const current = Y.snapshot(doc)
+        if (result.acked === null || !snapshotCovers(result.acked, current)) this._tracker.change()
+      }
+      this.loaded = true
+      if ((opts.crossTab ?? true) && env.BroadcastChannel !== null) {
+        this._crossTab = new CrossTab(name, doc, this.awareness, env.BroadcastChannel)
+      }
+      this._updateSaveStatus()
+      this.emit('loaded', [])
+    })
+    /** @type {() => void} */
+    let resolveSynced = () => {}
+    /** @type {Promise<void>} the first sync with the relay */
+    this.whenSynced = new Promise(resolve => { resolveSynced = resolve })
+    this._resolveSynced = resolveSynced
+
+    /** @type {Array<[string, (event: any) => void]>} */
+    this._windowListeners = []
+    if (env.window !== null) {
+      this._listen('online', () => this._online())
+      this._listen('offline', () => this._offline())
+      this._listen('pagehide', () => this._clearLocalAwareness('page hidden'))
+    }
+    /** @param {any} event */
+    this._onBeforeUnload = event => {
+      if (!this._tracker.unsaved) return
+      event.preventDefault()
+      // Older browsers show the dialog only when returnValue is set.
+      try { event.returnValue = '' } catch {}
+      return ''
+    }
+    this._updateSaveStatus()
+    if (opts.connect ?? true) this.connect()
+  }
+
+  /** The room's URL without the query parameters. */
+  get roomUrl () {
+    return `${this.serverUrl}/${encodeURIComponent(this.room)}`
+  }
+
+  /** The URL the next connection opens: the room's URL with `params` as the query string. */
+  get url () {
+    const query = new URLSearchParams(this.params).toString()
+    return query.length > 0 ? `${this.roomUrl}?${query}` : this.roomUrl
+  }
+
+  /**
+   * Resolves the next time the save status is 'saved' (at once if it is); rejects if the
+   * provider is destroyed first.
+   * @returns {Promise<void>}
+   */
+  whenSaved () {
+    if (this.saveStatus === 'saved') return Promise.resolve()
+    if (this.destroyed) return Promise.reject(new Error('provider destroyed'))
+    return new Promise((resolve, reject) => this._savedWaiters.push({ resolve, reject }))
+  }
+
+  /**
+   * Connects to the relay (after the IndexedDB content is loaded) and keeps reconnecting until
+   * `disconnect()`. Also the way to retry after 4401/4403, e.g. with new `params`.
+   */
+  connect () {
+    if (this.destroyed) return
+    this._shouldConnect = true
+    if (this._reconnectTimer !== null) {
+      this._env.timers.clearTimeout(this._reconnectTimer)
+      this._reconnectTimer = null
+    }
+    this._open()
+  }
+
+  /** Closes the connection to the relay and stops reconnecting. Cross-tab sync goes on. */
+  disconnect () {
+    this._shouldConnect = false
+    if (this._reconnectTimer !== null) {
+      this._env.timers.clearTimeout(this._reconnectTimer)
+      this._reconnectTimer = null
+    }
+    const transport = this._transport
+    if (transport !== null) {
+      transport.close(1000, 'client disconnected')
+      this._closed({ code: 1000, reason: 'client disconnected', wasClean: true })
+    } else {
+      this._setStatus('disconnected')
+    }
+  }
+
+  /**
+   * Disconnects and releases everything the provider created: the socket, timers, window
+   * listeners, the BroadcastChannel, the IndexedDB connection, its listeners on the document and
+   * the awareness, and the awareness itself if the provider created it. The local awareness state
+   * is cleared first (the removal goes out to the relay and the other tabs).
+   */
+  destroy () {
+    if (this.destroyed) return
+    this._clearLocalAwareness('provider destroyed')
+    this.disconnect()
+    this.destroyed = true
+    this.doc.off('update', this._onDocUpdate)
+    this.doc.off('destroy', this._onDocDestroy)
+    this.awareness.off('update', this._onAwarenessUpdate)
+    if (this._ownAwareness) this.awareness.destroy()
+    for (const [type, fn] of this._windowListeners) this._env.window?.removeEventListener(type, fn)
+    this._windowListeners = []
+    this._setBeforeUnload(false)
+    this._crossTab?.destroy()
+    this._crossTab = null
+    this._store?.destroy()
+    const waiters = this._savedWaiters
+    this._savedWaiters = []
+    for (const w of waiters) w.reject(new Error('provider destroyed'))
+    super.destroy()
+  }
+
+  // --- connection ---------------------------------------------------------------------------
+
+  _open () {
+    if (this.destroyed || !this._shouldConnect || this._transport !== null) return
+    if (!this.loaded) {
+      // Open once the stored content is in the document, so that sync step 2 carries it.
+      this._setStatus('connecting')
+      if (!this._openAfterLoad) {
+        this._openAfterLoad = true
+        this.whenLoaded.then(() => {
+          this._openAfterLoad = false
+          this._open()
+        })
+      }
+      return
+    }
+    this._setStatus('connecting')
+    this._sentStep2 = false
+    try {
+      this._transport = new SocketTransport({
+        url: this.url,
+        WebSocket: this._WebSocket,
+        livenessTimeoutMs: this.livenessTimeoutMs,
+        timers: this._env.timers
+      }, {
+        onOpen: () => this._opened(),
+        onMessage: data => this._received(data),
+        onClose: event => this._closed(event),
+        onError: event => this.emit('connection-error', [event, this])
+      })
+    } catch (err) {
+      this.emit('connection-error', [err, this])
+      this._closed({ code: 1006, reason: `could not open a WebSocket: ${err}`, wasClean: false })
+    }
+  }
+
+  _opened () {
+    const transport = this._transport
+    if (transport === null) return
+    this._backoff.reset()
+    this._tracker.connected()
+    this._setStatus('connected')
+    transport.send(encodeSyncStep1(this.doc))
+    this._announceAwareness()
+    this._updateSaveStatus()
+  }
+
+  /**
+   * Sends the local awareness state on a new connection. When the previous connection closed, the
+   * relay announced our removal with our clock + 1 and keeps that clock, so the state is sent with
+   * a clock 2 higher than the last one: with the same or the next clock it would be ignored until
+   * the renewal after next (30 s later). The 'update' event sends it (see `_onAwarenessUpdate`).
+   */
+  _announceAwareness () {
+    const state = this.awareness.getLocalState()
+    if (state === null) return
+    const meta = this.awareness.meta.get(this.doc.clientID)
+    if (meta !== undefined) meta.clock++
+    this.awareness.setLocalState(state)
+  }
+
+  /** @param {CloseInfo} event */
+  _closed (event) {
+    this._transport = null
+    this._sentStep2 = false
+    this._tracker.disconnected()
+    // Remote awareness states are stale without the relay; other tabs announce theirs again. Their
+    // clocks are forgotten too: the relay sends the same states, with the same clocks, on the next
+    // connection, and a known clock would make this client ignore them.
+    const remote = [...this.awareness.meta.keys()].filter(id => id !== this.doc.clientID)
+    const live = remote.filter(id => this.awareness.states.has(id))
+    if (live.length > 0) awarenessProtocol.removeAwarenessStates(this.awareness, live, this)
+    for (const id of remote) this.awareness.meta.delete(id)
+    this._crossTab?.queryAwareness()
+    if (this.synced) {
+      this.synced = false
+      this.emit('sync', [false])
+    }
+    if (event.code === CLOSE_UNAUTHORIZED || event.code === CLOSE_FORBIDDEN) this._shouldConnect = false
+    this.emit('connection-close', [event, this])
+    this._setStatus('disconnected')
+    this._updateSaveStatus()
+    if (this._shouldConnect && !this.destroyed) this._scheduleReconnect()
+  }
+
+  _scheduleReconnect () {
+    if (this._reconnectTimer !== null) return
+    const delay = this._backoff.next()
+    this._reconnectTimer = this._env.timers.setTimeout(() => {
+      this._reconnectTimer = null
+      this._open()
+    }, delay)
+  }
+
+  _online () {
+    // The network is back: try now rather than when the backoff says.
+    if (!this._shouldConnect || this._transport !== null) return
+    this._backoff.reset()
+    this.connect()
+  }
+
+  _offline () {
+    this._transport?.drop('the browser went offline')
+  }
+
+  // --- messages -----------------------------------------------------------------------------
+
+  /** @param {Uint8Array} frame */
+  _received (frame) {
+    const transport = this._transport
+    if (transport === null) return
+    try {
+      readMessages(frame, this.doc, this, msg => {
+        switch (msg.type) {
+          case 'sync-step-1':
+            // Our step 2 carries everything the relay lacks, edits made offline included; the save
+            // request after it covers them.
+            transport.send(msg.reply)
+            this._sentStep2 = true
+            this._sendSaveRequest()
+            break
+          case 'sync-step-2':
+            if (!this.synced) {
+              this.synced = true
+              this.emit('sync', [true])
+              this._resolveSynced()
+            }
+            break
+          case 'awareness':
+            awarenessProtocol.applyAwarenessUpdate(this.awareness, msg.update, this)
+            break
+          case 'query-awareness':
+            if (this.awareness.getLocalState() !== null) {
+              transport.send(encodeAwareness(this.awareness, [this.doc.clientID]))
+            }
+            break
+          case 'auth-denied':
+            console.warn(`relay-client: the relay refused a message: ${msg.reason}`)
+            break
+          case 'saved':
+            if (this._tracker.saved(msg.id)) {
+              this._updateSaveStatus()
+              this._persistAcked()
+            }
+            break
+          case 'save-error':
+            if (this._tracker.failed(msg.id, msg.reason)) this._updateSaveStatus()
+            break
+        }
+      })
+    } catch (err) {
+      console.error('relay-client: could not read a message from the relay', err)
+    }
+  }
+
+  /**
+   * @param {Uint8Array} update
+   * @param {any} origin
+   */
+  _docUpdated (update, origin) {
+    if (origin === this) return // from the relay
+    if (this._store !== null && origin === this._store) return // loaded: judged against the acked snapshot
+    this._tracker.change()
+    if (this._crossTab !== null && origin !== this._crossTab) this._crossTab.postUpdate(update)
+    // Updates from other tabs go to the relay too: a save request covers only what this
+    // connection sent. The relay neither stores nor broadcasts an update it already has.
+    if (this._transport?.isOpen) {
+      this._transport.send(encodeUpdate(update))
+      this._queueSaveRequest()
+    }
+    this._updateSaveStatus()
+  }
+
+  /**
+   * Everything in the document is on the relay now: remember it across reloads, as a snapshot in
+   * IndexedDB. At most one write is in flight; one more follows if the relay acked again meanwhile
+   * (a snapshot is only taken while nothing is unsaved).
+   */
+  _persistAcked () {
+    const store = this._store
+    if (store === null || this._tracker.unsaved) return
+    if (this._persisting) {
+      this._persistAgain = true
+      return
+    }
+    this._persisting = true
+    this._persistAgain = false
+    store.setAcked(Y.snapshot(this.doc)).catch(err => {
+      console.warn('relay-client: could not record the saved state in IndexedDB', err)
+    }).finally(() => {
+      this._persisting = false
+      if (this._persistAgain && !this.destroyed) this._persistAcked()
+    })
+  }
+
+  /** One save request for all updates sent in the same tick. */
+  _queueSaveRequest () {
+    if (this._saveRequestQueued) return
+    this._saveRequestQueued = true
+    queueMicrotask(() => {
+      this._saveRequestQueued = false
+      this._sendSaveRequest()
+    })
+  }
+
+  _sendSaveRequest () {
+    // Before our sync step 2 went out, a request would claim edits made offline that were not sent.
+    if (this.destroyed || !this._sentStep2 || !this._transport?.isOpen) return
+    const id = this._tracker.request()
+    this._transport.send(encodeSaveRequest(id))
+  }
+
+  // --- state --------------------------------------------------------------------------------
+
+  /** @param {ConnectionStatus} status */
+  _setStatus (status) {
+    if (this.status === status) return
+    this.status = status
+    this.emit('status', [{ status }])
+  }
+
+  _updateSaveStatus () {
+    const status = this._tracker.status
+    this.saveError = status === 'error' ? this._tracker.error : null
+    if (status !== this.saveStatus) {
+      this.saveStatus = status
+      this.emit('save-status', [this.saveError !== null ? { status, error: this.saveError } : { status }])
+    }
+    this._setBeforeUnload(!this.destroyed && this._tracker.unsaved && this._warnBeforeUnload)
+    if (status === 'saved' && this._savedWaiters.length > 0) {
+      const waiters = this._savedWaiters
+      this._savedWaiters = []
+      for (const w of waiters) w.resolve()
+    }
+  }
+
+  /**
+   * Installs the beforeunload listener only while something is unsaved: a permanent one would
+   * keep browsers from putting the page into the back/forward cache.
+   * @param {boolean} on
+   */
+  _setBeforeUnload (on) {
+    const win = this._env.window
+    if (win === null || on === this._beforeUnloadInstalled) return
+    if (on) win.addEventListener('beforeunload', this._onBeforeUnload)
+    else win.removeEventListener('beforeunload', this._onBeforeUnload)
+    this._beforeUnloadInstalled = on
+  }
+
+  /**
+   * @param {string} type
+   * @param {(event: any) => void} fn
+   */
+  _listen (type, fn) {
+    this._env.window?.addEventListener(type, fn)
+    this._windowListeners.push([type, fn])
+  }
+
+  /** @param {string} why */
+  _clearLocalAwareness (why) {
+    if (this.awareness.getLocalState() !== null) {
+      awarenessProtocol.removeAwarenessStates(this.awareness, [this.doc.clientID], why)
+    }
+  }
+}

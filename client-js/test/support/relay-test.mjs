@@ -1,0 +1,28 @@
+import { test } from 'node:test'
+import { startRelay } from './relay.mjs'
+import { Scope } from './clients.mjs'
+
+/**
+ * A test with its own relay and clean-up scope. Clients go first, then the relay and its data.
+ * On failure the relay's stderr is printed.
+ */
+export function relayTest (name, opts, fn) {
+  return test(name, opts, async t => {
+    const relay = await startRelay()
+    const scope = new Scope()
+    let failed = false
+    try {
+      await fn(t, relay, scope)
+    } catch (err) {
+      failed = true
+      throw err
+    } finally {
+      try {
+        await scope.dispose()
+      } finally {
+        await relay.dispose()
+        if (failed) process.stderr.write(`\n--- relay stderr for "${name}" ---\n${relay.stderr}\n---\n`)
+      }
+    }
+  })
+}
