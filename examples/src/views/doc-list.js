@@ -1,0 +1,88 @@
+// The document list (/docs): every room named `docs/<name>` on the relay, from GET /api/docs,
+// and a form to create a document (it is stored once someone writes in it).
+
+import { formatBytes, h, pathFor, relativeTime } from '../ui.js'
+import { listRooms } from '../rooms.js'
+
+/**
+ * @param {HTMLElement} root
+ * @param {{ navigate: (path: string) => void }} ctx
+ */
+export function mountDocList (root, { navigate }) {
+  document.title = 'Documents · Relay'
+  const input = /** @type {HTMLInputElement} */ (h('input', {
+    id: 'new-doc-name',
+    type: 'text',
+    required: true,
+    maxlength: 200,
+    placeholder: 'Name of a new document',
+    'aria-label': 'Name of a new document',
+    autocomplete: 'off'
+  }))
+  const form = h('form', {
+    class: 'new-item',
+    onsubmit: (event) => {
+      event.preventDefault()
+      const name = input.value.trim()
+      if (name) navigate(pathFor('docs', name))
+    }
+  }, input, h('button', { type: 'submit', class: 'button primary' }, 'New document'))
+  const list = h('ul', { class: 'item-list', id: 'doc-list', 'aria-label': 'Documents' })
+  const status = h('p', { class: 'list-status muted', role: 'status' }, 'Loading documents…')
+  const more = /** @type {HTMLButtonElement} */ (h('button', { type: 'button', class: 'button secondary more', hidden: true }, 'Show more'))
+  root.append(h('section', { class: 'page doc-list-page' },
+    h('div', { class: 'page-head' },
+      h('h1', { text: 'Documents' }),
+      h('p', { class: 'muted', text: 'Open a document to edit it with everyone who has its link.' })),
+    form,
+    h('div', { class: 'card' }, list, status, more)))
+
+  let destroyed = false
+  /** @type {string|undefined} */
+  let nextAfter
+  let generation = 0
+
+  async function load ({ append = false } = {}) {
+    const mine = ++generation
+    try {
+      const page = await listRooms('docs/', { after: append ? nextAfter : undefined })
+      if (destroyed || mine !== generation) return
+      if (!append) list.replaceChildren()
+      for (const doc of page.rooms) list.append(row(doc))
+      nextAfter = page.nextAfter
+      more.hidden = !nextAfter
+      status.textContent = list.children.length === 0
+        ? 'No documents yet. Give the first one a name above.'
+        : page.fromCache ? 'You are offline: this list may be out of date.' : ''
+    } catch (err) {
+      if (destroyed || mine !== generation) return
+      status.textContent = navigator.onLine
+        ? 'Cannot reach the relay to list the documents. Documents you opened before still open.'
+        : 'You are offline. Documents you opened before still open.'
+    }
+  }
+
+  function row (doc) {
+    const name = doc.name.slice('docs/'.length)
+    return h('li', { class: 'item', dataset: { name } },
+      h('a', { href: pathFor('docs', name), 'data-link': true, class: 'item-link' },
+        h('span', { class: 'item-icon doc-icon', 'aria-hidden': 'true' }),
+        h('span', { class: 'item-main' },
+          h('span', { class: 'item-title', text: name }),
+          h('span', { class: 'item-sub muted', text: `Edited ${relativeTime(doc.updated_at_ms)} · ${formatBytes(doc.size_bytes)}` })),
+        doc.connections > 0 && h('span', { class: 'badge live', text: `${doc.connections} open` })))
+  }
+
+  more.addEventListener('click', () => load({ append: true }))
+  const refresh = () => { if (document.visibilityState === 'visible' && !nextAfter) load() }
+  const timer = setInterval(refresh, 15000)
+  document.addEventListener('visibilitychange', refresh)
+  window.addEventListener('online', refresh)
+  load()
+  return () => {
+    destroyed = true
+    clearInterval(timer)
+    document.removeEventListener('visibilitychange', refresh)
+    window.removeEventListener('online', refresh)
+  }
+}

@@ -1,0 +1,147 @@
+// The editor (/docs/<name>): Quill 2 bound to the Y.Text `quill` of the room `docs/<name>` with
+// y-quill, remote cursors and selections with quill-cursors, the people present from awareness,
+// and the autosave indicator driven by the client's `save-status` events.
+
+import * as Y from 'yjs'
+import Quill from 'quill'
+import QuillCursorsModule from 'quill-cursors/core'
+import { QuillBinding } from 'y-quill'
+import { closeRoom, openRoom } from '../connect.js'
+import { onUserChange } from '../identity.js'
+import { mountPresence } from './presence.js'
+import { connectionText, h, saveStatusText } from '../ui.js'
+
+// quill-cursors is CommonJS with `exports.default`; imported from an ES module package (Node's
+// rules, which esbuild follows here) its default import is the whole `exports` object.
+const QuillCursors = QuillCursorsModule.default ?? QuillCursorsModule
+Quill.register('modules/cursors', QuillCursors)
+
+const TOOLBAR = [
+  [{ header: [1, 2, 3, false] }],
+  ['bold', 'italic', 'underline', 'strike'],
+  [{ list: 'ordered' }, { list: 'bullet' }, { list: 'check' }],
+  ['blockquote', 'code-block', 'link'],
+  ['clean']
+]
+
+/**
+ * @param {HTMLElement} root
+ * @param {{ name: string, user: {name: string, color: string} }} ctx
+ */
+export function mountEditor (root, { name, user }) {
+  document.title = `${name} · Relay`
+  const saveEl = h('span', { class: 'save-status', id: 'save-status', role: 'status', 'aria-live': 'polite' })
+  const connEl = h('span', { class: 'conn-status', id: 'conn-status' })
+  const shareButton = h('button', { type: 'button', class: 'button secondary share', title: 'Copy the link to this document' }, 'Share')
+  const presenceEl = h('div', { class: 'presence', id: 'presence', 'aria-label': 'People in this document' })
+  const editorEl = h('div', { class: 'editor-body' })
+  const page = h('section', { class: 'page editor-page' },
+    h('div', { class: 'doc-head' },
+      h('a', { href: '/docs', 'data-link': true, class: 'back' }, '← Documents'),
+      h('div', { class: 'doc-title-row' },
+        h('h1', { class: 'doc-title', text: name, title: name }),
+        h('div', { class: 'doc-actions' }, presenceEl, shareButton)),
+      h('div', { class: 'doc-status' }, saveEl, connEl)),
+    h('div', { class: 'card editor-card' }, editorEl))
+  root.append(page)
+
+  const doc = new Y.Doc()
+  const provider = openRoom(`docs/${name}`, doc)
+  const awareness = provider.awareness
+  awareness.setLocalStateField('user', { name: user.name, color: user.color })
+
+  const quill = new Quill(editorEl, {
+    theme: 'snow',
+    placeholder: 'Start writing…',
+    modules: {
+      toolbar: TOOLBAR,
+      cursors: { transformOnTextChange: true },
+      // Undo only your own changes, never other people's.
+      history: { userOnly: true }
+    }
+  })
+  // Typing before the local copy is read would be merged correctly, but the page would jump.
+  quill.disable()
+  page.classList.add('loading')
+  const binding = new QuillBinding(doc.getText('quill'), quill, awareness)
+
+  let ready = false
+  let destroyed = false
+  const enable = () => {
+    if (ready || destroyed) return
+    ready = true
+    page.classList.remove('loading')
+    quill.enable()
+    if (!isTouch()) quill.focus()
+  }
+  // Whichever comes first: the copy in IndexedDB, or the relay's.
+  Promise.race([provider.whenLoaded, provider.whenSynced]).then(enable, (err) => {
+    console.warn('document not loaded:', err)
+    enable()
+  })
+
+  const showSave = (status, error) => {
+    saveEl.dataset.status = status
+    saveEl.textContent = saveStatusText(status, error)
+  }
+  const showConn = (status) => {
+    connEl.dataset.status = status
+    connEl.textContent = connectionText(status)
+  }
+  const onSave = ({ status, error }) => showSave(status, error)
+  const onStatus = ({ status }) => showConn(status)
+  provider.on('save-status', onSave)
+  provider.on('status', onStatus)
+  showSave(provider.saveStatus)
+  showConn(provider.status)
+
+  const unmountPresence = mountPresence(presenceEl, awareness)
+
+  shareButton.addEventListener('click', async () => {
+    const url = location.href
+    try {
+      if (navigator.share && isTouch()) {
+        await navigator.share({ title: name, url })
+      } else {
+        await navigator.clipboard.writeText(url)
+        flash(shareButton, 'Link copied')
+      }
+    } catch {
+      window.prompt('Copy this link:', url)
+    }
+  })
+
+  let me = { name: user.name, color: user.color }
+  const offUser = onUserChange((u) => {
+    if (!u) return
+    me = { name: u.name, color: u.color }
+    awareness.setLocalStateField('user', me)
+  })
+  // The client clears our awareness state on `pagehide`; a page restored from the back/forward
+  // cache announces itself again.
+  const onPageShow = (event) => {
+    if (event.persisted && awareness.getLocalState() === null) awareness.setLocalState({ user: me })
+  }
+  window.addEventListener('pageshow', onPageShow)
+
+  return () => {
+    destroyed = true
+    offUser()
+    window.removeEventListener('pageshow', onPageShow)
+    unmountPresence()
+    provider.off('save-status', onSave)
+    provider.off('status', onStatus)
+    binding.destroy()
+    closeRoom(provider, doc)
+  }
+}
+
+function isTouch () {
+  return window.matchMedia('(pointer: coarse)').matches
+}
+
+function flash (button, text) {
+  const before = button.textContent
+  button.textContent = text
+  setTimeout(() => { button.textContent = before }, 1500)
+}
