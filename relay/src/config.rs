@@ -198,6 +198,11 @@ impl Config {
                 "must be between 1 and 29 (stock clients give up after 30 s of silence)",
             );
         }
+        if let Some(url) = &self.webhook_url
+            && !(url.starts_with("http://") || url.starts_with("https://"))
+        {
+            return fail("--webhook-url", "must be an http:// or https:// URL");
+        }
         if self.client_timeout_secs <= self.keepalive_secs {
             return fail(
                 "--client-timeout-secs",

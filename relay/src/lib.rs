@@ -41,6 +41,7 @@ pub mod routes;
 pub mod server;
 pub mod telemetry;
 pub mod upgrade;
+pub mod webhook;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -150,6 +151,35 @@ pub async fn run(
         4096,
     )
     .map_err(|e| RunError::Spawn(e.to_string()))?;
+    let webhooks = match &config.webhook_url {
+        None => None,
+        Some(url) => {
+            let secret = config
+                .webhook_secret
+                .as_ref()
+                .or(config.secrets.first())
+                .map(|s| s.0.clone().into_bytes())
+                .ok_or_else(|| config::ConfigError {
+                    name: "--webhook-url",
+                    reason: "webhooks are signed: give --webhook-secret or --secret".into(),
+                })?;
+            let sizes = store.clone();
+            let size_of: webhook::SizeOf = Arc::new(move |room: &str| {
+                sizes
+                    .room_info(room)
+                    .ok()
+                    .flatten()
+                    .map_or(0, |info| info.stored_bytes)
+            });
+            tracing::info!(url = %url, "sending document events to the webhook");
+            Some(webhook::start(
+                url.clone(),
+                secret,
+                size_of,
+                metrics.clone(),
+            ))
+        }
+    };
     let ctx = Arc::new(RoomContext {
         store,
         persist: persist.clone(),
@@ -162,6 +192,7 @@ pub async fn run(
             idle_unload: config.idle_unload(),
         },
         shutdown: shutdown.clone(),
+        webhooks,
     });
     let registry = RoomRegistry::new(ctx, config.room_queue);
     let drain_timeout = config.drain_timeout();

@@ -28,6 +28,7 @@ use crate::auth::Access;
 use crate::persist::{CommitState, PersistJob, PersistMsg, PersistSender};
 use crate::registry::RoomRegistry;
 use crate::telemetry::Metrics;
+use crate::webhook::{ChangeFlag, EventKind, Webhooks};
 
 /// How often a room with awareness states looks for out-of-date ones.
 const AWARENESS_SWEEP: Duration = Duration::from_secs(10);
@@ -251,6 +252,8 @@ pub struct RoomContext {
     pub settings: RoomSettings,
     /// Cancelled when the relay shuts down: empty rooms then unload without delay.
     pub shutdown: CancellationToken,
+    /// Where document events go, with `--webhook-url`.
+    pub webhooks: Option<Webhooks>,
 }
 
 /// What the registry can see of a running room.
@@ -351,6 +354,10 @@ pub struct Room {
     lagging: AtomicBool,
     /// When to look for out-of-date awareness states; `None` while there are none.
     awareness_sweep_at: Option<Instant>,
+    /// Raised while a webhook change report is queued for this room.
+    change_flag: ChangeFlag,
+    /// Nothing of the room was stored yet: its first commit is reported as a creation.
+    created_pending: bool,
     status: Arc<RoomStatus>,
 }
 
@@ -384,6 +391,8 @@ impl Room {
             empty_since: Some(Instant::now()),
             lagging: AtomicBool::new(false),
             awareness_sweep_at: None,
+            change_flag: ChangeFlag::default(),
+            created_pending: stored.next_seq == 1 && stored.snapshot_bytes == 0,
             status,
         }
     }
@@ -627,6 +636,14 @@ impl Room {
     /// Reacts to the store writer's progress: answers save requests that are now covered; on a
     /// failed commit, tells each waiting request once.
     fn on_commit(&mut self, state: CommitState) {
+        if state.committed_seq > self.committed_seq
+            && let Some(webhooks) = &self.ctx.webhooks
+        {
+            if std::mem::take(&mut self.created_pending) {
+                webhooks.notify(EventKind::Created, &self.name);
+            }
+            webhooks.changed(&self.name, &self.change_flag);
+        }
         self.committed_seq = state.committed_seq;
         let unsaved = (self.next_seq - 1).saturating_sub(self.committed_seq);
         self.status
@@ -755,6 +772,10 @@ impl Room {
         self.commit_notify = Arc::new(notify);
         self.commits = commits;
         self.status.unsaved_updates.store(0, Ordering::Relaxed);
+        if let Some(webhooks) = &self.ctx.webhooks {
+            webhooks.notify(EventKind::Deleted, &self.name);
+        }
+        self.created_pending = true;
         let job = PersistJob {
             write: Write::Delete {
                 room: self.name.clone(),
