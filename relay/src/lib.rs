@@ -34,6 +34,7 @@ pub mod auth;
 pub mod cli;
 pub mod config;
 pub mod connection;
+pub mod demo;
 pub mod persist;
 pub mod registry;
 pub mod room;

@@ -113,6 +113,7 @@ pub fn routes(
             response
         });
     let api = crate::api::routes(state.clone());
+    let demo = crate::demo::routes(state.clone());
     let assets = warp::get()
         .and(warp::path::full())
         .and(warp::header::headers_cloned())
@@ -125,6 +126,8 @@ pub fn routes(
         .or(metrics)
         .unify()
         .or(api)
+        .unify()
+        .or(demo)
         .unify()
         .or(assets)
         .unify()
