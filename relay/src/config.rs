@@ -41,9 +41,18 @@ pub struct Config {
     #[arg(long, env = "RELAY_MAX_MESSAGE_BYTES", default_value_t = 64 << 20)]
     pub max_message_bytes: usize,
 
-    /// Most WebSocket connections at once; further upgrades get HTTP 503.
+    /// Most connections (WebSockets and long-polling sessions) at once; more get HTTP 503.
     #[arg(long, env = "RELAY_MAX_CONNECTIONS", default_value_t = 10_000)]
     pub max_connections: usize,
+
+    /// Most connections to one document at once; more get HTTP 503.
+    #[arg(long, env = "RELAY_MAX_ROOM_CONNECTIONS", default_value_t = 2_000)]
+    pub max_room_connections: usize,
+
+    /// How long a long-polling request is held open when there is nothing to send, in seconds
+    /// (under the usual 30 to 60 second proxy timeouts).
+    #[arg(long, env = "RELAY_POLL_HOLD_SECS", default_value_t = 25)]
+    pub poll_hold_secs: u64,
 
     /// Bytes a connection may have queued for sending. A connection over this that has written
     /// nothing for --slow-reader-grace-ms, or that has four times this queued, is disconnected
@@ -138,6 +147,8 @@ impl Default for Config {
             data_dir: PathBuf::from("./data"),
             max_message_bytes: 64 << 20,
             max_connections: 10_000,
+            max_room_connections: 2_000,
+            poll_hold_secs: 25,
             outbound_queue_bytes: 16 << 20,
             slow_reader_grace_ms: 30_000,
             room_queue: 256,
@@ -185,6 +196,15 @@ impl Config {
         }
         if self.max_connections == 0 {
             return fail("--max-connections", "must be at least 1");
+        }
+        if self.max_room_connections == 0 {
+            return fail("--max-room-connections", "must be at least 1");
+        }
+        if self.poll_hold_secs == 0 || self.poll_hold_secs >= self.client_timeout_secs {
+            return fail(
+                "--poll-hold-secs",
+                "must be at least 1 and shorter than --client-timeout-secs",
+            );
         }
         if self.room_queue == 0 {
             return fail("--room-queue", "must be at least 1");

@@ -66,6 +66,22 @@ impl Outbox {
     pub fn handle(&self) -> ConnHandle {
         self.handle.clone()
     }
+
+    /// The queue's receiving end and the handle, for transports other than a WebSocket.
+    pub fn into_parts(self) -> OutboxParts {
+        OutboxParts {
+            rx: self.rx,
+            handle: self.handle,
+        }
+    }
+}
+
+/// The two ends of an [`Outbox`].
+pub struct OutboxParts {
+    /// What the room queues for the client.
+    pub rx: mpsc::UnboundedReceiver<Outbound>,
+    /// The room's handle.
+    pub handle: ConnHandle,
 }
 
 impl Default for Outbox {
@@ -142,7 +158,7 @@ where
 }
 
 /// Completes when the token expires (never without an expiry).
-async fn token_expiry(expires_at: Option<u64>) {
+pub(crate) async fn token_expiry(expires_at: Option<u64>) {
     let Some(expires_at) = expires_at else {
         return std::future::pending().await;
     };

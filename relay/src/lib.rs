@@ -7,6 +7,7 @@
 //! 3. [`routes`]: the HTTP routes and the WebSocket upgrade at `/<room>`; [`api`] (JSON) and
 //!    [`assets`] (the demo apps compiled into the binary) serve the plain HTTP side.
 //!    [`upgrade`] checks a WebSocket upgrade (origin, token, limits) before accepting it.
+//!    [`poll`] serves the same room connections over HTTP long-polling.
 //! 4. [`connection`]: one socket's reader and writer, keep-alives and close codes.
 //! 5. [`registry`]: the one place that creates room tasks.
 //! 6. [`room`]: one task per room owning its document and awareness.
@@ -36,6 +37,7 @@ pub mod config;
 pub mod connection;
 pub mod demo;
 pub mod persist;
+pub mod poll;
 pub mod registry;
 pub mod room;
 pub mod routes;

@@ -39,6 +39,8 @@ pub struct AppState {
     pub sockets: TaskTracker,
     /// The token keys; `None` runs the relay open.
     pub keys: Option<Arc<Keys>>,
+    /// Long-polling sessions.
+    pub poll: crate::poll::PollSessions,
     next_conn: AtomicU64,
     pub(crate) open_sockets: Arc<AtomicUsize>,
 }
@@ -58,6 +60,7 @@ impl AppState {
             metrics,
             shutdown,
             keys,
+            poll: crate::poll::PollSessions::default(),
             sockets: TaskTracker::new(),
             next_conn: AtomicU64::new(1),
             open_sockets: Arc::new(AtomicUsize::new(0)),
@@ -114,6 +117,7 @@ pub fn routes(
         });
     let api = crate::api::routes(state.clone());
     let demo = crate::demo::routes(state.clone());
+    let poll = crate::poll::routes(state.clone());
     let assets = warp::get()
         .and(warp::path::full())
         .and(warp::header::headers_cloned())
@@ -128,6 +132,8 @@ pub fn routes(
         .or(api)
         .unify()
         .or(demo)
+        .unify()
+        .or(poll)
         .unify()
         .or(assets)
         .unify()

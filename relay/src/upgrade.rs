@@ -77,7 +77,7 @@ pub fn request_token(query: Option<&str>, headers: &HeaderMap) -> Option<String>
 
 /// Whether the request's `Origin` may open a WebSocket: requests without one (not from a
 /// browser), the relay's own origin, and the configured ones. With no list, every origin.
-fn origin_allowed(headers: &HeaderMap, allowed: &[String]) -> bool {
+pub(crate) fn origin_allowed(headers: &HeaderMap, allowed: &[String]) -> bool {
     let Some(origin) = headers.get(ORIGIN).and_then(|v| v.to_str().ok()) else {
         return true;
     };
@@ -106,7 +106,7 @@ fn header_has_token(headers: &HeaderMap, name: http::HeaderName, token: &str) ->
 }
 
 /// A connection slot, given back when dropped.
-struct SocketSlot(Arc<AtomicUsize>);
+pub(crate) struct SocketSlot(Arc<AtomicUsize>);
 
 impl Drop for SocketSlot {
     fn drop(&mut self) {
@@ -115,7 +115,7 @@ impl Drop for SocketSlot {
 }
 
 /// Takes a connection slot, or `None` at the limit.
-fn reserve_socket(open: &Arc<AtomicUsize>, limit: usize) -> Option<SocketSlot> {
+pub(crate) fn reserve_socket(open: &Arc<AtomicUsize>, limit: usize) -> Option<SocketSlot> {
     let mut current = open.load(Ordering::Relaxed);
     loop {
         if current >= limit {
@@ -212,6 +212,14 @@ pub fn upgrade(request: UpgradeRequest, state: Arc<AppState>) -> Response {
             return crate::api::error(error.status(), &error.to_string());
         }
     };
+    if state.registry.connections(&room) >= state.config.max_room_connections {
+        state.metrics.error("room_full");
+        tracing::warn!(room = %room, "room connection limit reached; refusing an upgrade");
+        return text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "too many connections to this document\n",
+        );
+    }
     let Some(slot) = reserve_socket(&state.open_sockets, state.config.max_connections) else {
         state.metrics.error("too_many_connections");
         tracing::warn!("connection limit reached; refusing an upgrade");

@@ -1,0 +1,483 @@
+//! HTTP long-polling: room connections for clients whose network blocks WebSockets.
+//!
+//! A session is one more kind of connection to a room: it joins with the same checks as a
+//! WebSocket (origin, token, limits) and the room cannot tell the difference. The client sends
+//! message frames with `POST` and receives with a `GET` that the relay holds until something is
+//! queued or the hold time passes. Outgoing messages carry sequence numbers; each `GET`
+//! acknowledges what the client has, so a response lost on the way is sent again and nothing
+//! arrives twice or out of order.
+//!
+//! | request | answer |
+//! | --- | --- |
+//! | `POST /poll?room=NAME[&token=T]` | `{"session": ID, "hold_ms": N}`: a new session (401/403/503 like a WebSocket) |
+//! | `POST /poll/ID` (binary body: one or more messages) | 204 |
+//! | `GET /poll/ID?ack=SEQ` | 200, body: each message after `SEQ` as `varUint length` + bytes; header `x-relay-last-seq` |
+//! | `DELETE /poll/ID` | 204: the session ends like a closed socket |
+//!
+//! A session the relay has ended answers 410 with `{"code", "reason"}` (the WebSocket close code
+//! it would have used) once everything before the end was fetched; an unknown or expired
+//! session answers 404: open a new one and resync.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use crdt::protocol::write_var_u64;
+use http::header::{CACHE_CONTROL, CONTENT_TYPE};
+use http::{HeaderMap, HeaderValue, StatusCode};
+use serde::{Deserialize, Serialize};
+use tokio::sync::{Notify, mpsc};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+use warp::Filter;
+use warp::reply::{Reply, Response};
+
+use crate::api::error;
+use crate::auth::{Access, authorize};
+use crate::connection::{Outbox, OutboxParts};
+use crate::registry::RoomSender;
+use crate::room::{Backlog, CloseReason, ConnId, Outbound, RoomCommand};
+use crate::routes::AppState;
+use crate::upgrade::{SocketSlot, origin_allowed, request_token, reserve_socket, room_name};
+
+/// The response header holding the sequence number of the last message in the body.
+pub const LAST_SEQ_HEADER: &str = "x-relay-last-seq";
+/// Most bytes of messages in one poll response (a single larger message still goes out alone).
+const MAX_RESPONSE_BYTES: usize = 4 << 20;
+
+/// The open sessions.
+#[derive(Default)]
+pub struct PollSessions {
+    // A std mutex: held for a lookup or insert only.
+    map: Mutex<HashMap<String, Arc<Session>>>,
+}
+
+impl PollSessions {
+    fn get(&self, id: &str) -> Option<Arc<Session>> {
+        self.map.lock().expect("sessions lock").get(id).cloned()
+    }
+
+    fn insert(&self, id: String, session: Arc<Session>) {
+        self.map.lock().expect("sessions lock").insert(id, session);
+    }
+
+    fn remove(&self, id: &str) {
+        self.map.lock().expect("sessions lock").remove(id);
+    }
+
+    /// Open sessions.
+    pub fn len(&self) -> usize {
+        self.map.lock().expect("sessions lock").len()
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+struct SessionState {
+    /// Messages not yet acknowledged by the client, with their sequence numbers.
+    unacked: VecDeque<(u64, Bytes)>,
+    /// The sequence number of the next message.
+    next_seq: u64,
+    /// Set once the relay has ended the session.
+    closed: Option<CloseReason>,
+    /// When the client last polled or sent.
+    last_seen: Instant,
+    /// Increases with each poll, so an older poll still waiting gives way to a newer one.
+    poll_generation: u64,
+}
+
+struct Session {
+    conn: ConnId,
+    room: RoomSender,
+    backlog: Arc<Backlog>,
+    state: Mutex<SessionState>,
+    /// Woken when a message is queued or the session ends.
+    changed: Notify,
+    /// Cancelled by a client's DELETE.
+    ended_by_client: CancellationToken,
+}
+
+impl Session {
+    fn touch(&self) {
+        self.state.lock().expect("session lock").last_seen = Instant::now();
+    }
+}
+
+/// Query of `POST /poll`.
+#[derive(Debug, Deserialize)]
+pub struct OpenQuery {
+    /// The room.
+    pub room: String,
+    /// The token, if not in a header.
+    pub token: Option<String>,
+}
+
+/// Query of `GET /poll/ID`.
+#[derive(Debug, Deserialize)]
+pub struct PollQuery {
+    /// The last sequence number the client has (0 before the first message).
+    #[serde(default)]
+    pub ack: u64,
+}
+
+#[derive(Debug, Serialize)]
+struct Opened {
+    session: String,
+    hold_ms: u64,
+}
+
+#[derive(Debug, Serialize)]
+struct Ended {
+    code: u16,
+    reason: &'static str,
+}
+
+fn ended(reason: CloseReason) -> Response {
+    let mut response = warp::reply::with_status(
+        warp::reply::json(&Ended {
+            code: reason.code(),
+            reason: reason.as_str(),
+        }),
+        StatusCode::GONE,
+    )
+    .into_response();
+    no_cache(&mut response);
+    response
+}
+
+fn no_cache(response: &mut Response) {
+    response
+        .headers_mut()
+        .insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+}
+
+/// The long-polling routes.
+pub fn routes(
+    state: Arc<AppState>,
+) -> impl Filter<Extract = (Response,), Error = warp::Rejection> + Clone + Send + Sync + 'static {
+    let max_body = state.config.max_message_bytes as u64;
+    let with_state = warp::any().map(move || state.clone());
+    let open = warp::path!("poll")
+        .and(warp::post())
+        .and(warp::query::<OpenQuery>())
+        .and(warp::header::headers_cloned())
+        .and(with_state.clone())
+        .then(open_session);
+    let send = warp::path!("poll" / String)
+        .and(warp::post())
+        .and(warp::body::content_length_limit(max_body))
+        .and(warp::body::bytes())
+        .and(with_state.clone())
+        .then(send);
+    let receive = warp::path!("poll" / String)
+        .and(warp::get())
+        .and(warp::query::<PollQuery>())
+        .and(with_state.clone())
+        .then(receive);
+    let close = warp::path!("poll" / String)
+        .and(warp::delete())
+        .and(with_state)
+        .map(close);
+    open.or(send).unify().or(receive).unify().or(close).unify()
+}
+
+fn session_id() -> String {
+    let mut bytes = [0u8; 16];
+    getrandom::getrandom(&mut bytes).expect("the operating system provides random bytes");
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+async fn open_session(query: OpenQuery, headers: HeaderMap, state: Arc<AppState>) -> Response {
+    let room = match room_name(&query.room) {
+        Ok(room) => room,
+        Err(message) => return error(StatusCode::BAD_REQUEST, message.trim_end()),
+    };
+    if !origin_allowed(&headers, &state.config.allowed_origins) {
+        state.metrics.error("origin_refused");
+        return error(StatusCode::FORBIDDEN, "origin not allowed");
+    }
+    let token = query.token.or_else(|| request_token(None, &headers));
+    let grant = match authorize(
+        state.keys.as_deref(),
+        token.as_deref(),
+        Some(&room),
+        Access::Read,
+    ) {
+        Ok(grant) => grant,
+        Err(e) => {
+            state.metrics.error("auth_refused");
+            return error(e.status(), &e.to_string());
+        }
+    };
+    if state.registry.connections(&room) >= state.config.max_room_connections {
+        state.metrics.error("room_full");
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "too many connections to this document",
+        );
+    }
+    let Some(slot) = reserve_socket(&state.open_sockets, state.config.max_connections) else {
+        state.metrics.error("too_many_connections");
+        return error(StatusCode::SERVICE_UNAVAILABLE, "too many connections");
+    };
+    let conn = state.next_conn_id();
+    let outbox = Outbox::new();
+    let room_tx = match state
+        .registry
+        .join(&room, conn, grant.access, outbox.handle())
+        .await
+    {
+        Ok(tx) => tx,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot join the room for a poll session");
+            return error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the document is unavailable",
+            );
+        }
+    };
+    let OutboxParts { rx, handle } = outbox.into_parts();
+    let id = session_id();
+    let session = Arc::new(Session {
+        conn,
+        room: room_tx,
+        backlog: handle.backlog.clone(),
+        state: Mutex::new(SessionState {
+            unacked: VecDeque::new(),
+            next_seq: 1,
+            closed: None,
+            last_seen: Instant::now(),
+            poll_generation: 0,
+        }),
+        changed: Notify::new(),
+        ended_by_client: CancellationToken::new(),
+    });
+    state.poll.insert(id.clone(), session.clone());
+    state.metrics.connections.inc();
+    state.metrics.connections_total.inc();
+    let span = tracing::info_span!("poll", conn_id = conn.0, room = %room);
+    let pump_state = state.clone();
+    let pump_id = id.clone();
+    state.sockets.spawn(
+        async move {
+            tracing::info!(access = grant.access.as_str(), "poll session opened");
+            let reason = pump(
+                &pump_state,
+                &session,
+                rx,
+                handle.kick,
+                grant.expires_at,
+                slot,
+            )
+            .await;
+            tracing::info!(reason = reason.as_str(), "poll session ended");
+            let _ = session
+                .room
+                .send(RoomCommand::Leave { conn: session.conn })
+                .await;
+            pump_state.metrics.connections.dec();
+            pump_state.metrics.disconnect(reason.as_str());
+            // Keep the ended session a while, so its client learns why on its next poll (not
+            // during a shutdown, which waits for this task).
+            tokio::select! {
+                () = tokio::time::sleep(pump_state.config.client_timeout()) => {}
+                () = pump_state.shutdown.cancelled() => {}
+            }
+            pump_state.poll.remove(&pump_id);
+        }
+        .instrument(span),
+    );
+    let mut response = warp::reply::json(&Opened {
+        session: id,
+        hold_ms: state.config.poll_hold_secs * 1000,
+    })
+    .into_response();
+    no_cache(&mut response);
+    response
+}
+
+/// Moves what the room sends into the session's buffer until the session ends, and returns why.
+async fn pump(
+    state: &AppState,
+    session: &Session,
+    mut rx: mpsc::UnboundedReceiver<Outbound>,
+    kick: CancellationToken,
+    expires_at: Option<u64>,
+    _slot: SocketSlot,
+) -> CloseReason {
+    let timeout = state.config.client_timeout();
+    let expiry = crate::connection::token_expiry(expires_at);
+    tokio::pin!(expiry);
+    let reason = loop {
+        let idle_deadline = session.state.lock().expect("session lock").last_seen + timeout;
+        tokio::select! {
+            item = rx.recv() => match item {
+                Some(Outbound::Frame(frame)) => {
+                    let mut s = session.state.lock().expect("session lock");
+                    let seq = s.next_seq;
+                    s.next_seq += 1;
+                    s.unacked.push_back((seq, frame));
+                    drop(s);
+                    session.changed.notify_waiters();
+                }
+                Some(Outbound::Close(reason)) => break reason,
+                None => break CloseReason::Internal,
+            },
+            () = kick.cancelled() => break CloseReason::SlowReader,
+            () = session.ended_by_client.cancelled() => break CloseReason::ClientTimeout,
+            () = state.shutdown.cancelled() => break CloseReason::Shutdown,
+            () = &mut expiry => break CloseReason::TokenExpired,
+            () = tokio::time::sleep_until(idle_deadline) => {
+                let last_seen = session.state.lock().expect("session lock").last_seen;
+                if last_seen + timeout <= Instant::now() {
+                    break CloseReason::ClientTimeout;
+                }
+            }
+        }
+    };
+    session.state.lock().expect("session lock").closed = Some(reason);
+    session.changed.notify_waiters();
+    reason
+}
+
+async fn send(id: String, body: Bytes, state: Arc<AppState>) -> Response {
+    let Some(session) = state.poll.get(&id) else {
+        return error(StatusCode::NOT_FOUND, "no such session: open a new one");
+    };
+    if let Some(reason) = session.state.lock().expect("session lock").closed {
+        return ended(reason);
+    }
+    session.touch();
+    if body.is_empty() {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "the body must hold one or more messages",
+        );
+    }
+    state.metrics.frames_in.inc();
+    state.metrics.bytes_in.inc_by(body.len() as u64);
+    if session
+        .room
+        .send(RoomCommand::Frame {
+            conn: session.conn,
+            frame: body,
+        })
+        .await
+        .is_err()
+    {
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the document is unavailable",
+        );
+    }
+    let mut response = Response::default();
+    *response.status_mut() = StatusCode::NO_CONTENT;
+    response
+}
+
+/// What a poll found.
+enum Found {
+    Messages(Vec<u8>, u64),
+    Ended(CloseReason),
+    Nothing(u64),
+}
+
+/// Drops what the client acknowledged and takes what it has not seen yet.
+fn take(session: &Session, ack: u64, generation: u64) -> Option<Found> {
+    let mut s = session.state.lock().expect("session lock");
+    let mut acked_bytes = 0;
+    while s.unacked.front().is_some_and(|(seq, _)| *seq <= ack) {
+        let (_, frame) = s.unacked.pop_front().expect("front exists");
+        acked_bytes += frame.len();
+    }
+    if acked_bytes > 0 {
+        session.backlog.written(acked_bytes);
+    }
+    if !s.unacked.is_empty() {
+        let mut body = Vec::new();
+        let mut last = ack;
+        for (seq, frame) in &s.unacked {
+            if !body.is_empty() && body.len() + frame.len() > MAX_RESPONSE_BYTES {
+                break;
+            }
+            write_var_u64(&mut body, frame.len() as u64);
+            body.extend_from_slice(frame);
+            last = *seq;
+        }
+        return Some(Found::Messages(body, last));
+    }
+    if let Some(reason) = s.closed {
+        return Some(Found::Ended(reason));
+    }
+    if s.poll_generation != generation {
+        // A newer poll took over: this one answers empty.
+        return Some(Found::Nothing(ack));
+    }
+    None
+}
+
+async fn receive(id: String, query: PollQuery, state: Arc<AppState>) -> Response {
+    let Some(session) = state.poll.get(&id) else {
+        return error(StatusCode::NOT_FOUND, "no such session: open a new one");
+    };
+    let generation = {
+        let mut s = session.state.lock().expect("session lock");
+        s.last_seen = Instant::now();
+        s.poll_generation += 1;
+        s.poll_generation
+    };
+    // A poll that supersedes an older one wakes it.
+    session.changed.notify_waiters();
+    let hold = tokio::time::sleep(Duration::from_secs(state.config.poll_hold_secs));
+    tokio::pin!(hold);
+    let found = loop {
+        let changed = session.changed.notified();
+        tokio::pin!(changed);
+        changed.as_mut().enable();
+        if let Some(found) = take(&session, query.ack, generation) {
+            break found;
+        }
+        tokio::select! {
+            () = &mut changed => {}
+            () = &mut hold => break Found::Nothing(query.ack),
+        }
+    };
+    session.touch();
+    let mut response = match found {
+        Found::Ended(reason) => return ended(reason),
+        Found::Nothing(last) => {
+            let mut r = Response::new(Vec::new().into());
+            r.headers_mut()
+                .insert(LAST_SEQ_HEADER, HeaderValue::from(last));
+            r
+        }
+        Found::Messages(body, last) => {
+            state.metrics.frames_out.inc();
+            state.metrics.bytes_out.inc_by(body.len() as u64);
+            let mut r = Response::new(body.into());
+            r.headers_mut()
+                .insert(LAST_SEQ_HEADER, HeaderValue::from(last));
+            r
+        }
+    };
+    response.headers_mut().insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("application/octet-stream"),
+    );
+    no_cache(&mut response);
+    response
+}
+
+fn close(id: String, state: Arc<AppState>) -> Response {
+    if let Some(session) = state.poll.get(&id) {
+        session.ended_by_client.cancel();
+    }
+    let mut response = Response::default();
+    *response.status_mut() = StatusCode::NO_CONTENT;
+    response
+}
