@@ -135,6 +135,9 @@ pub enum CompactError {
     /// redb could not compact.
     #[error("cannot compact the store: {0}")]
     Storage(#[from] redb::CompactionError),
+    /// The store is not open (a reopen after an I/O error failed).
+    #[error("the store is not open")]
+    Unavailable,
 }
 
 /// Listing rooms failed; the store is unchanged.

@@ -26,6 +26,7 @@
 use std::ops::Bound;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::{PoisonError, RwLock, RwLockReadGuard};
 
 use bytes::Bytes;
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
@@ -125,9 +126,26 @@ pub struct StoredRoom {
 }
 
 /// The redb store holding every room.
+///
+/// After an I/O error redb refuses every further operation on the same `Database` until it is
+/// opened again, so the store can [`reopen`](Store::reopen) itself in place; meanwhile every
+/// operation fails with a storage error.
 pub struct Store {
-    db: Database,
+    // An `RwLock` so that a reopen waits for transactions in progress; `None` while the file
+    // cannot be opened.
+    db: RwLock<Option<Database>>,
     path: PathBuf,
+    options: StoreOptions,
+}
+
+/// A read lock on the store's open database.
+struct DbGuard<'a>(RwLockReadGuard<'a, Option<Database>>);
+
+impl std::ops::Deref for DbGuard<'_> {
+    type Target = Database;
+    fn deref(&self) -> &Database {
+        self.0.as_ref().expect("checked when the guard was made")
+    }
 }
 
 impl std::fmt::Debug for Store {
@@ -146,19 +164,48 @@ impl Store {
     /// # Errors
     /// [`OpenError`] says why; the file is not modified in any error case.
     pub fn open(path: &Path, options: &StoreOptions) -> Result<Store, OpenError> {
-        let db = Database::builder()
+        let db = Self::open_database(path, options)?;
+        let store = Store {
+            db: RwLock::new(Some(db)),
+            path: path.to_owned(),
+            options: options.clone(),
+        };
+        store.check_or_init_format()?;
+        Ok(store)
+    }
+
+    fn open_database(path: &Path, options: &StoreOptions) -> Result<Database, OpenError> {
+        Database::builder()
             .set_cache_size(options.cache_bytes)
             .create(path)
             .map_err(|source| OpenError::Database {
                 path: path.to_owned(),
                 source,
-            })?;
-        let store = Store {
-            db,
-            path: path.to_owned(),
-        };
-        store.check_or_init_format()?;
-        Ok(store)
+            })
+    }
+
+    /// Closes the database and opens it again, after an I/O error (redb refuses everything on a
+    /// database that had one). Waits for transactions in progress. redb rolls back anything not
+    /// committed, so the file is as of the last successful commit.
+    ///
+    /// # Errors
+    /// [`OpenError`] when the file cannot be opened again (the disk is still full, say); the
+    /// store then refuses every operation until a later `reopen` succeeds.
+    pub fn reopen(&self) -> Result<(), OpenError> {
+        let mut db = self.db.write().unwrap_or_else(PoisonError::into_inner);
+        // The old handle holds the file lock: drop it before opening again.
+        *db = None;
+        *db = Some(Self::open_database(&self.path, &self.options)?);
+        Ok(())
+    }
+
+    /// The open database, held so that a reopen waits; `DatabaseClosed` while there is none.
+    fn db(&self) -> Result<DbGuard<'_>, redb::Error> {
+        let guard = self.db.read().unwrap_or_else(PoisonError::into_inner);
+        if guard.is_none() {
+            return Err(redb::StorageError::DatabaseClosed.into());
+        }
+        Ok(DbGuard(guard))
     }
 
     /// The store file.
@@ -167,7 +214,8 @@ impl Store {
     }
 
     fn check_or_init_format(&self) -> Result<(), OpenError> {
-        let read = self.db.begin_read().map_err(redb::Error::from)?;
+        let db = self.db()?;
+        let read = db.begin_read().map_err(redb::Error::from)?;
         let is_empty = read
             .list_tables()
             .map_err(redb::Error::from)?
@@ -195,7 +243,7 @@ impl Store {
             };
         }
         drop(read);
-        let write = self.db.begin_write().map_err(redb::Error::from)?;
+        let write = db.begin_write().map_err(redb::Error::from)?;
         {
             let mut meta = write.open_table(META).map_err(redb::Error::from)?;
             meta.insert(FORMAT_VERSION_KEY, FORMAT_VERSION)
@@ -218,7 +266,8 @@ impl Store {
             room: room.to_owned(),
             source,
         };
-        let read = self.db.begin_read().map_err(|e| storage(e.into()))?;
+        let db = self.db().map_err(storage)?;
+        let read = db.begin_read().map_err(|e| storage(e.into()))?;
         let snapshots = read.open_table(SNAPSHOTS).map_err(|e| storage(e.into()))?;
         let log = read.open_table(LOG).map_err(|e| storage(e.into()))?;
 
@@ -284,7 +333,8 @@ impl Store {
         let now_ms = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as u64);
-        let mut txn = self.db.begin_write()?;
+        let db = self.db()?;
+        let mut txn = db.begin_write()?;
         txn.set_durability(Durability::Immediate)?;
         {
             let mut log = txn.open_table(LOG)?;
@@ -333,7 +383,8 @@ impl Store {
     /// # Errors
     /// [`CompactError`] when redb cannot compact; the file is then as before.
     pub fn compact_file(&mut self) -> Result<(), CompactError> {
-        self.db.compact()?;
+        let mut db = self.db.write().unwrap_or_else(PoisonError::into_inner);
+        db.as_mut().ok_or(CompactError::Unavailable)?.compact()?;
         Ok(())
     }
 
@@ -342,7 +393,8 @@ impl Store {
     /// # Errors
     /// [`ListError`] when redb fails to read.
     pub fn room_info(&self, room: &str) -> Result<Option<RoomInfo>, ListError> {
-        let read = self.db.begin_read().map_err(redb::Error::from)?;
+        let db = self.db()?;
+        let read = db.begin_read().map_err(redb::Error::from)?;
         let rooms = read.open_table(ROOMS).map_err(redb::Error::from)?;
         let info = rooms.get(room).map_err(redb::Error::from)?;
         Ok(info.map(|info| {
@@ -364,7 +416,8 @@ impl Store {
         after: Option<&str>,
         limit: usize,
     ) -> Result<Vec<RoomInfo>, ListError> {
-        let read = self.db.begin_read().map_err(redb::Error::from)?;
+        let db = self.db()?;
+        let read = db.begin_read().map_err(redb::Error::from)?;
         let rooms = read.open_table(ROOMS).map_err(redb::Error::from)?;
         let range = match after {
             Some(after) => rooms.range::<&str>((Bound::Excluded(after), Bound::Unbounded)),

@@ -188,6 +188,11 @@ impl Writer {
                     );
                     notify_failed(&pending, self.failed_attempts, &error.to_string());
                     std::thread::sleep(retry_delay(self.failed_attempts));
+                    // redb refuses everything on a database that had an I/O error until it is
+                    // opened again; the file is as of the last successful commit.
+                    if let Err(error) = self.store.reopen() {
+                        tracing::error!(%error, "cannot reopen the store; will retry");
+                    }
                 }
             }
         }
