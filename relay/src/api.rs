@@ -28,7 +28,7 @@ use warp::path::Tail;
 use warp::reply::{Reply, Response};
 
 use crate::auth::{Access, Claims, authorize, now_secs};
-use crate::room::RoomCommand;
+use crate::room::{ApiUpdateError, RoomCommand};
 use crate::routes::AppState;
 use crate::upgrade::{request_token, room_name};
 
@@ -380,7 +380,15 @@ pub async fn post_update(
                 Ok(Ok(Ok(()))) => Ok(
                     warp::reply::json(&serde_json::json!({ "committed": true })).into_response()
                 ),
-                Ok(Ok(Err(reason))) => Err(error(
+                Ok(Ok(Err(ApiUpdateError::TooLarge))) => Err(error(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "the update would grow the document past --max-doc-bytes; nothing changed",
+                )),
+                Ok(Ok(Err(ApiUpdateError::Deleted))) => Err(error(
+                    StatusCode::CONFLICT,
+                    "the document was deleted while the update was being saved",
+                )),
+                Ok(Ok(Err(ApiUpdateError::Invalid(reason)))) => Err(error(
                     StatusCode::BAD_REQUEST,
                     &format!("the update was refused and changed nothing: {reason}"),
                 )),

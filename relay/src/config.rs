@@ -49,6 +49,15 @@ pub struct Config {
     #[arg(long, env = "RELAY_MAX_ROOM_CONNECTIONS", default_value_t = 2_000)]
     pub max_room_connections: usize,
 
+    /// Most documents in memory at once; connections that would load one more get HTTP 503.
+    #[arg(long, env = "RELAY_MAX_ROOMS", default_value_t = 20_000)]
+    pub max_rooms: usize,
+
+    /// Largest document, in bytes of stored updates; an update that would grow a document past
+    /// it is refused (the connection is closed with 1009, the API answers 413).
+    #[arg(long, env = "RELAY_MAX_DOC_BYTES", default_value_t = 512 << 20)]
+    pub max_doc_bytes: u64,
+
     /// How long a long-polling request is held open when there is nothing to send, in seconds
     /// (under the usual 30 to 60 second proxy timeouts).
     #[arg(long, env = "RELAY_POLL_HOLD_SECS", default_value_t = 25)]
@@ -148,6 +157,8 @@ impl Default for Config {
             max_message_bytes: 64 << 20,
             max_connections: 10_000,
             max_room_connections: 2_000,
+            max_rooms: 20_000,
+            max_doc_bytes: 512 << 20,
             poll_hold_secs: 25,
             outbound_queue_bytes: 16 << 20,
             slow_reader_grace_ms: 30_000,
@@ -196,6 +207,9 @@ impl Config {
         }
         if self.max_connections == 0 {
             return fail("--max-connections", "must be at least 1");
+        }
+        if self.max_rooms == 0 {
+            return fail("--max-rooms", "must be at least 1");
         }
         if self.max_room_connections == 0 {
             return fail("--max-room-connections", "must be at least 1");

@@ -193,11 +193,12 @@ pub async fn run(
             compact_entries: config.compact_entries,
             compact_bytes: config.compact_bytes,
             idle_unload: config.idle_unload(),
+            max_doc_bytes: config.max_doc_bytes,
         },
         shutdown: shutdown.clone(),
         webhooks,
     });
-    let registry = RoomRegistry::new(ctx, config.room_queue);
+    let registry = RoomRegistry::new(ctx, config.room_queue, config.max_rooms);
     let drain_timeout = config.drain_timeout();
     let config = Arc::new(config);
     let state = AppState::new(config, registry.clone(), metrics, shutdown.clone(), keys);

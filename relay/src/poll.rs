@@ -214,6 +214,13 @@ async fn open_session(query: OpenQuery, headers: HeaderMap, state: Arc<AppState>
             return error(e.status(), &e.to_string());
         }
     };
+    if !state.registry.admits(&room) {
+        state.metrics.error("too_many_rooms");
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "too many documents are open",
+        );
+    }
     if state.registry.connections(&room) >= state.config.max_room_connections {
         state.metrics.error("room_full");
         return error(

@@ -35,10 +35,17 @@ pub struct LoadedRoom {
     pub unsaved_updates: u64,
 }
 
-/// Joining failed because the room kept going away under the joiner.
+/// Why a room cannot be joined.
 #[derive(Debug, thiserror::Error)]
-#[error("room {0:?} could not be joined")]
-pub struct JoinError(pub String);
+pub enum JoinError {
+    /// The room kept going away under the joiner (it fails to load, or the relay is shutting
+    /// down).
+    #[error("room {0:?} could not be joined")]
+    Unavailable(String),
+    /// Loading it would go over `--max-rooms`.
+    #[error("too many documents are open")]
+    TooManyRooms,
+}
 
 /// All loaded rooms.
 pub struct RoomRegistry {
@@ -46,17 +53,20 @@ pub struct RoomRegistry {
     rooms: Mutex<HashMap<Arc<str>, RoomEntry>>,
     ctx: Arc<RoomContext>,
     queue_len: usize,
+    max_rooms: usize,
     next_entry: AtomicU64,
     tasks: TaskTracker,
 }
 
 impl RoomRegistry {
-    /// An empty registry whose rooms share `ctx` and have queues of `queue_len` commands.
-    pub fn new(ctx: Arc<RoomContext>, queue_len: usize) -> Arc<Self> {
+    /// An empty registry whose rooms share `ctx`, have queues of `queue_len` commands, and are
+    /// at most `max_rooms` at once.
+    pub fn new(ctx: Arc<RoomContext>, queue_len: usize, max_rooms: usize) -> Arc<Self> {
         Arc::new(RoomRegistry {
             rooms: Mutex::new(HashMap::new()),
             ctx,
             queue_len,
+            max_rooms,
             next_entry: AtomicU64::new(1),
             tasks: TaskTracker::new(),
         })
@@ -120,7 +130,7 @@ impl RoomRegistry {
         mut command: RoomCommand,
     ) -> Result<RoomSender, JoinError> {
         for _ in 0..3 {
-            let (tx, pending) = self.entry_for(room);
+            let (tx, pending) = self.entry_for(room)?;
             match tx.send(command).await {
                 Ok(()) => return Ok(tx),
                 Err(mpsc::error::SendError(returned)) => {
@@ -129,7 +139,7 @@ impl RoomRegistry {
                 }
             }
         }
-        Err(JoinError(room.to_owned()))
+        Err(JoinError::Unavailable(room.to_owned()))
     }
 
     /// Updates `room` holds that are not committed yet (0 when it is not loaded).
@@ -141,11 +151,17 @@ impl RoomRegistry {
     }
 
     /// Finds or starts the room and counts a pending join, under the lock.
-    fn entry_for(self: &Arc<Self>, room: &str) -> (RoomSender, Arc<AtomicUsize>) {
+    fn entry_for(
+        self: &Arc<Self>,
+        room: &str,
+    ) -> Result<(RoomSender, Arc<AtomicUsize>), JoinError> {
         let mut rooms = self.rooms.lock().expect("registry lock is never poisoned");
         if let Some(entry) = rooms.get(room) {
             entry.pending_joins.fetch_add(1, Ordering::AcqRel);
-            return (entry.tx.clone(), entry.pending_joins.clone());
+            return Ok((entry.tx.clone(), entry.pending_joins.clone()));
+        }
+        if rooms.len() >= self.max_rooms {
+            return Err(JoinError::TooManyRooms);
         }
         let name: Arc<str> = room.into();
         let (tx, rx) = mpsc::channel(self.queue_len);
@@ -170,7 +186,15 @@ impl RoomRegistry {
             pending_joins.clone(),
             status,
         ));
-        (tx, pending_joins)
+        Ok((tx, pending_joins))
+    }
+
+    /// Whether a request for `room` can be served without going over `--max-rooms`: the room is
+    /// loaded, or there is room for one more. A quick check before a WebSocket upgrade; the
+    /// registry enforces the limit again when it creates the room.
+    pub fn admits(&self, room: &str) -> bool {
+        let rooms = self.rooms.lock().expect("registry lock is never poisoned");
+        rooms.contains_key(room) || rooms.len() < self.max_rooms
     }
 
     /// Removes the room's entry if no join is on its way. Called by the room itself.

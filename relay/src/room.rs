@@ -67,6 +67,8 @@ pub enum CloseReason {
     Internal,
     /// The connection fell too far behind (1013).
     SlowReader,
+    /// An update would grow the document past its size limit (1009).
+    DocumentTooLarge,
 }
 
 impl CloseReason {
@@ -76,7 +78,7 @@ impl CloseReason {
             CloseReason::Shutdown | CloseReason::ClientTimeout => 1001,
             CloseReason::ProtocolError => 1002,
             CloseReason::TextFrame => 1003,
-            CloseReason::TooBig => 1009,
+            CloseReason::TooBig | CloseReason::DocumentTooLarge => 1009,
             CloseReason::Internal => 1011,
             CloseReason::SlowReader => 1013,
             CloseReason::TokenExpired => 4401,
@@ -92,6 +94,7 @@ impl CloseReason {
             CloseReason::ProtocolError => "protocol_error",
             CloseReason::TextFrame => "text_frame",
             CloseReason::TooBig => "too_big",
+            CloseReason::DocumentTooLarge => "document_too_large",
             CloseReason::Internal => "internal_error",
             CloseReason::SlowReader => "slow_reader",
             CloseReason::TokenExpired => "token_expired",
@@ -206,7 +209,7 @@ pub enum RoomCommand {
         /// The update (v1).
         update: Bytes,
         /// The outcome.
-        reply: oneshot::Sender<Result<(), String>>,
+        reply: oneshot::Sender<Result<(), ApiUpdateError>>,
     },
     /// The HTTP API deletes the document: its connections are closed with 4404 and its storage
     /// removed; answered once the deletion is committed.
@@ -238,6 +241,22 @@ pub struct RoomSettings {
     pub compact_bytes: u64,
     /// How long an empty room stays loaded.
     pub idle_unload: Duration,
+    /// Largest document, in bytes of stored updates (snapshot and log).
+    pub max_doc_bytes: u64,
+}
+
+/// Why the HTTP API's update was not applied.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ApiUpdateError {
+    /// It does not decode or apply; nothing changed.
+    #[error("{0}")]
+    Invalid(String),
+    /// It would grow the document past `--max-doc-bytes`.
+    #[error("the document would grow past --max-doc-bytes")]
+    TooLarge,
+    /// The document was deleted before the update was committed.
+    #[error("the document was deleted")]
+    Deleted,
 }
 
 /// What every room shares.
@@ -347,7 +366,7 @@ pub struct Room {
     /// The room's view of `commit_notify`.
     commits: watch::Receiver<CommitState>,
     /// Updates applied through the HTTP API, answered once this sequence number is committed.
-    api_waiters: VecDeque<(u64, oneshot::Sender<Result<(), String>>)>,
+    api_waiters: VecDeque<(u64, oneshot::Sender<Result<(), ApiUpdateError>>)>,
     /// Set when the room last became empty.
     empty_since: Option<Instant>,
     /// Set by a delivery that left a queue over its limit.
@@ -533,6 +552,12 @@ impl Room {
             }
             return;
         }
+        if self.would_exceed_size(update.len()) {
+            tracing::warn!(%conn, "update would grow the document past --max-doc-bytes; closing");
+            self.ctx.metrics.error("document_too_large");
+            self.remove_conns(vec![(conn, Some(CloseReason::DocumentTooLarge))]);
+            return;
+        }
         match self.doc.apply_update_v1(update) {
             Err(error) => {
                 tracing::warn!(%conn, %error, "update does not apply; closing the connection");
@@ -691,10 +716,18 @@ impl Room {
 
     /// Applies an update from the HTTP API: like one from a connection, but every connection
     /// receives it, and the answer waits for the commit that holds it.
-    async fn on_api_update(&mut self, update: Bytes, reply: oneshot::Sender<Result<(), String>>) {
+    async fn on_api_update(
+        &mut self,
+        update: Bytes,
+        reply: oneshot::Sender<Result<(), ApiUpdateError>>,
+    ) {
+        if self.would_exceed_size(update.len()) {
+            let _ = reply.send(Err(ApiUpdateError::TooLarge));
+            return;
+        }
         match self.doc.apply_update_v1(&update) {
             Err(error) => {
-                let _ = reply.send(Err(error.to_string()));
+                let _ = reply.send(Err(ApiUpdateError::Invalid(error.to_string())));
             }
             Ok(Applied::Unchanged) => self.wait_for_commit(self.next_seq - 1, reply),
             Ok(Applied::Changed) => {
@@ -720,7 +753,13 @@ impl Room {
         }
     }
 
-    fn wait_for_commit(&mut self, seq: u64, reply: oneshot::Sender<Result<(), String>>) {
+    /// Whether `bytes` more would take the document past `--max-doc-bytes`, counted as the
+    /// stored snapshot plus every update since (an overestimate until the next compaction).
+    fn would_exceed_size(&self, bytes: usize) -> bool {
+        self.snapshot_bytes + self.log_bytes + bytes as u64 > self.ctx.settings.max_doc_bytes
+    }
+
+    fn wait_for_commit(&mut self, seq: u64, reply: oneshot::Sender<Result<(), ApiUpdateError>>) {
         if seq <= self.committed_seq {
             let _ = reply.send(Ok(()));
         } else {
@@ -762,7 +801,7 @@ impl Room {
         self.snapshot_bytes = 0;
         // Waiting API updates were committed or are about to be, and are deleted right after.
         for (_, waiter) in self.api_waiters.drain(..) {
-            let _ = waiter.send(Err("the document was deleted".into()));
+            let _ = waiter.send(Err(ApiUpdateError::Deleted));
         }
         // A new numbering and a new commit watch: writes queued for the old document still
         // report to the old one.

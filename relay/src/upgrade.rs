@@ -24,6 +24,7 @@ use warp::reply::Response;
 
 use crate::auth::{Access, Grant, authorize};
 use crate::connection::{self, ConnectionSettings, Outbox};
+use crate::registry::JoinError;
 use crate::room::ConnId;
 use crate::routes::{AppState, text};
 use crate::server::PeerAddr;
@@ -212,6 +213,14 @@ pub fn upgrade(request: UpgradeRequest, state: Arc<AppState>) -> Response {
             return crate::api::error(error.status(), &error.to_string());
         }
     };
+    if !state.registry.admits(&room) {
+        state.metrics.error("too_many_rooms");
+        tracing::warn!(room = %room, "document limit reached; refusing an upgrade");
+        return text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "too many documents are open\n",
+        );
+    }
     if state.registry.connections(&room) >= state.config.max_room_connections {
         state.metrics.error("room_full");
         tracing::warn!(room = %room, "room connection limit reached; refusing an upgrade");
@@ -303,9 +312,13 @@ async fn run_socket<S>(
         }
         Err(error) => {
             tracing::warn!(%error, "cannot join the room");
+            let (code, reason) = match error {
+                JoinError::TooManyRooms => (1013, "too many documents are open"),
+                JoinError::Unavailable(_) => (1011, "room unavailable"),
+            };
             let frame = CloseFrame {
-                code: 1011.into(),
-                reason: "room unavailable".into(),
+                code: code.into(),
+                reason: reason.into(),
             };
             let _ = socket.send(Message::Close(Some(frame))).await;
             metrics.disconnect("room_unavailable");
