@@ -1,0 +1,410 @@
+//! Crash test: runs the relay under load, kills it with SIGKILL at random moments, restarts it on
+//! the same data directory, and checks that every edit the relay acknowledged as saved is there.
+//!
+//! ```sh
+//! cargo build -p relay && cargo run -p relay-tests --bin crashtest -- --kills 100
+//! ```
+//!
+//! Each writer owns a set of keys in its room's `Y.Map` ("w<writer>-<n>" = n). It sends edits
+//! continuously and, every few edits, a save request; when the relay answers *saved* for request
+//! n, every key up to n is acknowledged. After each kill the relay is restarted, a fresh client
+//! reads every room, and every acknowledged key must be there with its value. At the end
+//! `relay check` must find every stored document loadable. Exits non-zero on any loss.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use crdt::protocol::{
+    Message as ProtoMessage, MessageReader, encode_save_request, encode_sync_step1,
+    encode_sync_step2, encode_update,
+};
+use futures_util::{SinkExt, StreamExt};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+use tokio_tungstenite::tungstenite::Message;
+use yrs::updates::decoder::Decode;
+use yrs::updates::encoder::Encode;
+use yrs::{Doc, Map, Out, ReadTxn, StateVector, Transact, Update};
+
+struct Options {
+    relay_bin: PathBuf,
+    kills: usize,
+    rooms: usize,
+    writers: usize,
+    seed: u64,
+    min_run_ms: u64,
+    max_run_ms: u64,
+}
+
+fn parse_args() -> Result<Options, String> {
+    let mut options = Options {
+        relay_bin: default_relay_bin(),
+        kills: 5,
+        rooms: 3,
+        writers: 3,
+        seed: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(1, |d| d.as_nanos() as u64),
+        min_run_ms: 200,
+        max_run_ms: 1500,
+    };
+    let mut args = std::env::args().skip(1);
+    while let Some(flag) = args.next() {
+        let mut value = || args.next().ok_or(format!("{flag} needs a value"));
+        let number = |v: String| v.parse::<u64>().map_err(|e| format!("{flag}: {e}"));
+        match flag.as_str() {
+            "--relay-bin" => options.relay_bin = PathBuf::from(value()?),
+            "--kills" => options.kills = number(value()?)? as usize,
+            "--rooms" => options.rooms = number(value()?)? as usize,
+            "--writers" => options.writers = number(value()?)? as usize,
+            "--seed" => options.seed = number(value()?)?,
+            "--min-run-ms" => options.min_run_ms = number(value()?)?,
+            "--max-run-ms" => options.max_run_ms = number(value()?)?,
+            "--help" | "-h" => {
+                return Err(
+                    "usage: crashtest [--relay-bin PATH] [--kills N] [--rooms N] \
+                     [--writers N] [--seed N] [--min-run-ms MS] [--max-run-ms MS]"
+                        .into(),
+                );
+            }
+            other => return Err(format!("unknown argument {other}")),
+        }
+    }
+    if options.max_run_ms < options.min_run_ms {
+        return Err("--max-run-ms must be at least --min-run-ms".into());
+    }
+    Ok(options)
+}
+
+/// `target/<profile>/relay`, next to this binary.
+fn default_relay_bin() -> PathBuf {
+    let exe = std::env::current_exe().unwrap_or_default();
+    exe.parent()
+        .map(|dir| dir.join("relay"))
+        .unwrap_or_else(|| PathBuf::from("target/debug/relay"))
+}
+
+/// A small deterministic generator (xorshift), so a seed replays the same schedule.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+
+    fn between(&mut self, low: u64, high: u64) -> u64 {
+        low + self.next() % (high - low + 1)
+    }
+}
+
+struct RelayProcess {
+    child: Child,
+    port: u16,
+}
+
+async fn start_relay(bin: &PathBuf, data_dir: &PathBuf, port: u16) -> Result<RelayProcess, String> {
+    let mut child = Command::new(bin)
+        .args([
+            "serve",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--data-dir",
+        ])
+        .arg(data_dir)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|e| format!("cannot start {}: {e}", bin.display()))?;
+    let stdout = child.stdout.take().ok_or("no stdout")?;
+    let mut lines = BufReader::new(stdout).lines();
+    let line = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
+        .await
+        .map_err(|_| "the relay did not start within 30 s".to_string())?
+        .map_err(|e| e.to_string())?
+        .ok_or("the relay exited before listening")?;
+    let port = line
+        .rsplit(':')
+        .next()
+        .and_then(|p| p.trim().parse().ok())
+        .ok_or(format!("unexpected first line: {line}"))?;
+    Ok(RelayProcess { child, port })
+}
+
+/// One writer: its document, and how far the relay acknowledged its edits.
+struct Writer {
+    room: String,
+    name: String,
+    doc: Doc,
+    next: u64,
+    acked: Arc<AtomicU64>,
+}
+
+impl Writer {
+    fn edit(&mut self) -> Vec<u8> {
+        let map = self.doc.get_or_insert_map("edits");
+        let before = self.doc.transact().state_vector();
+        let n = self.next;
+        self.next += 1;
+        map.insert(
+            &mut self.doc.transact_mut(),
+            format!("{}-{n}", self.name),
+            n as f64,
+        );
+        self.doc.transact().encode_diff_v1(&before)
+    }
+}
+
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+async fn connect(port: u16, room: &str) -> Option<Ws> {
+    let url = format!("ws://127.0.0.1:{port}/{}", percent_encode(room));
+    tokio_tungstenite::connect_async(url)
+        .await
+        .ok()
+        .map(|(ws, _)| ws)
+}
+
+fn percent_encode(room: &str) -> String {
+    room.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b == b'-' || b == b'_' {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}
+
+/// Runs a writer until its connection fails (the relay was killed) or `stop` is set.
+async fn run_writer(port: u16, writer: &mut Writer, seed: u64) {
+    let Some(ws) = connect(port, &writer.room).await else {
+        return;
+    };
+    let (mut sink, mut stream) = ws.split();
+    // Like a real client: say what we have and send what the relay lacks once it says what it has.
+    let sv = writer.doc.transact().state_vector().encode_v1();
+    if sink
+        .send(Message::Binary(encode_sync_step1(&sv).into()))
+        .await
+        .is_err()
+    {
+        return;
+    }
+    let acked = writer.acked.clone();
+    let doc_reader = writer.doc.clone();
+    let (step2_tx, mut step2_rx) = tokio::sync::mpsc::unbounded_channel::<Vec<u8>>();
+    let reader = tokio::spawn(async move {
+        while let Some(Ok(message)) = stream.next().await {
+            let Message::Binary(frame) = message else {
+                continue;
+            };
+            for item in MessageReader::new(&frame) {
+                match item {
+                    Ok((ProtoMessage::Saved(id), _)) => {
+                        // Request id k answers for keys 0..=k: k + 1 keys are saved.
+                        acked.fetch_max(id + 1, Ordering::AcqRel);
+                    }
+                    Ok((ProtoMessage::SyncStep1(sv), _)) => {
+                        if let Ok(sv) = StateVector::decode_v1(sv) {
+                            let diff = doc_reader.transact().encode_diff_v1(&sv);
+                            let _ = step2_tx.send(encode_sync_step2(&diff));
+                        }
+                    }
+                    Ok((ProtoMessage::SyncStep2(u) | ProtoMessage::Update(u), _)) => {
+                        if let Ok(update) = Update::decode_v1(u) {
+                            let _ = doc_reader.transact_mut().apply_update(update);
+                        }
+                    }
+                    _ => {}
+                }
+            }
+        }
+    });
+    let mut rng = Rng(seed | 1);
+    loop {
+        while let Ok(step2) = step2_rx.try_recv() {
+            if sink.send(Message::Binary(step2.into())).await.is_err() {
+                reader.abort();
+                return;
+            }
+        }
+        let update = writer.edit();
+        if sink
+            .send(Message::Binary(encode_update(&update).into()))
+            .await
+            .is_err()
+        {
+            break;
+        }
+        if writer.next.is_multiple_of(4) {
+            // The request is numbered after the last key sent before it.
+            let request = writer.next - 1;
+            if sink
+                .send(Message::Binary(encode_save_request(request).into()))
+                .await
+                .is_err()
+            {
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(rng.between(1, 10))).await;
+        if reader.is_finished() {
+            break;
+        }
+    }
+    reader.abort();
+}
+
+/// Reads a room with a fresh client and returns its map.
+async fn read_room(port: u16, room: &str) -> Result<BTreeMap<String, f64>, String> {
+    let mut ws = connect(port, room)
+        .await
+        .ok_or(format!("cannot connect to room {room}"))?;
+    ws.send(Message::Binary(encode_sync_step1(&[0]).into()))
+        .await
+        .map_err(|e| e.to_string())?;
+    let doc = Doc::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let message = tokio::time::timeout_at(deadline, ws.next())
+            .await
+            .map_err(|_| format!("room {room}: no sync step 2 within 30 s"))?;
+        let Some(Ok(Message::Binary(frame))) = message else {
+            return Err(format!("room {room}: connection ended before sync step 2"));
+        };
+        if let Some(Ok((ProtoMessage::SyncStep2(update), _))) = MessageReader::new(&frame).next() {
+            let update = Update::decode_v1(update).map_err(|e| format!("room {room}: {e}"))?;
+            doc.transact_mut()
+                .apply_update(update)
+                .map_err(|e| format!("room {room}: {e}"))?;
+            break;
+        }
+    }
+    let map = doc.get_or_insert_map("edits");
+    let txn = doc.transact();
+    Ok(map
+        .iter(&txn)
+        .filter_map(|(k, v)| match v {
+            Out::Any(yrs::Any::Number(n)) => n.as_f64().map(|n| (k.to_owned(), n)),
+            _ => None,
+        })
+        .collect())
+}
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    let options = match parse_args() {
+        Ok(options) => options,
+        Err(message) => {
+            eprintln!("{message}");
+            return std::process::ExitCode::from(2);
+        }
+    };
+    match run(options).await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("crashtest FAILED: {message}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(options: Options) -> Result<(), String> {
+    println!(
+        "crashtest: {} kills, {} rooms x {} writers, seed {}",
+        options.kills, options.rooms, options.writers, options.seed
+    );
+    let data = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let data_dir = data.path().to_path_buf();
+    let mut rng = Rng(options.seed | 1);
+    let mut writers: Vec<Writer> = (0..options.rooms)
+        .flat_map(|r| {
+            (0..options.writers).map(move |w| Writer {
+                room: format!("crash/room {r}"),
+                name: format!("w{r}.{w}"),
+                doc: Doc::new(),
+                next: 0,
+                acked: Arc::new(AtomicU64::new(0)),
+            })
+        })
+        .collect();
+    let mut port = 0;
+    let mut total_acked = 0;
+    for round in 0..=options.kills {
+        let mut relay = start_relay(&options.relay_bin, &data_dir, port).await?;
+        port = relay.port;
+        // Everything acknowledged before the last kill must be there.
+        let mut rooms: BTreeMap<String, BTreeMap<String, f64>> = BTreeMap::new();
+        for writer in &writers {
+            if !rooms.contains_key(&writer.room) {
+                rooms.insert(writer.room.clone(), read_room(port, &writer.room).await?);
+            }
+        }
+        total_acked = 0;
+        for writer in &writers {
+            let acked = writer.acked.load(Ordering::Acquire);
+            let content = &rooms[&writer.room];
+            let present =
+                |n: u64| content.get(&format!("{}-{n}", writer.name)).copied() == Some(n as f64);
+            // `acked` counts the keys 0..acked that the relay answered *saved* for.
+            if let Some(missing) = (0..acked).find(|&n| !present(n)) {
+                return Err(format!(
+                    "round {round}: {}-{missing} was acknowledged as saved ({acked} keys) but is missing after the kill (seed {})",
+                    writer.name, options.seed
+                ));
+            }
+            total_acked += acked;
+        }
+        println!(
+            "round {round}: relay up on port {port}; {total_acked} acknowledged edits all present"
+        );
+        if round == options.kills {
+            relay.child.kill().await.map_err(|e| e.to_string())?;
+            break;
+        }
+        // Load, then a kill at a random moment.
+        let run_for = Duration::from_millis(rng.between(options.min_run_ms, options.max_run_ms));
+        let seeds: Vec<u64> = writers.iter().map(|_| rng.next()).collect();
+        let work = futures_util::future::join_all(
+            writers
+                .iter_mut()
+                .zip(seeds)
+                .map(|(writer, seed)| run_writer(port, writer, seed)),
+        );
+        tokio::select! {
+            _ = work => {}
+            () = tokio::time::sleep(run_for) => {}
+        }
+        relay.child.start_kill().map_err(|e| e.to_string())?;
+        relay.child.wait().await.map_err(|e| e.to_string())?;
+    }
+    let check = Command::new(&options.relay_bin)
+        .args(["check", "--data-dir"])
+        .arg(&data_dir)
+        .output()
+        .await
+        .map_err(|e| e.to_string())?;
+    if !check.status.success() {
+        return Err(format!(
+            "relay check failed: {}",
+            String::from_utf8_lossy(&check.stderr)
+        ));
+    }
+    println!(
+        "crashtest passed: {} kills survived, {total_acked} acknowledged edits, 0 lost; relay check: {}",
+        options.kills,
+        String::from_utf8_lossy(&check.stderr).trim()
+    );
+    Ok(())
+}
