@@ -300,6 +300,8 @@ struct ConnState {
     handle: ConnHandle,
     /// Read-only connections get everything but may not change the document.
     access: Access,
+    /// Whether an update from it was refused (read-only access).
+    refused_updates: bool,
     /// Sequence number of the last update this connection contributed.
     last_seq: u64,
     /// Save requests waiting for a commit, in request order.
@@ -453,6 +455,7 @@ impl Room {
             ConnState {
                 handle,
                 access,
+                refused_updates: false,
                 last_seq: 0,
                 saves: VecDeque::new(),
             },
@@ -548,6 +551,9 @@ impl Room {
             if update != EMPTY_UPDATE_V1 {
                 tracing::debug!(%conn, "refused an update from a read-only connection");
                 self.ctx.metrics.error("read_only_update");
+                if let Some(state) = self.conns.get_mut(&conn) {
+                    state.refused_updates = true;
+                }
                 self.send(conn, encode_permission_denied(READ_ONLY_REASON).into());
             }
             return;
@@ -640,7 +646,11 @@ impl Room {
         let Some(state) = self.conns.get_mut(&conn) else {
             return;
         };
-        let reply = if state.last_seq <= committed {
+        let reply = if state.refused_updates {
+            // Something it sent was refused, so "everything sent before this" is not saved and
+            // never will be: say so instead of "saved".
+            Some(encode_save_error(request_id, READ_ONLY_REASON))
+        } else if state.last_seq <= committed {
             Some(encode_saved(request_id))
         } else {
             let error = failure
