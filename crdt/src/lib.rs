@@ -39,6 +39,8 @@
 pub mod awareness;
 pub mod doc;
 pub mod error;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod protocol;
 pub mod store;
 pub mod validate;
