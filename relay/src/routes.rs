@@ -149,6 +149,14 @@ pub fn routes(
                 )
             } else if rejection.find::<warp::reject::LengthRequired>().is_some() {
                 crate::api::error(StatusCode::LENGTH_REQUIRED, "a Content-Length is required")
+            } else if rejection
+                .find::<warp::reject::UnsupportedMediaType>()
+                .is_some()
+            {
+                crate::api::error(
+                    StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                    "send JSON with Content-Type: application/json",
+                )
             } else if let Some(e) = rejection.find::<warp::filters::body::BodyDeserializeError>() {
                 crate::api::error(StatusCode::BAD_REQUEST, &format!("invalid JSON body: {e}"))
             } else {
