@@ -90,6 +90,36 @@ impl RoomDoc {
         }
     }
 
+    /// Whether applying `update` would change the document: whether it holds blocks or deletions
+    /// the document does not have. Does not apply it. Stock Yjs clients answer a greeting with a
+    /// sync step 2 that always carries their whole delete set, so "not empty" is not "a change".
+    ///
+    /// # Errors
+    /// [`DocError`] when the update is malformed or does not decode.
+    pub fn would_change(&self, update: &[u8]) -> Result<bool, DocError> {
+        if update == EMPTY_UPDATE_V1 {
+            return Ok(false);
+        }
+        check_update_v1(update)?;
+        let decoded = Update::decode_v1(update)?;
+        let txn = self.doc.transact();
+        // Any block past what the document has is new, also one that cannot be integrated yet
+        // (it would be kept as pending).
+        let known = txn.state_vector();
+        let inserts_new = decoded
+            .insertions(true)
+            .iter()
+            .any(|(client, ranges)| ranges.iter().any(|r| r.end > known.get(client)));
+        if inserts_new {
+            return Ok(true);
+        }
+        let mut new_deletions = decoded.delete_set().clone();
+        new_deletions.diff_with(&txn.snapshot().delete_set);
+        Ok(new_deletions
+            .iter()
+            .any(|(_, ranges)| ranges.iter().next().is_some()))
+    }
+
     /// The document's state vector, encoded (v1).
     pub fn state_vector_v1(&self) -> Vec<u8> {
         self.doc.transact().state_vector().encode_v1()
@@ -301,6 +331,45 @@ mod tests {
             doc.to_json(),
             serde_json::json!({"text": "hello", "map": {"k": 1}, "array": ["x"], "xml": "<p></p>"})
         );
+    }
+
+    #[test]
+    fn would_change_sees_new_blocks_and_new_deletions_only() {
+        let client = Doc::with_client_id(3);
+        let text = client.get_or_insert_text("t");
+        text.insert(&mut client.transact_mut(), 0, "hello");
+        text.remove_range(&mut client.transact_mut(), 0, 1);
+        let full = client
+            .transact()
+            .encode_state_as_update_v1(&StateVector::default());
+        let mut doc = RoomDoc::new();
+        assert!(doc.would_change(&full).expect("valid"));
+        doc.apply_update_v1(&full).expect("valid");
+        // What a synced stock client sends back: no blocks, but its whole delete set.
+        let sv = doc.yrs().transact().state_vector();
+        let echo = client.transact().encode_diff_v1(&sv);
+        assert_ne!(echo, EMPTY_UPDATE_V1);
+        assert!(!doc.would_change(&echo).expect("valid"));
+        // Blocks the document cannot integrate yet (a gap before them) are a change too.
+        text.insert(&mut client.transact_mut(), 0, "gap");
+        let sv_gap = client.transact().state_vector();
+        text.insert(&mut client.transact_mut(), 0, "after");
+        let after_gap = client.transact().encode_diff_v1(&sv_gap);
+        assert!(doc.would_change(&after_gap).expect("valid"));
+        // A new deletion of known content is a change: a fresh client deletes from the synced
+        // document and sends only that.
+        let deleter = Doc::with_client_id(4);
+        deleter
+            .transact_mut()
+            .apply_update(Update::decode_v1(&full).expect("decodes"))
+            .expect("applies");
+        let deleter_sv = deleter.transact().state_vector();
+        deleter
+            .get_or_insert_text("t")
+            .remove_range(&mut deleter.transact_mut(), 0, 1);
+        let delete = deleter.transact().encode_diff_v1(&deleter_sv);
+        assert!(doc.would_change(&delete).expect("valid"));
+        assert_eq!(text_of(&doc), "ello");
     }
 
     #[test]

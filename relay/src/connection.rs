@@ -163,7 +163,9 @@ pub(crate) async fn token_expiry(expires_at: Option<u64>) {
         return std::future::pending().await;
     };
     // A token is valid through its `exp` second, as when it was checked.
-    let left = (expires_at + 1).saturating_sub(crate::auth::now_secs());
+    let left = expires_at
+        .saturating_add(1)
+        .saturating_sub(crate::auth::now_secs());
     tokio::time::sleep(Duration::from_secs(left)).await;
 }
 

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use crdt::awareness::{AwarenessTable, OUTDATED_AFTER, parse_awareness_update};
-use crdt::doc::{Applied, EMPTY_UPDATE_V1, RoomDoc};
+use crdt::doc::{Applied, RoomDoc};
 use crdt::protocol::{
     Message, MessageReader, encode_awareness, encode_permission_denied, encode_save_error,
     encode_saved, encode_sync_step1, encode_sync_step2, encode_update,
@@ -546,9 +546,9 @@ impl Room {
             .get(&conn)
             .is_some_and(|c| c.access < Access::Write);
         if read_only {
-            // Every client answers the greeting with a sync step 2, usually empty: only refuse
-            // one that would change something.
-            if update != EMPTY_UPDATE_V1 {
+            // Every client answers the greeting with a sync step 2 (with its whole delete set):
+            // only refuse one that would change something.
+            if self.doc.would_change(update).unwrap_or(true) {
                 tracing::debug!(%conn, "refused an update from a read-only connection");
                 self.ctx.metrics.error("read_only_update");
                 if let Some(state) = self.conns.get_mut(&conn) {
@@ -825,6 +825,9 @@ impl Room {
             webhooks.notify(EventKind::Deleted, &self.name);
         }
         self.created_pending = true;
+        // A change report queued for the old document is dropped with it; the new one starts
+        // with a fresh flag, so its first change is reported.
+        self.change_flag = ChangeFlag::default();
         let job = PersistJob {
             write: Write::Delete {
                 room: self.name.clone(),

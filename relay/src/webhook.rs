@@ -25,7 +25,7 @@ use crate::telemetry::Metrics;
 pub const SIGNATURE_HEADER: &str = "X-Relay-Signature";
 /// How long changes to one document are gathered into one event.
 pub const DEBOUNCE: Duration = Duration::from_secs(2);
-/// Attempts per delivery before it is given up (and logged).
+/// Attempts per delivery (the first and five retries) before it is given up and logged.
 const ATTEMPTS: u32 = 6;
 /// First retry delay, doubled each time.
 const FIRST_RETRY: Duration = Duration::from_millis(500);
@@ -150,8 +150,10 @@ async fn dispatch(mut rx: mpsc::Receiver<Queued>, sender: Arc<Sender>, size_of: 
                     due.entry(document).or_insert_with(|| (Instant::now() + DEBOUNCE, flag));
                 }
                 Some((kind, document, _)) => {
-                    if kind == EventKind::Deleted {
-                        due.remove(&document);
+                    if kind == EventKind::Deleted
+                        && let Some((_, Some(flag))) = due.remove(&document)
+                    {
+                        flag.store(false, Ordering::Release);
                     }
                     deliver(&sender, &size_of, kind, &document);
                 }
