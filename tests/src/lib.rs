@@ -836,3 +836,389 @@ pub fn abbreviate(s: &str) -> String {
         .collect();
     format!("{head}…({} bytes)…{tail}", s.len())
 }
+
+// ------------------------------------------------------------------------------------------------
+// Tokens, plain HTTP requests and WebSocket upgrades with headers (auth, API, webhook tests)
+// ------------------------------------------------------------------------------------------------
+
+/// A secret for relays started with `--secret` (at least 16 bytes, as the relay requires).
+pub const TEST_SECRET: &str = "integration-test-secret-0123456789";
+
+/// Claims for a token covering `doc` (or, with `None`, no particular document) with `access`,
+/// expiring at `exp` (seconds since the Unix epoch), for the user `u1` ("Ada").
+pub fn claims(doc: Option<&str>, access: relay::auth::Access, exp: u64) -> relay::auth::Claims {
+    relay::auth::Claims {
+        doc: doc.map(str::to_owned),
+        doc_prefix: None,
+        access,
+        exp,
+        iat: Some(relay::auth::now_secs()),
+        sub: Some("u1".into()),
+        name: Some("Ada".into()),
+    }
+}
+
+/// Signs `claims` with the first of `secrets` (`SECRET` or `KID:SECRET`), as the relay does.
+pub fn sign_token(secrets: &[&str], claims: &relay::auth::Claims) -> String {
+    let specs: Vec<String> = secrets.iter().map(|s| (*s).to_owned()).collect();
+    relay::auth::Keys::parse(&specs)
+        .expect("usable test secrets")
+        .mint(claims)
+}
+
+/// A token signed with [`TEST_SECRET`] for `doc` (`None`: every document, for admin tokens) with
+/// `access`, valid for another hour.
+pub fn token(doc: Option<&str>, access: relay::auth::Access) -> String {
+    sign_token(
+        &[TEST_SECRET],
+        &claims(doc, access, relay::auth::now_secs() + 3600),
+    )
+}
+
+/// Percent-encodes a token for a query string.
+pub fn encode_query_value(value: &str) -> String {
+    utf8_percent_encode(value, NON_ALPHANUMERIC).to_string()
+}
+
+/// A complete HTTP response.
+#[derive(Debug, Clone)]
+pub struct HttpResponse {
+    /// The status code.
+    pub status: u16,
+    /// The headers, names in lower case, in order.
+    pub headers: Vec<(String, String)>,
+    /// The body (de-chunked).
+    pub body: Vec<u8>,
+}
+
+impl HttpResponse {
+    /// The first header of that name (case-insensitive).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        let name = name.to_ascii_lowercase();
+        self.headers
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// The body as text (lossy).
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+}
+
+/// A minimal HTTP/1.1 request with a binary body: sends `method path` with `headers` (plus
+/// `Host`, `Content-Length` when there is a body or the method is POST, and `Connection: close`
+/// unless `headers` has a `Connection`), then reads one response: exactly `Content-Length` bytes
+/// of body, or the chunks of a chunked body, or nothing after a `101` (the connection is then
+/// dropped).
+pub async fn http_request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> std::io::Result<HttpResponse> {
+    let mut stream = TcpStream::connect(addr).await?;
+    let mut head = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\n");
+    if !headers
+        .iter()
+        .any(|(n, _)| n.eq_ignore_ascii_case("connection"))
+    {
+        head.push_str("Connection: close\r\n");
+    }
+    if !body.is_empty() || method == "POST" || method == "PUT" {
+        head.push_str(&format!("Content-Length: {}\r\n", body.len()));
+    }
+    for (name, value) in headers {
+        head.push_str(&format!("{name}: {value}\r\n"));
+    }
+    head.push_str("\r\n");
+    stream.write_all(head.as_bytes()).await?;
+    // A server may answer (413) and close before it reads the body: the answer still counts.
+    let _ = stream.write_all(body).await;
+    read_http_response(&mut stream).await
+}
+
+/// Reads one HTTP/1.1 response from `stream`.
+pub async fn read_http_response(stream: &mut TcpStream) -> std::io::Result<HttpResponse> {
+    let invalid =
+        |what: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, what.to_owned());
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 8192];
+    let head_end = loop {
+        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i;
+        }
+        let n = stream.read(&mut chunk).await?;
+        if n == 0 {
+            return Err(invalid("connection closed before the end of the headers"));
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    };
+    let head = std::str::from_utf8(&buf[..head_end]).map_err(|_| invalid("headers not UTF-8"))?;
+    let mut lines = head.split("\r\n");
+    let status: u16 = lines
+        .next()
+        .and_then(|l| l.split(' ').nth(1))
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| invalid("no status code"))?;
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_owned()))
+        .collect();
+    let mut rest = buf[head_end + 4..].to_vec();
+    let get = |name: &str| {
+        headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.clone())
+    };
+    let body = if status == 101 || status == 204 || status == 304 {
+        Vec::new()
+    } else if get("transfer-encoding").is_some_and(|v| v.to_ascii_lowercase().contains("chunked")) {
+        loop {
+            if let Some(body) = dechunk_bytes(&rest)? {
+                break body;
+            }
+            let n = stream.read(&mut chunk).await?;
+            if n == 0 {
+                return Err(invalid("connection closed inside a chunked body"));
+            }
+            rest.extend_from_slice(&chunk[..n]);
+        }
+    } else if let Some(len) = get("content-length") {
+        let len: usize = len.parse().map_err(|_| invalid("bad Content-Length"))?;
+        while rest.len() < len {
+            let n = stream.read(&mut chunk).await?;
+            if n == 0 {
+                return Err(invalid("connection closed inside the body"));
+            }
+            rest.extend_from_slice(&chunk[..n]);
+        }
+        rest.truncate(len);
+        rest
+    } else {
+        stream.read_to_end(&mut rest).await?;
+        rest
+    };
+    Ok(HttpResponse {
+        status,
+        headers,
+        body,
+    })
+}
+
+/// De-chunks a complete chunked body; `Ok(None)` when more bytes are needed.
+fn dechunk_bytes(mut data: &[u8]) -> std::io::Result<Option<Vec<u8>>> {
+    let invalid = || std::io::Error::new(std::io::ErrorKind::InvalidData, "bad chunked body");
+    let mut out = Vec::new();
+    loop {
+        let Some(line_end) = data.windows(2).position(|w| w == b"\r\n") else {
+            return Ok(None);
+        };
+        let size_text = std::str::from_utf8(&data[..line_end]).map_err(|_| invalid())?;
+        let size = usize::from_str_radix(size_text.split(';').next().unwrap_or("").trim(), 16)
+            .map_err(|_| invalid())?;
+        let start = line_end + 2;
+        if size == 0 {
+            return Ok(Some(out));
+        }
+        if data.len() < start + size + 2 {
+            return Ok(None);
+        }
+        out.extend_from_slice(&data[start..start + size]);
+        data = &data[start + size + 2..];
+    }
+}
+
+/// The request headers of a WebSocket upgrade (what a browser or the stock client sends).
+pub const UPGRADE_HEADERS: [(&str, &str); 4] = [
+    ("Upgrade", "websocket"),
+    ("Connection", "Upgrade"),
+    ("Sec-WebSocket-Version", "13"),
+    ("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ=="),
+];
+
+impl TestRelay {
+    /// Sends an HTTP request (see [`http_request`]); fails the test on an I/O error or after
+    /// [`DEADLINE`].
+    pub async fn request(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+    ) -> HttpResponse {
+        within(
+            &format!("{method} {path}"),
+            http_request(self.addr, method, path, headers, body),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{method} {path}: {e}"))
+    }
+
+    /// Sends an HTTP request with `Authorization: Bearer token`.
+    pub async fn request_with_token(
+        &self,
+        method: &str,
+        path: &str,
+        token: &str,
+        body: &[u8],
+    ) -> HttpResponse {
+        let bearer = format!("Bearer {token}");
+        self.request(method, path, &[("Authorization", &bearer)], body)
+            .await
+    }
+
+    /// Sends a WebSocket upgrade request for `room` (the query, if any, appended as is) with
+    /// `headers` besides the handshake's, and returns the response without upgrading: the status
+    /// (101 when accepted) and, for a refusal, its body.
+    pub async fn try_upgrade(
+        &self,
+        room: &str,
+        query: Option<&str>,
+        headers: &[(&str, &str)],
+    ) -> HttpResponse {
+        let mut all: Vec<(&str, &str)> = UPGRADE_HEADERS.to_vec();
+        all.extend_from_slice(headers);
+        let path = match query {
+            Some(q) => format!("/{}?{q}", encode_room(room)),
+            None => format!("/{}", encode_room(room)),
+        };
+        self.request("GET", &path, &all, b"").await
+    }
+
+    /// The WebSocket URL of a room with `?token=`.
+    pub fn ws_url_with_token(&self, room: &str, token: &str) -> String {
+        format!("{}?token={}", self.ws_url(room), encode_query_value(token))
+    }
+
+    /// Connects a client to `room` with a token in the query and reads the greeting's sync
+    /// step 1.
+    pub async fn join_with_token(&self, room: &str, token: &str) -> Client {
+        Client::join(&self.ws_url_with_token(room, token)).await
+    }
+}
+
+impl Client {
+    /// Connects to a WebSocket URL with extra request headers (`Origin`, `Authorization`, ...),
+    /// without reading anything.
+    pub async fn try_connect_with_headers(
+        url: &str,
+        headers: &[(&str, &str)],
+    ) -> Result<Client, tokio_tungstenite::tungstenite::Error> {
+        use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+        use tokio_tungstenite::tungstenite::http::{HeaderName, HeaderValue};
+        let authority = url
+            .strip_prefix("ws://")
+            .and_then(|rest| rest.split('/').next())
+            .expect("a ws:// URL");
+        let addr: SocketAddr = authority.parse().expect("an IP address and port");
+        let mut request = url.into_client_request()?;
+        for (name, value) in headers {
+            request.headers_mut().insert(
+                HeaderName::from_bytes(name.as_bytes()).expect("a valid header name"),
+                HeaderValue::from_str(value).expect("a valid header value"),
+            );
+        }
+        let tcp = within("the TCP connection", TcpStream::connect(addr)).await?;
+        tcp.set_nodelay(true)?;
+        let config = WebSocketConfig::default()
+            .max_message_size(Some(256 << 20))
+            .max_frame_size(Some(256 << 20));
+        let (ws, _response) = within(
+            "the WebSocket handshake",
+            tokio_tungstenite::client_async_with_config(request, tcp, Some(config)),
+        )
+        .await?;
+        let (sink, stream) = ws.split();
+        Ok(Client {
+            sink,
+            stream,
+            doc: Doc::new(),
+            awareness: Default::default(),
+        })
+    }
+
+    /// Connects with extra request headers and reads the greeting's sync step 1.
+    pub async fn join_with_headers(url: &str, headers: &[(&str, &str)]) -> Client {
+        let mut client = Self::try_connect_with_headers(url, headers)
+            .await
+            .unwrap_or_else(|e| panic!("connect to {url} with {headers:?}: {e}"));
+        match client.recv_msg().await {
+            Msg::SyncStep1(_) => client,
+            other => panic!("expected the greeting's sync step 1, got {}", other.kind()),
+        }
+    }
+}
+
+// ------------------------------------------------------------------------------------------------
+// Fault tests: the relay binary, memory, and a data directory the test prepares
+// ------------------------------------------------------------------------------------------------
+
+/// `target/<profile>/relay`, beside the running executable (a test in `target/<profile>/deps`, or
+/// a tool in `target/<profile>`). Fails the test if it is missing: `cargo build -p relay` first
+/// (the test command does).
+pub fn relay_bin() -> PathBuf {
+    let exe = std::env::current_exe().expect("the running executable");
+    let mut dir = exe.parent().expect("a directory").to_path_buf();
+    if dir.ends_with("deps") {
+        dir.pop();
+    }
+    let bin = dir.join("relay");
+    assert!(
+        bin.exists(),
+        "{} is missing: run `cargo build -p relay` first (tests/run-all.sh does)",
+        bin.display()
+    );
+    bin
+}
+
+/// The resident memory (`VmRSS`) of a process (`None`: this one), in bytes, from
+/// `/proc/<pid>/status`; `None` if it cannot be read (the process is gone).
+pub fn vm_rss_bytes(pid: Option<u32>) -> Option<u64> {
+    let path = match pid {
+        Some(pid) => format!("/proc/{pid}/status"),
+        None => "/proc/self/status".to_owned(),
+    };
+    let status = std::fs::read_to_string(path).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let kib: u64 = line
+        .trim_start_matches("VmRSS:")
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()?;
+    Some(kib * 1024)
+}
+
+impl TestRelay {
+    /// Starts a relay on a data directory the caller prepared (on a small or read-only
+    /// filesystem, say), with the test configuration adjusted by `adjust`. The caller keeps the
+    /// directory; the fixture deletes nothing in it.
+    pub async fn start_in(data_dir: PathBuf, adjust: impl FnOnce(&mut Config)) -> Self {
+        let dir = tempfile::tempdir().expect("create a temporary directory");
+        let mut config = Config {
+            data_dir: data_dir.clone(),
+            ..Config::default()
+        };
+        adjust(&mut config);
+        config.data_dir = data_dir;
+        let mut relay = TestRelay {
+            config,
+            addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            shutdown: CancellationToken::new(),
+            task: None,
+            _dir: dir,
+        };
+        relay.launch().await;
+        relay
+    }
+
+    /// Whether the relay is running (started and not stopped).
+    pub fn is_running(&self) -> bool {
+        self.task.as_ref().is_some_and(|t| !t.is_finished())
+    }
+}
