@@ -232,6 +232,18 @@ impl Config {
                 "must be between 1 and 29 (stock clients give up after 30 s of silence)",
             );
         }
+        for origin in &self.allowed_origins {
+            let valid = origin == "*"
+                || origin.split_once("://").is_some_and(|(scheme, rest)| {
+                    matches!(scheme, "http" | "https") && !rest.is_empty() && !rest.contains('/')
+                });
+            if !valid {
+                return fail(
+                    "--allowed-origin",
+                    "each origin is scheme://host[:port], like https://app.example, or *",
+                );
+            }
+        }
         if let Some(url) = &self.webhook_url
             && !(url.starts_with("http://") || url.starts_with("https://"))
         {

@@ -161,6 +161,7 @@ pub fn routes(
     state: Arc<AppState>,
 ) -> impl Filter<Extract = (Response,), Error = warp::Rejection> + Clone + Send + Sync + 'static {
     let max_body = state.config.max_message_bytes as u64;
+    let allowed_origins = state.config.allowed_origins.clone();
     let with_state = warp::any().map(move || state.clone());
     let open = warp::path!("poll")
         .and(warp::post())
@@ -183,7 +184,28 @@ pub fn routes(
         .and(warp::delete())
         .and(with_state)
         .map(close);
-    open.or(send).unify().or(receive).unify().or(close).unify()
+    // Pages of another origin (an app beside its relay) may poll when it is allowed: the same
+    // origins as for WebSockets, and the sequence header readable by scripts.
+    let cors = {
+        let cors = warp::cors()
+            .allow_methods(["GET", "POST", "DELETE"])
+            .allow_headers(["content-type", "authorization"])
+            .expose_headers([LAST_SEQ_HEADER])
+            .max_age(600);
+        if allowed_origins.is_empty() || allowed_origins.iter().any(|o| o == "*") {
+            cors.allow_any_origin()
+        } else {
+            cors.allow_origins(allowed_origins.iter().map(String::as_str))
+        }
+    };
+    open.or(send)
+        .unify()
+        .or(receive)
+        .unify()
+        .or(close)
+        .unify()
+        .with(cors)
+        .map(Reply::into_response)
 }
 
 fn session_id() -> String {
@@ -336,7 +358,7 @@ async fn pump(
                 None => break CloseReason::Internal,
             },
             () = kick.cancelled() => break CloseReason::SlowReader,
-            () = session.ended_by_client.cancelled() => break CloseReason::ClientTimeout,
+            () = session.ended_by_client.cancelled() => break CloseReason::ClientClosed,
             () = state.shutdown.cancelled() => break CloseReason::Shutdown,
             () = &mut expiry => break CloseReason::TokenExpired,
             () = tokio::time::sleep_until(idle_deadline) => {

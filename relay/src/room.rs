@@ -53,6 +53,8 @@ pub enum CloseReason {
     Shutdown,
     /// The client said nothing, not even a pong, for too long (1001).
     ClientTimeout,
+    /// The client ended its long-polling session (1000).
+    ClientClosed,
     /// The connection's token expired (4401): get a new token before reconnecting.
     TokenExpired,
     /// The document was deleted (4404): do not reconnect to it.
@@ -75,6 +77,7 @@ impl CloseReason {
     /// The WebSocket close code.
     pub fn code(self) -> u16 {
         match self {
+            CloseReason::ClientClosed => 1000,
             CloseReason::Shutdown | CloseReason::ClientTimeout => 1001,
             CloseReason::ProtocolError => 1002,
             CloseReason::TextFrame => 1003,
@@ -91,6 +94,7 @@ impl CloseReason {
         match self {
             CloseReason::Shutdown => "shutdown",
             CloseReason::ClientTimeout => "client_timeout",
+            CloseReason::ClientClosed => "client_closed",
             CloseReason::ProtocolError => "protocol_error",
             CloseReason::TextFrame => "text_frame",
             CloseReason::TooBig => "too_big",
