@@ -5,6 +5,7 @@
  * - `provider.js`: {@link RelayProvider}, the public API (connection state, events, save status);
  * - `protocol.js`: the y-protocols messages and the relay's *saved* extension (type 100);
  * - `transport.js`: the WebSocket and its liveness check;
+ * - `polling.js`: HTTP long-polling, the fallback where WebSockets are blocked;
  * - `backoff.js`: reconnect delays;
  * - `save-status.js`: local versions against acknowledged ones;
  * - `offline-store.js`: IndexedDB storage with compaction;
@@ -30,5 +31,6 @@ export { SaveTracker, snapshotCovers, mergeSnapshots } from './save-status.js'
 export { OfflineStore, logStats } from './offline-store.js'
 export { CrossTab } from './cross-tab.js'
 export { SocketTransport } from './transport.js'
+export { PollingTransport } from './polling.js'
 export { defaultEnvironment } from './environment.js'
 export * as protocol from './protocol.js'

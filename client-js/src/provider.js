@@ -17,12 +17,16 @@ import {
   readMessages
 } from './protocol.js'
 import { SaveTracker, snapshotCovers } from './save-status.js'
+import { PollingTransport } from './polling.js'
 import { SocketTransport } from './transport.js'
 
 /** @typedef {'connecting' | 'connected' | 'disconnected'} ConnectionStatus */
 /** @typedef {import('./save-status.js').SaveStatus} SaveStatus */
 /** @typedef {import('./transport.js').CloseInfo} CloseInfo */
 /** @typedef {import('./transport.js').WebSocketConstructor} WebSocketConstructor */
+/** @typedef {import('./polling.js').FetchLike} FetchLike */
+/** @typedef {'websocket' | 'polling'} TransportKind */
+/** @typedef {SocketTransport | PollingTransport} Transport */
 
 /**
  * The events of a {@link RelayProvider} (lib0 `ObservableV2`: `provider.on(name, fn)`,
@@ -31,7 +35,12 @@ import { SocketTransport } from './transport.js'
  * @typedef {object} RelayProviderEvents
  * @property {(event: {status: ConnectionStatus}) => void} status
  *   The connection to the relay changed: 'connecting' (a socket is being opened), 'connected' (it
- *   is open), 'disconnected' (no socket; a reconnect may be scheduled).
+ *   is open), 'disconnected' (no socket; a reconnect may be scheduled). A switch from long-polling
+ *   to a WebSocket keeps 'connected'.
+ * @property {(event: {transport: TransportKind | null}) => void} transport
+ *   The transport of the open connection changed (`provider.transport`): 'websocket' or 'polling'
+ *   when a connection opens or the provider moves from long-polling to a WebSocket, null when it
+ *   closes (emitted before the matching 'status').
  * @property {(synced: boolean) => void} sync
  *   `true` when the relay's sync step 2 arrived on the current connection (the document has
  *   everything the relay had), `false` when that connection closed.
@@ -39,6 +48,9 @@ import { SocketTransport } from './transport.js'
  *   A connection closed: the socket's CloseEvent, or `{code: 1006, reason, wasClean: false}` when
  *   the client gave up on it (liveness timeout, `offline` event), or `{code: 1000, ...}` after
  *   `disconnect()`. After code 4401 or 4403 the provider does not reconnect until `connect()`.
+ *   Over long-polling: the code of the relay's 410 answer, 1006 when the session is lost, and
+ *   4401/4403 when the relay refuses to open one (HTTP 401/403). Each failed attempt reports its
+ *   close, also the WebSocket attempt that `transport: 'auto'` falls back from.
  * @property {(event: any, provider: RelayProvider) => void} connection-error
  *   The socket reported an error (a close follows).
  * @property {(event: {status: SaveStatus, error?: string}) => void} save-status
@@ -64,12 +76,34 @@ import { SocketTransport } from './transport.js'
  * @property {number} [livenessTimeoutMs] close and reconnect when nothing arrived for this long (default 30000)
  * @property {boolean} [warnBeforeUnload] in browsers, ask before leaving the page while edits are unsaved (default true)
  * @property {WebSocketConstructor} [WebSocketPolyfill] WebSocket implementation (Node: `ws`)
+ * @property {'auto' | 'websocket' | 'polling'} [transport] 'auto' (default): a WebSocket, and
+ *   HTTP long-polling when the WebSocket cannot be made, fails before it opens or does not open
+ *   within `websocketOpenTimeoutMs`; while on long-polling, a WebSocket is tried again now and
+ *   then (`websocketRetry`) and taken over once it opens. 'websocket' or 'polling': only that one.
+ * @property {FetchLike} [fetch] fetch implementation for long-polling (default `globalThis.fetch`)
+ * @property {number} [websocketOpenTimeoutMs] with 'auto', how long a WebSocket may take to open
+ *   before long-polling is tried (default 5000)
+ * @property {{initialMs?: number, maxMs?: number, factor?: number, jitter?: number}} [websocketRetry]
+ *   with 'auto', while on long-polling: delays between WebSocket attempts (default 60 s doubling
+ *   up to 10 min)
  * @property {Partial<import('./environment.js').Environment>} [env] replaces parts of the
  *   environment (timers, window, BroadcastChannel, indexedDB, random); for tests
  * @property {number} [compactAfter] IndexedDB entries appended in a session before the log is compacted
  */
 
 const DEFAULT_LIVENESS_TIMEOUT_MS = 30000
+const DEFAULT_WEBSOCKET_OPEN_TIMEOUT_MS = 5000
+const DEFAULT_WEBSOCKET_RETRY = { initialMs: 60000, maxMs: 600000 }
+const TRANSPORT_OPTIONS = ['auto', 'websocket', 'polling']
+
+/**
+ * `ws(s)://host` → `http(s)://host`.
+ * @param {string} wsUrl a normalized server URL
+ * @returns {string}
+ */
+function httpUrlOf (wsUrl) {
+  return wsUrl.replace(/^ws/i, 'http')
+}
 
 /**
  * Turns `http(s)://` into `ws(s)://` and drops trailing slashes.
@@ -113,9 +147,19 @@ export class RelayProvider extends ObservableV2 {
   constructor (serverUrl, room, doc, opts = {}) {
     super()
     const env = { ...defaultEnvironment(), ...opts.env }
-    const WebSocketImpl = opts.WebSocketPolyfill ?? /** @type {any} */ (globalThis).WebSocket
-    if (typeof WebSocketImpl !== 'function') {
+    const option = opts.transport ?? 'auto'
+    if (!TRANSPORT_OPTIONS.includes(option)) throw new TypeError(`transport must be one of ${TRANSPORT_OPTIONS.join(', ')} (got ${option})`)
+    const g = /** @type {any} */ (globalThis)
+    const WebSocketImpl = opts.WebSocketPolyfill ?? g.WebSocket
+    const fetchImpl = opts.fetch ?? (typeof g.fetch === 'function' ? g.fetch.bind(g) : undefined)
+    const hasWebSocket = option !== 'polling' && typeof WebSocketImpl === 'function'
+    const hasFetch = option !== 'websocket' && typeof fetchImpl === 'function'
+    if (option === 'websocket' && !hasWebSocket) {
       throw new TypeError('no WebSocket implementation: pass WebSocketPolyfill (in Node: the ws package)')
+    }
+    if (option === 'polling' && !hasFetch) throw new TypeError('no fetch implementation: pass fetch')
+    if (!hasWebSocket && !hasFetch) {
+      throw new TypeError('neither a WebSocket nor fetch: pass WebSocketPolyfill (in Node: the ws package) or fetch')
     }
     this.serverUrl = normalizeServerUrl(serverUrl)
     this.room = room
@@ -126,6 +170,8 @@ export class RelayProvider extends ObservableV2 {
     this.awareness = opts.awareness ?? new awarenessProtocol.Awareness(doc)
     /** @type {ConnectionStatus} */
     this.status = 'disconnected'
+    /** @type {TransportKind | null} the transport of the open connection */
+    this.transport = null
     this.synced = false
     /** @type {SaveStatus} */
     this.saveStatus = 'saved'
@@ -135,12 +181,38 @@ export class RelayProvider extends ObservableV2 {
     this.destroyed = false
     this.livenessTimeoutMs = opts.livenessTimeoutMs ?? DEFAULT_LIVENESS_TIMEOUT_MS
     this._env = env
-    this._WebSocket = WebSocketImpl
+    /** @type {WebSocketConstructor | null} */
+    this._WebSocket = hasWebSocket ? WebSocketImpl : null
+    /** @type {FetchLike | null} */
+    this._fetch = hasFetch ? /** @type {FetchLike} */ (fetchImpl) : null
+    this._auto = option === 'auto' && hasWebSocket && hasFetch
+    /** @type {TransportKind} the transport a connection attempt starts with */
+    this._preferred = hasWebSocket ? 'websocket' : 'polling'
+    /** @type {Set<TransportKind>} transports tried since the last open or scheduled reconnect */
+    this._tried = new Set()
+    /** @type {TransportKind | null} the transport of the next attempt when it is not the preferred one */
+    this._nextKind = null
+    this._websocketOpenTimeoutMs = opts.websocketOpenTimeoutMs ?? DEFAULT_WEBSOCKET_OPEN_TIMEOUT_MS
+    /** @type {any} */
+    this._openTimer = null
     this._backoff = new Backoff({ ...opts.backoff, random: env.random })
+    this._probeBackoff = new Backoff({ ...DEFAULT_WEBSOCKET_RETRY, ...opts.websocketRetry, random: env.random })
+    /** @type {any} */
+    this._probeTimer = null
+    /** @type {SocketTransport | null} a WebSocket being tried while on long-polling */
+    this._probe = null
+    /** @type {Transport | null} the polling session left for a WebSocket, closed once that synced */
+    this._retiring = null
     this._tracker = new SaveTracker()
     this._shouldConnect = false
-    /** @type {SocketTransport | null} */
+    /** @type {Transport | null} */
     this._transport = null
+    /** whether the current transport has opened */
+    this._transportOpened = false
+    /** @type {TransportKind} the transport of the current (or last) attempt */
+    this._attemptKind = this._preferred
+    /** @type {(() => void) | null} */
+    this._probeCancel = null
     /** whether our sync step 2 went out on the current connection (save requests wait for it) */
     this._sentStep2 = false
     this._saveRequestQueued = false
@@ -253,6 +325,11 @@ export class RelayProvider extends ObservableV2 {
       this._env.timers.clearTimeout(this._reconnectTimer)
       this._reconnectTimer = null
     }
+    if (this._transport === null) {
+      // A new round: the preferred transport first.
+      this._tried.clear()
+      this._nextKind = null
+    }
     this._open()
   }
 
@@ -315,35 +392,77 @@ export class RelayProvider extends ObservableV2 {
       }
       return
     }
+    const kind = this._nextKind ?? this._preferred
+    this._nextKind = null
+    this._tried.add(kind)
+    this._attemptKind = kind
     this._setStatus('connecting')
     this._sentStep2 = false
+    this._transportOpened = false
+    /** @type {Transport | null} */
+    let t = null
     try {
-      this._transport = new SocketTransport({
-        url: this.url,
-        WebSocket: this._WebSocket,
-        livenessTimeoutMs: this.livenessTimeoutMs,
-        timers: this._env.timers
-      }, {
-        onOpen: () => this._opened(),
-        onMessage: data => this._received(data),
-        onClose: event => this._closed(event),
-        onError: event => this.emit('connection-error', [event, this])
+      t = this._createTransport(kind, {
+        onOpen: () => { if (t === this._transport) this._opened() },
+        onMessage: data => { if (t === this._transport) this._received(data) },
+        onClose: event => { if (t === this._transport) this._closed(event) },
+        onError: event => { if (t === this._transport) this.emit('connection-error', [event, this]) }
       })
+      this._transport = t
     } catch (err) {
       this.emit('connection-error', [err, this])
-      this._closed({ code: 1006, reason: `could not open a WebSocket: ${err}`, wasClean: false })
+      this._closed({ code: 1006, reason: `could not open a ${kind === 'websocket' ? 'WebSocket' : 'polling session'}: ${err}`, wasClean: false })
+      return
     }
+    if (kind === 'websocket' && this._auto) {
+      // A WebSocket that neither opens nor fails (a proxy holding the upgrade): long-polling next.
+      const ws = t
+      this._openTimer = this._env.timers.setTimeout(() => {
+        this._openTimer = null
+        ws.drop(`the WebSocket did not open within ${this._websocketOpenTimeoutMs} ms`)
+      }, this._websocketOpenTimeoutMs)
+    }
+  }
+
+  /**
+   * @param {TransportKind} kind
+   * @param {import('./transport.js').TransportHandlers} handlers
+   * @returns {Transport}
+   */
+  _createTransport (kind, handlers) {
+    if (kind === 'websocket') {
+      return new SocketTransport({
+        url: this.url,
+        WebSocket: /** @type {WebSocketConstructor} */ (this._WebSocket),
+        livenessTimeoutMs: this.livenessTimeoutMs,
+        timers: this._env.timers
+      }, handlers)
+    }
+    return new PollingTransport({
+      baseUrl: httpUrlOf(this.serverUrl),
+      room: this.room,
+      params: this.params,
+      fetch: /** @type {FetchLike} */ (this._fetch),
+      livenessTimeoutMs: this.livenessTimeoutMs,
+      timers: this._env.timers
+    }, handlers)
   }
 
   _opened () {
     const transport = this._transport
     if (transport === null) return
+    this._clearOpenTimer()
+    this._transportOpened = true
+    this._tried.clear()
+    if (this._auto) this._preferred = transport.kind
     this._backoff.reset()
     this._tracker.connected()
+    this._setTransport(transport.kind)
     this._setStatus('connected')
     transport.send(encodeSyncStep1(this.doc))
     this._announceAwareness()
     this._updateSaveStatus()
+    if (transport.kind === 'polling' && this._auto) this._scheduleProbe()
   }
 
   /**
@@ -362,7 +481,13 @@ export class RelayProvider extends ObservableV2 {
 
   /** @param {CloseInfo} event */
   _closed (event) {
+    const kind = this._attemptKind
+    const opened = this._transportOpened
     this._transport = null
+    this._transportOpened = false
+    this._clearOpenTimer()
+    this._cancelProbe()
+    this._closeRetiring()
     this._sentStep2 = false
     this._tracker.disconnected()
     // Remote awareness states are stale without the relay; other tabs announce theirs again. Their
@@ -378,10 +503,36 @@ export class RelayProvider extends ObservableV2 {
       this.emit('sync', [false])
     }
     if (event.code === CLOSE_UNAUTHORIZED || event.code === CLOSE_FORBIDDEN) this._shouldConnect = false
+    // With 'auto', an attempt that failed before opening is followed at once by one with the other
+    // transport, still 'connecting' (once per round: when both fail, the backoff applies).
+    const other = kind === 'websocket' ? 'polling' : 'websocket'
+    const fallback = this._shouldConnect && !this.destroyed && this._auto && !opened && !this._tried.has(other)
     this.emit('connection-close', [event, this])
-    this._setStatus('disconnected')
+    this._setTransport(null)
+    if (!fallback) this._setStatus('disconnected')
     this._updateSaveStatus()
-    if (this._shouldConnect && !this.destroyed) this._scheduleReconnect()
+    if (!this._shouldConnect || this.destroyed) return
+    if (fallback) {
+      this._nextKind = other
+      this._open()
+      return
+    }
+    this._tried.clear()
+    this._scheduleReconnect()
+  }
+
+  _clearOpenTimer () {
+    if (this._openTimer !== null) {
+      this._env.timers.clearTimeout(this._openTimer)
+      this._openTimer = null
+    }
+  }
+
+  /** @param {TransportKind | null} kind */
+  _setTransport (kind) {
+    if (this.transport === kind) return
+    this.transport = kind
+    this.emit('transport', [{ transport: kind }])
   }
 
   _scheduleReconnect () {
@@ -391,6 +542,108 @@ export class RelayProvider extends ObservableV2 {
       this._reconnectTimer = null
       this._open()
     }, delay)
+  }
+
+  // --- moving from long-polling to a WebSocket ------------------------------------------------
+
+  /** While connected over long-polling (with 'auto'), tries a WebSocket after the next delay. */
+  _scheduleProbe () {
+    if (this._probeTimer !== null || this._probe !== null) return
+    this._probeTimer = this._env.timers.setTimeout(() => {
+      this._probeTimer = null
+      this._startProbe()
+    }, this._probeBackoff.next())
+  }
+
+  _startProbe () {
+    const current = this._transport
+    if (this.destroyed || current === null || current.kind !== 'polling' || !this._transportOpened) return
+    /** @type {SocketTransport | null} */
+    let probe = null
+    /** @type {any} */
+    let timer = null
+    const failed = () => {
+      if (probe === null || probe !== this._probe) return
+      this._env.timers.clearTimeout(timer)
+      this._probe = null
+      this._probeTimer = null
+      this._scheduleProbe()
+    }
+    try {
+      probe = new SocketTransport({
+        url: this.url,
+        WebSocket: /** @type {WebSocketConstructor} */ (this._WebSocket),
+        livenessTimeoutMs: this.livenessTimeoutMs,
+        timers: this._env.timers
+      }, {
+        onOpen: () => {
+          if (probe === null || probe !== this._probe) return
+          this._env.timers.clearTimeout(timer)
+          this._switchTo(probe)
+        },
+        onMessage: data => { if (probe === this._transport) this._received(data) },
+        onClose: event => {
+          if (probe === this._transport) this._closed(event)
+          else failed()
+        },
+        onError: event => { if (probe === this._transport) this.emit('connection-error', [event, this]) }
+      })
+    } catch {
+      this._scheduleProbe()
+      return
+    }
+    this._probe = probe
+    const p = probe
+    timer = this._env.timers.setTimeout(() => p.drop('the WebSocket did not open in time'), this._websocketOpenTimeoutMs)
+    this._probeCancel = () => {
+      this._env.timers.clearTimeout(timer)
+      p.close(1000, 'not needed')
+    }
+  }
+
+  _cancelProbe () {
+    if (this._probeTimer !== null) {
+      this._env.timers.clearTimeout(this._probeTimer)
+      this._probeTimer = null
+    }
+    if (this._probe !== null) {
+      this._probe = null
+      this._probeCancel?.()
+    }
+    this._probeCancel = null
+  }
+
+  /**
+   * A WebSocket opened while on long-polling: it becomes the connection, like a reconnect (sync
+   * step 1/2, awareness, then a save request) but without a 'disconnected' in between. Remote
+   * awareness states are kept (the relay still has them, with the same clocks). The polling
+   * session is ended once the WebSocket synced, so that the relay has our awareness state from
+   * the WebSocket first and the others see no removal.
+   * @param {SocketTransport} socket
+   */
+  _switchTo (socket) {
+    const old = this._transport
+    this._probe = null
+    this._probeCancel = null
+    this._probeBackoff.reset()
+    this._retiring = old
+    this._transport = socket
+    this._attemptKind = 'websocket'
+    this._transportOpened = false
+    this._sentStep2 = false
+    // Save requests sent over the session will not be answered on the socket.
+    this._tracker.disconnected()
+    if (this.synced) {
+      this.synced = false
+      this.emit('sync', [false])
+    }
+    this._opened()
+  }
+
+  _closeRetiring () {
+    const old = this._retiring
+    this._retiring = null
+    old?.close(1000, 'moved to a WebSocket')
   }
 
   _online () {
@@ -421,6 +674,7 @@ export class RelayProvider extends ObservableV2 {
             this._sendSaveRequest()
             break
           case 'sync-step-2':
+            this._closeRetiring()
             if (!this.synced) {
               this.synced = true
               this.emit('sync', [true])

@@ -53,6 +53,7 @@ export class SocketTransport {
    * @param {TransportHandlers} handlers
    */
   constructor ({ url, WebSocket, livenessTimeoutMs, timers }, handlers) {
+    this.kind = /** @type {const} */ ('websocket')
     this.handlers = handlers
     this.timers = timers
     this.livenessTimeoutMs = livenessTimeoutMs

@@ -90,6 +90,8 @@ test('reconnect delays grow while the server is unreachable and start again afte
   const delays = []
   const timers = { ...clock.timers, setTimeout: (fn, ms) => { delays.push(ms); return clock.timers.setTimeout(fn, ms) } }
   provider(scope, `ws://127.0.0.1:${port}`, 'room', {
+    // WebSocket only: with 'auto' each round also tries long-polling, and sets an open timer.
+    transport: 'websocket',
     backoff: { initialMs: 8, maxMs: 64 },
     env: { timers, random: () => 0.5 }
   })

@@ -11,27 +11,29 @@ import { loaded, provider, saveStatusIs, Scope, synced } from './support/clients
 import { CountingWindow, countingBroadcastChannel, countingIndexedDB, countingTimers } from './support/env.mjs'
 import { waitFor, withDeadline } from './support/wait.mjs'
 
-test('after destroy() the process exits by itself', async () => {
-  const relay = await startRelay()
-  try {
-    const child = spawn(process.execPath, [fileURLToPath(new URL('./fixtures/destroy-and-exit.mjs', import.meta.url)), relay.url], {
-      stdio: ['ignore', 'pipe', 'inherit']
-    })
-    let out = ''
-    child.stdout.setEncoding('utf8').on('data', d => { out += d })
-    const exited = new Promise(resolve => child.once('exit', (code, signal) => resolve({ code, signal })))
+for (const transport of ['auto', 'polling']) {
+  test(`after destroy() the process exits by itself (transport '${transport}')`, async () => {
+    const relay = await startRelay()
     try {
-      await withDeadline(waitFor(() => out.includes('destroyed'), { timeout: 20_000, what: 'the child to destroy its provider' }), 21_000, 'destroyed')
-      // Generous against a slow machine, far below the 30 s of a liveness interval or a ws close timeout.
-      const { code } = await withDeadline(exited, 5000, 'the child to exit after destroy()')
-      assert.equal(code, 0)
+      const child = spawn(process.execPath, [fileURLToPath(new URL('./fixtures/destroy-and-exit.mjs', import.meta.url)), relay.url, transport], {
+        stdio: ['ignore', 'pipe', 'inherit']
+      })
+      let out = ''
+      child.stdout.setEncoding('utf8').on('data', d => { out += d })
+      const exited = new Promise(resolve => child.once('exit', (code, signal) => resolve({ code, signal })))
+      try {
+        await withDeadline(waitFor(() => out.includes('destroyed'), { timeout: 20_000, what: 'the child to destroy its provider' }), 21_000, 'destroyed')
+        // Generous against a slow machine, far below the 30 s of a liveness interval or a ws close timeout.
+        const { code } = await withDeadline(exited, 5000, 'the child to exit after destroy()')
+        assert.equal(code, 0)
+      } finally {
+        child.kill('SIGKILL')
+      }
     } finally {
-      child.kill('SIGKILL')
+      await relay.dispose()
     }
-  } finally {
-    await relay.dispose()
-  }
-})
+  })
+}
 
 test('destroy() removes every timer, listener, channel and database handle it created', async () => {
   const relay = await startRelay()

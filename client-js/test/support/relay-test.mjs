@@ -4,11 +4,13 @@ import { Scope } from './clients.mjs'
 
 /**
  * A test with its own relay and clean-up scope. Clients go first, then the relay and its data.
+ * `opts.relayArgs`: more command-line options of the relay; the other options go to `test`.
  * On failure the relay's stderr is printed.
  */
 export function relayTest (name, opts, fn) {
-  return test(name, opts, async t => {
-    const relay = await startRelay()
+  const { relayArgs = [], ...testOpts } = opts
+  return test(name, testOpts, async t => {
+    const relay = await startRelay(relayArgs)
     const scope = new Scope()
     let failed = false
     try {

@@ -28,8 +28,13 @@ process.on('exit', () => {
 })
 
 export class Relay {
-  constructor (dataDir) {
+  /**
+   * @param {string} dataDir
+   * @param {string[]} [args] more command-line options of `relay serve`
+   */
+  constructor (dataDir, args = []) {
     this.dataDir = dataDir
+    this.args = args
     this.port = 0
     this.child = null
     this.stderr = ''
@@ -37,6 +42,7 @@ export class Relay {
   }
 
   get url () { return `ws://127.0.0.1:${this.port}` }
+  get httpUrl () { return `http://127.0.0.1:${this.port}` }
   get running () { return this.child !== null }
 
   /** Starts the relay (on the port of the previous run, if any) and waits until it listens. */
@@ -45,7 +51,7 @@ export class Relay {
     if (!existsSync(RELAY_BIN)) {
       throw new Error(`relay binary not found at ${RELAY_BIN} (build it with \`cargo build -p relay\` or set RELAY_BIN)`)
     }
-    const child = spawn(RELAY_BIN, ['serve', '--listen', `127.0.0.1:${this.port}`, '--data-dir', this.dataDir], {
+    const child = spawn(RELAY_BIN, ['serve', '--listen', `127.0.0.1:${this.port}`, '--data-dir', this.dataDir, ...this.args], {
       stdio: ['ignore', 'pipe', 'pipe'],
       env: { ...process.env, NO_COLOR: '1' }
     })
@@ -108,15 +114,30 @@ export class Relay {
   freeze () { this.child.kill('SIGSTOP') }
   thaw () { this.child.kill('SIGCONT') }
 
+  /** The value of one sample of `/metrics` (e.g. `relay_connections`), or undefined. */
+  async metric (sample) {
+    const res = await fetch(`${this.httpUrl}/metrics`)
+    const text = await res.text()
+    for (const line of text.split('\n')) {
+      if (line.startsWith('#')) continue
+      const at = line.lastIndexOf(' ')
+      if (line.slice(0, at) === sample) return Number(line.slice(at + 1))
+    }
+    return undefined
+  }
+
   async dispose () {
     await this.kill()
     await rm(this.dataDir, { recursive: true, force: true })
   }
 }
 
-/** Starts a relay on a fresh data directory. */
-export async function startRelay () {
-  const relay = new Relay(await mkdtemp(join(tmpdir(), 'relay-client-js-')))
+/**
+ * Starts a relay on a fresh data directory.
+ * @param {string[]} [args] more command-line options of `relay serve`
+ */
+export async function startRelay (args = []) {
+  const relay = new Relay(await mkdtemp(join(tmpdir(), 'relay-client-js-')), args)
   try {
     await relay.start()
   } catch (err) {
