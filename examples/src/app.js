@@ -10,10 +10,16 @@
 //
 // Addresses: /docs/<name> and /chat/<name> hold the percent-encoded name; the rooms on the relay
 // are `docs/<name>` and `chat/<name>`.
+//
+// On a relay with a secret the app needs tokens (auth.js): with `relay serve --demo-sign-on` it
+// gets them from the relay's demo sign-on; without it, it explains that the relay expects tokens
+// from an application and opens nothing.
 
+import { demoConfig, forgetTokens, loadConfig } from './auth.js'
 import { currentUser, onUserChange, signOut } from './identity.js'
 import { avatar, h } from './ui.js'
 import { mountSignOn } from './views/sign-on.js'
+import { mountTokensRequired } from './views/tokens-required.js'
 import { mountDocList } from './views/doc-list.js'
 import { mountEditor } from './views/editor.js'
 import { mountChatLobby } from './views/chat-lobby.js'
@@ -48,8 +54,11 @@ const meEl = /** @type {HTMLElement} */ (document.getElementById('me'))
 /** @type {(() => void) | null} */
 let unmount = null
 let editingName = false
+/** Nothing is shown before the mode is known (loadConfig). */
+let configured = false
 
 function render () {
+  if (!configured) return
   if (unmount) {
     try { unmount() } catch (err) { console.error(err) }
     unmount = null
@@ -59,12 +68,19 @@ function render () {
   for (const a of document.querySelectorAll('.tabs a')) {
     a.classList.toggle('active', a.getAttribute('data-section') === route.section)
   }
+  if (demoConfig().auth === 'token') {
+    // No way to get a token here: explain, and open nothing.
+    renderMe()
+    unmount = mountTokensRequired(viewEl)
+    return
+  }
   renderMe()
   const user = currentUser()
   if (!user || editingName) {
     document.title = 'Sign on · Relay'
     unmount = mountSignOn(viewEl, {
       user,
+      demo: demoConfig().auth === 'demo',
       onDone: () => { editingName = false; render() },
       onCancel: user ? () => { editingName = false; render() } : null
     })
@@ -86,7 +102,7 @@ function render () {
 
 function renderMe () {
   const user = currentUser()
-  if (!user) {
+  if (!user || !configured || demoConfig().auth === 'token') {
     meEl.replaceChildren()
     return
   }
@@ -127,8 +143,9 @@ document.addEventListener('click', (event) => {
 window.addEventListener('popstate', render)
 
 onUserChange((user) => {
-  // Signing out (here or in another tab) shows the sign-on form; a new name is passed to the
-  // open view through its own listener.
+  // Signing out (here or in another tab) shows the sign-on form and forgets this tab's tokens; a
+  // new name is passed to the open view through its own listener.
+  if (!user) forgetTokens()
   if (!user || editingName) render()
   else renderMe()
 })
@@ -137,4 +154,9 @@ if ('serviceWorker' in navigator) {
   navigator.serviceWorker.register('/sw.js').catch((err) => console.warn('service worker not registered:', err))
 }
 
-render()
+// The mode comes first: it decides whether rooms need tokens. Offline it is the last one seen.
+loadConfig().finally(() => {
+  configured = true
+  document.body.dataset.auth = demoConfig().auth
+  render()
+})

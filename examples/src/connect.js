@@ -3,39 +3,269 @@
 // The client keeps the document in IndexedDB (so it opens offline), syncs other tabs of this
 // browser through BroadcastChannel, reconnects by itself and reports whether the relay has
 // acknowledged every edit as saved (`save-status`).
+//
+// With the demo sign-on (auth.js) each room needs a token: the provider is created at once (the
+// copy in IndexedDB loads meanwhile) and connects once a token is there. A token is renewed before
+// it expires, and when the relay closes the connection with 4401 (expired) or refuses to open it;
+// the new one goes into `provider.params` and `provider.connect()` opens with it. Offline, the last
+// token of the room is used.
 
 import { RelayProvider } from '@relay/client'
+import { AccessRefused, demoConfig, fetchToken, isReadOnlyRoom, needsRefresh, refreshDelay, storedToken } from './auth.js'
 
 /** ws://host or wss://host of the relay that served the page. */
 export function relayUrl () {
   return `${location.protocol === 'https:' ? 'wss:' : 'ws:'}//${location.host}`
 }
 
+/** How long a closed page's provider may stay connected to get its last edits acknowledged. */
+const LINGER_MS = 10000
+/** Close codes after which the client waits for `connect()` (the client's CLOSE_UNAUTHORIZED, CLOSE_FORBIDDEN). */
+const CLOSE_UNAUTHORIZED = 4401
+const CLOSE_FORBIDDEN = 4403
+/** Connections in a row that fail to open before the token is suspected and renewed. */
+const FAILED_OPENS_BEFORE_RENEWAL = 2
+/** Tokens asked for in a row without a connection opening, before giving up until `online`. */
+const MAX_RENEWALS_WITHOUT_OPEN = 3
+/** Retry delays for the token request when the relay cannot be reached. */
+const TOKEN_RETRY_MIN_MS = 2000
+const TOKEN_RETRY_MAX_MS = 60000
+
+/**
+ * @typedef {object} RoomAccess
+ * @property {'read' | 'write'} access what this person may do in the room
+ * @property {string | null} problem why the room cannot be opened (the relay refused a token), or null
+ */
+
+/**
+ * A room opened by the app: the provider, and what the person may do in it.
+ *
+ * `access` is `write` everywhere without the demo sign-on; with it, the name of the room gives a
+ * first answer (rooms under the read-only prefix) and each token the final one. Listeners of
+ * `onAccess` hear every change.
+ */
+export class Room {
+  /**
+   * @param {string} room e.g. `docs/meeting notes` or `chat/general`
+   * @param {import('yjs').Doc} doc
+   * @param {{ name: string }} user whose display name goes into the demo tokens
+   */
+  constructor (room, doc, user) {
+    this.room = room
+    this.doc = doc
+    this.userName = user.name
+    this.demo = demoConfig().auth === 'demo'
+    const stored = this.demo ? storedToken(room) : null
+    /** @type {'read' | 'write'} */
+    this.access = stored?.access ?? (isReadOnlyRoom(room) ? 'read' : 'write')
+    /** @type {string | null} */
+    this.problem = null
+    /** @type {Set<(state: RoomAccess) => void>} */
+    this._listeners = new Set()
+    this._destroyed = false
+    this._refreshTimer = null
+    this._retryTimer = null
+    this._retryDelay = TOKEN_RETRY_MIN_MS
+    this._failedOpens = 0
+    this._renewalsWithoutOpen = 0
+    this._opened = false
+    this._started = false
+    this._renewing = false
+    /** @type {string | undefined} */
+    this._attemptToken = undefined
+
+    // With the demo sign-on, connect once the listeners below are on: at once with a still-valid
+    // token from earlier in this tab, otherwise after the token request.
+    const ready = stored !== null && !needsRefresh(stored)
+    this.provider = new RelayProvider(relayUrl(), room, doc, {
+      connect: !this.demo,
+      params: stored ? { token: stored.token } : {},
+      offline: true,
+      crossTab: true,
+      // Nothing typed in a read-only document is ever sent: no reason to hold the page.
+      warnBeforeUnload: this.access === 'write'
+    })
+    if (!this.demo) return
+
+    this._onClose = (event) => this._closed(event)
+    this._onStatus = ({ status }) => {
+      // The token a connection attempt opens with.
+      if (status === 'connecting') this._attemptToken = this.provider.params.token
+      if (status !== 'connected') return
+      this._opened = true
+      this._failedOpens = 0
+      this._renewalsWithoutOpen = 0
+      this._setProblem(null)
+    }
+    this._onOnline = () => {
+      this._renewalsWithoutOpen = 0
+      if (needsRefresh(storedToken(this.room)) || this.problem !== null || this._retryTimer !== null) this._renew()
+    }
+    this.provider.on('connection-close', this._onClose)
+    this.provider.on('status', this._onStatus)
+    window.addEventListener('online', this._onOnline)
+    if (ready) this._use(stored)
+    else this._renew()
+  }
+
+  /**
+   * Calls fn with `{access, problem}` now and after every change.
+   * @param {(state: RoomAccess) => void} fn
+   * @returns {() => void} unsubscribe
+   */
+  onAccess (fn) {
+    this._listeners.add(fn)
+    fn({ access: this.access, problem: this.problem })
+    return () => this._listeners.delete(fn)
+  }
+
+  /** @param {{ code: number }} event */
+  _closed (event) {
+    if (this._destroyed) return
+    const opened = this._opened
+    this._opened = false
+    if (event.code === CLOSE_UNAUTHORIZED || event.code === CLOSE_FORBIDDEN) {
+      // The client waits for connect(). The token renewed before this one expired is there
+      // already; otherwise a new token first.
+      const next = storedToken(this.room)
+      if (event.code === CLOSE_UNAUTHORIZED && next !== null && !needsRefresh(next) && next.token !== this._attemptToken) {
+        this.provider.params = { ...this.provider.params, token: next.token }
+        this.provider.connect()
+      } else {
+        this._renew()
+      }
+      return
+    }
+    // disconnect() (ours), or the relay is unreachable and a token request is already waiting
+    // to be retried: the client's own backoff goes on.
+    if (event.code === 1000 || this._retryTimer !== null) return
+    if (needsRefresh(storedToken(this.room))) {
+      // An expired token is refused before the WebSocket opens (HTTP 401): the client would
+      // retry with it forever.
+      this._renew()
+      return
+    }
+    // A connection that keeps failing to open may have a token the relay no longer takes (a
+    // new secret).
+    if (!opened && ++this._failedOpens >= FAILED_OPENS_BEFORE_RENEWAL && navigator.onLine) {
+      this._failedOpens = 0
+      this._renew()
+    }
+  }
+
+  /** Gets a new token and connects with it. */
+  async _renew () {
+    if (this._destroyed || this._renewing) return
+    if (this._renewalsWithoutOpen >= MAX_RENEWALS_WITHOUT_OPEN) {
+      // Fresh tokens, and still no connection: stop asking until the network changes.
+      this._setProblem('the relay refuses the connection')
+      return
+    }
+    this._renewalsWithoutOpen++
+    this._renewing = true
+    clearTimeout(this._retryTimer)
+    this._retryTimer = null
+    try {
+      const token = await fetchToken(this.room, this.userName)
+      if (this._destroyed) return
+      this._retryDelay = TOKEN_RETRY_MIN_MS
+      this._setProblem(null)
+      this._use(token)
+    } catch (err) {
+      if (this._destroyed) return
+      if (err instanceof AccessRefused) {
+        // The relay said no (e.g. the demo sign-on was turned off): say so, try again when the
+        // network comes back or the page is opened again.
+        this._setProblem(err.message)
+        this.provider.disconnect()
+        return
+      }
+      // No network: use the last token of this room (the client reconnects when online), and ask
+      // again later.
+      this._renewalsWithoutOpen--
+      const last = storedToken(this.room)
+      if (last !== null && !this._started) this._use(last, { schedule: false })
+      this._retryTimer = setTimeout(() => {
+        this._retryTimer = null
+        this._renew()
+      }, this._retryDelay)
+      this._retryDelay = Math.min(this._retryDelay * 2, TOKEN_RETRY_MAX_MS)
+    } finally {
+      this._renewing = false
+    }
+  }
+
+  /**
+   * Connects with a token (or keeps the open connection, which then uses it next time).
+   * @param {import('./auth.js').RoomToken} token
+   */
+  _use (token, { schedule = true } = {}) {
+    this._started = true
+    this.provider.params = { ...this.provider.params, token: token.token }
+    if (token.access !== this.access) {
+      this.access = token.access
+      this._emit()
+    }
+    clearTimeout(this._refreshTimer)
+    this._refreshTimer = null
+    if (schedule) {
+      this._refreshTimer = setTimeout(() => {
+        this._refreshTimer = null
+        this._renewalsWithoutOpen = 0
+        this._renew()
+      }, refreshDelay(token))
+    }
+    this.provider.connect()
+  }
+
+  /** @param {string | null} problem */
+  _setProblem (problem) {
+    if (problem === this.problem) return
+    this.problem = problem
+    this._emit()
+  }
+
+  _emit () {
+    const state = { access: this.access, problem: this.problem }
+    for (const fn of this._listeners) fn(state)
+  }
+
+  /**
+   * Leaves the room. Our presence goes at once; the connection stays until the relay has
+   * acknowledged the last edits (at most LINGER_MS), so that leaving a document right after
+   * typing does not leave it "saving".
+   */
+  close () {
+    this._destroyed = true
+    this._listeners.clear()
+    clearTimeout(this._refreshTimer)
+    clearTimeout(this._retryTimer)
+    if (this.demo) {
+      this.provider.off('connection-close', this._onClose)
+      this.provider.off('status', this._onStatus)
+      window.removeEventListener('online', this._onOnline)
+    }
+    closeRoom(this.provider, this.doc)
+  }
+}
+
 /**
  * Connects a Y.Doc to a room.
  * @param {string} room e.g. `docs/meeting notes` or `chat/general`
  * @param {import('yjs').Doc} doc
+ * @param {{ name: string }} user
+ * @returns {Room}
  */
-export function openRoom (room, doc) {
-  return new RelayProvider(relayUrl(), room, doc, {
-    connect: true,
-    offline: true,
-    crossTab: true,
-    warnBeforeUnload: true
-  })
+export function openRoom (room, doc, user) {
+  return new Room(room, doc, user)
 }
 
-/** How long a closed page's provider may stay connected to get its last edits acknowledged. */
-const LINGER_MS = 10000
-
 /**
- * Closes a room when its page is left inside the app. Our presence goes at once; the connection
- * stays until the relay has acknowledged the last edits (at most LINGER_MS), so that leaving a
- * document right after typing does not leave it "saving".
+ * Closes a provider when its page is left inside the app (see Room.close).
  * @param {RelayProvider} provider
  * @param {import('yjs').Doc} doc
  */
-export function closeRoom (provider, doc) {
+function closeRoom (provider, doc) {
   provider.awareness.setLocalState(null)
   const done = () => {
     provider.destroy()

@@ -5,8 +5,9 @@
 // Strategy: network first, cache as the fallback. Online you always get the newest build (the
 // relay answers with ETags, so an unchanged file costs a 304); offline, or when the relay does
 // not answer within NETWORK_TIMEOUT_MS, the cached copy. Pages of the app (/, /docs/..., /chat/...)
-// are all index.html. The last document list (GET /api/docs) is cached too, marked with the
-// header `x-served-from: cache` when it comes from there.
+// are all index.html. The last document lists (GET /api/docs, GET /api/demo/docs) and how the app
+// connects (GET /api/demo/config) are cached too, marked with the header `x-served-from: cache`
+// when they come from there. Tokens (POST /api/demo/token) are never cached.
 //
 // BUILD_ID and SHELL_FILES are filled in by scripts/build.mjs: a new build gets a new cache and
 // drops the old one.
@@ -16,11 +17,20 @@
 const SHELL_CACHE = `relay-shell-${BUILD_ID}`
 const API_CACHE = 'relay-api'
 const NETWORK_TIMEOUT_MS = 4000
+const CONFIG_PATH = '/api/demo/config'
+/** GET answers of the API kept for offline use (keyed by path and query). */
+const API_LISTS = ['/api/docs', '/api/demo/docs', CONFIG_PATH]
 
 self.addEventListener('install', (event) => {
   event.waitUntil((async () => {
     const cache = await caches.open(SHELL_CACHE)
     await cache.addAll(SHELL_FILES)
+    // The page that installs the worker asked for the mode before the worker could see it: keep
+    // it now, so that the app opens offline in the right mode.
+    try {
+      const config = await withTimeout(fetch(CONFIG_PATH), NETWORK_TIMEOUT_MS)
+      if (config.ok) await (await caches.open(API_CACHE)).put(CONFIG_PATH, config)
+    } catch {}
     await self.skipWaiting()
   })())
 })
@@ -44,7 +54,7 @@ self.addEventListener('fetch', (event) => {
     event.respondWith(networkFirst(request, SHELL_CACHE, '/index.html'))
   } else if (SHELL_FILES.includes(url.pathname)) {
     event.respondWith(networkFirst(request, SHELL_CACHE, url.pathname))
-  } else if (url.pathname === '/api/docs') {
+  } else if (API_LISTS.includes(url.pathname)) {
     event.respondWith(networkFirst(request, API_CACHE, url.pathname + url.search))
   }
 })

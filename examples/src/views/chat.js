@@ -2,7 +2,7 @@
 // who is online and who is typing come from awareness (`user` and `typing` fields).
 
 import * as Y from 'yjs'
-import { closeRoom, openRoom } from '../connect.js'
+import { openRoom } from '../connect.js'
 import { onUserChange } from '../identity.js'
 import { peopleIn } from './presence.js'
 import { avatar, connectionText, h, listNames, safeColor, saveStatusText } from '../ui.js'
@@ -54,7 +54,8 @@ export function mountChat (root, { name, user }) {
   const doc = new Y.Doc()
   /** @type {Y.Array<Message>} */
   const messages = doc.getArray('messages')
-  const provider = openRoom(`chat/${name}`, doc)
+  const room = openRoom(`chat/${name}`, doc, user)
+  const provider = room.provider
   const awareness = provider.awareness
   let me = { name: user.name, color: user.color }
   awareness.setLocalStateField('user', me)
@@ -138,9 +139,11 @@ export function mountChat (root, { name, user }) {
     saveEl.dataset.status = status
     saveEl.textContent = saveStatusText(status, error)
   }
+  // Why the room cannot be opened (the relay refused a token), or null.
+  let problem = null
   const onStatus = ({ status }) => {
-    connEl.dataset.status = status
-    connEl.textContent = connectionText(status)
+    connEl.dataset.status = problem !== null ? 'refused' : status
+    connEl.textContent = problem !== null ? `No access: ${problem}` : connectionText(status)
   }
   provider.on('save-status', onSave)
   provider.on('status', onStatus)
@@ -165,12 +168,25 @@ export function mountChat (root, { name, user }) {
   input.disabled = true
   sendButton.disabled = true
   let destroyed = false
+  let loaded = false
+  let readOnly = room.access === 'read'
+  const applyAccess = () => {
+    input.disabled = !loaded || readOnly
+    sendButton.disabled = !loaded || readOnly
+    input.placeholder = readOnly ? 'This room is read-only' : `Message #${name}`
+  }
   const enable = () => {
     if (destroyed) return
-    input.disabled = false
-    sendButton.disabled = false
-    if (!window.matchMedia('(pointer: coarse)').matches) input.focus()
+    loaded = true
+    applyAccess()
+    if (!readOnly && !window.matchMedia('(pointer: coarse)').matches) input.focus()
   }
+  const offAccess = room.onAccess((state) => {
+    readOnly = state.access === 'read'
+    problem = state.problem
+    applyAccess()
+    onStatus({ status: provider.status })
+  })
   Promise.race([provider.whenLoaded, provider.whenSynced]).then(enable, (err) => {
     console.warn('chat room not loaded:', err)
     enable()
@@ -178,6 +194,7 @@ export function mountChat (root, { name, user }) {
 
   return () => {
     destroyed = true
+    offAccess()
     clearTimeout(typingTimer)
     offUser()
     window.removeEventListener('pageshow', onPageShow)
@@ -185,6 +202,6 @@ export function mountChat (root, { name, user }) {
     messages.unobserve(renderMessages)
     provider.off('save-status', onSave)
     provider.off('status', onStatus)
-    closeRoom(provider, doc)
+    room.close()
   }
 }

@@ -1,8 +1,22 @@
-// The document list (/docs): every room named `docs/<name>` on the relay, from GET /api/docs,
-// and a form to create a document (it is stored once someone writes in it).
+// The document list (/docs): every room named `docs/<name>` on the relay, from GET /api/docs
+// (GET /api/demo/docs with the demo sign-on), and a form to create a document (it is stored once
+// someone writes in it). With the demo sign-on, documents under the read-only prefix carry a lock
+// and cannot be created from here.
 
 import { formatBytes, h, pathFor, relativeTime } from '../ui.js'
+import { demoConfig, isReadOnlyRoom } from '../auth.js'
 import { listRooms } from '../rooms.js'
+
+/**
+ * Why a new document of this name cannot be created here, or null if it can.
+ * @param {string} name without `docs/`
+ * @param {import('../auth.js').DemoConfig} [config]
+ */
+export function newDocProblem (name, config = demoConfig()) {
+  if (!isReadOnlyRoom(`docs/${name}`, config)) return null
+  const folder = config.readOnlyPrefix.slice('docs/'.length)
+  return `Documents under “${folder}” are read-only in this demo: you could not write in it. Pick another name.`
+}
 
 /**
  * @param {HTMLElement} root
@@ -24,9 +38,18 @@ export function mountDocList (root, { navigate }) {
     onsubmit: (event) => {
       event.preventDefault()
       const name = input.value.trim()
-      if (name) navigate(pathFor('docs', name))
+      if (!name) return
+      const problem = newDocProblem(name)
+      formError.textContent = problem ?? ''
+      if (problem) {
+        input.focus()
+        return
+      }
+      navigate(pathFor('docs', name))
     }
   }, input, h('button', { type: 'submit', class: 'button primary' }, 'New document'))
+  const formError = h('p', { class: 'form-error new-item-error', id: 'new-doc-error', role: 'alert' })
+  input.addEventListener('input', () => { formError.textContent = '' })
   const list = h('ul', { class: 'item-list', id: 'doc-list', 'aria-label': 'Documents' })
   const status = h('p', { class: 'list-status muted', role: 'status' }, 'Loading documents…')
   const more = /** @type {HTMLButtonElement} */ (h('button', { type: 'button', class: 'button secondary more', hidden: true }, 'Show more'))
@@ -35,6 +58,7 @@ export function mountDocList (root, { navigate }) {
       h('h1', { text: 'Documents' }),
       h('p', { class: 'muted', text: 'Open a document to edit it with everyone who has its link.' })),
     form,
+    formError,
     h('div', { class: 'card' }, list, status, more)))
 
   let destroyed = false
@@ -64,12 +88,14 @@ export function mountDocList (root, { navigate }) {
 
   function row (doc) {
     const name = doc.name.slice('docs/'.length)
-    return h('li', { class: 'item', dataset: { name } },
+    const readOnly = isReadOnlyRoom(doc.name)
+    return h('li', { class: 'item', dataset: { name, access: readOnly ? 'read' : 'write' } },
       h('a', { href: pathFor('docs', name), 'data-link': true, class: 'item-link' },
-        h('span', { class: 'item-icon doc-icon', 'aria-hidden': 'true' }),
+        h('span', { class: readOnly ? 'item-icon doc-icon locked' : 'item-icon doc-icon', 'aria-hidden': 'true' }),
         h('span', { class: 'item-main' },
           h('span', { class: 'item-title', text: name }),
           h('span', { class: 'item-sub muted', text: `Edited ${relativeTime(doc.updated_at_ms)} · ${formatBytes(doc.size_bytes)}` })),
+        readOnly && h('span', { class: 'badge read-only', title: 'You can read this document, not edit it' }, h('span', { class: 'lock', 'aria-hidden': 'true' }), ' Read only'),
         doc.connections > 0 && h('span', { class: 'badge live', text: `${doc.connections} open` })))
   }
 

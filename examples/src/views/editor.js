@@ -1,12 +1,16 @@
 // The editor (/docs/<name>): Quill 2 bound to the Y.Text `quill` of the room `docs/<name>` with
 // y-quill, remote cursors and selections with quill-cursors, the people present from awareness,
 // and the autosave indicator driven by the client's `save-status` events.
+//
+// A read-only document (the demo sign-on's `read` tokens) is shown with the editor disabled, a
+// "Read only" badge next to the title and no toolbar; the indicator then says that it is
+// read-only instead of anything about saving, since nothing typed here would be kept.
 
 import * as Y from 'yjs'
 import Quill from 'quill'
 import QuillCursorsModule from 'quill-cursors/core'
 import { QuillBinding } from 'y-quill'
-import { closeRoom, openRoom } from '../connect.js'
+import { openRoom } from '../connect.js'
 import { onUserChange } from '../identity.js'
 import { mountPresence } from './presence.js'
 import { connectionText, h, saveStatusText } from '../ui.js'
@@ -15,6 +19,8 @@ import { connectionText, h, saveStatusText } from '../ui.js'
 // rules, which esbuild follows here) its default import is the whole `exports` object.
 const QuillCursors = QuillCursorsModule.default ?? QuillCursorsModule
 Quill.register('modules/cursors', QuillCursors)
+
+const PLACEHOLDER = 'Start writing…'
 
 const TOOLBAR = [
   [{ header: [1, 2, 3, false] }],
@@ -35,24 +41,32 @@ export function mountEditor (root, { name, user }) {
   const shareButton = h('button', { type: 'button', class: 'button secondary share', title: 'Copy the link to this document' }, 'Share')
   const presenceEl = h('div', { class: 'presence', id: 'presence', 'aria-label': 'People in this document' })
   const editorEl = h('div', { class: 'editor-body' })
+  const readOnlyBadge = h('span', {
+    class: 'badge read-only',
+    id: 'read-only-badge',
+    title: 'You can read this document and see who is here, but not edit it',
+    hidden: true
+  }, h('span', { class: 'lock', 'aria-hidden': 'true' }), ' Read only')
   const page = h('section', { class: 'page editor-page' },
     h('div', { class: 'doc-head' },
       h('a', { href: '/docs', 'data-link': true, class: 'back' }, '← Documents'),
       h('div', { class: 'doc-title-row' },
         h('h1', { class: 'doc-title', text: name, title: name }),
+        readOnlyBadge,
         h('div', { class: 'doc-actions' }, presenceEl, shareButton)),
       h('div', { class: 'doc-status' }, saveEl, connEl)),
     h('div', { class: 'card editor-card' }, editorEl))
   root.append(page)
 
   const doc = new Y.Doc()
-  const provider = openRoom(`docs/${name}`, doc)
+  const room = openRoom(`docs/${name}`, doc, user)
+  const provider = room.provider
   const awareness = provider.awareness
   awareness.setLocalStateField('user', { name: user.name, color: user.color })
 
   const quill = new Quill(editorEl, {
     theme: 'snow',
-    placeholder: 'Start writing…',
+    placeholder: PLACEHOLDER,
     modules: {
       toolbar: TOOLBAR,
       cursors: { transformOnTextChange: true },
@@ -67,12 +81,25 @@ export function mountEditor (root, { name, user }) {
 
   let ready = false
   let destroyed = false
+  let readOnly = room.access === 'read'
+  let problem = null
   const enable = () => {
     if (ready || destroyed) return
     ready = true
     page.classList.remove('loading')
-    quill.enable()
-    if (!isTouch()) quill.focus()
+    applyAccess()
+    if (!readOnly && !isTouch()) quill.focus()
+  }
+  // Editable once loaded, unless read-only.
+  const applyAccess = () => {
+    page.classList.toggle('read-only', readOnly)
+    readOnlyBadge.hidden = !readOnly
+    quill.root.setAttribute('aria-readonly', String(readOnly))
+    quill.root.dataset.placeholder = readOnly ? '' : PLACEHOLDER
+    if (ready && !readOnly) quill.enable()
+    else quill.disable()
+    showSave(provider.saveStatus, provider.saveError)
+    showConn(provider.status)
   }
   // Whichever comes first: the copy in IndexedDB, or the relay's.
   Promise.race([provider.whenLoaded, provider.whenSynced]).then(enable, (err) => {
@@ -81,10 +108,21 @@ export function mountEditor (root, { name, user }) {
   })
 
   const showSave = (status, error) => {
+    if (readOnly) {
+      // Nothing is edited here: no claim about saving (nor about unsaved edits).
+      saveEl.dataset.status = 'read-only'
+      saveEl.textContent = 'Read only: you can read this document, not edit it'
+      return
+    }
     saveEl.dataset.status = status
     saveEl.textContent = saveStatusText(status, error)
   }
   const showConn = (status) => {
+    if (problem !== null) {
+      connEl.dataset.status = 'refused'
+      connEl.textContent = `No access: ${problem}`
+      return
+    }
     connEl.dataset.status = status
     connEl.textContent = connectionText(status)
   }
@@ -92,8 +130,11 @@ export function mountEditor (root, { name, user }) {
   const onStatus = ({ status }) => showConn(status)
   provider.on('save-status', onSave)
   provider.on('status', onStatus)
-  showSave(provider.saveStatus)
-  showConn(provider.status)
+  const offAccess = room.onAccess((state) => {
+    readOnly = state.access === 'read'
+    problem = state.problem
+    applyAccess()
+  })
 
   const unmountPresence = mountPresence(presenceEl, awareness)
 
@@ -126,13 +167,14 @@ export function mountEditor (root, { name, user }) {
 
   return () => {
     destroyed = true
+    offAccess()
     offUser()
     window.removeEventListener('pageshow', onPageShow)
     unmountPresence()
     provider.off('save-status', onSave)
     provider.off('status', onStatus)
     binding.destroy()
-    closeRoom(provider, doc)
+    room.close()
   }
 }
 

@@ -1,13 +1,15 @@
-// Sign on: pick the display name that labels your cursor and your presence.
+// Sign on: pick the display name that labels your cursor and your presence. With the relay's demo
+// sign-on (`demo`), a note says plainly that this is no authentication: the relay gives anyone
+// access to its demo documents.
 
 import { signOn } from '../identity.js'
 import { h } from '../ui.js'
 
 /**
  * @param {HTMLElement} root
- * @param {{ user: {name: string}|null, onDone: () => void, onCancel: (() => void)|null }} opts
+ * @param {{ user: {name: string}|null, demo?: boolean, onDone: () => void, onCancel: (() => void)|null }} opts
  */
-export function mountSignOn (root, { user, onDone, onCancel }) {
+export function mountSignOn (root, { user, demo = false, onDone, onCancel }) {
   const input = /** @type {HTMLInputElement} */ (h('input', {
     id: 'display-name',
     name: 'name',
@@ -34,6 +36,10 @@ export function mountSignOn (root, { user, onDone, onCancel }) {
   },
   h('h1', { text: user ? 'Change your name' : 'Welcome' }),
   h('p', { class: 'muted', text: 'Your name is shown next to your cursor and in the list of people present. It stays on this device.' }),
+  demo && h('p', { class: 'demo-note', id: 'demo-sign-on-note', role: 'note' },
+    h('strong', { text: 'Demo sign-on: ' }),
+    'anyone can get access to this relay’s demo documents. There is no password and no account; ' +
+    'your name is only a label. Do not put anything private here.'),
   h('label', { for: 'display-name', text: 'Display name' }),
   input,
   error,
