@@ -5,7 +5,8 @@
 // The relay binary comes from $RELAY_BIN, or target/debug/relay. It serves the demo app from the
 // examples/dist it was compiled with: rebuild it (`cargo build -p relay`) after `npm run build`.
 
-import { spawn } from 'node:child_process'
+import { execFile, spawn } from 'node:child_process'
+import { randomBytes } from 'node:crypto'
 import { existsSync } from 'node:fs'
 import { mkdir, mkdtemp, rm } from 'node:fs/promises'
 import { createServer } from 'node:net'
@@ -90,9 +91,14 @@ export function freePort () {
 
 /** The relay binary on a fixed loopback port, restartable on the same data directory and port. */
 export class Relay {
-  constructor ({ port, dataDir }) {
+  /**
+   * @param {{ port: number, dataDir: string, args?: string[] }} opts `args`: more flags for
+   *   `relay serve` (e.g. `--secret`, `--demo-sign-on`)
+   */
+  constructor ({ port, dataDir, args = [] }) {
     this.port = port
     this.dataDir = dataDir
+    this.args = args
     this.child = null
     this.stderr = ''
     this.exited = null
@@ -106,8 +112,9 @@ export class Relay {
   async start () {
     if (this.child) throw new Error('relay already running')
     if (!existsSync(RELAY_BIN)) throw new Error(`no relay binary at ${RELAY_BIN}: run \`cargo build -p relay\``)
-    this.stderr += `----- ${RELAY_BIN} serve --listen 127.0.0.1:${this.port} --data-dir ${this.dataDir}\n`
-    const child = spawn(RELAY_BIN, ['serve', '--listen', `127.0.0.1:${this.port}`, '--data-dir', this.dataDir], {
+    const shown = this.args.map((arg, i) => this.args[i - 1] === '--secret' ? '<secret>' : arg)
+    this.stderr += `----- ${RELAY_BIN} serve --listen 127.0.0.1:${this.port} --data-dir ${this.dataDir} ${shown.join(' ')}\n`
+    const child = spawn(RELAY_BIN, ['serve', '--listen', `127.0.0.1:${this.port}`, '--data-dir', this.dataDir, ...this.args], {
       stdio: ['ignore', 'pipe', 'pipe'],
       env: { ...process.env, NO_COLOR: '1' }
     })
@@ -157,10 +164,13 @@ export class Relay {
   }
 }
 
-/** Starts a relay on a free port with a fresh data directory. */
-export async function startRelay () {
+/**
+ * Starts a relay on a free port with a fresh data directory.
+ * @param {{ args?: string[] }} [opts] more flags for `relay serve`
+ */
+export async function startRelay ({ args = [] } = {}) {
   const dataDir = await mkdtemp(join(tmpdir(), 'relay-browser-'))
-  const relay = new Relay({ port: await freePort(), dataDir })
+  const relay = new Relay({ port: await freePort(), dataDir, args })
   try {
     await relay.start()
   } catch (err) {
@@ -237,10 +247,15 @@ export function editorText (page) {
  * the doc once it synced. The caller destroys it.
  * @param {Relay} relay
  * @param {string} room
+ * @param {{ token?: string }} [opts] a token, for a relay with a secret
  */
-export async function readRoom (relay, room) {
+export async function readRoom (relay, room, { token } = {}) {
   const doc = new Y.Doc()
-  const provider = new WebsocketProvider(relay.wsUrl, encodeURIComponent(room), doc, { WebSocketPolyfill: WebSocket, disableBc: true })
+  const provider = new WebsocketProvider(relay.wsUrl, encodeURIComponent(room), doc, {
+    WebSocketPolyfill: WebSocket,
+    disableBc: true,
+    params: token ? { token } : {}
+  })
   try {
     await withDeadline(new Promise(resolve => {
       if (provider.synced) resolve()
@@ -266,9 +281,10 @@ export async function screenshotAll (label, pages) {
  * keeps screenshots of the pages in artifacts/.
  * @param {string} label
  * @param {(env: {relay: Relay, browser: import('playwright-core').Browser}) => Promise<void>} fn
+ * @param {{ args?: string[] }} [opts] more flags for `relay serve`
  */
-export async function withRelayAndBrowser (label, fn) {
-  const relay = await startRelay()
+export async function withRelayAndBrowser (label, fn, { args = [] } = {}) {
+  const relay = await startRelay({ args })
   let browser
   try {
     browser = await launchBrowser()
@@ -281,4 +297,26 @@ export async function withRelayAndBrowser (label, fn) {
     await browser?.close().catch(() => {})
     await relay.dispose()
   }
+}
+
+/** A random relay secret: 32 hex digits. */
+export function randomSecret () {
+  return randomBytes(16).toString('hex')
+}
+
+/**
+ * Mints a token with the relay binary (`relay token`), e.g. an admin token for the document API.
+ * @param {string} secret the relay's --secret
+ * @param {{ access?: 'read' | 'write' | 'admin', ttl?: string, doc?: string }} [opts]
+ * @returns {Promise<string>}
+ */
+export function mintToken (secret, { access = 'admin', ttl = '10m', doc } = {}) {
+  const args = ['token', '--access', access, '--ttl', ttl, ...(doc ? ['--doc', doc] : [])]
+  return new Promise((resolve, reject) => {
+    // The secret goes through the environment, not the command line.
+    execFile(RELAY_BIN, args, { env: { ...process.env, RELAY_SECRET: secret }, timeout: 10000 }, (err, stdout, stderr) => {
+      if (err) reject(new Error(`relay token failed: ${err.message}\n${stderr}`))
+      else resolve(stdout.trim())
+    })
+  })
 }
