@@ -2,21 +2,34 @@
 
 use std::sync::Arc;
 
+use std::collections::HashMap;
+
 use yrs::branch::BranchPtr;
 use yrs::types::AsPrelim;
 use yrs::types::ToJson;
+use yrs::types::text::YChange;
 use yrs::updates::decoder::Decode;
 use yrs::updates::encoder::Encode;
 use yrs::{
-    Array, ArrayRef, Doc, GetString, In, MapRef, Out, ReadTxn, StateVector, TextRef, Transact,
-    Update, XmlElementRef, XmlFragmentRef, XmlTextRef,
+    Array, ArrayRef, BranchID, ClientID, Doc, GetString, ID, In, Map, MapRef, Out, ReadTxn,
+    StateVector, Text, TextRef, Transact, Update, XmlElementRef, XmlFragment, XmlFragmentRef,
+    XmlTextRef,
 };
 
 use crate::error::DocError;
-use crate::validate::{check_state_vector_v1, check_update_v1};
+use crate::error::ProtocolError;
+use crate::validate::{
+    ParentRef, UpdateItem, check_state_vector_v1, check_update_v1, update_items_v1,
+};
 
 /// The encoding of an update that changes nothing (no clients, empty delete set).
 pub const EMPTY_UPDATE_V1: &[u8] = &[0, 0];
+
+/// The deepest nesting of shared types (maps in arrays in maps ...) a document may reach. `yrs`
+/// deletes, garbage-collects and exports nested types by recursion, one stack frame per level:
+/// deleting the top of a chain 20,000 levels deep (a 120 KB update and an 8-byte one) overflows
+/// the stack and aborts the whole process. Real documents nest a few dozen levels at most.
+pub const MAX_TYPE_DEPTH: usize = 256;
 
 /// Whether applying an update changed the document.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -35,6 +48,12 @@ pub enum Applied {
 pub struct RoomDoc {
     doc: Doc,
     full_state: Option<Arc<[u8]>>,
+    /// An upper bound of the document's nesting depth: exact after a walk, then raised by what
+    /// each update could add.
+    depth_bound: usize,
+    /// Added to the bound for updates whose types hang from parents the document does not have
+    /// yet (pending content, which a walk does not see).
+    pending_depth: usize,
 }
 
 impl Default for RoomDoc {
@@ -55,6 +74,8 @@ impl RoomDoc {
         RoomDoc {
             doc: Doc::new(),
             full_state: None,
+            depth_bound: 0,
+            pending_depth: 0,
         }
     }
 
@@ -73,8 +94,11 @@ impl RoomDoc {
         if update == EMPTY_UPDATE_V1 {
             return Ok(Applied::Unchanged);
         }
-        check_update_v1(update)?;
+        let summary = check_update_v1(update)?;
         let decoded = Update::decode_v1(update)?;
+        if summary.type_items > 0 {
+            self.check_nesting(update)?;
+        }
         let mut txn = self.doc.transact_mut();
         let pending_before = pending_len(&txn);
         txn.apply_update(decoded)?;
@@ -118,6 +142,84 @@ impl RoomDoc {
         Ok(new_deletions
             .iter()
             .any(|(_, ranges)| ranges.iter().next().is_some()))
+    }
+
+    /// Refuses an update whose shared types could take the document past [`MAX_TYPE_DEPTH`],
+    /// before it is applied. The update's own types can only nest as deep as its longest chain of
+    /// types, each hanging from the previous one; added to the document's depth that bounds the
+    /// result. When the quick bound is too high, the document's real depth is measured first.
+    fn check_nesting(&mut self, update: &[u8]) -> Result<(), DocError> {
+        let items = update_items_v1(update)?;
+        let chain = {
+            let txn = self.doc.transact();
+            let known = txn.state_vector();
+            type_chain(
+                &items,
+                |id| BranchID::get_nested(&txn, &id).is_some(),
+                |id| id.clock < known.get(&id.client),
+            )
+        };
+        // A root is depth 1 even before the update creates it; what hangs from a root or an
+        // existing type is at most one deeper than the document's deepest type.
+        let fits = |doc: &RoomDoc| {
+            doc.depth_bound.max(1) + doc.pending_depth + chain.longest <= MAX_TYPE_DEPTH
+        };
+        if !fits(self) {
+            self.depth_bound = self.measure_depth();
+            let txn = self.doc.transact();
+            if txn.store().pending_update().is_none() && txn.store().pending_ds().is_none() {
+                self.pending_depth = 0;
+            }
+            drop(txn);
+            if !fits(self) {
+                return Err(ProtocolError::TypesTooDeep.into());
+            }
+        }
+        self.depth_bound = self.depth_bound.max(1) + chain.longest;
+        if chain.unresolved {
+            self.pending_depth += chain.longest;
+        }
+        Ok(())
+    }
+
+    /// The document's nesting depth of shared types, by walking them with an explicit stack
+    /// (no recursion, so any depth is safe to measure).
+    pub fn measure_depth(&self) -> usize {
+        let txn = self.doc.transact();
+        let mut stack: Vec<(Out, usize)> = txn.root_refs().map(|(_, out)| (out, 1)).collect();
+        let mut deepest = 0;
+        while let Some((out, depth)) = stack.pop() {
+            deepest = deepest.max(depth);
+            let mut push = |child: Out| {
+                if is_shared_type(&child) {
+                    stack.push((child, depth + 1));
+                }
+            };
+            match out {
+                Out::YMap(map) => map.iter(&txn).for_each(|(_, v)| push(v)),
+                Out::YArray(array) => array.iter(&txn).for_each(&mut push),
+                Out::YText(text) => text
+                    .diff(&txn, YChange::identity)
+                    .into_iter()
+                    .for_each(|d| push(d.insert)),
+                Out::YXmlText(text) => text
+                    .diff(&txn, YChange::identity)
+                    .into_iter()
+                    .for_each(|d| push(d.insert)),
+                Out::YXmlFragment(fragment) => fragment.children(&txn).for_each(|c| push(c.into())),
+                Out::YXmlElement(element) => element.children(&txn).for_each(|c| push(c.into())),
+                Out::UndefinedRef(branch) => {
+                    // A root only updates declared: look at it as a map and as a sequence.
+                    MapRef::from(branch).iter(&txn).for_each(|(_, v)| push(v));
+                    TextRef::from(branch)
+                        .diff(&txn, YChange::identity)
+                        .into_iter()
+                        .for_each(|d| push(d.insert));
+                }
+                _ => {}
+            }
+        }
+        deepest
     }
 
     /// The document's state vector, encoded (v1).
@@ -198,6 +300,131 @@ fn undefined_root_json<T: ReadTxn>(branch: BranchPtr, txn: &T) -> serde_json::Va
 
 fn any_to_json(any: &yrs::Any) -> serde_json::Value {
     serde_json::to_value(any).unwrap_or(serde_json::Value::Null)
+}
+
+fn is_shared_type(out: &Out) -> bool {
+    matches!(
+        out,
+        Out::YMap(_)
+            | Out::YArray(_)
+            | Out::YText(_)
+            | Out::YXmlText(_)
+            | Out::YXmlFragment(_)
+            | Out::YXmlElement(_)
+            | Out::UndefinedRef(_)
+    )
+}
+
+/// How deep an update's own shared types nest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+struct TypeChain {
+    /// The longest chain of the update's types, each hanging from the previous one (1 for
+    /// types that all hang from existing types or roots, 0 without types).
+    longest: usize,
+    /// Whether some chain hangs from a parent the document does not have yet.
+    unresolved: bool,
+}
+
+/// Where an item's parent was found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Parent {
+    /// A type item of this update (index).
+    InUpdate(usize),
+    /// A root, or an item of the document.
+    Known,
+    /// An item neither the update nor the document has (pending), or a malformed cycle.
+    Unknown,
+}
+
+/// Finds the longest chain of nested types among an update's items. `type_exists` tells whether
+/// the document has a shared type held by the item with an id; `item_exists` whether it has the
+/// item at all. Iterative throughout: items are untrusted and may form long or cyclic chains.
+fn type_chain(
+    items: &[UpdateItem],
+    type_exists: impl Fn(ID) -> bool,
+    item_exists: impl Fn(ID) -> bool,
+) -> TypeChain {
+    // Index the items by client and clock.
+    let mut by_client: HashMap<u64, Vec<usize>> = HashMap::new();
+    for (i, item) in items.iter().enumerate() {
+        by_client.entry(item.client).or_default().push(i);
+    }
+    for list in by_client.values_mut() {
+        list.sort_by_key(|&i| items[i].clock);
+    }
+    let find = |client: u64, clock: u32| -> Option<usize> {
+        let list = by_client.get(&client)?;
+        let pos = list.partition_point(|&i| items[i].clock <= clock);
+        let i = *list.get(pos.checked_sub(1)?)?;
+        (clock < items[i].clock.saturating_add(items[i].len)).then_some(i)
+    };
+    let id = |client: u64, clock: u32| ID::new(ClientID::new(client), clock);
+
+    // The parent of each item, following neighbours to the item that names its parent.
+    let mut parent: Vec<Option<Parent>> = vec![None; items.len()];
+    let mut visiting = vec![false; items.len()];
+    for start in 0..items.len() {
+        let mut path = Vec::new();
+        let mut current = start;
+        let resolved = loop {
+            if let Some(known) = parent[current] {
+                break known;
+            }
+            if visiting[current] {
+                break Parent::Unknown; // a cycle of neighbours
+            }
+            visiting[current] = true;
+            path.push(current);
+            match items[current].parent {
+                ParentRef::Root | ParentRef::None => break Parent::Known,
+                ParentRef::Item(client, clock) => {
+                    break match find(client, clock) {
+                        Some(j) if items[j].is_type => Parent::InUpdate(j),
+                        Some(_) => Parent::Known,
+                        None if type_exists(id(client, clock)) => Parent::Known,
+                        None => Parent::Unknown,
+                    };
+                }
+                ParentRef::SameAs(client, clock) => match find(client, clock) {
+                    Some(j) => current = j,
+                    None if item_exists(id(client, clock)) => break Parent::Known,
+                    None => break Parent::Unknown,
+                },
+            }
+        };
+        for i in path {
+            parent[i] = Some(resolved);
+        }
+    }
+
+    // The level of each type: one more than its parent's, if that is a type of this update.
+    let mut level: Vec<usize> = vec![0; items.len()];
+    let mut unresolved = vec![false; items.len()];
+    let mut chain = TypeChain::default();
+    for start in (0..items.len()).filter(|&i| items[i].is_type) {
+        let mut path = Vec::new();
+        let mut current = start;
+        let mut seen = 0;
+        let (base, base_unresolved) = loop {
+            if level[current] > 0 {
+                break (level[current], unresolved[current]);
+            }
+            path.push(current);
+            seen += 1;
+            match parent[current].unwrap_or(Parent::Unknown) {
+                Parent::InUpdate(p) if seen <= items.len() => current = p,
+                Parent::InUpdate(_) | Parent::Unknown => break (0, true),
+                Parent::Known => break (0, false),
+            }
+        };
+        for (n, &i) in path.iter().rev().enumerate() {
+            level[i] = base + n + 1;
+            unresolved[i] = base_unresolved;
+        }
+        chain.longest = chain.longest.max(level[start]);
+        chain.unresolved |= unresolved[start];
+    }
+    chain
 }
 
 /// A cheap fingerprint of the pending (not yet integrable) content: how many clients it waits on
@@ -380,5 +607,97 @@ mod tests {
         assert!(Arc::ptr_eq(&first, &doc.encode_state_v1()));
         doc.apply_update_v1(&text_update(2, "b")).expect("valid");
         assert!(!Arc::ptr_eq(&first, &doc.encode_state_v1()));
+    }
+
+    /// Builds, on a big stack (the client side recurses as deep as the relay would), a chain of
+    /// `levels` nested arrays and then an update deleting its top.
+    fn nested_arrays(levels: usize) -> (Vec<u8>, Vec<u8>) {
+        std::thread::Builder::new()
+            .stack_size(1 << 30)
+            .spawn(move || {
+                use yrs::ArrayPrelim;
+                let client = Doc::with_client_id(9);
+                let root = client.get_or_insert_array("a");
+                {
+                    let mut txn = client.transact_mut();
+                    let mut current: ArrayRef = root.insert(&mut txn, 0, ArrayPrelim::default());
+                    for _ in 1..levels {
+                        current = current.insert(&mut txn, 0, ArrayPrelim::default());
+                    }
+                }
+                let full = client
+                    .transact()
+                    .encode_state_as_update_v1(&StateVector::default());
+                let sv = client.transact().state_vector();
+                root.remove(&mut client.transact_mut(), 0);
+                (full, client.transact().encode_diff_v1(&sv))
+            })
+            .expect("spawn")
+            .join()
+            .expect("client side")
+    }
+
+    #[test]
+    fn deep_nesting_is_refused_before_it_can_overflow_the_stack() {
+        // Without the limit, applying `delete` after `full` aborts the process.
+        let (full, delete) = nested_arrays(20_000);
+        let mut doc = RoomDoc::new();
+        assert!(matches!(
+            doc.apply_update_v1(&full),
+            Err(DocError::Malformed(ProtocolError::TypesTooDeep))
+        ));
+        doc.apply_update_v1(&delete).expect("harmless now");
+        assert_eq!(doc.measure_depth(), 0);
+    }
+
+    #[test]
+    fn nesting_up_to_the_limit_is_accepted_and_can_be_deleted() {
+        let (full, delete) = nested_arrays(MAX_TYPE_DEPTH - 1);
+        let mut doc = RoomDoc::new();
+        doc.apply_update_v1(&full).expect("within the limit");
+        assert_eq!(doc.measure_depth(), MAX_TYPE_DEPTH);
+        doc.apply_update_v1(&delete).expect("deletes");
+        assert_eq!(doc.to_json(), serde_json::json!({"a": []}));
+    }
+
+    #[test]
+    fn nesting_built_one_level_per_update_stops_at_the_limit() {
+        use yrs::ArrayPrelim;
+        let client = Doc::with_client_id(5);
+        let mut doc = RoomDoc::new();
+        let mut current: ArrayRef = client.get_or_insert_array("a");
+        let mut refused = None;
+        for level in 1..=MAX_TYPE_DEPTH + 5 {
+            let sv = client.transact().state_vector();
+            current = current.insert(&mut client.transact_mut(), 0, ArrayPrelim::default());
+            let update = client.transact().encode_diff_v1(&sv);
+            if doc.apply_update_v1(&update).is_err() {
+                refused = Some(level);
+                break;
+            }
+        }
+        // The root counts as level 1, so the 256th nested array is the first too many.
+        assert_eq!(refused, Some(MAX_TYPE_DEPTH));
+        assert!(doc.measure_depth() <= MAX_TYPE_DEPTH);
+    }
+
+    #[test]
+    fn many_flat_types_in_one_update_are_fine() {
+        let client = Doc::with_client_id(6);
+        let array = client.get_or_insert_array("items");
+        {
+            let mut txn = client.transact_mut();
+            for i in 0..5_000 {
+                let map = array.push_back(&mut txn, yrs::MapPrelim::default());
+                map.insert(&mut txn, "n", i);
+            }
+        }
+        let update = client
+            .transact()
+            .encode_state_as_update_v1(&StateVector::default());
+        let mut doc = RoomDoc::new();
+        doc.apply_update_v1(&update)
+            .expect("5,000 maps side by side nest two deep");
+        assert_eq!(doc.measure_depth(), 2);
     }
 }

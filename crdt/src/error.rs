@@ -42,6 +42,15 @@ pub enum ProtocolError {
     /// Values nested deeper than [`crate::validate::MAX_ANY_DEPTH`].
     #[error("values nested too deeply")]
     TooDeep,
+    /// A client id beyond the 53 bits Yjs client ids have.
+    #[error("client id {0} is larger than 53 bits")]
+    ClientIdTooLarge(u64),
+    /// Shared types nested deeper than [`crate::doc::MAX_TYPE_DEPTH`].
+    #[error(
+        "shared types nested more than {} levels deep",
+        crate::doc::MAX_TYPE_DEPTH
+    )]
+    TypesTooDeep,
     /// An awareness state that is not valid JSON.
     #[error("awareness state is not valid JSON")]
     InvalidAwareness,

@@ -14,26 +14,102 @@ use crate::protocol::Cursor;
 /// uses for the JSON-encoded contents, stops at 128 itself.
 pub const MAX_ANY_DEPTH: usize = 96;
 
+/// Yjs client ids are JavaScript integers, at most 53 bits; `yrs` packs them into 53 bits too.
+pub const MAX_CLIENT_ID: u64 = (1 << 53) - 1;
+
+/// What [`check_update_v1`] learned about an update.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct UpdateSummary {
+    /// Items holding a shared type (map, array, text, XML): the only items that can nest.
+    pub type_items: usize,
+}
+
+/// Where an item of an update hangs in the document.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ParentRef {
+    /// A root type, by name.
+    Root,
+    /// The shared type held by the item with this id (client, clock).
+    Item(u64, u32),
+    /// The same parent as the item with this id: its left or right neighbour.
+    SameAs(u64, u32),
+    /// Not an item (deleted-content or skip range).
+    None,
+}
+
+/// One block of an update: its id range and where it hangs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UpdateItem {
+    /// The client that made it.
+    pub client: u64,
+    /// Its first clock.
+    pub clock: u32,
+    /// How many clocks it covers.
+    pub len: u32,
+    /// Whether it holds a shared type.
+    pub is_type: bool,
+    /// Its parent.
+    pub parent: ParentRef,
+}
+
 /// Checks that `update` is a structurally sound Yjs update (v1) that `yrs` can decode without
 /// unbounded allocation or recursion.
 ///
 /// # Errors
 /// A [`ProtocolError`] naming the first defect found; nothing is allocated in proportion to any
 /// count read from the input.
-pub fn check_update_v1(update: &[u8]) -> Result<(), ProtocolError> {
+pub fn check_update_v1(update: &[u8]) -> Result<UpdateSummary, ProtocolError> {
+    let mut summary = UpdateSummary::default();
+    walk_update_v1(update, |item| {
+        summary.type_items += usize::from(item.is_type)
+    })?;
+    Ok(summary)
+}
+
+/// The blocks of an update, for reasoning about where its items go (see
+/// [`crate::doc::RoomDoc`]'s nesting limit). Call it on updates [`check_update_v1`] accepted.
+///
+/// # Errors
+/// As [`check_update_v1`].
+pub fn update_items_v1(update: &[u8]) -> Result<Vec<UpdateItem>, ProtocolError> {
+    let mut items = Vec::new();
+    walk_update_v1(update, |item| items.push(item))?;
+    Ok(items)
+}
+
+fn walk_update_v1(update: &[u8], mut on_item: impl FnMut(UpdateItem)) -> Result<(), ProtocolError> {
     let mut c = Cursor::new(update);
     // Each client section needs at least three bytes: block count, client id and clock.
     let clients = c.read_count(3)?;
     for _ in 0..clients {
         // Each block needs at least two bytes (info and a length or content).
         let blocks = c.read_count(2)?;
-        c.read_var_u64()?; // client id
-        c.read_var_u32()?; // first clock
+        let client = read_client_id(&mut c)?;
+        let mut clock = c.read_var_u32()?;
         for _ in 0..blocks {
-            check_block(&mut c)?;
+            let (len, is_type, parent) = check_block(&mut c)?;
+            on_item(UpdateItem {
+                client,
+                clock,
+                len,
+                is_type,
+                parent,
+            });
+            // yrs adds lengths in u32; an update that overflows them cannot be a real one.
+            clock = clock
+                .checked_add(len)
+                .ok_or(ProtocolError::VarIntOverflow)?;
         }
     }
     check_id_set(&mut c)
+}
+
+fn read_client_id(c: &mut Cursor<'_>) -> Result<u64, ProtocolError> {
+    let client = c.read_var_u64()?;
+    if client > MAX_CLIENT_ID {
+        return Err(ProtocolError::ClientIdTooLarge(client));
+    }
+    Ok(client)
 }
 
 /// Checks an encoded state vector (v1): a count, then that many client id / clock pairs.
@@ -44,7 +120,7 @@ pub fn check_state_vector_v1(state_vector: &[u8]) -> Result<(), ProtocolError> {
     let mut c = Cursor::new(state_vector);
     let entries = c.read_count(2)?;
     for _ in 0..entries {
-        c.read_var_u64()?;
+        read_client_id(&mut c)?;
         c.read_var_u32()?;
     }
     Ok(())
@@ -70,42 +146,50 @@ const CONTENT_DOC: u8 = 9;
 // The one type reference that carries a name.
 const TYPE_REF_XML_ELEMENT: u8 = 3;
 
-fn check_id(c: &mut Cursor<'_>) -> Result<(), ProtocolError> {
-    c.read_var_u64()?;
-    c.read_var_u32()?;
-    Ok(())
+fn check_id(c: &mut Cursor<'_>) -> Result<(u64, u32), ProtocolError> {
+    Ok((read_client_id(c)?, c.read_var_u32()?))
 }
 
-fn check_block(c: &mut Cursor<'_>) -> Result<(), ProtocolError> {
+/// Checks one block and returns its length in clocks, whether it holds a shared type, and its
+/// parent.
+fn check_block(c: &mut Cursor<'_>) -> Result<(u32, bool, ParentRef), ProtocolError> {
     let info = c.read_u8()?;
     if info == BLOCK_GC || info == BLOCK_SKIP {
-        c.read_var_u32()?;
-        return Ok(());
+        return Ok((c.read_var_u32()?, false, ParentRef::None));
     }
+    let mut parent = ParentRef::None;
     if info & HAS_ORIGIN != 0 {
-        check_id(c)?;
+        let (client, clock) = check_id(c)?;
+        parent = ParentRef::SameAs(client, clock);
     }
     if info & HAS_RIGHT_ORIGIN != 0 {
-        check_id(c)?;
+        let (client, clock) = check_id(c)?;
+        if parent == ParentRef::None {
+            parent = ParentRef::SameAs(client, clock);
+        }
     }
     if info & (HAS_ORIGIN | HAS_RIGHT_ORIGIN) == 0 {
         if c.read_var_u32()? == 1 {
             c.read_var_bytes()?; // parent type name
+            parent = ParentRef::Root;
         } else {
-            check_id(c)?; // parent item id
+            let (client, clock) = check_id(c)?; // parent item id
+            parent = ParentRef::Item(client, clock);
         }
         if info & HAS_PARENT_SUB != 0 {
             c.read_var_bytes()?; // map key
         }
     }
-    check_content(c, info & 0b1111)
+    let kind = info & 0b1111;
+    let len = check_content(c, kind)?;
+    Ok((len, kind == CONTENT_TYPE, parent))
 }
 
-fn check_content(c: &mut Cursor<'_>, kind: u8) -> Result<(), ProtocolError> {
-    match kind {
-        CONTENT_DELETED => {
-            c.read_var_u32()?;
-        }
+/// Checks an item's content and returns its length in clocks (UTF-16 units for strings, as Yjs
+/// counts them).
+fn check_content(c: &mut Cursor<'_>, kind: u8) -> Result<u32, ProtocolError> {
+    let len = match kind {
+        CONTENT_DELETED => c.read_var_u32()?,
         CONTENT_JSON => {
             // `yrs` reads one string more than the count says (it loops while `remaining >= 0`),
             // and treats a count above `i32::MAX` as negative. Mirror it exactly.
@@ -122,32 +206,42 @@ fn check_content(c: &mut Cursor<'_>, kind: u8) -> Result<(), ProtocolError> {
             for _ in 0..strings {
                 c.read_var_bytes()?;
             }
+            strings as u32
         }
-        CONTENT_BINARY | CONTENT_STRING | CONTENT_EMBED => {
+        CONTENT_STRING => {
+            let text = c.read_var_str()?;
+            u32::try_from(text.encode_utf16().count()).map_err(|_| ProtocolError::VarIntOverflow)?
+        }
+        CONTENT_BINARY | CONTENT_EMBED => {
             c.read_var_bytes()?;
+            1
         }
         CONTENT_FORMAT => {
             c.read_var_bytes()?; // key
             c.read_var_bytes()?; // JSON value
+            1
         }
         CONTENT_TYPE => {
             if c.read_u8()? == TYPE_REF_XML_ELEMENT {
                 c.read_var_bytes()?; // element name
             }
+            1
         }
         CONTENT_ANY => {
             let values = c.read_count(1)?;
             for _ in 0..values {
                 check_any(c, 0)?;
             }
+            values as u32
         }
         CONTENT_DOC => {
             // Sub-document options are one `Any` value (a map).
             check_any(c, 0)?;
+            1
         }
         other => return Err(ProtocolError::UnknownContent(other)),
-    }
-    Ok(())
+    };
+    Ok(len)
 }
 
 fn check_any(c: &mut Cursor<'_>, depth: usize) -> Result<(), ProtocolError> {
@@ -195,7 +289,7 @@ fn check_id_set(c: &mut Cursor<'_>) -> Result<(), ProtocolError> {
     // Each client needs a client id and a range count.
     let clients = c.read_count(2)?;
     for _ in 0..clients {
-        c.read_var_u64()?;
+        read_client_id(c)?;
         let ranges = c.read_count(2)?;
         for _ in 0..ranges {
             c.read_var_u32()?; // clock
