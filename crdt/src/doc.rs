@@ -99,13 +99,16 @@ impl RoomDoc {
         if summary.type_items > 0 {
             self.check_nesting(update)?;
         }
-        let mut txn = self.doc.transact_mut();
-        let pending_before = pending_len(&txn);
-        txn.apply_update(decoded)?;
-        let changed = !txn.insert_set().is_empty()
-            || !txn.delete_set().is_empty()
-            || pending_len(&txn) != pending_before;
-        drop(txn);
+        let changed = guarded("applying an update", || {
+            let mut txn = self.doc.transact_mut();
+            let pending_before = pending_len(&txn);
+            txn.apply_update(decoded)?;
+            Ok::<_, DocError>(
+                !txn.insert_set().is_empty()
+                    || !txn.delete_set().is_empty()
+                    || pending_len(&txn) != pending_before,
+            )
+        })??;
         if changed {
             self.full_state = None;
             Ok(Applied::Changed)
@@ -126,6 +129,12 @@ impl RoomDoc {
         }
         check_update_v1(update)?;
         let decoded = Update::decode_v1(update)?;
+        guarded("checking an update", || {
+            self.would_change_unguarded(&decoded)
+        })
+    }
+
+    fn would_change_unguarded(&self, decoded: &Update) -> bool {
         let txn = self.doc.transact();
         // Any block past what the document has is new, also one that cannot be integrated yet
         // (it would be kept as pending).
@@ -135,13 +144,13 @@ impl RoomDoc {
             .iter()
             .any(|(client, ranges)| ranges.iter().any(|r| r.end > known.get(client)));
         if inserts_new {
-            return Ok(true);
+            return true;
         }
         let mut new_deletions = decoded.delete_set().clone();
         new_deletions.diff_with(&txn.snapshot().delete_set);
-        Ok(new_deletions
+        new_deletions
             .iter()
-            .any(|(_, ranges)| ranges.iter().next().is_some()))
+            .any(|(_, ranges)| ranges.iter().next().is_some())
     }
 
     /// Refuses an update whose shared types could take the document past [`MAX_TYPE_DEPTH`],
@@ -185,6 +194,14 @@ impl RoomDoc {
     /// The document's nesting depth of shared types, by walking them with an explicit stack
     /// (no recursion, so any depth is safe to measure).
     pub fn measure_depth(&self) -> usize {
+        // If walking fails, assume the worst: nothing more may nest.
+        guarded("measuring the nesting depth", || {
+            self.measure_depth_unguarded()
+        })
+        .unwrap_or(MAX_TYPE_DEPTH)
+    }
+
+    fn measure_depth_unguarded(&self) -> usize {
         let txn = self.doc.transact();
         let mut stack: Vec<(Out, usize)> = txn.root_refs().map(|(_, out)| (out, 1)).collect();
         let mut deepest = 0;
@@ -239,7 +256,42 @@ impl RoomDoc {
         if sv.is_empty() {
             return Ok(self.encode_state_v1());
         }
-        Ok(self.doc.transact().encode_state_as_update_v1(&sv).into())
+        Ok(self.encode_with_pending(&sv).0.into())
+    }
+
+    /// What the document holds beyond `sv`, pending content included. `yrs` panics while merging
+    /// pending content in some states a crafted update can produce; then the pending content is
+    /// left out (a peer gets it once it can be integrated), and the panic is logged.
+    /// Also says whether the pending content is in.
+    fn encode_with_pending(&self, sv: &StateVector) -> (Vec<u8>, bool) {
+        match guarded("encoding the state", || {
+            self.doc.transact().encode_state_as_update_v1(sv)
+        }) {
+            Ok(state) => (state, true),
+            Err(_) => {
+                let without = guarded("encoding the state without pending content", || {
+                    self.doc.transact().encode_diff_v1(sv)
+                });
+                (without.unwrap_or_else(|_| EMPTY_UPDATE_V1.to_vec()), false)
+            }
+        }
+    }
+
+    /// The whole document, pending content included, for a snapshot that replaces the log; `None`
+    /// when it cannot be encoded with the pending content (the log is then kept as it is).
+    pub fn try_snapshot_v1(&mut self) -> Option<Arc<[u8]>> {
+        if let Some(state) = &self.full_state {
+            return Some(state.clone());
+        }
+        let state: Arc<[u8]> = guarded("encoding a snapshot", || {
+            self.doc
+                .transact()
+                .encode_state_as_update_v1(&StateVector::default())
+        })
+        .ok()?
+        .into();
+        self.full_state = Some(state.clone());
+        Some(state)
     }
 
     /// The document's root types as JSON, as Yjs' `doc.toJSON()` gives them: text and XML as
@@ -247,6 +299,10 @@ impl RoomDoc {
     /// relay never declares types) are recognised by their content; an empty or wholly deleted
     /// one may come out as `{}` or `[]` where the client that made it would say `""`.
     pub fn to_json(&self) -> serde_json::Value {
+        guarded("exporting JSON", || self.to_json_unguarded()).unwrap_or(serde_json::Value::Null)
+    }
+
+    fn to_json_unguarded(&self) -> serde_json::Value {
         let txn = self.doc.transact();
         let mut roots = serde_json::Map::new();
         for (name, value) in txn.root_refs() {
@@ -264,14 +320,28 @@ impl RoomDoc {
         if let Some(state) = &self.full_state {
             return state.clone();
         }
-        let state: Arc<[u8]> = self
-            .doc
-            .transact()
-            .encode_state_as_update_v1(&StateVector::default())
-            .into();
-        self.full_state = Some(state.clone());
+        let (state, complete) = self.encode_with_pending(&StateVector::default());
+        let state: Arc<[u8]> = state.into();
+        // Only a complete encoding may stand for the document (snapshots reuse the cache).
+        if complete {
+            self.full_state = Some(state.clone());
+        }
         state
     }
+}
+
+/// Runs a `yrs` operation, turning a panic inside it (a bug a crafted update can reach) into an
+/// error, so one document cannot take the relay down.
+fn guarded<T>(what: &str, operation: impl FnOnce() -> T) -> Result<T, DocError> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(operation)).map_err(|panic| {
+        let message = panic
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_default();
+        tracing::error!(message, "yrs panicked while {what}");
+        DocError::Internal(format!("yrs panicked while {what}: {message}"))
+    })
 }
 
 /// JSON of a root type whose kind the document does not know (it was created by an update, not

@@ -69,6 +69,9 @@ pub enum DocError {
     /// `yrs` refused to integrate the update.
     #[error("cannot be applied: {0}")]
     Apply(#[from] yrs::error::UpdateError),
+    /// `yrs` panicked (a bug in it that this input reaches); the document may hold part of it.
+    #[error("{0}")]
+    Internal(String),
 }
 
 /// Opening the store failed; nothing was written to the file.

@@ -4,9 +4,12 @@
 use std::path::Path;
 
 fn replay(target: &str, run: fn(&[u8])) -> usize {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("fuzz/regressions")
-        .join(target);
+    // FUZZ_REPLAY_DIR=crdt/fuzz/artifacts replays what a fuzzing run found, to check a fix.
+    let base = std::env::var_os("FUZZ_REPLAY_DIR").map_or_else(
+        || Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/regressions"),
+        std::path::PathBuf::from,
+    );
+    let dir = base.join(target);
     let mut count = 0;
     for entry in std::fs::read_dir(&dir).expect("regressions directory") {
         let path = entry.expect("entry").path();

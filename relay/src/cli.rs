@@ -189,7 +189,12 @@ pub fn compact(mut store: Store) -> Result<CompactReport, CliError> {
         if stored.log_entries == 0 {
             continue;
         }
-        let state = stored.doc.encode_state_v1();
+        let Some(state) = stored.doc.try_snapshot_v1() else {
+            return Err(CliError::Store(format!(
+                "{}: cannot encode a snapshot; its log is kept as it is",
+                room.name
+            )));
+        };
         store
             .commit(&[Write::Snapshot {
                 room: room.name.as_str().into(),

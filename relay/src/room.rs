@@ -850,7 +850,14 @@ impl Room {
         if self.log_entries < settings.compact_entries && self.log_bytes < byte_threshold {
             return;
         }
-        let state = self.doc.encode_state_v1();
+        let Some(state) = self.doc.try_snapshot_v1() else {
+            // The log still holds every update: keep it, and try again after more updates.
+            tracing::error!("cannot encode a snapshot; keeping the log as it is");
+            self.ctx.metrics.error("snapshot_failed");
+            self.log_entries = 0;
+            self.log_bytes = 0;
+            return;
+        };
         let through_seq = self.next_seq - 1;
         tracing::info!(
             through_seq,
@@ -983,6 +990,14 @@ pub(crate) async fn run_room(
         );
         ctx.metrics.rooms_loaded.inc();
         let mut room = Room::new(name.clone(), ctx.clone(), stored, status);
+        // If anything in the room panics, its task ends: take it out of the registry, so the next
+        // connection loads the document again instead of finding a dead queue forever.
+        let mut unregister = UnregisterOnPanic {
+            registry: &registry,
+            name: &name,
+            entry_id,
+            armed: true,
+        };
         loop {
             let deadline = room.unload_deadline();
             tokio::select! {
@@ -1034,11 +1049,29 @@ pub(crate) async fn run_room(
                 () = ctx.shutdown.cancelled(), if !ctx.shutdown.is_cancelled() => {}
             }
         }
+        unregister.armed = false;
         ctx.metrics.rooms_loaded.dec();
         tracing::info!("room unloaded");
     }
     .instrument(span)
     .await
+}
+
+/// Removes a room's registry entry when its task unwinds from a panic.
+struct UnregisterOnPanic<'a> {
+    registry: &'a RoomRegistry,
+    name: &'a str,
+    entry_id: u64,
+    armed: bool,
+}
+
+impl Drop for UnregisterOnPanic<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            tracing::error!(room = %self.name, "the room's task panicked; it will be loaded again");
+            self.registry.remove(self.name, self.entry_id);
+        }
+    }
 }
 
 async fn sleep_until_opt(deadline: Option<Instant>) {
