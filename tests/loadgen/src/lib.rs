@@ -1,0 +1,26 @@
+//! A load generator for the relay and its peers.
+//!
+//! Modules in the order a run uses them:
+//! - [`peers`]: start the server under test (the relay, `@y/websocket-server`, `y-sweet`, the
+//!   bare [forwarder](../forwarder/index.html)) pinned to its own core;
+//! - [`client`]: y-websocket clients with real `yrs` updates, and matching each received update
+//!   to the edit that made it;
+//! - [`scenario`]: the named presets and what each measures;
+//! - [`monitor`] and [`procfs`]: whether the generator kept up, and the server's CPU, memory
+//!   and disk figures;
+//! - [`trace`]: real editing traces replayed into documents;
+//! - [`report`]: the table of `BENCHMARKS.md`.
+//!
+//! ```sh
+//! cargo build --release -p relay -p loadgen
+//! target/release/loadgen run --peer relay --scenario fanout-100 --smoke
+//! tests/loadgen/bench.sh        # every scenario against every peer, writes BENCHMARKS.md
+//! ```
+
+pub mod client;
+pub mod monitor;
+pub mod peers;
+pub mod procfs;
+pub mod report;
+pub mod scenario;
+pub mod trace;

@@ -1,0 +1,447 @@
+//! `loadgen`: runs the benchmark scenarios against the relay and its peers.
+//!
+//! ```sh
+//! cargo build --release -p relay -p loadgen
+//! # one scenario, one peer, small counts:
+//! target/release/loadgen run --peer relay --scenario fanout-100 --smoke
+//! # everything, twice, into BENCHMARKS.md (what tests/loadgen/bench.sh does):
+//! target/release/loadgen bench --runs 2 --out BENCHMARKS.md
+//! ```
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{Context, bail};
+use clap::{Args, Parser, Subcommand};
+use loadgen::peers::{PeerKind, PeerPaths};
+use loadgen::report;
+use loadgen::scenario::{self, Ctx, Outcome, Preset, ProcessLauncher, Size};
+
+#[derive(Parser)]
+#[command(
+    about = "Load generator and benchmark for the relay and its peers",
+    args_override_self = true
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Runs scenarios against peers and prints each result.
+    Run(RunArgs),
+    /// Runs scenarios against peers and writes BENCHMARKS.md (and the raw results as JSON).
+    Bench(BenchArgs),
+    /// Rewrites the markdown from saved JSON results.
+    Report {
+        /// The JSON written by `bench`.
+        #[arg(long)]
+        json: PathBuf,
+        /// The markdown file to write.
+        #[arg(long, default_value = "BENCHMARKS.md")]
+        out: PathBuf,
+        /// Text to put in the machine section (defaults to this machine now).
+        #[arg(long)]
+        machine: Option<PathBuf>,
+    },
+}
+
+#[derive(Args, Clone)]
+struct Common {
+    /// Scenarios, comma-separated, or "all".
+    #[arg(long, default_value = "all")]
+    scenario: String,
+    /// Peers, comma-separated (relay, y-websocket-server, y-sweet, forwarder), or "all".
+    #[arg(long, default_value = "all")]
+    peer: String,
+    /// Small counts and a few seconds per scenario.
+    #[arg(long)]
+    smoke: bool,
+    /// Runs of each point.
+    #[arg(long, default_value_t = 1)]
+    runs: usize,
+    /// Overrides the measurement time of the timed scenarios (seconds).
+    #[arg(long)]
+    seconds: Option<f64>,
+    /// The relay binary.
+    #[arg(long, default_value = "target/release/relay")]
+    relay_bin: PathBuf,
+    /// The forwarder binary.
+    #[arg(long, default_value = "target/release/forwarder")]
+    forwarder_bin: PathBuf,
+    /// The y-sweet binary.
+    #[arg(long, default_value = "y-sweet")]
+    y_sweet_bin: PathBuf,
+    /// The directory with node_modules/@y/websocket-server.
+    #[arg(long, default_value = "tests/loadgen/peers")]
+    node_peers: PathBuf,
+    /// The core the servers run on (taskset -c).
+    #[arg(long, default_value_t = 0)]
+    server_core: usize,
+    /// The core the generator runs on.
+    #[arg(long, default_value_t = 1)]
+    loadgen_core: usize,
+    /// Do not pin anything.
+    #[arg(long)]
+    no_pin: bool,
+    /// Where data directories go.
+    #[arg(long, default_value = "target/loadgen-work")]
+    work_dir: PathBuf,
+    /// The editing trace for large-doc and join-storm.
+    #[arg(
+        long,
+        default_value = "../shared/data/editing-traces/automerge-paper.json.gz"
+    )]
+    trace: PathBuf,
+    /// Where built documents are cached.
+    #[arg(long, default_value = "target/loadgen-cache")]
+    cache_dir: PathBuf,
+    /// Extra arguments for `relay serve` (repeat).
+    #[arg(long = "relay-arg", allow_hyphen_values = true)]
+    relay_args: Vec<String>,
+    /// Append every result to this JSON file as it comes.
+    #[arg(long)]
+    json: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct RunArgs {
+    #[command(flatten)]
+    common: Common,
+}
+
+#[derive(Args)]
+struct BenchArgs {
+    #[command(flatten)]
+    common: Common,
+    /// The markdown file to write.
+    #[arg(long, default_value = "BENCHMARKS.md")]
+    out: PathBuf,
+    /// The command line to print as "how to reproduce".
+    #[arg(long, default_value = "tests/loadgen/bench.sh")]
+    reproduce: String,
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    match cli.command {
+        Cmd::Run(args) => {
+            pin(&args.common)?;
+            runtime.block_on(run_all(&args.common))?;
+        }
+        Cmd::Bench(args) => {
+            pin(&args.common)?;
+            let machine = machine_description(&args.common);
+            let started = now_utc();
+            let outcomes = runtime.block_on(run_all(&args.common))?;
+            let peers = peers(&args.common.peer)?;
+            let md = markdown(&outcomes, &peers, &machine, &args.reproduce, &started);
+            std::fs::write(&args.out, md)
+                .with_context(|| format!("write {}", args.out.display()))?;
+            eprintln!("wrote {}", args.out.display());
+        }
+        Cmd::Report { json, out, machine } => {
+            let text = std::fs::read_to_string(&json)?;
+            let outcomes: Vec<Outcome> = text
+                .lines()
+                .filter(|l| !l.trim().is_empty())
+                .map(parse_outcome)
+                .collect::<anyhow::Result<_>>()?;
+            let mut peers: Vec<PeerKind> = outcomes.iter().map(|o| o.peer).collect();
+            peers.sort();
+            peers.dedup();
+            let machine = match machine {
+                Some(p) => std::fs::read_to_string(p)?,
+                None => String::from("(not recorded)"),
+            };
+            let md = markdown(&outcomes, &peers, &machine, "tests/loadgen/bench.sh", "");
+            std::fs::write(&out, md)?;
+        }
+    }
+    Ok(())
+}
+
+fn parse_outcome(line: &str) -> anyhow::Result<Outcome> {
+    // Outcome is written with serde; read it back field by field.
+    let v: serde_json::Value = serde_json::from_str(line)?;
+    loadgen_outcome_from_json(&v).context("bad result line")
+}
+
+fn loadgen_outcome_from_json(v: &serde_json::Value) -> Option<Outcome> {
+    let preset: Preset = v.get("preset")?.as_str()?.parse().ok()?;
+    let peer: PeerKind = v.get("peer")?.as_str()?.parse().ok()?;
+    let size = match v.get("size")?.as_str()? {
+        "Smoke" => Size::Smoke,
+        _ => Size::Full,
+    };
+    let mut o = Outcome::from_parts(preset, peer, size);
+    for (k, x) in v.get("metrics")?.as_object()? {
+        o.metrics.insert(k.clone(), x.as_f64()?);
+    }
+    if let Some(l) = v.get("latency").filter(|l| !l.is_null()) {
+        o.latency = Some(scenario::Pcts {
+            p50: l.get("p50")?.as_f64()?,
+            p95: l.get("p95")?.as_f64()?,
+            p99: l.get("p99")?.as_f64()?,
+            max: l.get("max")?.as_f64()?,
+            count: l.get("count")?.as_u64()? as usize,
+        });
+    }
+    o.converged = v.get("converged").and_then(serde_json::Value::as_bool);
+    let strings = |key: &str| -> Vec<String> {
+        v.get(key)
+            .and_then(|a| a.as_array())
+            .map(|a| {
+                a.iter()
+                    .filter_map(|s| s.as_str().map(str::to_owned))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    o.notes = strings("notes");
+    o.warnings = strings("warnings");
+    o.error = v.get("error").and_then(|e| e.as_str()).map(str::to_owned);
+    Some(o)
+}
+
+fn pin(c: &Common) -> anyhow::Result<()> {
+    if !c.no_pin {
+        loadgen::procfs::pin_to_core(c.loadgen_core)
+            .with_context(|| format!("pin the generator to core {}", c.loadgen_core))?;
+    }
+    Ok(())
+}
+
+fn presets(s: &str) -> anyhow::Result<Vec<Preset>> {
+    if s == "all" {
+        return Ok(Preset::ALL.to_vec());
+    }
+    s.split(',')
+        .map(|p| p.trim().parse().map_err(anyhow::Error::msg))
+        .collect()
+}
+
+fn peers(s: &str) -> anyhow::Result<Vec<PeerKind>> {
+    if s == "all" {
+        return Ok(PeerKind::ALL.to_vec());
+    }
+    s.split(',')
+        .map(|p| p.trim().parse().map_err(anyhow::Error::msg))
+        .collect()
+}
+
+async fn run_all(c: &Common) -> anyhow::Result<Vec<Outcome>> {
+    let presets = presets(&c.scenario)?;
+    let peers = peers(&c.peer)?;
+    let size = if c.smoke { Size::Smoke } else { Size::Full };
+    let work_dir = absolute(&c.work_dir)?;
+    std::fs::create_dir_all(&work_dir)?;
+    let paths = PeerPaths {
+        relay: absolute(&c.relay_bin)?,
+        forwarder: absolute(&c.forwarder_bin)?,
+        y_sweet: resolve_program(&c.y_sweet_bin),
+        node_peers: absolute(&c.node_peers)?,
+        server_core: (!c.no_pin).then_some(c.server_core),
+        relay_args: c.relay_args.clone(),
+    };
+    for p in &peers {
+        let program = match p {
+            PeerKind::Relay => Some(&paths.relay),
+            PeerKind::Forwarder => Some(&paths.forwarder),
+            PeerKind::YSweet => Some(&paths.y_sweet),
+            PeerKind::YWebsocketServer => None,
+        };
+        if let Some(program) = program
+            && !program.exists()
+        {
+            bail!(
+                "{p}: {} does not exist (build or install it first)",
+                program.display()
+            );
+        }
+    }
+    let ctx = Ctx {
+        size,
+        work_dir: work_dir.clone(),
+        trace_path: absolute(&c.trace)?,
+        cache_dir: absolute(&c.cache_dir)?,
+        seconds: c.seconds,
+    };
+    let mut outcomes = Vec::new();
+    for preset in &presets {
+        for run in 1..=c.runs {
+            for peer in &peers {
+                let mut launcher = ProcessLauncher {
+                    kind: *peer,
+                    paths: paths.clone(),
+                };
+                eprintln!("== {preset} / {peer} (run {run}/{}) ==", c.runs);
+                let outcome =
+                    scenario::run(*preset, &mut launcher, &ctx, &format!("run{run}")).await;
+                println!("{}\n", outcome.summary());
+                if let Some(json) = &c.json {
+                    use std::io::Write;
+                    let mut f = std::fs::OpenOptions::new()
+                        .create(true)
+                        .append(true)
+                        .open(json)?;
+                    writeln!(f, "{}", serde_json::to_string(&outcome)?)?;
+                }
+                outcomes.push(outcome);
+                // Leave the data directory for inspection only on failure.
+                let dir = work_dir.join(format!("{}-{}-run{run}", preset.name(), peer.name()));
+                if outcomes.last().is_some_and(|o| o.error.is_none()) {
+                    let _ = std::fs::remove_dir_all(&dir);
+                }
+            }
+        }
+    }
+    Ok(outcomes)
+}
+
+fn absolute(p: &Path) -> anyhow::Result<PathBuf> {
+    Ok(if p.is_absolute() {
+        p.to_owned()
+    } else {
+        std::env::current_dir()?.join(p)
+    })
+}
+
+/// A program name looked up on PATH (or a path as given).
+fn resolve_program(p: &Path) -> PathBuf {
+    if p.components().count() > 1 {
+        return absolute(p).unwrap_or_else(|_| p.to_owned());
+    }
+    std::env::var_os("PATH")
+        .and_then(|path| {
+            std::env::split_paths(&path)
+                .map(|d| d.join(p))
+                .find(|c| c.is_file())
+        })
+        .unwrap_or_else(|| p.to_owned())
+}
+
+fn sh(cmd: &str) -> String {
+    Command::new("sh")
+        .arg("-c")
+        .arg(cmd)
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .unwrap_or_default()
+}
+
+fn now_utc() -> String {
+    sh("date -u '+%Y-%m-%d %H:%M UTC'")
+}
+
+fn machine_description(c: &Common) -> String {
+    let lscpu = sh(
+        "lscpu | grep -E '^(Architecture|CPU\\(s\\)|Model name|Thread\\(s\\) per core|Core\\(s\\) per socket|Socket\\(s\\)|CPU max MHz|L2 cache|L3 cache|Hypervisor vendor|Virtualization type)'",
+    );
+    let y_sweet = resolve_program(&c.y_sweet_bin);
+    let node_pkg = |name: &str| {
+        let p = c
+            .node_peers
+            .join("node_modules")
+            .join(name)
+            .join("package.json");
+        std::fs::read_to_string(p)
+            .ok()
+            .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+            .and_then(|v| v.get("version").and_then(|x| x.as_str()).map(str::to_owned))
+            .unwrap_or_else(|| "not installed".into())
+    };
+    format!(
+        "```\n{lscpu}\nMemory: {}\nKernel: {}\nrustc: {}\nnode: {}\nrelay: {} (git {})\n@y/websocket-server: {}, y-leveldb {}, yjs {}, ws {}\ny-sweet: {}\nload average at start: {}\n```",
+        sh("free -g | awk '/Mem:/ {print $2 \" GiB\"}'"),
+        sh("uname -srvm"),
+        sh("rustc --version"),
+        sh("node --version"),
+        sh(&format!("{} --version 2>/dev/null", c.relay_bin.display())),
+        std::env::var("RELAY_REV").unwrap_or_else(|_| sh("git rev-parse --short HEAD 2>/dev/null; git status --porcelain 2>/dev/null | grep -q . && echo '(with uncommitted changes)'").replace('\n', " ")),
+        node_pkg("@y/websocket-server"),
+        node_pkg("y-leveldb"),
+        node_pkg("yjs"),
+        node_pkg("ws"),
+        if y_sweet.is_file() {
+            format!("0.9.1 (cargo install y-sweet --locked), {}", y_sweet.display())
+        } else {
+            "not installed".into()
+        },
+        sh("cut -d' ' -f1-3 /proc/loadavg"),
+    )
+}
+
+fn markdown(
+    outcomes: &[Outcome],
+    peers: &[PeerKind],
+    machine: &str,
+    reproduce: &str,
+    started: &str,
+) -> String {
+    let mut s = String::new();
+    s.push_str("# Benchmarks\n\n");
+    s.push_str(&format!(
+        "Latest full run{}: every scenario of issue 6 against the relay and, in the same run, its peers. \
+         Each cell is the mean of the runs, with each run in parentheses; ratios are relay ÷ peer \
+         on the means (below 1: the relay uses less, or is faster).\n\n",
+        if started.is_empty() { String::new() } else { format!(" ({started})") }
+    ));
+    s.push_str("## Reproduce\n\n```sh\n");
+    s.push_str(reproduce);
+    s.push_str("\n```\n\n");
+    s.push_str("## Machine\n\n");
+    s.push_str(machine);
+    s.push_str("\n\n");
+    s.push_str(METHOD);
+    s.push_str("\n## Targets (issue 6)\n\n");
+    s.push_str(&report::targets(outcomes));
+    s.push_str("\n## Results\n\n");
+    s.push_str(&report::tables(outcomes, peers));
+    s
+}
+
+const METHOD: &str = "## How it is measured\n\n\
+- The servers run on core 0 (`taskset -c 0`), the generator (`target/release/loadgen`, one \
+  tokio current-thread runtime) on core 1. Each point starts a fresh server process with an \
+  empty data directory; each point runs at least twice.\n\
+- Clients speak y-websocket with real `yrs` 0.28.1 updates, encoded and decoded with the \
+  workspace's `crdt::protocol`. Writers each own a document with a fixed client id and set one \
+  new `Y.Map` key per update, so every update inserts one item (client id, clock). Receivers \
+  read those ids from each update and look up when that edit was sent: edit-to-delivery time \
+  is measured for every delivery, in one process, with one clock.\n\
+- Server CPU is `utime + stime` of `/proc/PID/stat` over the measurement (from the first \
+  edit until every delivery has arrived), memory `VmRSS`/`VmHWM` of `/proc/PID/status`, bytes \
+  written the server's `ru_oublock` (`wait4`). A delivery is an update reaching a client other \
+  than its writer; `@y/websocket-server` and `y-sweet` also send each update back to its \
+  writer (not counted).\n\
+- Convergence: after each run a fresh client reads every room (sync step 1 with an empty \
+  state vector) and must find every writer's clock and every map entry.\n\
+- The generator warns when it used more than 85% of its core or its event loop lagged \
+  (p99 of a 5 ms timer over 10 ms); its CPU share is in the tables.\n\
+- Peers: `@y/websocket-server` 0.1.1 under Node with `YPERSISTENCE` (y-leveldb; 0.1.5, the \
+  npm `latest`, does not install: it depends on an unpublished `@y/y`); `y-sweet serve` with a \
+  filesystem store (documents created with `POST /doc/new` before clients join; checkpoints \
+  every 10 s, its default); the bare forwarder (`tests/loadgen/src/bin/forwarder.rs`: tokio + \
+  tokio-tungstenite 0.30, TCP_NODELAY, each binary message forwarded to the room's other \
+  connections, one frame and one flush per message, no CRDT, no disk). The bare forwarder \
+  keeps no state, so its clients skip the sync handshake and nothing converges.\n\
+- Durable writes: each of the 100 rooms has a writer and an observer; a writer sends an \
+  update, waits for its acknowledgement, and sends the next (one update in flight per room; \
+  `LOADGEN_DURABLE_WINDOW=N` allows N). The relay acknowledges with its \
+  \"saved\" extension (type 100; committed and fsynced). The peers have no such message: their \
+  loop closes on delivery to the observer, so their figures are throughput without durability.\n\
+- Large document: the automerge-paper trace is replayed into a `yrs` document first (one \
+  update per edit), then sent by one client, with a barrier every 1,000 edits (sync step 1 with \
+  the writer's state vector, answered once the server has applied everything before it; at \
+  most 4 barriers in flight). Ingest rate = edits ÷ time until the last barrier's answer; for \
+  the relay, also the time until its \"saved\" for the whole trace. Then the server is stopped \
+  (SIGTERM), the relay's store compacted with `relay compact`, the server started again, and \
+  reload time is from the process start to the first client holding the whole document.\n\
+- Join storm: the document is the trace replayed again and again (each replay into its own \
+  `Y.Text` by its own client id) up to 20 MB, uploaded by one client in one update per replay; \
+  the server is restarted so that the storm finds the room cold, and 150 clients join at once.\n";

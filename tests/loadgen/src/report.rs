@@ -1,0 +1,476 @@
+//! The `BENCHMARKS.md` table: every preset, every peer side by side, relay ÷ peer ratios, and
+//! the targets.
+
+use std::collections::BTreeMap;
+use std::fmt::Write;
+
+use crate::peers::PeerKind;
+use crate::scenario::{Outcome, Preset};
+
+/// One row of a scenario's table.
+struct Row {
+    label: &'static str,
+    key: &'static str,
+    decimals: usize,
+    /// Whether a relay ÷ peer ratio means something for this row.
+    ratio: bool,
+}
+
+const fn row(label: &'static str, key: &'static str, decimals: usize, ratio: bool) -> Row {
+    Row {
+        label,
+        key,
+        decimals,
+        ratio,
+    }
+}
+
+fn rows(preset: Preset) -> Vec<Row> {
+    match preset {
+        Preset::Fanout10
+        | Preset::Fanout100
+        | Preset::Fanout1000
+        | Preset::BusyRoom
+        | Preset::ManyRooms => vec![
+            row("updates sent", "updates_sent", 0, false),
+            row("deliveries received", "deliveries", 0, false),
+            row("deliveries expected", "deliveries_expected", 0, false),
+            row("latency median (ms)", "lat_p50", 2, true),
+            row("latency p95 (ms)", "lat_p95", 2, true),
+            row("latency p99 (ms)", "lat_p99", 2, true),
+            row("latency max (ms)", "lat_max", 1, true),
+            row(
+                "server CPU s per 1,000 deliveries",
+                "cpu_s_per_1k_deliveries",
+                4,
+                true,
+            ),
+            row(
+                "server CPU s per 1,000 updates",
+                "cpu_s_per_1k_updates",
+                4,
+                true,
+            ),
+            row("server CPU s (total)", "server_cpu_s", 2, true),
+            row("peak RSS (MiB)", "rss_peak_mib", 1, true),
+            row("steady RSS (MiB)", "rss_steady_mib", 1, true),
+            row("converged (runs)", "converged", 0, false),
+            row(
+                "generator CPU (share of a core)",
+                "gen_cpu_fraction",
+                2,
+                false,
+            ),
+        ],
+        Preset::Idle => vec![
+            row("connections", "connections", 0, false),
+            row(
+                "KiB per idle room with 1 connection",
+                "kib_per_room",
+                2,
+                true,
+            ),
+            row("RSS before (MiB)", "rss_before_mib", 1, true),
+            row("steady RSS (MiB)", "rss_steady_mib", 1, true),
+            row("peak RSS (MiB)", "rss_peak_mib", 1, true),
+            row("time to connect all (s)", "connect_s", 2, true),
+            row("server CPU s to accept all", "connect_cpu_s", 2, true),
+        ],
+        Preset::JoinStorm => vec![
+            row("document (MiB)", "doc_mib", 1, false),
+            row("joiners synced", "synced", 0, false),
+            row(
+                "first sync step 2 carried the document",
+                "first_step2_full",
+                0,
+                false,
+            ),
+            row("time to synced, median (s)", "sync_p50_s", 3, true),
+            row("time to synced, max (s)", "sync_max_s", 3, true),
+            row("peak RSS (MiB)", "rss_peak_mib", 1, true),
+            row("RSS after the storm (MiB)", "rss_steady_mib", 1, true),
+            row("server CPU s", "server_cpu_s", 2, true),
+            row("upload time (s)", "upload_s", 2, true),
+            row("read back whole (runs)", "converged", 0, false),
+            row(
+                "generator CPU (share of a core)",
+                "gen_cpu_fraction",
+                2,
+                false,
+            ),
+        ],
+        Preset::Durable => vec![
+            row("updates sent", "updates_sent", 0, false),
+            row("acknowledged updates per second", "acked_per_s", 0, false),
+            row("time to acknowledgement, median (ms)", "lat_p50", 2, true),
+            row("time to acknowledgement, p95 (ms)", "lat_p95", 2, true),
+            row("time to acknowledgement, p99 (ms)", "lat_p99", 2, true),
+            row("time to acknowledgement, max (ms)", "lat_max", 1, true),
+            row(
+                "server CPU s per 1,000 updates",
+                "cpu_s_per_1k_updates",
+                4,
+                true,
+            ),
+            row("peak RSS (MiB)", "rss_peak_mib", 1, true),
+            row("converged (runs)", "converged", 0, false),
+        ],
+        Preset::LargeDoc => vec![
+            row("edits", "edits", 0, false),
+            row("edits applied", "edits_applied", 0, false),
+            row("ingest rate (edits/s)", "ingest_edits_per_s", 0, false),
+            row("ingest until saved (s)", "ingest_durable_s", 2, false),
+            row("server CPU s for the ingest", "ingest_cpu_s", 2, true),
+            row("document encoded (bytes)", "doc_bytes", 0, false),
+            row("update bytes sent", "update_bytes", 0, false),
+            row(
+                "store after ingest (bytes)",
+                "store_bytes_after_ingest",
+                0,
+                true,
+            ),
+            row("store at the end (bytes)", "store_bytes", 0, true),
+            row("store ÷ document", "store_per_doc", 2, true),
+            row(
+                "bytes written ÷ update bytes",
+                "written_per_update_byte",
+                2,
+                true,
+            ),
+            row("reload after restart (ms)", "reload_ms", 1, true),
+            row("peak RSS (MiB)", "rss_peak_mib", 1, true),
+        ],
+    }
+}
+
+/// A figure of an outcome by key (`lat_*` are the latency percentiles; `converged` is 1 or 0).
+pub fn value(o: &Outcome, key: &str) -> Option<f64> {
+    let lat = o.latency.as_ref();
+    match key {
+        "lat_p50" => lat.map(|l| l.p50),
+        "lat_p95" => lat.map(|l| l.p95),
+        "lat_p99" => lat.map(|l| l.p99),
+        "lat_max" => lat.map(|l| l.max),
+        "converged" => o.converged.map(|c| if c { 1.0 } else { 0.0 }),
+        _ => o.get(key),
+    }
+}
+
+/// The mean over the successful runs, if any run has the figure.
+pub fn mean(runs: &[&Outcome], key: &str) -> Option<f64> {
+    let values: Vec<f64> = runs.iter().filter_map(|o| value(o, key)).collect();
+    if values.is_empty() {
+        None
+    } else {
+        Some(values.iter().sum::<f64>() / values.len() as f64)
+    }
+}
+
+fn fmt_num(v: f64, decimals: usize) -> String {
+    if decimals == 0 {
+        let n = v.round() as i64;
+        let s = n.abs().to_string();
+        let mut out = String::new();
+        for (i, c) in s.chars().enumerate() {
+            if i > 0 && (s.len() - i).is_multiple_of(3) {
+                out.push(',');
+            }
+            out.push(c);
+        }
+        if n < 0 { format!("-{out}") } else { out }
+    } else {
+        format!("{v:.decimals$}")
+    }
+}
+
+fn cell(runs: &[&Outcome], r: &Row) -> String {
+    if runs.is_empty() {
+        return "not run".to_owned();
+    }
+    if r.key == "converged" {
+        let checked: Vec<bool> = runs.iter().filter_map(|o| o.converged).collect();
+        if checked.is_empty() {
+            return "n/a".to_owned();
+        }
+        let ok = checked.iter().filter(|c| **c).count();
+        return format!("{ok}/{}", checked.len());
+    }
+    let values: Vec<f64> = runs.iter().filter_map(|o| value(o, r.key)).collect();
+    match values.len() {
+        0 => "–".to_owned(),
+        1 => fmt_num(values[0], r.decimals),
+        _ => {
+            let m = values.iter().sum::<f64>() / values.len() as f64;
+            let each: Vec<String> = values.iter().map(|v| fmt_num(*v, r.decimals)).collect();
+            format!("{} ({})", fmt_num(m, r.decimals), each.join(" / "))
+        }
+    }
+}
+
+/// All outcomes grouped by preset and peer.
+pub type Grouped<'a> = BTreeMap<Preset, BTreeMap<PeerKind, Vec<&'a Outcome>>>;
+
+/// Groups outcomes by preset and peer.
+pub fn group(outcomes: &[Outcome]) -> Grouped<'_> {
+    let mut g: Grouped<'_> = BTreeMap::new();
+    for o in outcomes {
+        g.entry(o.preset)
+            .or_default()
+            .entry(o.peer)
+            .or_default()
+            .push(o);
+    }
+    g
+}
+
+/// The markdown tables, one per preset: every figure per peer (mean, then each run), and the
+/// relay ÷ peer ratio of the means.
+pub fn tables(outcomes: &[Outcome], peers: &[PeerKind]) -> String {
+    let g = group(outcomes);
+    let mut s = String::new();
+    let others: Vec<PeerKind> = peers
+        .iter()
+        .copied()
+        .filter(|p| *p != PeerKind::Relay)
+        .collect();
+    for (preset, by_peer) in &g {
+        let size = by_peer
+            .values()
+            .flatten()
+            .next()
+            .map(|o| o.size)
+            .unwrap_or(crate::scenario::Size::Full);
+        let _ = writeln!(s, "### {} — {}\n", preset.name(), preset.describe(size));
+        let _ = write!(s, "| figure |");
+        for p in peers {
+            let _ = write!(s, " {} |", p.name());
+        }
+        for p in &others {
+            let _ = write!(s, " relay ÷ {} |", p.name());
+        }
+        let _ = write!(s, "\n|---|");
+        for _ in 0..peers.len() + others.len() {
+            let _ = write!(s, "---:|");
+        }
+        s.push('\n');
+        let empty = Vec::new();
+        for r in rows(*preset) {
+            let _ = write!(s, "| {} |", r.label);
+            for p in peers {
+                let runs: Vec<&Outcome> = by_peer
+                    .get(p)
+                    .unwrap_or(&empty)
+                    .iter()
+                    .copied()
+                    .filter(|o| o.error.is_none())
+                    .collect();
+                let failed = by_peer.get(p).is_some_and(|v| !v.is_empty()) && runs.is_empty();
+                let _ = write!(
+                    s,
+                    " {} |",
+                    if failed {
+                        "failed".to_owned()
+                    } else {
+                        cell(&runs, &r)
+                    }
+                );
+            }
+            for p in &others {
+                let relay: Vec<&Outcome> = ok_runs(by_peer.get(&PeerKind::Relay));
+                let peer: Vec<&Outcome> = ok_runs(by_peer.get(p));
+                let ratio = match (r.ratio, mean(&relay, r.key), mean(&peer, r.key)) {
+                    (true, Some(a), Some(b)) if b > 0.0 => format!("{:.2}", a / b),
+                    _ => String::new(),
+                };
+                let _ = write!(s, " {ratio} |");
+            }
+            s.push('\n');
+        }
+        // Notes, warnings and failures, each once.
+        let mut remarks: Vec<String> = Vec::new();
+        for (peer, runs) in by_peer {
+            for o in runs {
+                for n in &o.notes {
+                    push_unique(&mut remarks, format!("{peer}: {n}"));
+                }
+                for w in &o.warnings {
+                    push_unique(&mut remarks, format!("{peer}: **warning**: {w}"));
+                }
+                if let Some(e) = &o.error {
+                    push_unique(&mut remarks, format!("{peer}: **failed**: {e}"));
+                }
+            }
+        }
+        if !remarks.is_empty() {
+            s.push('\n');
+            for r in remarks {
+                let _ = writeln!(s, "- {r}");
+            }
+        }
+        s.push('\n');
+    }
+    s
+}
+
+fn ok_runs<'a>(runs: Option<&Vec<&'a Outcome>>) -> Vec<&'a Outcome> {
+    runs.map(|v| v.iter().copied().filter(|o| o.error.is_none()).collect())
+        .unwrap_or_default()
+}
+
+fn push_unique(v: &mut Vec<String>, s: String) {
+    if !v.contains(&s) {
+        v.push(s);
+    }
+}
+
+/// The targets, checked against the means of this run.
+pub fn targets(outcomes: &[Outcome]) -> String {
+    let g = group(outcomes);
+    let get = |preset: Preset, peer: PeerKind, key: &str| -> Option<f64> {
+        let runs = ok_runs(g.get(&preset).and_then(|m| m.get(&peer)));
+        mean(&runs, key)
+    };
+    let mut s = String::from("| target | relay | compared with | met |\n|---|---:|---|:---:|\n");
+    let mut line = |target: String, relay: Option<f64>, against: String, met: Option<bool>| {
+        let relay = relay.map_or("–".to_owned(), |v| format!("{v:.4}"));
+        let met = match met {
+            Some(true) => "yes",
+            Some(false) => "**no**",
+            None => "–",
+        };
+        let _ = writeln!(s, "| {target} | {relay} | {against} | {met} |");
+    };
+    for preset in [
+        Preset::Fanout10,
+        Preset::Fanout100,
+        Preset::Fanout1000,
+        Preset::BusyRoom,
+        Preset::ManyRooms,
+    ] {
+        let key = "cpu_s_per_1k_deliveries";
+        let relay = get(preset, PeerKind::Relay, key);
+        let yws = get(preset, PeerKind::YWebsocketServer, key);
+        let fwd = get(preset, PeerKind::Forwarder, key);
+        let met = match (relay, yws, fwd) {
+            (Some(r), Some(y), Some(f)) => Some(r <= y / 5.0 && r <= f),
+            _ => None,
+        };
+        line(
+            format!(
+                "{preset}: CPU s per 1,000 deliveries ≤ y-websocket-server ÷ 5 and ≤ forwarder"
+            ),
+            relay,
+            format!(
+                "y-websocket-server ÷ 5 = {}, forwarder = {}",
+                yws.map_or("–".into(), |v| format!("{:.4}", v / 5.0)),
+                fwd.map_or("–".into(), |v| format!("{v:.4}"))
+            ),
+            met,
+        );
+        let relay_p99 = get(preset, PeerKind::Relay, "lat_p99");
+        let mut best: Option<(PeerKind, f64)> = None;
+        for p in [
+            PeerKind::YWebsocketServer,
+            PeerKind::YSweet,
+            PeerKind::Forwarder,
+        ] {
+            if let Some(v) = get(preset, p, "lat_p99")
+                && best.is_none_or(|(_, b)| v < b)
+            {
+                best = Some((p, v));
+            }
+        }
+        line(
+            format!("{preset}: p99 latency (ms) lower than every peer's"),
+            relay_p99,
+            best.map_or("–".into(), |(p, v)| format!("lowest peer: {p} {v:.2}")),
+            relay_p99.zip(best).map(|(r, (_, b))| r < b),
+        );
+    }
+    let m = get(Preset::Fanout1000, PeerKind::Relay, "lat_p50");
+    line(
+        "fanout-1000: median latency under 10 ms".into(),
+        m,
+        "10 ms".into(),
+        m.map(|v| v < 10.0),
+    );
+    let idle = get(Preset::Idle, PeerKind::Relay, "kib_per_room");
+    line(
+        "idle: under 10 KB per idle room with one connection (KiB)".into(),
+        idle,
+        "10 KB = 9.77 KiB".into(),
+        idle.map(|v| v * 1024.0 < 10_000.0),
+    );
+    let p50 = get(Preset::JoinStorm, PeerKind::Relay, "sync_p50_s");
+    let max = get(Preset::JoinStorm, PeerKind::Relay, "sync_max_s");
+    let peak = get(Preset::JoinStorm, PeerKind::Relay, "rss_peak_mib");
+    let full = get(Preset::JoinStorm, PeerKind::Relay, "first_step2_full");
+    let clients = get(Preset::JoinStorm, PeerKind::Relay, "clients");
+    line(
+        "join-storm: median under 1 s".into(),
+        p50,
+        "1 s".into(),
+        p50.map(|v| v < 1.0),
+    );
+    line(
+        "join-storm: all within 2 s".into(),
+        max,
+        "2 s".into(),
+        max.map(|v| v <= 2.0),
+    );
+    line(
+        "join-storm: peak memory under 1 GB (MiB)".into(),
+        peak,
+        "1 GB = 953.7 MiB".into(),
+        peak.map(|v| v * 1024.0 * 1024.0 < 1e9),
+    );
+    line(
+        "join-storm: every first sync step 2 carries the document".into(),
+        full,
+        clients.map_or("–".into(), |c| format!("{c:.0} joiners")),
+        full.zip(clients).map(|(f, c)| f >= c),
+    );
+    let acked = get(Preset::Durable, PeerKind::Relay, "acked_per_s");
+    let ack99 = get(Preset::Durable, PeerKind::Relay, "lat_p99");
+    line(
+        "durable: ≥ 20,000 acknowledged updates/s".into(),
+        acked,
+        "20,000".into(),
+        acked.map(|v| v >= 20_000.0),
+    );
+    line(
+        "durable: p99 acknowledgement under 20 ms".into(),
+        ack99,
+        "20 ms".into(),
+        ack99.map(|v| v < 20.0),
+    );
+    let store = get(Preset::LargeDoc, PeerKind::Relay, "store_per_doc");
+    let written = get(Preset::LargeDoc, PeerKind::Relay, "written_per_update_byte");
+    let rate = get(Preset::LargeDoc, PeerKind::Relay, "ingest_edits_per_s");
+    let reload = get(Preset::LargeDoc, PeerKind::Relay, "reload_ms");
+    line(
+        "large-doc: store within 1.2 × the document after compaction".into(),
+        store,
+        "1.2".into(),
+        store.map(|v| v <= 1.2),
+    );
+    line(
+        "large-doc: under 3 bytes written per byte of updates".into(),
+        written,
+        "3".into(),
+        written.map(|v| v < 3.0),
+    );
+    line(
+        "large-doc: ingest ≥ 20,000 edits/s".into(),
+        rate,
+        "20,000".into(),
+        rate.map(|v| v >= 20_000.0),
+    );
+    line(
+        "large-doc: reload under 50 ms".into(),
+        reload,
+        "50 ms".into(),
+        reload.map(|v| v < 50.0),
+    );
+    s
+}

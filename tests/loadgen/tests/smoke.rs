@@ -1,0 +1,129 @@
+//! A smoke run of the benchmark: every preset at its small size against the relay, started
+//! in-process (`relay::run`) on a loopback port, so the load generator never rots. It checks
+//! that each scenario completes, delivers everything it should and converges; it asserts no
+//! speed (that is what `tests/loadgen/bench.sh` measures, on a quiet machine).
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use loadgen::peers::{ExitUsage, PeerKind, Server};
+use loadgen::scenario::{self, Ctx, Launcher, Preset, Size};
+use relay::config::Config;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+/// The relay in this process: "restarting" it cancels `relay::run` and calls it again on the
+/// same data directory.
+struct InProcessRelay {
+    running: Option<(CancellationToken, JoinHandle<Result<(), relay::RunError>>)>,
+}
+
+impl Launcher for InProcessRelay {
+    fn kind(&self) -> PeerKind {
+        PeerKind::Relay
+    }
+
+    async fn start(&mut self, data_dir: &Path) -> anyhow::Result<Server> {
+        assert!(self.running.is_none(), "one relay at a time");
+        let started = Instant::now();
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let addr: SocketAddr = listener.local_addr()?;
+        let config = Config {
+            listen: addr,
+            data_dir: data_dir.to_owned(),
+            ..Config::default()
+        };
+        let token = CancellationToken::new();
+        let task = tokio::spawn(relay::run(config, listener, token.clone()));
+        self.running = Some((token, task));
+        let mut server = Server::attach(PeerKind::Relay, addr, std::process::id(), data_dir);
+        server.started = started;
+        Ok(server)
+    }
+
+    async fn stop(&mut self, _server: Server) -> ExitUsage {
+        let (token, task) = self.running.take().expect("the relay runs");
+        token.cancel();
+        tokio::time::timeout(Duration::from_secs(30), task)
+            .await
+            .expect("the relay stops within 30 s")
+            .expect("the relay task did not panic")
+            .expect("relay::run returns Ok");
+        ExitUsage::default()
+    }
+
+    async fn compact(&mut self, data_dir: &Path) -> anyhow::Result<Option<ExitUsage>> {
+        let store = relay::cli::open_store(data_dir, false)?;
+        relay::cli::compact(store)?;
+        Ok(Some(ExitUsage::default()))
+    }
+}
+
+fn trace_path() -> PathBuf {
+    // tests/loadgen -> the repository -> its parent holds shared/.
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../../shared/data/editing-traces/automerge-paper.json.gz")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_preset_runs_against_the_relay() {
+    let work = tempfile::tempdir().expect("a temporary directory");
+    let trace = trace_path();
+    let ctx = Ctx {
+        size: Size::Smoke,
+        work_dir: work.path().join("work"),
+        trace_path: trace.clone(),
+        cache_dir: work.path().join("cache"),
+        seconds: Some(1.0),
+    };
+    std::fs::create_dir_all(&ctx.work_dir).expect("work dir");
+    let mut launcher = InProcessRelay { running: None };
+    for preset in Preset::ALL {
+        if matches!(preset, Preset::JoinStorm | Preset::LargeDoc) && !trace.exists() {
+            eprintln!("skipping {preset}: no trace at {}", trace.display());
+            continue;
+        }
+        let outcome = scenario::run(preset, &mut launcher, &ctx, "smoke").await;
+        eprintln!("{}\n", outcome.summary());
+        assert!(
+            outcome.error.is_none(),
+            "{preset} failed: {:?}",
+            outcome.error
+        );
+        if let Some(converged) = outcome.converged {
+            assert!(converged, "{preset}: a room did not converge");
+        }
+        match preset {
+            Preset::Fanout10
+            | Preset::Fanout100
+            | Preset::Fanout1000
+            | Preset::BusyRoom
+            | Preset::ManyRooms => {
+                let sent = outcome.get("updates_sent").expect("updates sent");
+                assert!(sent > 0.0, "{preset}: nothing sent");
+                assert_eq!(
+                    outcome.get("deliveries"),
+                    outcome.get("deliveries_expected"),
+                    "{preset}: deliveries"
+                );
+                assert!(outcome.latency.is_some(), "{preset}: no latency");
+                assert_eq!(outcome.converged, Some(true), "{preset}: not checked");
+            }
+            Preset::Idle => assert!(outcome.get("kib_per_room").is_some()),
+            Preset::JoinStorm => {
+                assert_eq!(outcome.get("synced"), outcome.get("clients"));
+                assert_eq!(outcome.get("first_step2_full"), outcome.get("clients"));
+            }
+            Preset::Durable => {
+                assert!(outcome.get("acked_updates").is_some_and(|n| n > 0.0));
+                assert_eq!(outcome.get("acked_updates"), outcome.get("updates_sent"));
+            }
+            Preset::LargeDoc => {
+                assert_eq!(outcome.get("edits_applied"), outcome.get("edits"));
+                assert!(outcome.get("reload_ms").is_some());
+            }
+        }
+    }
+}
