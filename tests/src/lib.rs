@@ -1154,7 +1154,7 @@ impl Client {
 }
 
 // ------------------------------------------------------------------------------------------------
-// Fault tests: the relay binary, memory, and a data directory the test prepares
+// Fault tests: the relay binary as a child process, and memory
 // ------------------------------------------------------------------------------------------------
 
 /// `target/<profile>/relay`, beside the running executable (a test in `target/<profile>/deps`, or
@@ -1194,31 +1194,124 @@ pub fn vm_rss_bytes(pid: Option<u32>) -> Option<u64> {
     Some(kib * 1024)
 }
 
-impl TestRelay {
-    /// Starts a relay on a data directory the caller prepared (on a small or read-only
-    /// filesystem, say), with the test configuration adjusted by `adjust`. The caller keeps the
-    /// directory; the fixture deletes nothing in it.
-    pub async fn start_in(data_dir: PathBuf, adjust: impl FnOnce(&mut Config)) -> Self {
-        let dir = tempfile::tempdir().expect("create a temporary directory");
-        let mut config = Config {
-            data_dir: data_dir.clone(),
-            ..Config::default()
+/// The relay binary ([`relay_bin`]) running as a child process, for tests that must watch it
+/// from outside: its memory alone, a crash that must not take the test down, resource limits,
+/// exit codes. Killed when dropped.
+pub struct ChildRelay {
+    child: tokio::process::Child,
+    addr: SocketAddr,
+    stderr_path: PathBuf,
+    // Holds the file standard error goes to.
+    _logs: TempDir,
+}
+
+impl ChildRelay {
+    /// Runs `relay serve --listen 127.0.0.1:0 --data-dir DATA_DIR ARGS...`, with `prepare` to
+    /// adjust the command first, and waits for its `listening on` line. `Err` with its standard
+    /// error if it exits instead.
+    pub async fn start(
+        data_dir: &Path,
+        args: &[&str],
+        prepare: impl FnOnce(&mut tokio::process::Command),
+    ) -> Result<ChildRelay, String> {
+        use tokio::io::AsyncBufReadExt;
+        let logs = tempfile::tempdir().expect("a directory for the relay's log");
+        let stderr_path = logs.path().join("stderr.log");
+        let stderr = std::fs::File::create(&stderr_path).expect("create the log file");
+        let mut command = tokio::process::Command::new(relay_bin());
+        command
+            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(data_dir)
+            .args(args)
+            .env("RUST_LOG", "warn")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(stderr)
+            .kill_on_drop(true);
+        prepare(&mut command);
+        let mut child = command
+            .spawn()
+            .map_err(|e| format!("cannot start {}: {e}", relay_bin().display()))?;
+        let stdout = child.stdout.take().expect("piped");
+        let mut lines = tokio::io::BufReader::new(stdout).lines();
+        let line = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
+            .await
+            .map_err(|_| "the relay did not start within 30 s".to_owned())?
+            .map_err(|e| e.to_string())?;
+        let Some(line) = line else {
+            let status = child.wait().await.map_err(|e| e.to_string())?;
+            let log = std::fs::read_to_string(&stderr_path).unwrap_or_default();
+            return Err(format!(
+                "the relay exited ({status}) before listening:\n{log}"
+            ));
         };
-        adjust(&mut config);
-        config.data_dir = data_dir;
-        let mut relay = TestRelay {
-            config,
-            addr: SocketAddr::from(([127, 0, 0, 1], 0)),
-            shutdown: CancellationToken::new(),
-            task: None,
-            _dir: dir,
-        };
-        relay.launch().await;
-        relay
+        let addr = line
+            .strip_prefix("listening on http://")
+            .and_then(|a| a.trim().parse().ok())
+            .ok_or(format!("unexpected first line: {line}"))?;
+        Ok(ChildRelay {
+            child,
+            addr,
+            stderr_path,
+            _logs: logs,
+        })
     }
 
-    /// Whether the relay is running (started and not stopped).
-    pub fn is_running(&self) -> bool {
-        self.task.as_ref().is_some_and(|t| !t.is_finished())
+    /// Its address.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Its process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id().expect("the relay has not been waited for")
+    }
+
+    /// The WebSocket URL of a room.
+    pub fn ws_url(&self, room: &str) -> String {
+        format!("ws://{}/{}", self.addr, encode_room(room))
+    }
+
+    /// What it wrote to standard error so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.stderr_path).unwrap_or_default()
+    }
+
+    /// Its exit status, if it has exited.
+    pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.try_wait().ok().flatten()
+    }
+
+    /// Waits up to `limit` for the relay to exit; its status if it did.
+    pub async fn exited_within(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
+        tokio::time::timeout(limit, self.child.wait())
+            .await
+            .ok()
+            .and_then(Result::ok)
+    }
+
+    /// Fails the test, with its log, if the relay has exited.
+    pub fn assert_running(&mut self, what: &str) {
+        if let Some(status) = self.exited() {
+            panic!(
+                "{what}: the relay process died ({status}); its log:\n{}",
+                self.log()
+            );
+        }
+    }
+
+    /// Sends SIGTERM and waits for it to exit (within its drain timeout and [`DEADLINE`]).
+    pub async fn stop(&mut self) -> std::process::ExitStatus {
+        // SAFETY: kill(2) with the pid of a child this fixture has not reaped yet.
+        unsafe {
+            libc::kill(self.pid() as libc::pid_t, libc::SIGTERM);
+        }
+        within_for(
+            Duration::from_secs(10) + DEADLINE,
+            "the relay to exit after SIGTERM",
+            self.child.wait(),
+        )
+        .await
+        .expect("wait for the relay")
     }
 }
