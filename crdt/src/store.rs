@@ -154,6 +154,46 @@ impl std::fmt::Debug for Store {
     }
 }
 
+/// What a file's `meta` table says about its format.
+enum StoredFormat {
+    /// No tables at all: a new file, to be initialised.
+    Empty,
+    /// Tables, but no format version: another application's database.
+    Foreign,
+    /// The format version found.
+    Version(u64),
+}
+
+impl StoredFormat {
+    /// The error for a file this build refuses.
+    fn refusal(self, path: &Path) -> OpenError {
+        match self {
+            StoredFormat::Version(found) => OpenError::UnsupportedVersion {
+                path: path.to_owned(),
+                found,
+                expected: FORMAT_VERSION,
+            },
+            StoredFormat::Empty | StoredFormat::Foreign => OpenError::Foreign {
+                path: path.to_owned(),
+            },
+        }
+    }
+}
+
+fn stored_format_version(read: &redb::ReadTransaction) -> Result<StoredFormat, redb::Error> {
+    if read.list_tables()?.next().is_none() {
+        return Ok(StoredFormat::Empty);
+    }
+    match read.open_table(META) {
+        Ok(meta) => Ok(match meta.get(FORMAT_VERSION_KEY)? {
+            Some(version) => StoredFormat::Version(version.value()),
+            None => StoredFormat::Foreign,
+        }),
+        Err(redb::TableError::TableDoesNotExist(_)) => Ok(StoredFormat::Foreign),
+        Err(e) => Err(e.into()),
+    }
+}
+
 impl Store {
     /// Opens the store at `path`, creating it if the file does not exist.
     ///
@@ -164,6 +204,7 @@ impl Store {
     /// # Errors
     /// [`OpenError`] says why; the file is not modified in any error case.
     pub fn open(path: &Path, options: &StoreOptions) -> Result<Store, OpenError> {
+        Self::refuse_foreign_file(path, options)?;
         let db = Self::open_database(path, options)?;
         let store = Store {
             db: RwLock::new(Some(db)),
@@ -174,9 +215,43 @@ impl Store {
         Ok(store)
     }
 
+    /// Checks an existing file's format through a read-only open, before the read-write open that
+    /// would write to it (redb updates its header and allocator state when it opens and closes a
+    /// file). A file that is not ours is refused without a byte of it changed.
+    ///
+    /// A file that needs crash recovery cannot be opened read-only; it is left to the read-write
+    /// open, which recovers it, and [`Store::check_or_init_format`] checks it afterwards.
+    fn refuse_foreign_file(path: &Path, options: &StoreOptions) -> Result<(), OpenError> {
+        let is_empty_or_missing = std::fs::metadata(path).map_or(true, |m| m.len() == 0);
+        if is_empty_or_missing {
+            return Ok(());
+        }
+        let database = |source| OpenError::Database {
+            path: path.to_owned(),
+            source,
+        };
+        let db = match Database::builder()
+            .set_cache_size(options.cache_bytes)
+            .open_read_only(path)
+        {
+            Ok(db) => db,
+            Err(redb::DatabaseError::RepairAborted) => return Ok(()),
+            Err(e) => return Err(database(e)),
+        };
+        let read = db.begin_read().map_err(redb::Error::from)?;
+        match stored_format_version(&read)? {
+            StoredFormat::Empty | StoredFormat::Version(FORMAT_VERSION) => Ok(()),
+            other => Err(other.refusal(path)),
+        }
+    }
+
     fn open_database(path: &Path, options: &StoreOptions) -> Result<Database, OpenError> {
         Database::builder()
             .set_cache_size(options.cache_bytes)
+            // Verify every page's checksum when opening, not only after a crash: a file altered
+            // outside redb (bit rot, a stray write) is refused instead of served, where a plain
+            // open trusts it and may even panic. It reads the whole file once at start-up.
+            .set_check_integrity_on_open(true)
             .create(path)
             .map_err(|source| OpenError::Database {
                 path: path.to_owned(),
@@ -216,31 +291,10 @@ impl Store {
     fn check_or_init_format(&self) -> Result<(), OpenError> {
         let db = self.db()?;
         let read = db.begin_read().map_err(redb::Error::from)?;
-        let is_empty = read
-            .list_tables()
-            .map_err(redb::Error::from)?
-            .next()
-            .is_none();
-        if !is_empty {
-            let version = match read.open_table(META) {
-                Ok(meta) => meta
-                    .get(FORMAT_VERSION_KEY)
-                    .map_err(redb::Error::from)?
-                    .map(|v| v.value()),
-                Err(redb::TableError::TableDoesNotExist(_)) => None,
-                Err(e) => return Err(redb::Error::from(e).into()),
-            };
-            return match version {
-                Some(FORMAT_VERSION) => Ok(()),
-                Some(found) => Err(OpenError::UnsupportedVersion {
-                    path: self.path.clone(),
-                    found,
-                    expected: FORMAT_VERSION,
-                }),
-                None => Err(OpenError::Foreign {
-                    path: self.path.clone(),
-                }),
-            };
+        match stored_format_version(&read)? {
+            StoredFormat::Version(FORMAT_VERSION) => return Ok(()),
+            StoredFormat::Empty => {}
+            other => return Err(other.refusal(&self.path)),
         }
         drop(read);
         let write = db.begin_write().map_err(redb::Error::from)?;

@@ -110,6 +110,21 @@ pub async fn run(
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> Result<(), RunError> {
+    run_with_ready(config, listener, shutdown, |_| {}).await
+}
+
+/// [`run`], calling `ready` with the listening address once the store is open and the relay is
+/// about to accept connections (the binary prints its `listening on` line there, so that a
+/// script never sees it from a relay that then refuses its store).
+///
+/// # Errors
+/// As [`run`].
+pub async fn run_with_ready(
+    config: Config,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+    ready: impl FnOnce(std::net::SocketAddr),
+) -> Result<(), RunError> {
     config.validate()?;
     let keys = if config.secrets.is_empty() {
         tracing::warn!(
@@ -204,6 +219,9 @@ pub async fn run(
     let state = AppState::new(config, registry.clone(), metrics, shutdown.clone(), keys);
     let http_tasks = TaskTracker::new();
 
+    if let Ok(addr) = listener.local_addr() {
+        ready(addr);
+    }
     server::accept_loop(
         listener,
         routes::routes(state.clone()),

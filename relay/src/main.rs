@@ -215,14 +215,15 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;
-    let addr = listener.local_addr().context("no local address")?;
-    // The one line on standard output: scripts and tests read the port from it.
-    println!("listening on http://{addr}");
-    std::io::stdout().flush().ok();
-
     let shutdown = CancellationToken::new();
     tokio::spawn(cancel_on_signal(shutdown.clone()));
-    relay::run(config, listener, shutdown).await?;
+    relay::run_with_ready(config, listener, shutdown, |addr| {
+        // The one line on standard output, once the store is open: scripts and tests read the
+        // port from it.
+        println!("listening on http://{addr}");
+        std::io::stdout().flush().ok();
+    })
+    .await?;
     Ok(())
 }
 
