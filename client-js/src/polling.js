@@ -128,7 +128,8 @@ export class PollingTransport {
     /** set after a POST was answered 410: the GET reports the end, nothing more is sent */
     this.sendEnded = false
     /** @type {any} */
-    this.flushTimer = null
+    /** A flush is queued as a microtask. */
+    this.flushQueued = false
     /** @type {Set<AbortController>} */
     this.inFlight = new Set()
     /** @type {Set<() => void>} cancels the retry waits */
@@ -161,12 +162,15 @@ export class PollingTransport {
   send (message) {
     if (!this.isOpen || this.sendEnded) return
     this.queue.push(message)
-    // Wait a task, so that what the same tick queues (an update and its save request) shares a body.
-    if (!this.sending && this.flushTimer === null) {
-      this.flushTimer = this.timers.setTimeout(() => {
-        this.flushTimer = null
+    // Wait for the end of this tick (a microtask, not a timer: a zero timeout is at least a
+    // millisecond, on every edit), so that what the same tick queues (an update and its save
+    // request) shares a body. `_flush` does nothing once the session is closed.
+    if (!this.sending && !this.flushQueued) {
+      this.flushQueued = true
+      queueMicrotask(() => {
+        this.flushQueued = false
         this._flush()
-      }, 0)
+      })
     }
   }
 
@@ -204,8 +208,6 @@ export class PollingTransport {
   _shutdown (endSession) {
     this.closed = true
     this.timers.clearInterval(this.livenessTimer)
-    if (this.flushTimer !== null) this.timers.clearTimeout(this.flushTimer)
-    this.flushTimer = null
     for (const cancel of [...this.waits]) cancel()
     for (const controller of [...this.inFlight]) controller.abort()
     this.queue = []
