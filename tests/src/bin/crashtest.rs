@@ -23,6 +23,7 @@ use crdt::protocol::{
     encode_sync_step2, encode_update,
 };
 use futures_util::{SinkExt, StreamExt};
+use relay_tests::Rng;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 use tokio_tungstenite::tungstenite::Message;
@@ -86,22 +87,6 @@ fn default_relay_bin() -> PathBuf {
     exe.parent()
         .map(|dir| dir.join("relay"))
         .unwrap_or_else(|| PathBuf::from("target/debug/relay"))
-}
-
-/// A small deterministic generator (xorshift), so a seed replays the same schedule.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-
-    fn between(&mut self, low: u64, high: u64) -> u64 {
-        low + self.next() % (high - low + 1)
-    }
 }
 
 struct RelayProcess {

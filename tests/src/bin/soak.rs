@@ -41,6 +41,7 @@ use crdt::protocol::{
     encode_sync_step1, encode_sync_step2, encode_update,
 };
 use futures_util::{SinkExt, StreamExt};
+use relay_tests::Rng;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 use tokio::time::Instant;
@@ -109,22 +110,6 @@ fn parse_args() -> Result<Options, String> {
         return Err("--duration-secs must cover at least 8 samples".into());
     }
     Ok(options)
-}
-
-/// A small deterministic generator (xorshift), so a seed replays the same choices.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
-    }
 }
 
 /// What the churn has done so far.
