@@ -846,8 +846,16 @@ impl Room {
 
     async fn maybe_compact(&mut self) {
         let settings = &self.ctx.settings;
+        // A compaction rewrites the whole snapshot, so it must be paid for by log bytes: past the
+        // byte threshold (at least the snapshot's size), or past the entry threshold once the
+        // log holds at least half the snapshot's size. Many tiny updates to a large document
+        // (typing) otherwise rewrote the snapshot every 1,000 keystrokes: replaying the
+        // automerge-paper trace wrote 26 bytes per byte of updates, half of them snapshots.
         let byte_threshold = settings.compact_bytes.max(self.snapshot_bytes);
-        if self.log_entries < settings.compact_entries && self.log_bytes < byte_threshold {
+        let by_bytes = self.log_bytes >= byte_threshold;
+        let by_entries = self.log_entries >= settings.compact_entries
+            && self.log_bytes >= self.snapshot_bytes / 2;
+        if !by_bytes && !by_entries {
             return;
         }
         let Some(state) = self.doc.try_snapshot_v1() else {
