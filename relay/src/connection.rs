@@ -267,17 +267,20 @@ where
                 None => return Ended::RoomGone,
                 Some(Outbound::Close(reason)) => Some(reason),
                 Some(Outbound::Frame(first)) => {
-                    let write = write_batch(&mut sink, first, &mut rx, handle, metrics);
+                    // The batch gives up when the socket takes nothing for the grace period
+                    // (the client has stopped reading). Checked here too, because a room that
+                    // has gone quiet delivers nothing more that could notice.
+                    let write = write_batch(
+                        &mut sink,
+                        first,
+                        &mut rx,
+                        handle,
+                        settings.write_timeout,
+                        metrics,
+                    );
                     tokio::select! {
                         biased;
                         () = handle.kick.cancelled() => Some(CloseReason::SlowReader),
-                        // The socket took nothing for the whole grace period: the client has
-                        // stopped reading. Checked here too, because a room that has gone quiet
-                        // delivers nothing more that could notice.
-                        () = tokio::time::sleep(settings.write_timeout) => {
-                            tracing::warn!("socket took no data for the grace period; disconnecting");
-                            Some(CloseReason::SlowReader)
-                        }
                         result = write => match result {
                             Ok(None) => { wrote_since_tick = true; None }
                             Ok(Some(reason)) => Some(reason),
@@ -324,6 +327,7 @@ async fn write_batch<Si>(
     first: Bytes,
     rx: &mut mpsc::UnboundedReceiver<Outbound>,
     handle: &ConnHandle,
+    write_timeout: Duration,
     metrics: &Metrics,
 ) -> Result<Option<CloseReason>, WsError>
 where
@@ -334,7 +338,9 @@ where
     let mut close = None;
     while let Some(frame) = next.take() {
         let len = frame.len();
-        feed_message(sink, frame).await?;
+        if feed_message(sink, frame, write_timeout).await? == Fed::TimedOut {
+            return Ok(Some(CloseReason::SlowReader));
+        }
         handle.backlog.written(len);
         metrics.frames_out.inc();
         metrics.bytes_out.inc_by(len as u64);
@@ -347,19 +353,48 @@ where
             }
         }
     }
-    sink.flush().await?;
+    match tokio::time::timeout(write_timeout, sink.flush()).await {
+        Ok(flushed) => flushed?,
+        Err(_) => {
+            tracing::warn!("socket took no data for the grace period; disconnecting");
+            return Ok(Some(CloseReason::SlowReader));
+        }
+    }
     Ok(close)
+}
+
+/// Whether a write went out in time.
+#[derive(Debug, PartialEq, Eq)]
+enum Fed {
+    Done,
+    /// The socket took nothing for the grace period.
+    TimedOut,
 }
 
 /// Queues one binary message on the socket, in fragments of [`FRAGMENT_BYTES`] when it is longer.
 /// Nothing else is written between the fragments: this connection's writer is their only source
-/// (control frames may come between, as RFC 6455 allows).
-async fn feed_message<Si>(sink: &mut Si, message: Bytes) -> Result<(), WsError>
+/// (control frames may come between, as RFC 6455 allows). Each frame must be taken within
+/// `write_timeout`, not the whole batch: a client that reads slowly but steadily is not cut off
+/// because a long batch or a large document takes a while.
+async fn feed_message<Si>(
+    sink: &mut Si,
+    message: Bytes,
+    write_timeout: Duration,
+) -> Result<Fed, WsError>
 where
     Si: Sink<Message, Error = WsError> + Unpin,
 {
+    let mut feed = async |item: Message| -> Result<Fed, WsError> {
+        match tokio::time::timeout(write_timeout, sink.feed(item)).await {
+            Ok(fed) => fed.map(|()| Fed::Done),
+            Err(_) => {
+                tracing::warn!("socket took no data for the grace period; disconnecting");
+                Ok(Fed::TimedOut)
+            }
+        }
+    };
     if message.len() <= FRAGMENT_BYTES {
-        return sink.feed(Message::Binary(message)).await;
+        return feed(Message::Binary(message)).await;
     }
     let mut start = 0;
     while start < message.len() {
@@ -370,10 +405,12 @@ where
             OpCode::Data(Data::Continue)
         };
         let fragment = Frame::message(message.slice(start..end), opcode, end == message.len());
-        sink.feed(Message::Frame(fragment)).await?;
+        if feed(Message::Frame(fragment)).await? == Fed::TimedOut {
+            return Ok(Fed::TimedOut);
+        }
         start = end;
     }
-    Ok(())
+    Ok(Fed::Done)
 }
 
 #[cfg(test)]

@@ -87,9 +87,15 @@ fn start_b(
 /// `window`, A never gets more than that many updates ahead of B.
 async fn scenario(window: Option<usize>) {
     let relay = TestRelay::start_with(|c| {
-        c.outbound_queue_bytes = 1 << 20;
-        // A client that stopped reading is dropped once its socket has taken nothing for this long.
-        c.slow_reader_grace_ms = 500;
+        // Four times this is a hard cap, whatever the progress: at 2 MiB it is above the 6.4 MiB
+        // A sends in all, so B, which reads as fast as it can but shares 2 cores with everything
+        // else, is never cut off for falling behind for a moment (at 1 MiB a busy CI machine
+        // once let A get 4 MiB ahead of B). C, which never reads, still passes 2 MiB.
+        c.outbound_queue_bytes = 2 << 20;
+        // A client that stopped reading is dropped once its socket has taken nothing for this
+        // long. Not shorter: in a debug build on 2 busy cores, B's writer task has gone 500 ms
+        // without being scheduled while the room applied A's 64 KiB updates.
+        c.slow_reader_grace_ms = 2_000;
     })
     .await;
     let mut a = relay.join("slow").await;
