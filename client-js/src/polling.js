@@ -122,6 +122,8 @@ export class PollingTransport {
     this.holdMs = 0
     /** the sequence number of the last message received */
     this.ack = 0
+    /** the number of the last body sent (`?n=`), the same on a retry */
+    this.bodies = 0
     /** @type {Uint8Array[]} messages waiting to be sent */
     this.queue = []
     this.sending = false
@@ -350,14 +352,17 @@ export class PollingTransport {
           n++
         }
         const body = concat(this.queue.slice(0, n))
+        // Numbered, so that the relay takes a body only once: a retry after a lost answer may
+        // repeat one that arrived, and a repeated sync step 1 would bring a second sync step 2.
+        const url = `${this.sessionUrl}?n=${++this.bodies}`
         for (;;) {
           let res
           try {
-            res = await this._request(/** @type {string} */ (this.sessionUrl), { method: 'POST', body })
+            res = await this._request(url, { method: 'POST', body })
           } catch (err) {
             if (err instanceof Closed) return
-            // Maybe it arrived, maybe not: sending it again is harmless (Yjs updates, awareness
-            // states and save requests are idempotent), losing it is not.
+            // Maybe it arrived, maybe not: send it again (with the same number, so the relay
+            // takes it once); losing it is not an option.
             if (await this._retry(++failures)) continue
             if (!this.closed) this._fail({ code: CLOSE_ABNORMAL, reason: `sending failed: ${err}`, wasClean: false }, true)
             return

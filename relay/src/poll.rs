@@ -10,7 +10,7 @@
 //! | request | answer |
 //! | --- | --- |
 //! | `POST /poll?room=NAME[&token=T]` | `{"session": ID, "hold_ms": N}`: a new session (401/403/503 like a WebSocket) |
-//! | `POST /poll/ID` (binary body: one or more messages) | 204 |
+//! | `POST /poll/ID?n=N` (binary body: one or more messages; `N` numbers the body, the same on a retry) | 204; a body already taken is not applied again |
 //! | `GET /poll/ID?ack=SEQ` | 200, body: each message after `SEQ` as `varUint length` + bytes; header `x-relay-last-seq` |
 //! | `DELETE /poll/ID` | 204: the session ends like a closed socket |
 //!
@@ -89,6 +89,9 @@ struct SessionState {
     last_seen: Instant,
     /// Increases with each poll, so an older poll still waiting gives way to a newer one.
     poll_generation: u64,
+    /// The number of the last body taken (`POST /poll/ID?n=N`), so that a retried body whose
+    /// first attempt arrived is not applied twice.
+    last_body: u64,
 }
 
 struct Session {
@@ -115,6 +118,16 @@ pub struct OpenQuery {
     pub room: String,
     /// The token, if not in a header.
     pub token: Option<String>,
+}
+
+/// Query of `POST /poll/ID`.
+#[derive(Debug, Deserialize)]
+pub struct SendQuery {
+    /// The body's number, counting from 1 and the same when it is sent again. A body whose number
+    /// is not above the last one taken was taken already: 204, and it is not applied again (a
+    /// duplicated sync step 1 would get a second sync step 2, with content the client also gets
+    /// as updates). Without it, every body is applied.
+    pub n: Option<u64>,
 }
 
 /// Query of `GET /poll/ID`.
@@ -171,6 +184,7 @@ pub fn routes(
         .then(open_session);
     let send = warp::path!("poll" / String)
         .and(warp::post())
+        .and(warp::query::<SendQuery>())
         .and(warp::body::content_length_limit(max_body))
         .and(warp::body::bytes())
         .and(with_state.clone())
@@ -282,6 +296,7 @@ async fn open_session(query: OpenQuery, headers: HeaderMap, state: Arc<AppState>
             closed: None,
             last_seen: Instant::now(),
             poll_generation: 0,
+            last_body: 0,
         }),
         changed: Notify::new(),
         ended_by_client: CancellationToken::new(),
@@ -374,7 +389,7 @@ async fn pump(
     reason
 }
 
-async fn send(id: String, body: Bytes, state: Arc<AppState>) -> Response {
+async fn send(id: String, query: SendQuery, body: Bytes, state: Arc<AppState>) -> Response {
     let Some(session) = state.poll.get(&id) else {
         return error(StatusCode::NOT_FOUND, "no such session: open a new one");
     };
@@ -388,6 +403,16 @@ async fn send(id: String, body: Bytes, state: Arc<AppState>) -> Response {
             "the body must hold one or more messages",
         );
     }
+    if let Some(n) = query.n {
+        let mut s = session.state.lock().expect("session lock");
+        if n <= s.last_body {
+            // A retry of a body that arrived: taken already.
+            let mut response = Response::default();
+            *response.status_mut() = StatusCode::NO_CONTENT;
+            return response;
+        }
+        s.last_body = n;
+    }
     state.metrics.frames_in.inc();
     state.metrics.bytes_in.inc_by(body.len() as u64);
     if session
@@ -399,6 +424,13 @@ async fn send(id: String, body: Bytes, state: Arc<AppState>) -> Response {
         .await
         .is_err()
     {
+        if let Some(n) = query.n {
+            // Not taken after all: a retry may try again.
+            let mut s = session.state.lock().expect("session lock");
+            if s.last_body == n {
+                s.last_body = n - 1;
+            }
+        }
         return error(
             StatusCode::SERVICE_UNAVAILABLE,
             "the document is unavailable",

@@ -522,3 +522,40 @@ async fn a_session_that_stops_polling_expires_and_its_awareness_is_removed() {
         serde_json::json!({ "code": 1001, "reason": "client_timeout" })
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_numbered_body_sent_again_is_taken_once() {
+    let relay = TestRelay::start_with(|c| c.poll_hold_secs = 1).await;
+    let session = open(&relay, "retry", None).await;
+    let (ack, _) = session
+        .poll_until(&relay, 0, "the greeting", |m| {
+            matches!(m, Msg::SyncStep1(_))
+        })
+        .await;
+    let step1 = encode_sync_step1(&state_vector(&yrs::Doc::new()));
+    // The first attempt arrived but its answer was lost; the retry carries the same number.
+    for _ in 0..2 {
+        let response = relay
+            .request("POST", &format!("/poll/{}?n=1", session.id), &[], &step1)
+            .await;
+        assert_eq!(response.status, 204, "{:?}", response.text());
+    }
+    // A new body (n=2) is taken: its save request is answered.
+    let response = relay
+        .request(
+            "POST",
+            &format!("/poll/{}?n=2", session.id),
+            &[],
+            &encode_save_request(3),
+        )
+        .await;
+    assert_eq!(response.status, 204);
+    let (_, seen) = session
+        .poll_until(&relay, ack, "saved 3", |m| *m == Msg::Saved(3))
+        .await;
+    let step2s = seen
+        .iter()
+        .filter(|m| matches!(m, Msg::SyncStep2(_)))
+        .count();
+    assert_eq!(step2s, 1, "one sync step 2 for the one body: {seen:?}");
+}
