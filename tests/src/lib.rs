@@ -577,23 +577,27 @@ impl Client {
         url: &str,
         recv_buffer: Option<u32>,
     ) -> Result<Client, tokio_tungstenite::tungstenite::Error> {
-        let authority = url
-            .strip_prefix("ws://")
-            .and_then(|rest| rest.split('/').next())
-            .expect("a ws:// URL");
-        let addr: SocketAddr = authority.parse().expect("an IP address and port");
+        let addr = ws_addr(url);
         let socket = TcpSocket::new_v4()?;
         if let Some(size) = recv_buffer {
             socket.set_recv_buffer_size(size)?;
         }
         let tcp = within("the TCP connection", socket.connect(addr)).await?;
+        Client::handshake(tcp, url).await
+    }
+
+    /// The WebSocket handshake on a connected socket (no Nagle delay, generous size limits).
+    async fn handshake(
+        tcp: TcpStream,
+        request: impl tokio_tungstenite::tungstenite::client::IntoClientRequest + Unpin,
+    ) -> Result<Client, tokio_tungstenite::tungstenite::Error> {
         tcp.set_nodelay(true)?;
         let config = WebSocketConfig::default()
             .max_message_size(Some(256 << 20))
             .max_frame_size(Some(256 << 20));
         let (ws, _response) = within(
             "the WebSocket handshake",
-            tokio_tungstenite::client_async_with_config(url, tcp, Some(config)),
+            tokio_tungstenite::client_async_with_config(request, tcp, Some(config)),
         )
         .await?;
         let (sink, stream) = ws.split();
@@ -1110,11 +1114,7 @@ impl Client {
     ) -> Result<Client, tokio_tungstenite::tungstenite::Error> {
         use tokio_tungstenite::tungstenite::client::IntoClientRequest;
         use tokio_tungstenite::tungstenite::http::{HeaderName, HeaderValue};
-        let authority = url
-            .strip_prefix("ws://")
-            .and_then(|rest| rest.split('/').next())
-            .expect("a ws:// URL");
-        let addr: SocketAddr = authority.parse().expect("an IP address and port");
+        let addr = ws_addr(url);
         let mut request = url.into_client_request()?;
         for (name, value) in headers {
             request.headers_mut().insert(
@@ -1123,22 +1123,7 @@ impl Client {
             );
         }
         let tcp = within("the TCP connection", TcpStream::connect(addr)).await?;
-        tcp.set_nodelay(true)?;
-        let config = WebSocketConfig::default()
-            .max_message_size(Some(256 << 20))
-            .max_frame_size(Some(256 << 20));
-        let (ws, _response) = within(
-            "the WebSocket handshake",
-            tokio_tungstenite::client_async_with_config(request, tcp, Some(config)),
-        )
-        .await?;
-        let (sink, stream) = ws.split();
-        Ok(Client {
-            sink,
-            stream,
-            doc: Doc::new(),
-            awareness: Default::default(),
-        })
+        Client::handshake(tcp, request).await
     }
 
     /// Connects with extra request headers and reads the greeting's sync step 1.
@@ -1314,6 +1299,15 @@ impl ChildRelay {
         .await
         .expect("wait for the relay")
     }
+}
+
+/// The address of a `ws://IP:PORT/...` URL.
+fn ws_addr(url: &str) -> SocketAddr {
+    url.strip_prefix("ws://")
+        .and_then(|rest| rest.split('/').next())
+        .expect("a ws:// URL")
+        .parse()
+        .expect("an IP address and port")
 }
 
 /// A small deterministic generator (xorshift64) for the fault tests and tools, so that a seed
