@@ -134,9 +134,9 @@ fn websocket_config(max_message_bytes: usize) -> WebSocketConfig {
     // Small buffers: an idle connection should cost less than a whole idle room. tungstenite
     // allocates and zero-fills the whole read buffer for every connection, and reads at most
     // that much per system call: 1 KiB instead of 4 KiB saves 3 KiB per idle connection (16.5 to
-    // 13.5 KiB per idle room with one connection, loadgen's idle preset) and costs about 4,000
-    // more reads for a 5 MB update, a few milliseconds beside applying it. The write buffer is
-    // only a threshold: it grows as frames are queued.
+    // 13.5 KiB per idle room with one connection, loadgen's idle preset, measured). It costs
+    // about 4,000 more reads for a 5 MB update: estimated at a few milliseconds beside applying
+    // it, not measured. The write buffer is only a threshold: it grows as frames are queued.
     WebSocketConfig::default()
         .read_buffer_size(1024)
         .write_buffer_size(16 * 1024)
