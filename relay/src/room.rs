@@ -460,7 +460,10 @@ impl Room {
                 handle,
                 access,
                 refused_updates: false,
-                last_seq: 0,
+                // The greeting's state vector covers everything applied so far, so the client
+                // leaves that out of its sync step 2 even if it holds the same edits (after a
+                // reconnect, say): its save requests must wait for their commit too.
+                last_seq: self.next_seq - 1,
                 saves: VecDeque::new(),
             },
         );
@@ -559,6 +562,8 @@ impl Room {
                     state.refused_updates = true;
                 }
                 self.send(conn, encode_permission_denied(READ_ONLY_REASON).into());
+            } else {
+                self.depends_on_everything_applied(conn);
             }
             return;
         }
@@ -574,7 +579,7 @@ impl Room {
                 self.ctx.metrics.error("invalid_update");
                 self.remove_conns(vec![(conn, Some(CloseReason::ProtocolError))]);
             }
-            Ok(Applied::Unchanged) => {}
+            Ok(Applied::Unchanged) => self.depends_on_everything_applied(conn),
             Ok(Applied::Changed) => {
                 self.full_step2 = None;
                 self.ctx.metrics.updates_in.inc();
@@ -614,6 +619,18 @@ impl Room {
                 self.remove_conns(slow);
                 self.maybe_compact().await;
             }
+        }
+    }
+
+    /// Records that `conn` sent an update the room already had. Its content came in with some
+    /// update the room applied before (from this connection, another one, or the API), which
+    /// may still be waiting for its commit: the connection's next save request must wait for
+    /// everything applied so far, or a reconnecting client re-sending an uncommitted update in
+    /// its sync step 2 would be told *saved* before the update is on disk.
+    fn depends_on_everything_applied(&mut self, conn: ConnId) {
+        let applied = self.next_seq - 1;
+        if let Some(state) = self.conns.get_mut(&conn) {
+            state.last_seq = state.last_seq.max(applied);
         }
     }
 

@@ -66,7 +66,7 @@ async fn save_requests_are_answered_in_order() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn duplicate_update_is_acknowledged_without_a_commit() {
+async fn duplicate_update_is_neither_stored_nor_forwarded() {
     let relay = TestRelay::start().await;
     let mut a = relay.join("dup").await;
     let mut b = relay.join("dup").await;
@@ -75,12 +75,67 @@ async fn duplicate_update_is_acknowledged_without_a_commit() {
     // B sends the update it already got: nothing changes, nothing is forwarded or echoed.
     b.send(encode_update(&update)).await;
     b.request_save(1).await;
-    assert_eq!(b.recv_msg().await, Msg::Saved(1), "answered at once");
+    assert_eq!(
+        b.recv_msg().await,
+        Msg::Saved(1),
+        "answered, and nothing else"
+    );
     let next = a.edit("!").await;
     assert_eq!(
         b.recv_msg().await,
         Msg::Update(next),
         "the duplicate was not forwarded"
+    );
+}
+
+/// The number of store commits so far.
+async fn commits(relay: &TestRelay) -> f64 {
+    relay
+        .metric("relay_commit_duration_seconds_count")
+        .await
+        .unwrap_or(0.0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_duplicate_of_an_uncommitted_update_is_saved_only_after_its_commit() {
+    // A long commit window stands in for a slow disk: an update stays uncommitted for 1.5 s.
+    let relay = TestRelay::start_with(|c| c.commit_window_ms = 1500).await;
+
+    // A second tab got the update and sends it back (as a provider answering with its whole
+    // delete set does): the room has it already, but not on disk.
+    let mut tab = relay.join("dup-sent").await;
+    let mut a = relay.join("dup-sent").await;
+    let update = a.edit("not yet on disk").await;
+    assert_eq!(tab.recv_msg().await, Msg::Update(update.clone()));
+    tab.send(encode_update(&update)).await;
+    tab.request_save(1).await;
+    tab.recv_until("saved 1", |m| *m == Msg::Saved(1)).await;
+    assert!(
+        commits(&relay).await >= 1.0,
+        "saved 1 came before any commit: the update was not on disk"
+    );
+    a.save(2).await;
+
+    // The same client after a reconnect: the greeting's state vector already covers its
+    // uncommitted update, so its sync step 2 leaves it out; then it asks whether it is saved.
+    let before = commits(&relay).await;
+    let mut b = relay.join("dup-joined").await;
+    let update = b.edit("not yet on disk either").await;
+    let mut watcher = relay.join("dup-joined").await;
+    watcher.sync().await;
+    assert_eq!(
+        watcher.text(),
+        "not yet on disk either",
+        "the room applied it"
+    );
+    let doc = yrs::Doc::new();
+    apply(&doc, &update);
+    let mut again = Client::join_with_doc(&relay.ws_url("dup-joined"), doc).await;
+    again.request_save(3).await;
+    again.recv_until("saved 3", |m| *m == Msg::Saved(3)).await;
+    assert!(
+        commits(&relay).await > before,
+        "saved 3 came before the commit holding the update"
     );
 }
 
