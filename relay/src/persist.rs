@@ -54,6 +54,9 @@ pub struct CommitFailure {
 pub struct PersistJob {
     /// What to write.
     pub write: Write,
+    /// The room's sequence number that this write completes (an appended update, a deletion),
+    /// reported in the room's commit state once it is committed; `None` for a snapshot.
+    pub seq: Option<u64>,
     /// The room's commit state.
     pub notify: Arc<watch::Sender<CommitState>>,
     /// Answered once the write is committed.
@@ -212,14 +215,10 @@ fn notify_committed(jobs: &mut [PersistJob], metrics: &Metrics) {
         if let Some(done) = job.done.take() {
             let _ = done.send(());
         }
-        let seq = match &job.write {
-            Write::Append { seq, .. } => Some(*seq),
-            Write::Snapshot { .. } => {
-                metrics.compactions.inc();
-                None
-            }
-            Write::Delete { .. } => None,
-        };
+        if let Write::Snapshot { .. } = job.write {
+            metrics.compactions.inc();
+        }
+        let seq = job.seq;
         job.notify.send_if_modified(|state| {
             let mut changed = state.failure.take().is_some();
             if let Some(seq) = seq
@@ -281,6 +280,7 @@ mod tests {
                     seq,
                     update: Bytes::from_static(&[0, 0]),
                 },
+                seq: Some(seq),
                 notify: notify.clone(),
                 done: None,
             }))

@@ -383,6 +383,9 @@ pub struct Room {
     change_flag: ChangeFlag,
     /// Nothing of the room was stored yet: its first commit is reported as a creation.
     created_pending: bool,
+    /// The first sequence number of an update in the current numbering: 1, or 2 after a
+    /// deletion (whose own commit is number 1 and is not a change to report).
+    first_update_seq: u64,
     status: Arc<RoomStatus>,
 }
 
@@ -418,6 +421,7 @@ impl Room {
             awareness_sweep_at: None,
             change_flag: ChangeFlag::default(),
             created_pending: stored.next_seq == 1 && stored.snapshot_bytes == 0,
+            first_update_seq: 1,
             status,
         }
     }
@@ -693,6 +697,7 @@ impl Room {
     /// failed commit, tells each waiting request once.
     fn on_commit(&mut self, state: CommitState) {
         if state.committed_seq > self.committed_seq
+            && state.committed_seq >= self.first_update_seq
             && let Some(webhooks) = &self.ctx.webhooks
         {
             if std::mem::take(&mut self.created_pending) {
@@ -835,13 +840,17 @@ impl Room {
             let _ = waiter.send(Err(ApiUpdateError::Deleted));
         }
         // A new numbering and a new commit watch: writes queued for the old document still
-        // report to the old one.
-        self.next_seq = 1;
+        // report to the old one. The deletion itself is number 1 of the new numbering, so the
+        // room counts it as uncommitted (and cannot unload, leaving a joiner to load the old
+        // document from the store) until it is on disk.
+        const DELETION_SEQ: u64 = 1;
+        self.next_seq = DELETION_SEQ + 1;
+        self.first_update_seq = DELETION_SEQ + 1;
         self.committed_seq = 0;
         let (notify, commits) = watch::channel(CommitState::default());
         self.commit_notify = Arc::new(notify);
         self.commits = commits;
-        self.status.unsaved_updates.store(0, Ordering::Relaxed);
+        self.status.unsaved_updates.store(1, Ordering::Relaxed);
         if let Some(webhooks) = &self.ctx.webhooks {
             webhooks.notify(EventKind::Deleted, &self.name);
         }
@@ -853,6 +862,7 @@ impl Room {
             write: Write::Delete {
                 room: self.name.clone(),
             },
+            seq: Some(DELETION_SEQ),
             notify: self.commit_notify.clone(),
             done: Some(reply),
         };
@@ -903,8 +913,13 @@ impl Room {
     }
 
     async fn persist(&self, write: Write) {
+        let seq = match &write {
+            Write::Append { seq, .. } => Some(*seq),
+            Write::Snapshot { .. } | Write::Delete { .. } => None,
+        };
         let job = PersistJob {
             write,
+            seq,
             notify: self.commit_notify.clone(),
             done: None,
         };

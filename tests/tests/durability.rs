@@ -140,6 +140,54 @@ async fn a_duplicate_of_an_uncommitted_update_is_saved_only_after_its_commit() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deletion_keeps_the_room_loaded_until_it_is_committed() {
+    // The room unloads as soon as it is empty, and the deletion takes 1.5 s to commit: a room
+    // that counted it as nothing pending unloaded at once, and the next joiner loaded the old
+    // document from the store.
+    let mut relay = TestRelay::start_with(|c| {
+        c.idle_unload_secs = 0;
+        c.commit_window_ms = 1500;
+    })
+    .await;
+    let mut a = relay.join("deleted").await;
+    a.edit("old content").await;
+    a.save(1).await;
+
+    let addr = relay.addr();
+    let deletion =
+        tokio::spawn(
+            async move { http_request(addr, "DELETE", "/api/docs/deleted", &[], b"").await },
+        );
+    assert_eq!(a.expect_close().await, Some(4404));
+    // Once the room has unloaded, the next joiner loads the document from the store.
+    relay.wait_metric("relay_rooms_loaded", |v| v == 0.0).await;
+    let mut b = relay.join("deleted").await;
+    b.sync().await;
+    assert_eq!(
+        b.text(),
+        "",
+        "a joiner after the deletion sees an empty document"
+    );
+    b.edit("new content").await;
+    b.save(2).await;
+    let response = within("the deletion", deletion)
+        .await
+        .expect("the request task")
+        .expect("the DELETE request");
+    assert_eq!(response.status, 200, "{}", response.text());
+    b.close().await;
+
+    relay.restart().await;
+    let mut c = relay.join("deleted").await;
+    c.sync().await;
+    assert_eq!(
+        c.text(),
+        "new content",
+        "the edit saved after the deletion is kept"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_room_unloads_and_reloads_from_the_store() {
     let relay = TestRelay::start_with(|c| c.idle_unload_secs = 0).await;
     let mut a = relay.join("idle").await;
