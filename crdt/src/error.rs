@@ -161,8 +161,10 @@ pub enum ListError {
     Storage(#[from] redb::Error),
 }
 
-/// A write transaction failed. Nothing of the batch is on disk (redb transactions are atomic),
-/// and the caller still owns everything it asked to write, so it can retry.
+/// A write transaction failed. The batch is on disk wholly or not at all (redb transactions are
+/// atomic), but which is not known: redb's commit can fail after the transaction became durable.
+/// The caller still owns everything it asked to write and retries it (the writes are idempotent);
+/// it must not report any of it as saved until a commit succeeds.
 #[derive(Debug, Error)]
 #[non_exhaustive]
 pub enum CommitError {

@@ -22,6 +22,14 @@
 //! when it returns `Ok`, the data and its checksums are fsynced and survive a crash or power loss
 //! (given a disk that honours fsync). A crash during a commit leaves the previous commit; redb
 //! rolls the torn one back on the next open. Nothing is written outside a commit.
+//!
+//! A commit that returns an error is *not* known to be rolled back: redb applies a transaction
+//! atomically, all or nothing, but an error after it began writing (an `fsync` that failed, say)
+//! may leave the whole batch durable, and redb then refuses writes until the database is opened
+//! again ([`Store::reopen`]). So nobody may be told *saved* for a failed commit, and every write
+//! is idempotent: committing the same batch again after a failure that was in fact durable
+//! leaves exactly what one successful commit leaves (an appended update is stored once and
+//! counted once in the room's size, a snapshot or a deletion is simply done again).
 
 use std::ops::Bound;
 use std::path::{Path, PathBuf};
@@ -378,8 +386,10 @@ impl Store {
     /// Writes a batch in one write transaction with immediate durability (a group commit).
     ///
     /// # Errors
-    /// [`CommitError`] when any part fails. The transaction is then aborted: nothing of the batch
-    /// is on disk, and the caller can retry the same batch.
+    /// [`CommitError`] when any part fails. The batch is then either wholly on disk or not at
+    /// all, and which one is not known (redb's `WriteTransaction::commit` may fail after the
+    /// transaction became durable); call [`Store::reopen`], then commit the same batch again:
+    /// every write is idempotent, so a retry of a batch that was durable changes nothing.
     pub fn commit<'a>(
         &self,
         writes: impl IntoIterator<Item = &'a Write>,
@@ -397,9 +407,14 @@ impl Store {
             for write in writes {
                 match write {
                     Write::Append { room, seq, update } => {
-                        log.insert((&**room, *seq), &**update)?;
+                        // The same entry again (a retry after a commit that failed but was
+                        // durable) replaces itself and must not count twice.
+                        let replaced = log
+                            .insert((&**room, *seq), &**update)?
+                            .map_or(0, |old| old.value().len() as u64);
                         let bytes = rooms.get(&**room)?.map_or(0, |info| info.value().1);
-                        rooms.insert(&**room, (now_ms, bytes + update.len() as u64))?;
+                        let bytes = bytes.saturating_sub(replaced) + update.len() as u64;
+                        rooms.insert(&**room, (now_ms, bytes))?;
                     }
                     Write::Snapshot {
                         room,
@@ -527,6 +542,46 @@ mod tests {
             seq,
             update,
         }
+    }
+
+    #[test]
+    fn committing_a_batch_again_changes_nothing() {
+        // What the relay's writer does after a commit that failed but was in fact durable.
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store =
+            Store::open(&dir.path().join("relay.redb"), &StoreOptions::default()).expect("open");
+        let source = Doc::new();
+        let first = append("a", 1, edit(&source, "hello"));
+        let second = append("a", 2, edit(&source, " world"));
+        store.commit(&[first.clone()]).expect("commit");
+        let once = store.room_info("a").expect("info").expect("stored");
+        store
+            .commit(&[first.clone()])
+            .expect("the same batch again");
+        assert_eq!(
+            store
+                .room_info("a")
+                .expect("info")
+                .expect("stored")
+                .stored_bytes,
+            once.stored_bytes,
+            "an update stored twice is counted once"
+        );
+        store
+            .commit(&[first, second.clone(), second])
+            .expect("a retry with later writes");
+        let room = store.load("a").expect("load");
+        assert_eq!(text_of(&room), "hello world");
+        assert_eq!((room.next_seq, room.log_entries), (3, 2));
+        assert_eq!(
+            store
+                .room_info("a")
+                .expect("info")
+                .expect("stored")
+                .stored_bytes,
+            room.log_bytes,
+            "the room's size is its log's"
+        );
     }
 
     #[test]

@@ -192,7 +192,9 @@ impl Writer {
                     notify_failed(&pending, self.failed_attempts, &error.to_string());
                     std::thread::sleep(retry_delay(self.failed_attempts));
                     // redb refuses everything on a database that had an I/O error until it is
-                    // opened again; the file is as of the last successful commit.
+                    // opened again. The failed batch may be on disk or not (redb does not say);
+                    // committing it again is idempotent either way, and nobody hears *saved*
+                    // for it before a commit succeeds.
                     if let Err(error) = self.store.reopen() {
                         tracing::error!(%error, "cannot reopen the store; will retry");
                     }
