@@ -553,10 +553,10 @@ mod tests {
         let source = Doc::new();
         let first = append("a", 1, edit(&source, "hello"));
         let second = append("a", 2, edit(&source, " world"));
-        store.commit(&[first.clone()]).expect("commit");
+        store.commit(std::slice::from_ref(&first)).expect("commit");
         let once = store.room_info("a").expect("info").expect("stored");
         store
-            .commit(&[first.clone()])
+            .commit(std::slice::from_ref(&first))
             .expect("the same batch again");
         assert_eq!(
             store
