@@ -5,12 +5,42 @@
 //! each client id, so that it can announce their removal when that connection closes. `yrs`'
 //! `Awareness` couples the table to a `Doc` and a local client of its own; a relay has no local
 //! state, so this table is a small map with exactly the y-protocols rules.
+//!
+//! Everything a client can make the relay hold here is bounded ([`AwarenessLimits`]): entries per
+//! message, the size of one state, live states per connection and per room. And a client id
+//! belongs to the connection that introduced it for as long as that connection is open: another
+//! connection cannot take it over (to impersonate the client, or to remove its state).
 
 use std::collections::{HashMap, VecDeque};
+use std::hash::Hash;
 use std::time::{Duration, Instant};
 
-use crate::error::ProtocolError;
+use crate::error::{AwarenessError, ProtocolError};
 use crate::protocol::{Cursor, write_var_bytes, write_var_u64};
+
+/// What one room's awareness may hold, and what one message may carry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AwarenessLimits {
+    /// Live states in one room; states of new clients beyond it are not taken (and counted).
+    /// Also the most entries one message may list: stock clients send back every state they
+    /// apply, so a message may name every client of the room, never more.
+    pub max_states_per_room: usize,
+    /// Live states one connection may hold. A stock client holds one (its own client id).
+    pub max_states_per_connection: usize,
+    /// The largest state, in bytes of JSON. A cursor with a user's name and colour is a few
+    /// hundred.
+    pub max_state_bytes: usize,
+}
+
+impl Default for AwarenessLimits {
+    fn default() -> Self {
+        AwarenessLimits {
+            max_states_per_room: 4096,
+            max_states_per_connection: 8,
+            max_state_bytes: 32 << 10,
+        }
+    }
+}
 
 /// The JSON text of a removed state.
 const NULL_STATE: &str = "null";
@@ -31,19 +61,36 @@ pub struct AwarenessEntry<'a> {
 /// without building them (and without recursion), so its cost is linear in the input.
 ///
 /// # Errors
-/// [`ProtocolError::InvalidAwareness`] for invalid JSON, or a codec error for a malformed
-/// payload.
-pub fn parse_awareness_update(payload: &[u8]) -> Result<Vec<AwarenessEntry<'_>>, ProtocolError> {
+/// [`AwarenessError::TooManyEntries`] or [`AwarenessError::StateTooLarge`] past `limits` (checked
+/// before anything is allocated for them); [`AwarenessError::Malformed`] with
+/// [`ProtocolError::InvalidAwareness`] for invalid JSON, or a codec error for a malformed payload.
+pub fn parse_awareness_update<'a>(
+    payload: &'a [u8],
+    limits: &AwarenessLimits,
+) -> Result<Vec<AwarenessEntry<'a>>, AwarenessError> {
     let mut c = Cursor::new(payload);
     // Each entry needs at least a client id, a clock and a string length.
     let count = c.read_count(3)?;
-    let mut entries = Vec::with_capacity(count);
+    if count > limits.max_states_per_room {
+        return Err(AwarenessError::TooManyEntries {
+            count: count as u64,
+            max: limits.max_states_per_room,
+        });
+    }
+    // Not pre-sized from the declared count: a few bytes may claim many entries.
+    let mut entries = Vec::new();
     for _ in 0..count {
         let client_id = c.read_var_u64()?;
         let clock = c.read_var_u64()?;
         let json = c.read_var_str()?;
+        if json.len() > limits.max_state_bytes {
+            return Err(AwarenessError::StateTooLarge {
+                bytes: json.len(),
+                max: limits.max_state_bytes,
+            });
+        }
         if serde_json::from_str::<serde::de::IgnoredAny>(json).is_err() {
-            return Err(ProtocolError::InvalidAwareness);
+            return Err(ProtocolError::InvalidAwareness.into());
         }
         let state = (json != NULL_STATE).then_some(json);
         entries.push(AwarenessEntry {
@@ -101,6 +148,9 @@ pub struct AwarenessChanges {
     pub updated: Vec<u64>,
     /// Client ids that were removed.
     pub removed: Vec<u64>,
+    /// Entries not taken: states of another open connection's clients, and new clients past
+    /// the room's limit.
+    pub ignored: usize,
 }
 
 impl AwarenessChanges {
@@ -116,22 +166,40 @@ pub struct AwarenessTable<O> {
     states: HashMap<u64, ClientState<O>>,
     /// Live (non-tombstone) entries.
     live: usize,
+    /// Live entries per owner, so that "does this connection speak for another client" and the
+    /// per-connection limit are one lookup, not a scan of the room.
+    live_by_owner: HashMap<O, usize>,
     /// Removed client ids, oldest first.
     tombstones: VecDeque<u64>,
+    limits: AwarenessLimits,
 }
 
 impl<O> Default for AwarenessTable<O> {
     fn default() -> Self {
-        AwarenessTable {
-            states: HashMap::new(),
-            live: 0,
-            tombstones: VecDeque::new(),
-        }
+        Self::with_limits(AwarenessLimits::default())
     }
 }
 
-impl<O: Copy + PartialEq> AwarenessTable<O> {
-    /// An empty table.
+impl<O> AwarenessTable<O> {
+    /// An empty table with these limits.
+    pub fn with_limits(limits: AwarenessLimits) -> Self {
+        AwarenessTable {
+            states: HashMap::new(),
+            live: 0,
+            live_by_owner: HashMap::new(),
+            tombstones: VecDeque::new(),
+            limits,
+        }
+    }
+
+    /// The table's limits.
+    pub fn limits(&self) -> &AwarenessLimits {
+        &self.limits
+    }
+}
+
+impl<O: Copy + Eq + Hash> AwarenessTable<O> {
+    /// An empty table with the default limits.
     pub fn new() -> Self {
         Self::default()
     }
@@ -148,22 +216,39 @@ impl<O: Copy + PartialEq> AwarenessTable<O> {
 
     /// Applies parsed entries from `owner` at time `now` with the y-protocols rules: an entry wins
     /// when its clock is higher than the known one (0 for unknown clients), or when it is a
-    /// removal at the same clock of a live state. One addition: after the relay itself removed a
-    /// client (see [`AwarenessTable::remove_owner`]), a state at the same clock from a connection
-    /// that speaks for no other client brings it back, so that a client that reconnects is seen
-    /// at once rather than after its next renewal. The winner's connection becomes the client
-    /// id's owner.
+    /// removal at the same clock of a live state. The winner's connection becomes the client
+    /// id's owner. Besides:
+    /// - a live state belongs to its owner while that connection is open: entries for it from
+    ///   any other connection are ignored, whatever their clock (otherwise anyone could take a
+    ///   client id over with a higher clock, speak for it, then remove it);
+    /// - after the relay itself removed a client (see [`AwarenessTable::remove_owner`]), a state
+    ///   at the same clock from a connection that speaks for no other client brings it back, so
+    ///   that a client that reconnects is seen at once rather than after its next renewal;
+    /// - new clients past the room's limit are ignored.
+    ///
+    /// # Errors
+    /// [`AwarenessError::TooManyStates`] when `owner` would hold more live states than a
+    /// connection may; nothing of the message is applied then.
     pub fn apply(
         &mut self,
         entries: &[AwarenessEntry<'_>],
         owner: O,
         now: Instant,
-    ) -> AwarenessChanges {
+    ) -> Result<AwarenessChanges, AwarenessError> {
+        self.check_owner_limit(entries, owner)?;
         let mut changes = AwarenessChanges::default();
         for entry in entries {
             let known = self.states.get(&entry.client_id);
             let current_clock = known.map_or(0, |s| s.clock);
             let was_live = known.is_some_and(|s| s.state.is_some());
+            if was_live && known.is_some_and(|s| s.owner != owner) {
+                // Another connection's client: stock clients send back every state they
+                // apply, at its clock (so it never wins anyway); a higher clock is a takeover.
+                if current_clock < entry.clock {
+                    changes.ignored += 1;
+                }
+                continue;
+            }
             // Only a connection that speaks for no other client may revive one: a reconnecting
             // client's first message, not another client sending back what it had applied.
             let revives = known.is_some_and(|s| s.revivable && s.state.is_none())
@@ -173,6 +258,10 @@ impl<O: Copy + PartialEq> AwarenessTable<O> {
                 || (current_clock == entry.clock && entry.state.is_none() && was_live)
                 || (current_clock == entry.clock && revives);
             if !wins {
+                continue;
+            }
+            if !was_live && entry.state.is_some() && self.live >= self.limits.max_states_per_room {
+                changes.ignored += 1;
                 continue;
             }
             self.states.insert(
@@ -188,25 +277,66 @@ impl<O: Copy + PartialEq> AwarenessTable<O> {
             match (was_live, entry.state.is_some()) {
                 (false, true) => {
                     self.live += 1;
+                    *self.live_by_owner.entry(owner).or_default() += 1;
                     changes.added.push(entry.client_id);
                 }
                 (true, true) => changes.updated.push(entry.client_id),
                 (true, false) => {
                     self.live -= 1;
+                    self.owner_lost_one(owner);
                     changes.removed.push(entry.client_id);
                     self.remember_tombstone(entry.client_id);
                 }
                 (false, false) => self.remember_tombstone(entry.client_id),
             }
         }
-        changes
+        Ok(changes)
+    }
+
+    /// Refuses a message that would leave `owner` with more live states than a connection may
+    /// hold, counting the clients it would add (not yet live, or revived) and remove.
+    fn check_owner_limit(
+        &self,
+        entries: &[AwarenessEntry<'_>],
+        owner: O,
+    ) -> Result<(), AwarenessError> {
+        let max = self.limits.max_states_per_connection;
+        let mut held = self.live_by_owner.get(&owner).copied().unwrap_or(0);
+        let mut new_ids: Vec<u64> = Vec::new();
+        for entry in entries {
+            let taken = self
+                .states
+                .get(&entry.client_id)
+                .is_some_and(|s| s.state.is_some());
+            if !taken && entry.state.is_some() && !new_ids.contains(&entry.client_id) {
+                // `new_ids` stays within `max + 1` entries: the check below ends the loop.
+                new_ids.push(entry.client_id);
+                held += 1;
+                if held > max {
+                    return Err(AwarenessError::TooManyStates { max });
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Whether `owner` holds a live state for a client other than `client_id`.
     fn owns_other_than(&self, owner: O, client_id: u64) -> bool {
-        self.states
-            .iter()
-            .any(|(&id, s)| id != client_id && s.owner == owner && s.state.is_some())
+        let held = self.live_by_owner.get(&owner).copied().unwrap_or(0);
+        let holds_this = self
+            .states
+            .get(&client_id)
+            .is_some_and(|s| s.owner == owner && s.state.is_some());
+        held > usize::from(holds_this)
+    }
+
+    fn owner_lost_one(&mut self, owner: O) {
+        if let Some(held) = self.live_by_owner.get_mut(&owner) {
+            *held -= 1;
+            if *held == 0 {
+                self.live_by_owner.remove(&owner);
+            }
+        }
     }
 
     fn remember_tombstone(&mut self, client_id: u64) {
@@ -241,6 +371,9 @@ impl<O: Copy + PartialEq> AwarenessTable<O> {
     /// clock, as y-protocols does for remote clients: receivers apply a removal at the clock they
     /// know.
     pub fn remove_owner(&mut self, owner: O) -> Option<Vec<u8>> {
+        if !self.live_by_owner.contains_key(&owner) {
+            return None;
+        }
         self.remove_where(|s| s.owner == owner)
     }
 
@@ -253,17 +386,22 @@ impl<O: Copy + PartialEq> AwarenessTable<O> {
 
     fn remove_where(&mut self, mut remove: impl FnMut(&ClientState<O>) -> bool) -> Option<Vec<u8>> {
         let mut removed = Vec::new();
+        let mut owners = Vec::new();
         for (&id, s) in self.states.iter_mut() {
             if s.state.is_some() && remove(s) {
                 s.state = None;
                 s.revivable = true;
                 removed.push((id, s.clock));
+                owners.push(s.owner);
             }
         }
         if removed.is_empty() {
             return None;
         }
         self.live -= removed.len();
+        for owner in owners {
+            self.owner_lost_one(owner);
+        }
         for &(id, _) in &removed {
             self.remember_tombstone(id);
         }
@@ -297,7 +435,7 @@ mod tests {
     #[test]
     fn parse_round_trips_and_checks_json() {
         let payload = encode_awareness_update([entry(1, 2, Some(r#"{"a":1}"#)), entry(3, 4, None)]);
-        let parsed = parse_awareness_update(&payload).expect("valid");
+        let parsed = parse_awareness_update(&payload, &AwarenessLimits::default()).expect("valid");
         assert_eq!(
             parsed,
             vec![entry(1, 2, Some(r#"{"a":1}"#)), entry(3, 4, None)]
@@ -305,14 +443,16 @@ mod tests {
 
         let bad = encode_awareness_update([entry(1, 2, Some("{not json"))]);
         assert_eq!(
-            parse_awareness_update(&bad),
-            Err(ProtocolError::InvalidAwareness)
+            parse_awareness_update(&bad, &AwarenessLimits::default()),
+            Err(AwarenessError::Malformed(ProtocolError::InvalidAwareness))
         );
         // The check skips values without recursion, so deep nesting cannot overflow the stack.
-        let deep = "[".repeat(100_000) + &"]".repeat(100_000);
+        let deep = "[".repeat(16_000) + &"]".repeat(16_000);
         let nested = encode_awareness_update([entry(1, 2, Some(&deep))]);
         assert_eq!(
-            parse_awareness_update(&nested).expect("valid JSON").len(),
+            parse_awareness_update(&nested, &AwarenessLimits::default())
+                .expect("valid JSON")
+                .len(),
             1
         );
     }
@@ -320,15 +460,25 @@ mod tests {
     #[test]
     fn higher_clock_wins_and_clock_zero_is_ignored_like_y_protocols() {
         let mut table = AwarenessTable::new();
-        let changes = table.apply(&[entry(1, 0, Some("{}"))], 'a', t0());
+        let changes = table
+            .apply(&[entry(1, 0, Some("{}"))], 'a', t0())
+            .expect("within the limits");
         assert_eq!(changes, AwarenessChanges::default());
-        let changes = table.apply(&[entry(1, 1, Some("{}"))], 'a', t0());
+        let changes = table
+            .apply(&[entry(1, 1, Some("{}"))], 'a', t0())
+            .expect("within the limits");
         assert_eq!(changes.added, vec![1]);
-        let changes = table.apply(&[entry(1, 1, Some(r#"{"x":1}"#))], 'a', t0());
+        let changes = table
+            .apply(&[entry(1, 1, Some(r#"{"x":1}"#))], 'a', t0())
+            .expect("within the limits");
         assert_eq!(changes, AwarenessChanges::default(), "same clock loses");
-        let changes = table.apply(&[entry(1, 2, Some(r#"{"x":1}"#))], 'a', t0());
+        let changes = table
+            .apply(&[entry(1, 2, Some(r#"{"x":1}"#))], 'a', t0())
+            .expect("within the limits");
         assert_eq!(changes.updated, vec![1]);
-        let changes = table.apply(&[entry(1, 2, None)], 'a', t0());
+        let changes = table
+            .apply(&[entry(1, 2, None)], 'a', t0())
+            .expect("within the limits");
         assert_eq!(changes.removed, vec![1], "removal at the same clock wins");
         assert!(table.is_empty());
     }
@@ -336,31 +486,130 @@ mod tests {
     #[test]
     fn remove_owner_announces_only_its_own_clients() {
         let mut table = AwarenessTable::new();
-        table.apply(
-            &[entry(1, 1, Some("{}")), entry(2, 5, Some("{}"))],
-            'a',
-            t0(),
-        );
-        table.apply(&[entry(3, 1, Some("{}"))], 'b', t0());
-        // Client 2 moved to connection b (a reconnect racing the old socket's close).
-        table.apply(&[entry(2, 6, Some("{}"))], 'b', t0());
-        let removal = table.remove_owner('a').expect("a owned client 1");
-        assert_eq!(
-            parse_awareness_update(&removal).expect("valid"),
-            vec![entry(1, 1, None)]
-        );
-        assert_eq!(table.len(), 2);
+        table
+            .apply(
+                &[entry(1, 1, Some("{}")), entry(2, 5, Some("{}"))],
+                'a',
+                t0(),
+            )
+            .expect("within the limits");
+        table
+            .apply(&[entry(3, 1, Some("{}"))], 'b', t0())
+            .expect("within the limits");
+        let removal = table.remove_owner('a').expect("a owned clients 1 and 2");
+        let mut removed =
+            parse_awareness_update(&removal, &AwarenessLimits::default()).expect("valid");
+        removed.sort_by_key(|e| e.client_id);
+        assert_eq!(removed, vec![entry(1, 1, None), entry(2, 5, None)]);
+        assert_eq!(table.len(), 1);
         assert_eq!(table.remove_owner('a'), None);
         let all = table.encode_all().expect("states left");
-        assert_eq!(parse_awareness_update(&all).expect("valid").len(), 2);
+        assert_eq!(
+            parse_awareness_update(&all, &AwarenessLimits::default())
+                .expect("valid")
+                .len(),
+            1
+        );
+    }
+
+    #[test]
+    fn another_connection_cannot_take_a_live_client_over() {
+        let mut table = AwarenessTable::new();
+        table
+            .apply(&[entry(1, 3, Some(r#"{"n":"victim"}"#))], 'a', t0())
+            .expect("within the limits");
+        // A higher clock from another connection: a takeover, ignored, whatever it says.
+        let changes = table
+            .apply(&[entry(1, 1 << 50, Some(r#"{"n":"forged"}"#))], 'b', t0())
+            .expect("within the limits");
+        assert!(changes.is_empty());
+        assert_eq!(changes.ignored, 1);
+        let changes = table
+            .apply(&[entry(1, u64::MAX, None)], 'b', t0())
+            .expect("within the limits");
+        assert!(changes.is_empty(), "nor can it remove the state");
+        assert_eq!(table.remove_owner('b'), None, "b owns nothing");
+        // The owner renews at its own next clock, as if nothing happened.
+        let changes = table
+            .apply(&[entry(1, 4, Some(r#"{"n":"victim"}"#))], 'a', t0())
+            .expect("within the limits");
+        assert_eq!(changes.updated, vec![1]);
+        // Once the owner's connection is gone, the client id is free again: a reconnect.
+        table.remove_owner('a').expect("a owned client 1");
+        let changes = table
+            .apply(&[entry(1, 4, Some(r#"{"n":"victim"}"#))], 'c', t0())
+            .expect("within the limits");
+        assert_eq!(changes.added, vec![1]);
+    }
+
+    #[test]
+    fn limits_bound_what_a_message_and_a_connection_can_make_the_table_hold() {
+        let limits = AwarenessLimits {
+            max_states_per_room: 4,
+            max_states_per_connection: 2,
+            max_state_bytes: 16,
+        };
+        let too_many = encode_awareness_update((1..=5).map(|id| entry(id, 1, Some("{}"))));
+        assert_eq!(
+            parse_awareness_update(&too_many, &limits),
+            Err(AwarenessError::TooManyEntries { count: 5, max: 4 })
+        );
+        // A few bytes claiming a million entries are refused before anything is allocated.
+        let mut forged = Vec::new();
+        write_var_u64(&mut forged, 1_000_000);
+        forged.extend(std::iter::repeat_n(0u8, 3_000_000));
+        assert!(matches!(
+            parse_awareness_update(&forged, &limits),
+            Err(AwarenessError::TooManyEntries { .. })
+        ));
+        let big = encode_awareness_update([entry(1, 1, Some(r#"{"name":"a long name"}"#))]);
+        assert_eq!(
+            parse_awareness_update(&big, &limits),
+            Err(AwarenessError::StateTooLarge { bytes: 22, max: 16 })
+        );
+
+        let mut table = AwarenessTable::with_limits(limits);
+        let three: Vec<_> = (1..=3).map(|id| entry(id, 1, Some("{}"))).collect();
+        assert_eq!(
+            table.apply(&three, 'a', t0()),
+            Err(AwarenessError::TooManyStates { max: 2 })
+        );
+        assert!(table.is_empty(), "nothing of a refused message is applied");
+        table
+            .apply(&three[..2], 'a', t0())
+            .expect("two states per connection");
+        // Renewals and removals of its own states are always fine.
+        table
+            .apply(&[entry(1, 2, Some("{}")), entry(2, 2, None)], 'a', t0())
+            .expect("within the limits");
+        table
+            .apply(
+                &[entry(3, 1, Some("{}")), entry(4, 1, Some("{}"))],
+                'b',
+                t0(),
+            )
+            .expect("within the limits");
+        assert_eq!(table.len(), 3);
+        // The room holds at most four: the fifth client is ignored, not an error.
+        table
+            .apply(&[entry(2, 3, Some("{}"))], 'a', t0())
+            .expect("within the limits");
+        let changes = table
+            .apply(&[entry(5, 1, Some("{}"))], 'c', t0())
+            .expect("within the limits");
+        assert_eq!((changes.ignored, table.len()), (1, 4));
     }
 
     #[test]
     fn an_older_state_sent_back_after_a_removal_stays_removed() {
         let mut table = AwarenessTable::new();
-        table.apply(&[entry(1, 3, Some(r#"{"n":"a"}"#))], 'a', t0());
+        table
+            .apply(&[entry(1, 3, Some(r#"{"n":"a"}"#))], 'a', t0())
+            .expect("within the limits");
         table.remove_owner('a').expect("a owned client 1");
-        let changes = table.apply(&[entry(1, 2, Some(r#"{"n":"old"}"#))], 'b', t0());
+        let changes = table
+            .apply(&[entry(1, 2, Some(r#"{"n":"old"}"#))], 'b', t0())
+            .expect("within the limits");
         assert!(changes.is_empty());
         assert_eq!(table.encode_all(), None);
     }
@@ -368,9 +617,13 @@ mod tests {
     #[test]
     fn a_client_that_reconnects_is_back_at_once_with_the_same_clock() {
         let mut table = AwarenessTable::new();
-        table.apply(&[entry(1, 3, Some(r#"{"n":"a"}"#))], 'a', t0());
+        table
+            .apply(&[entry(1, 3, Some(r#"{"n":"a"}"#))], 'a', t0())
+            .expect("within the limits");
         table.remove_owner('a').expect("a owned client 1");
-        let changes = table.apply(&[entry(1, 3, Some(r#"{"n":"a"}"#))], 'c', t0());
+        let changes = table
+            .apply(&[entry(1, 3, Some(r#"{"n":"a"}"#))], 'c', t0())
+            .expect("within the limits");
         assert_eq!(changes.added, vec![1]);
         // Now owned by the new connection.
         assert!(table.remove_owner('a').is_none());
@@ -380,10 +633,16 @@ mod tests {
     #[test]
     fn another_client_sending_back_a_removed_state_does_not_revive_it() {
         let mut table = AwarenessTable::new();
-        table.apply(&[entry(1, 3, Some(r#"{"n":"a"}"#))], 'a', t0());
-        table.apply(&[entry(2, 1, Some(r#"{"n":"b"}"#))], 'b', t0());
+        table
+            .apply(&[entry(1, 3, Some(r#"{"n":"a"}"#))], 'a', t0())
+            .expect("within the limits");
+        table
+            .apply(&[entry(2, 1, Some(r#"{"n":"b"}"#))], 'b', t0())
+            .expect("within the limits");
         table.remove_owner('a').expect("a owned client 1");
-        let changes = table.apply(&[entry(1, 3, Some(r#"{"n":"a"}"#))], 'b', t0());
+        let changes = table
+            .apply(&[entry(1, 3, Some(r#"{"n":"a"}"#))], 'b', t0())
+            .expect("within the limits");
         assert!(changes.is_empty());
         assert_eq!(table.len(), 1);
     }
@@ -391,23 +650,35 @@ mod tests {
     #[test]
     fn a_state_the_client_removed_itself_is_not_revived_at_its_old_clock() {
         let mut table = AwarenessTable::new();
-        table.apply(&[entry(1, 3, Some("{}"))], 'a', t0());
-        table.apply(&[entry(1, 4, None)], 'a', t0());
-        let changes = table.apply(&[entry(1, 4, Some("{}"))], 'b', t0());
+        table
+            .apply(&[entry(1, 3, Some("{}"))], 'a', t0())
+            .expect("within the limits");
+        table
+            .apply(&[entry(1, 4, None)], 'a', t0())
+            .expect("within the limits");
+        let changes = table
+            .apply(&[entry(1, 4, Some("{}"))], 'b', t0())
+            .expect("within the limits");
         assert!(changes.is_empty());
-        let changes = table.apply(&[entry(1, 3, Some("{}"))], 'b', t0());
+        let changes = table
+            .apply(&[entry(1, 3, Some("{}"))], 'b', t0())
+            .expect("within the limits");
         assert!(changes.is_empty());
     }
 
     #[test]
     fn states_not_renewed_go_out_of_date() {
         let mut table = AwarenessTable::new();
-        table.apply(&[entry(1, 1, Some("{}"))], 'a', t0());
-        table.apply(
-            &[entry(2, 1, Some("{}"))],
-            'a',
-            t0() + Duration::from_secs(20),
-        );
+        table
+            .apply(&[entry(1, 1, Some("{}"))], 'a', t0())
+            .expect("within the limits");
+        table
+            .apply(
+                &[entry(2, 1, Some("{}"))],
+                'a',
+                t0() + Duration::from_secs(20),
+            )
+            .expect("within the limits");
         assert_eq!(
             table.remove_outdated(t0() + Duration::from_secs(29), OUTDATED_AFTER),
             None
@@ -416,7 +687,7 @@ mod tests {
             .remove_outdated(t0() + Duration::from_secs(31), OUTDATED_AFTER)
             .expect("client 1 is out of date");
         assert_eq!(
-            parse_awareness_update(&removal).expect("valid"),
+            parse_awareness_update(&removal, &AwarenessLimits::default()).expect("valid"),
             vec![entry(1, 1, None)]
         );
         assert_eq!(table.len(), 1);
@@ -426,8 +697,12 @@ mod tests {
     fn tombstones_are_bounded() {
         let mut table = AwarenessTable::new();
         for id in 0..(MAX_TOMBSTONES as u64 * 3) {
-            table.apply(&[entry(id, 1, Some("{}"))], 'a', t0());
-            table.apply(&[entry(id, 1, None)], 'a', t0());
+            table
+                .apply(&[entry(id, 1, Some("{}"))], 'a', t0())
+                .expect("within the limits");
+            table
+                .apply(&[entry(id, 1, None)], 'a', t0())
+                .expect("within the limits");
         }
         assert!(table.states.len() <= MAX_TOMBSTONES);
         assert!(table.is_empty());

@@ -198,3 +198,35 @@ impl From<redb::SetDurabilityError> for CommitError {
         CommitError::Storage(e.into())
     }
 }
+
+/// An awareness message the relay does not take: malformed, or over one of the limits of
+/// [`crate::awareness::AwarenessLimits`]. Nothing of the message was applied.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[non_exhaustive]
+pub enum AwarenessError {
+    /// The payload is malformed, or a state is not JSON.
+    #[error(transparent)]
+    Malformed(#[from] ProtocolError),
+    /// The message lists more entries than a room may hold states.
+    #[error("awareness message with {count} entries (at most {max})")]
+    TooManyEntries {
+        /// Entries the message declares.
+        count: u64,
+        /// The limit.
+        max: usize,
+    },
+    /// One state is larger than the limit.
+    #[error("awareness state of {bytes} bytes (at most {max})")]
+    StateTooLarge {
+        /// The state's JSON length.
+        bytes: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// The connection would hold more live states (client ids) than it may.
+    #[error("a connection may hold at most {max} awareness states")]
+    TooManyStates {
+        /// The limit.
+        max: usize,
+    },
+}

@@ -2,7 +2,7 @@
 //! the inputs they found (`crdt/tests/fuzz_regressions.rs`). Each must never panic, whatever the
 //! input.
 
-use crate::awareness::parse_awareness_update;
+use crate::awareness::{AwarenessLimits, parse_awareness_update};
 use crate::doc::RoomDoc;
 use crate::protocol::{Message, MessageReader};
 use crate::validate::{check_state_vector_v1, check_update_v1};
@@ -29,7 +29,7 @@ pub fn decode_messages(frame: &[u8]) {
                 let _ = check_update_v1(update);
             }
             Message::Awareness(payload) => {
-                let _ = parse_awareness_update(payload);
+                let _ = parse_awareness_update(payload, &AwarenessLimits::default());
             }
             _ => {}
         }

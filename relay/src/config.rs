@@ -58,6 +58,20 @@ pub struct Config {
     #[arg(long, env = "RELAY_MAX_DOC_BYTES", default_value_t = 512 << 20)]
     pub max_doc_bytes: u64,
 
+    /// Most awareness states (clients' cursors and presence) one document holds; states of new
+    /// clients beyond it are not taken. Also the most entries one awareness message may list.
+    #[arg(long, env = "RELAY_MAX_AWARENESS_STATES", default_value_t = 4096)]
+    pub max_awareness_states: usize,
+
+    /// Most awareness states (client ids) one connection may hold; a stock client holds one. A
+    /// message that would take a connection past it closes the connection with 1008.
+    #[arg(long, env = "RELAY_MAX_AWARENESS_PER_CONNECTION", default_value_t = 8)]
+    pub max_awareness_per_connection: usize,
+
+    /// Largest awareness state, in bytes of JSON; a larger one closes the connection with 1008.
+    #[arg(long, env = "RELAY_MAX_AWARENESS_STATE_BYTES", default_value_t = 32 << 10)]
+    pub max_awareness_state_bytes: usize,
+
     /// How long a long-polling request is held open when there is nothing to send, in seconds
     /// (under the usual 30 to 60 second proxy timeouts).
     #[arg(long, env = "RELAY_POLL_HOLD_SECS", default_value_t = 25)]
@@ -159,6 +173,9 @@ impl Default for Config {
             max_room_connections: 2_000,
             max_rooms: 20_000,
             max_doc_bytes: 512 << 20,
+            max_awareness_states: 4096,
+            max_awareness_per_connection: 8,
+            max_awareness_state_bytes: 32 << 10,
             poll_hold_secs: 25,
             outbound_queue_bytes: 16 << 20,
             slow_reader_grace_ms: 30_000,
@@ -219,6 +236,15 @@ impl Config {
                 "--poll-hold-secs",
                 "must be at least 1 and shorter than --client-timeout-secs",
             );
+        }
+        if self.max_awareness_states == 0 {
+            return fail("--max-awareness-states", "must be at least 1");
+        }
+        if self.max_awareness_per_connection == 0 {
+            return fail("--max-awareness-per-connection", "must be at least 1");
+        }
+        if self.max_awareness_state_bytes < 64 {
+            return fail("--max-awareness-state-bytes", "must be at least 64");
         }
         if self.room_queue == 0 {
             return fail("--room-queue", "must be at least 1");
@@ -281,6 +307,15 @@ impl Config {
     /// How long a shutdown may take.
     pub fn drain_timeout(&self) -> Duration {
         Duration::from_secs(self.drain_timeout_secs)
+    }
+
+    /// What one document's awareness may hold.
+    pub fn awareness_limits(&self) -> crdt::awareness::AwarenessLimits {
+        crdt::awareness::AwarenessLimits {
+            max_states_per_room: self.max_awareness_states,
+            max_states_per_connection: self.max_awareness_per_connection,
+            max_state_bytes: self.max_awareness_state_bytes,
+        }
     }
 }
 

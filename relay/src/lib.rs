@@ -209,6 +209,7 @@ pub async fn run_with_ready(
             compact_bytes: config.compact_bytes,
             idle_unload: config.idle_unload(),
             max_doc_bytes: config.max_doc_bytes,
+            awareness: config.awareness_limits(),
         },
         shutdown: shutdown.clone(),
         webhooks,

@@ -12,8 +12,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
-use crdt::awareness::{AwarenessTable, OUTDATED_AFTER, parse_awareness_update};
+use crdt::awareness::{AwarenessLimits, AwarenessTable, OUTDATED_AFTER, parse_awareness_update};
 use crdt::doc::{Applied, RoomDoc};
+use crdt::error::AwarenessError;
 use crdt::protocol::{
     Message, MessageReader, encode_awareness, encode_permission_denied, encode_save_error,
     encode_saved, encode_sync_step1, encode_sync_step2, encode_update,
@@ -71,6 +72,9 @@ pub enum CloseReason {
     SlowReader,
     /// An update would grow the document past its size limit (1009).
     DocumentTooLarge,
+    /// An awareness message over a limit: too many entries, a state too large, or more client
+    /// ids than one connection may hold (1008).
+    AwarenessLimit,
 }
 
 impl CloseReason {
@@ -81,6 +85,7 @@ impl CloseReason {
             CloseReason::Shutdown | CloseReason::ClientTimeout => 1001,
             CloseReason::ProtocolError => 1002,
             CloseReason::TextFrame => 1003,
+            CloseReason::AwarenessLimit => 1008,
             CloseReason::TooBig | CloseReason::DocumentTooLarge => 1009,
             CloseReason::Internal => 1011,
             CloseReason::SlowReader => 1013,
@@ -99,6 +104,7 @@ impl CloseReason {
             CloseReason::TextFrame => "text_frame",
             CloseReason::TooBig => "too_big",
             CloseReason::DocumentTooLarge => "document_too_large",
+            CloseReason::AwarenessLimit => "awareness_limit",
             CloseReason::Internal => "internal_error",
             CloseReason::SlowReader => "slow_reader",
             CloseReason::TokenExpired => "token_expired",
@@ -247,6 +253,8 @@ pub struct RoomSettings {
     pub idle_unload: Duration,
     /// Largest document, in bytes of stored updates (snapshot and log).
     pub max_doc_bytes: u64,
+    /// What a room's awareness may hold.
+    pub awareness: AwarenessLimits,
 }
 
 /// Why the HTTP API's update was not applied.
@@ -397,6 +405,7 @@ impl Room {
         status: Arc<RoomStatus>,
     ) -> Self {
         let committed = stored.next_seq - 1;
+        let awareness_limits = ctx.settings.awareness;
         let (notify, commits) = watch::channel(CommitState {
             committed_seq: committed,
             failure: None,
@@ -405,7 +414,7 @@ impl Room {
             name,
             ctx,
             doc: stored.doc,
-            awareness: AwarenessTable::new(),
+            awareness: AwarenessTable::with_limits(awareness_limits),
             conns: HashMap::new(),
             next_seq: stored.next_seq,
             committed_seq: committed,
@@ -639,30 +648,55 @@ impl Room {
     }
 
     fn on_awareness(&mut self, conn: ConnId, payload: &[u8], message: Bytes) {
-        match parse_awareness_update(payload) {
-            Err(error) => {
+        let limits = *self.awareness.limits();
+        let applied = parse_awareness_update(payload, &limits).and_then(|entries| {
+            self.awareness
+                .apply(&entries, conn, std::time::Instant::now())
+        });
+        let changes = match applied {
+            Ok(changes) => changes,
+            Err(AwarenessError::Malformed(error)) => {
                 tracing::warn!(%conn, %error, "bad awareness update; closing the connection");
                 self.ctx.metrics.error("invalid_awareness");
                 self.remove_conns(vec![(conn, Some(CloseReason::ProtocolError))]);
+                return;
             }
-            Ok(entries) => {
-                let changes = self
-                    .awareness
-                    .apply(&entries, conn, std::time::Instant::now());
-                if self.awareness_sweep_at.is_none() && !self.awareness.is_empty() {
-                    self.awareness_sweep_at = Some(Instant::now() + AWARENESS_SWEEP);
-                }
-                if changes.added.is_empty()
-                    && changes.updated.is_empty()
-                    && changes.removed.is_empty()
-                {
-                    return;
-                }
-                // Everyone gets it, the sender too: its own renewals coming back are what keep a
-                // lone stock client from timing out.
-                self.broadcast(message, None);
+            Err(error) => {
+                tracing::warn!(%conn, %error, "awareness over a limit; closing the connection");
+                self.ctx.metrics.error("awareness_limit");
+                self.remove_conns(vec![(conn, Some(CloseReason::AwarenessLimit))]);
+                return;
             }
+        };
+        if changes.ignored > 0 {
+            tracing::debug!(%conn, ignored = changes.ignored, "awareness entries not taken");
+            self.ctx.metrics.error("awareness_ignored");
         }
+        if self.awareness_sweep_at.is_none() && !self.awareness.is_empty() {
+            self.awareness_sweep_at = Some(Instant::now() + AWARENESS_SWEEP);
+        }
+        if changes.is_empty() {
+            return;
+        }
+        // Everyone gets it, the sender too: its own renewals coming back are what keep a lone
+        // stock client from timing out. When some entries were not taken, only those that were
+        // go out: a takeover or a state past the room's limit must not reach anyone.
+        let frame = if changes.ignored == 0 {
+            message
+        } else {
+            let entries = parse_awareness_update(payload, &limits).unwrap_or_default();
+            let changed: std::collections::HashSet<u64> = (changes.added.iter())
+                .chain(&changes.updated)
+                .chain(&changes.removed)
+                .copied()
+                .collect();
+            let taken: Vec<_> = entries
+                .into_iter()
+                .filter(|e| changed.contains(&e.client_id))
+                .collect();
+            encode_awareness(&crdt::awareness::encode_awareness_update(taken)).into()
+        };
+        self.broadcast(frame, None);
     }
 
     fn on_save_request(&mut self, conn: ConnId, request_id: u64) {
@@ -829,7 +863,7 @@ impl Room {
             .map(|&id| (id, Some(CloseReason::DocumentDeleted)))
             .collect();
         self.remove_conns(conns);
-        self.awareness = AwarenessTable::new();
+        self.awareness = AwarenessTable::with_limits(self.ctx.settings.awareness);
         self.doc = RoomDoc::new();
         self.full_step2 = None;
         self.log_entries = 0;

@@ -433,7 +433,13 @@ pub struct AwarenessState {
 
 /// Parses an awareness update payload with the relay's parser.
 pub fn awareness_entries(payload: &[u8]) -> Vec<AwarenessState> {
-    parse_awareness_update(payload)
+    // No limits: the test reads whatever the relay sends.
+    let limits = crdt::awareness::AwarenessLimits {
+        max_states_per_room: usize::MAX,
+        max_states_per_connection: usize::MAX,
+        max_state_bytes: usize::MAX,
+    };
+    parse_awareness_update(payload, &limits)
         .expect("well-formed awareness update")
         .into_iter()
         .map(|e| AwarenessState {

@@ -211,3 +211,118 @@ async fn a_client_that_reconnects_is_visible_again_at_once() {
     assert_eq!((back[0].client_id, back[0].clock), (a_id, 3), "{back:?}");
     assert!(back[0].state.is_some());
 }
+
+/// An awareness message with many client ids, each with the state `{}`.
+fn awareness_for(ids: impl IntoIterator<Item = u64>, clock: u64) -> Vec<u8> {
+    let entries: Vec<_> = ids
+        .into_iter()
+        .map(|client_id| crdt::awareness::AwarenessEntry {
+            client_id,
+            clock,
+            state: Some("{}"),
+        })
+        .collect();
+    crdt::protocol::encode_awareness(&crdt::awareness::encode_awareness_update(entries))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn awareness_over_its_limits_closes_the_connection_with_1008() {
+    let relay = TestRelay::start().await;
+    let mut watcher = relay.join("aware-limits").await;
+
+    // A million client ids in one 6 MB message: refused before anything is kept for them (it
+    // grew the relay by 174 MB before, and every joiner's greeting would have carried them).
+    let before = vm_rss_bytes(None).expect("VmRSS");
+    let mut flood = relay.join("aware-limits").await;
+    let message = awareness_for(1..=1_000_000, 1);
+    assert!(message.len() > 5_000_000, "{}", message.len());
+    flood.send(message).await;
+    assert_eq!(flood.expect_close().await, Some(1008), "too many entries");
+    let grown = vm_rss_bytes(None).expect("VmRSS").saturating_sub(before);
+    assert!(grown < 64 << 20, "the relay grew by {grown} bytes");
+
+    // One state larger than --max-awareness-state-bytes (32 KiB by default).
+    let mut big = relay.join("aware-limits").await;
+    let huge = format!(r#"{{"name":"{}"}}"#, "x".repeat(40 << 10));
+    big.send(awareness_message(big.client_id(), 1, Some(&huge)))
+        .await;
+    assert_eq!(big.expect_close().await, Some(1008), "a state too large");
+
+    // More client ids than one connection may hold (8 by default).
+    let mut many = relay.join("aware-limits").await;
+    many.send(awareness_for(100..109, 1)).await;
+    assert_eq!(many.expect_close().await, Some(1008), "9 client ids");
+
+    // Nothing of it reached the others, and the room still works.
+    let mut c = relay.join("aware-limits").await;
+    c.send(encode_query_awareness()).await;
+    assert!(single(&c.recv_msg().await).is_empty());
+    c.send(awareness_message(c.client_id(), 1, Some("{}")))
+        .await;
+    let seen = single(&watcher.recv_msg().await);
+    assert_eq!(seen.len(), 1, "the watcher saw only C's state: {seen:?}");
+    assert_eq!(seen[0].client_id, c.client_id());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_cannot_take_over_another_connections_client_id() {
+    let relay = TestRelay::start().await;
+    let mut victim = relay.join("aware-takeover").await;
+    let mut watcher = relay.join("aware-takeover").await;
+    let id = victim.client_id();
+    victim
+        .send(awareness_message(id, 3, Some(r#"{"user":"victim"}"#)))
+        .await;
+    assert_eq!(single(&watcher.recv_msg().await)[0].client_id, id);
+
+    // Another connection speaks for the victim's client id with a much higher clock, then
+    // removes it, then leaves.
+    let mut attacker = relay.join("aware-takeover").await;
+    attacker
+        .send(awareness_message(id, 1 << 40, Some(r#"{"user":"forged"}"#)))
+        .await;
+    attacker
+        .send(awareness_message(id, (1 << 40) + 1, None))
+        .await;
+    attacker.close().await;
+
+    // The watcher sees none of it: its next message is the victim's own renewal.
+    victim
+        .send(awareness_message(id, 4, Some(r#"{"user":"victim"}"#)))
+        .await;
+    let next = single(&watcher.recv_msg().await);
+    assert_eq!(
+        next,
+        vec![AwarenessState {
+            client_id: id,
+            clock: 4,
+            state: Some(r#"{"user":"victim"}"#.to_owned()),
+        }],
+        "the forged state, its removal and the attacker's leaving never reached the watcher"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_room_takes_no_new_awareness_states() {
+    let relay = TestRelay::start_with(|c| c.max_awareness_states = 2).await;
+    let mut watcher = relay.join("aware-full").await;
+    let mut first = relay.join("aware-full").await;
+    first.send(awareness_for([1, 2], 1)).await;
+    assert_eq!(single(&watcher.recv_msg().await).len(), 2);
+    let mut late = relay.join("aware-full").await;
+    late.send(awareness_for([3], 1)).await;
+    // Not taken, not forwarded; the connection stays (it did nothing wrong).
+    first.send(awareness_for([1], 2)).await;
+    let next = single(&watcher.recv_msg().await);
+    assert_eq!(next.len(), 1);
+    assert_eq!((next[0].client_id, next[0].clock), (1, 2), "{next:?}");
+    late.send(encode_query_awareness()).await;
+    let all = single(
+        &late
+            .recv_until("the states", |m| matches!(m, Msg::Awareness(_)))
+            .await,
+    );
+    let mut ids: Vec<u64> = all.iter().map(|e| e.client_id).collect();
+    ids.sort_unstable();
+    assert_eq!(ids, vec![1, 2]);
+}
