@@ -190,12 +190,10 @@ pub async fn run_with_ready(
                     .map_or(0, |info| info.stored_bytes)
             });
             tracing::info!(url = %url, "sending document events to the webhook");
-            Some(webhook::start(
-                url.clone(),
-                secret,
-                size_of,
-                metrics.clone(),
-            ))
+            Some(
+                webhook::start(url.clone(), secret, size_of, metrics.clone())
+                    .map_err(|e| RunError::Spawn(e.to_string()))?,
+            )
         }
     };
     let ctx = Arc::new(RoomContext {

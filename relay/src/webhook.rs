@@ -3,7 +3,10 @@
 //!
 //! Rooms hand events to a bounded queue without waiting; when it is full, events are dropped
 //! and counted, so a slow or dead endpoint never holds up editing. One task debounces changes
-//! and sends deliveries, each retried with backoff on its own task.
+//! and hands deliveries to a few worker threads of their own, through a second bounded queue
+//! (full: dropped and counted too). Each worker posts and retries with backoff. They are not
+//! the runtime's blocking pool, which loads rooms: an endpoint that never answers once tied up
+//! that whole pool, and joining a new room waited seconds for a free thread.
 //!
 //! The body is signed with HMAC-SHA256 (key: `--webhook-secret`, or the first `--secret`), sent
 //! as `X-Relay-Signature: sha256=<hex>` so the receiver can check that the relay sent it.
@@ -33,6 +36,10 @@ const FIRST_RETRY: Duration = Duration::from_millis(500);
 const QUEUE: usize = 4096;
 /// Time limit of one HTTP attempt.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// Threads that post deliveries; at most this many requests are in flight.
+const WORKERS: usize = 2;
+/// Deliveries waiting for a worker before new ones are dropped.
+const DELIVERY_QUEUE: usize = 256;
 
 /// What happened to a document.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -115,16 +122,33 @@ pub fn sign(secret: &[u8], body: &[u8]) -> String {
 /// Looks up a document's stored size when an event is sent.
 pub type SizeOf = Arc<dyn Fn(&str) -> u64 + Send + Sync>;
 
-/// Starts the webhook task; returns the handle rooms report to.
-pub fn start(url: String, secret: Vec<u8>, size_of: SizeOf, metrics: Arc<Metrics>) -> Webhooks {
+/// Starts the webhook task and its delivery workers; returns the handle rooms report to.
+///
+/// # Errors
+/// When the operating system cannot start a thread.
+pub fn start(
+    url: String,
+    secret: Vec<u8>,
+    size_of: SizeOf,
+    metrics: Arc<Metrics>,
+) -> std::io::Result<Webhooks> {
     let (tx, rx) = mpsc::channel(QUEUE);
+    let (deliveries, queue) = std::sync::mpsc::sync_channel::<Event>(DELIVERY_QUEUE);
     let sender = Arc::new(Sender {
         url,
         secret,
         metrics: metrics.clone(),
     });
-    tokio::spawn(dispatch(rx, sender, size_of));
-    Webhooks { tx, metrics }
+    // The workers share one queue; each holds the lock only while it waits for the next job.
+    let queue = Arc::new(std::sync::Mutex::new(queue));
+    for i in 0..WORKERS {
+        let (queue, sender) = (queue.clone(), sender.clone());
+        std::thread::Builder::new()
+            .name(format!("webhook-{i}"))
+            .spawn(move || work(&queue, &sender))?;
+    }
+    tokio::spawn(dispatch(rx, deliveries, size_of, metrics.clone()));
+    Ok(Webhooks { tx, metrics })
 }
 
 struct Sender {
@@ -133,8 +157,70 @@ struct Sender {
     metrics: Arc<Metrics>,
 }
 
+/// A delivery worker: posts each event, retrying with backoff, until the queue closes (every
+/// sender, the dispatcher's, is gone).
+fn work(queue: &std::sync::Mutex<std::sync::mpsc::Receiver<Event>>, sender: &Sender) {
+    loop {
+        let next = queue
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .recv();
+        let Ok(event) = next else {
+            return;
+        };
+        post_with_retries(sender, &event);
+    }
+}
+
+fn post_with_retries(sender: &Sender, event: &Event) {
+    let body = serde_json::to_vec(event).expect("the event serializes");
+    let signature = format!("sha256={}", sign(&sender.secret, &body));
+    let mut delay = FIRST_RETRY;
+    for attempt in 1..=ATTEMPTS {
+        match post(&sender.url, &body, &signature) {
+            Ok(()) => {
+                tracing::debug!(document = %event.document, kind = ?event.event, "webhook delivered");
+                return;
+            }
+            Err(error) => {
+                tracing::warn!(document = %event.document, attempt, %error, "webhook delivery failed");
+            }
+        }
+        sender.metrics.error("webhook_failed_attempt");
+        if attempt < ATTEMPTS {
+            std::thread::sleep(delay);
+            delay *= 2;
+        }
+    }
+    sender.metrics.error("webhook_given_up");
+    tracing::error!(document = %event.document, kind = ?event.event, "webhook given up after {ATTEMPTS} attempts");
+}
+
 /// Debounces changes per document, sends everything else at once.
-async fn dispatch(mut rx: mpsc::Receiver<Queued>, sender: Arc<Sender>, size_of: SizeOf) {
+async fn dispatch(
+    mut rx: mpsc::Receiver<Queued>,
+    deliveries: std::sync::mpsc::SyncSender<Event>,
+    size_of: SizeOf,
+    metrics: Arc<Metrics>,
+) {
+    let deliver = |kind, document: &str| {
+        let event = Event {
+            event: kind,
+            document: document.to_owned(),
+            size_bytes: if kind == EventKind::Deleted {
+                0
+            } else {
+                size_of(document)
+            },
+            at_ms: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64),
+        };
+        if deliveries.try_send(event).is_err() {
+            tracing::warn!(document, ?kind, "webhook workers are behind; event dropped");
+            metrics.error("webhook_queue_full");
+        }
+    };
     let mut due: HashMap<Arc<str>, (Instant, Option<ChangeFlag>)> = HashMap::new();
     loop {
         let next = due.values().map(|(at, _)| *at).min();
@@ -155,7 +241,7 @@ async fn dispatch(mut rx: mpsc::Receiver<Queued>, sender: Arc<Sender>, size_of: 
                     {
                         flag.store(false, Ordering::Release);
                     }
-                    deliver(&sender, &size_of, kind, &document);
+                    deliver(kind, &document);
                 }
                 None => break,
             },
@@ -171,57 +257,11 @@ async fn dispatch(mut rx: mpsc::Receiver<Queued>, sender: Arc<Sender>, size_of: 
                         // Lowered before the size is read: a commit after this reports again.
                         flag.store(false, Ordering::Release);
                     }
-                    deliver(&sender, &size_of, EventKind::Changed, &document);
+                    deliver(EventKind::Changed, &document);
                 }
             }
         }
     }
-}
-
-fn deliver(sender: &Arc<Sender>, size_of: &SizeOf, kind: EventKind, document: &str) {
-    let event = Event {
-        event: kind,
-        document: document.to_owned(),
-        size_bytes: if kind == EventKind::Deleted {
-            0
-        } else {
-            size_of(document)
-        },
-        at_ms: std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as u64),
-    };
-    let body = serde_json::to_vec(&event).expect("the event serializes");
-    let sender = sender.clone();
-    tokio::spawn(async move {
-        let signature = format!("sha256={}", sign(&sender.secret, &body));
-        let mut delay = FIRST_RETRY;
-        for attempt in 1..=ATTEMPTS {
-            let url = sender.url.clone();
-            let (body2, signature2) = (body.clone(), signature.clone());
-            let outcome =
-                tokio::task::spawn_blocking(move || post(&url, &body2, &signature2)).await;
-            match outcome {
-                Ok(Ok(())) => {
-                    tracing::debug!(document = %event.document, kind = ?event.event, "webhook delivered");
-                    return;
-                }
-                Ok(Err(error)) => {
-                    tracing::warn!(document = %event.document, attempt, %error, "webhook delivery failed");
-                }
-                Err(error) => {
-                    tracing::warn!(document = %event.document, attempt, %error, "webhook delivery panicked");
-                }
-            }
-            sender.metrics.error("webhook_failed_attempt");
-            if attempt < ATTEMPTS {
-                tokio::time::sleep(delay).await;
-                delay *= 2;
-            }
-        }
-        sender.metrics.error("webhook_given_up");
-        tracing::error!(document = %event.document, kind = ?event.event, "webhook given up after {ATTEMPTS} attempts");
-    });
 }
 
 fn post(url: &str, body: &[u8], signature: &str) -> Result<(), String> {

@@ -445,3 +445,43 @@ async fn webhooks_without_any_secret_to_sign_with_are_refused_at_start() {
         other => panic!("expected a configuration error, got {other:?}"),
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_endpoint_that_never_answers_does_not_hold_up_loading_rooms() {
+    // Accepts connections and reads requests, never answers: each delivery attempt waits for
+    // the relay's 10-second request timeout.
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let url = format!("http://{}/hook", listener.local_addr().expect("address"));
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((stream, _)) = listener.accept().await {
+            held.push(stream);
+        }
+    });
+    let relay = TestRelay::start_with(with_webhook(&url, None)).await;
+    let admin = token(None, Access::Admin);
+    // Each new document is a `created` event, and each delivery used to tie up one thread of
+    // the blocking pool that also loads rooms (512 threads) for the whole timeout: past that
+    // many, loading a room waited for a delivery to time out.
+    for i in 0..560 {
+        let path = format!("/api/docs/hook-{i}/update");
+        let response = within_for(
+            Duration::from_secs(5),
+            &format!("creating document {i} while the webhook hangs"),
+            relay.request_with_token("POST", &path, &admin, &text_update("x")),
+        )
+        .await;
+        assert_eq!(response.status, 200, "{}", response.text());
+    }
+    let mut writer = relay
+        .join_with_token("after", &token(Some("after"), Access::Write))
+        .await;
+    writer.edit("still fast").await;
+    writer.save(1).await;
+    // What the two delivery workers could not take was dropped and counted.
+    relay
+        .wait_metric(r#"relay_errors_total{reason="webhook_queue_full"}"#, |v| {
+            v > 0.0
+        })
+        .await;
+}
