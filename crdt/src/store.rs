@@ -70,7 +70,7 @@ impl Default for StoreOptions {
 }
 
 /// One write of a batch passed to [`Store::commit`].
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Write {
     /// Append an update to a room's log under `seq`.
     Append {

@@ -28,7 +28,8 @@ use warp::path::Tail;
 use warp::reply::{Reply, Response};
 
 use crate::auth::{Access, Claims, authorize, now_secs};
-use crate::room::{ApiUpdateError, RoomCommand};
+use crate::room::RoomCommand;
+use crate::room::core::ApiUpdateError;
 use crate::routes::AppState;
 use crate::upgrade::{request_token, room_name};
 

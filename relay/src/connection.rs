@@ -19,8 +19,11 @@ use tokio_tungstenite::tungstenite::protocol::frame::Frame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::{CloseCode, Data, OpCode};
 use tokio_util::sync::CancellationToken;
 
+use crate::close::CloseReason;
+use crate::outbound::{ConnHandle, Outbound};
 use crate::registry::RoomSender;
-use crate::room::{Backlog, CloseReason, ConnHandle, ConnId, Outbound, RoomCommand};
+use crate::room::inbound::decode_frame;
+use crate::room::{ConnId, RoomCommand};
 use crate::telemetry::Metrics;
 
 /// Frames written before the writer flushes, when more are queued.
@@ -60,15 +63,8 @@ pub struct Outbox {
 impl Outbox {
     /// A new queue and the handle the room uses to fill it.
     pub fn new() -> Self {
-        let (tx, rx) = mpsc::unbounded_channel();
-        Outbox {
-            rx,
-            handle: ConnHandle {
-                tx,
-                backlog: Arc::new(Backlog::default()),
-                kick: CancellationToken::new(),
-            },
-        }
+        let (handle, rx) = crate::outbound::queue();
+        Outbox { rx, handle }
     }
 
     /// The handle to give the room.
@@ -178,6 +174,44 @@ pub(crate) async fn token_expiry(expires_at: Option<u64>) {
     tokio::time::sleep(Duration::from_secs(left)).await;
 }
 
+/// What became of a client's frame.
+pub(crate) enum Forwarded {
+    /// Its messages went to the room.
+    Taken,
+    /// The room no longer serves the connection.
+    RoomGone,
+    /// A message of it is malformed: the messages before it went to the room, and the
+    /// connection must be closed with 1002.
+    Malformed,
+}
+
+/// Decodes a client's frame at the edge and hands its messages to the room.
+pub(crate) async fn forward_frame(
+    room: &RoomSender,
+    conn: ConnId,
+    frame: &Bytes,
+    metrics: &Metrics,
+) -> Forwarded {
+    let decoded = decode_frame(frame);
+    if !decoded.messages.is_empty() {
+        let command = RoomCommand::Messages {
+            conn,
+            messages: decoded.messages,
+        };
+        if room.send(command).await.is_err() {
+            return Forwarded::RoomGone;
+        }
+    }
+    match decoded.error {
+        None => Forwarded::Taken,
+        Some(error) => {
+            tracing::warn!(%conn, %error, "malformed message; closing the connection");
+            metrics.error("malformed_message");
+            Forwarded::Malformed
+        }
+    }
+}
+
 /// Reads frames until the client leaves. Returns the close reason it queued for the writer, if
 /// the client broke a rule.
 async fn read_loop<St>(
@@ -207,8 +241,10 @@ where
             Some(Ok(Message::Binary(frame))) => {
                 metrics.frames_in.inc();
                 metrics.bytes_in.inc_by(frame.len() as u64);
-                if room.send(RoomCommand::Frame { conn, frame }).await.is_err() {
-                    return None;
+                match forward_frame(room, conn, &frame, metrics).await {
+                    Forwarded::Taken => {}
+                    Forwarded::RoomGone => return None,
+                    Forwarded::Malformed => return close(CloseReason::ProtocolError),
                 }
             }
             Some(Ok(Message::Text(_))) => {
@@ -504,11 +540,18 @@ mod tests {
             .unbounded_send(Ok(Message::Binary(Bytes::from_static(&[0, 2, 2, 0, 0]))))
             .expect("send");
         match h.room_rx.recv().await {
-            Some(RoomCommand::Frame { conn, frame }) => {
+            Some(RoomCommand::Messages { conn, messages }) => {
                 assert_eq!(conn, ConnId(1));
-                assert_eq!(&frame[..], &[0, 2, 2, 0, 0]);
+                assert_eq!(
+                    messages,
+                    vec![crate::room::inbound::Inbound::Update {
+                        message: Bytes::from_static(&[0, 2, 2, 0, 0]),
+                        update: Bytes::from_static(&[0, 0]),
+                    }],
+                    "decoded at the edge"
+                );
             }
-            other => panic!("expected a frame, got {other:?}"),
+            other => panic!("expected the frame's messages, got {other:?}"),
         }
         h.handle.backlog.add(3);
         h.handle

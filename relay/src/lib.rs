@@ -29,21 +29,23 @@
 //! # }
 //! ```
 
-pub mod api;
-pub mod assets;
+pub(crate) mod api;
+pub(crate) mod assets;
 pub mod auth;
 pub mod cli;
+pub(crate) mod close;
 pub mod config;
-pub mod connection;
-pub mod demo;
-pub mod persist;
-pub mod poll;
-pub mod registry;
-pub mod room;
-pub mod routes;
-pub mod server;
+pub(crate) mod connection;
+pub(crate) mod demo;
+pub(crate) mod outbound;
+pub(crate) mod persist;
+pub(crate) mod poll;
+pub(crate) mod registry;
+pub(crate) mod room;
+pub(crate) mod routes;
+pub(crate) mod server;
 pub mod telemetry;
-pub mod upgrade;
+pub(crate) mod upgrade;
 pub mod webhook;
 
 use std::sync::Arc;
@@ -58,6 +60,7 @@ use tokio_util::task::TaskTracker;
 use crate::config::Config;
 use crate::persist::PersistMsg;
 use crate::registry::{LoadedRoom, RoomRegistry};
+use crate::room::core::CoreSettings;
 use crate::room::{RoomContext, RoomSettings};
 use crate::routes::AppState;
 use crate::telemetry::Metrics;
@@ -203,11 +206,13 @@ pub async fn run_with_ready(
         settings: RoomSettings {
             outbound_queue_bytes: config.outbound_queue_bytes,
             slow_reader_grace: Duration::from_millis(config.slow_reader_grace_ms),
-            compact_entries: config.compact_entries,
-            compact_bytes: config.compact_bytes,
             idle_unload: config.idle_unload(),
-            max_doc_bytes: config.max_doc_bytes,
-            awareness: config.awareness_limits(),
+            core: CoreSettings {
+                max_doc_bytes: config.max_doc_bytes,
+                compact_entries: config.compact_entries,
+                compact_bytes: config.compact_bytes,
+                awareness: config.awareness_limits(),
+            },
         },
         shutdown: shutdown.clone(),
         webhooks,

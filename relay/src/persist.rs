@@ -36,17 +36,9 @@ const MAX_RETRY_DELAY: Duration = Duration::from_secs(5);
 pub struct CommitState {
     /// Every update of the room with a sequence number up to this one is durable.
     pub committed_seq: u64,
-    /// Set while commits are failing; cleared by the next successful commit.
-    pub failure: Option<CommitFailure>,
-}
-
-/// A failed commit, as reported to the rooms that had writes in it.
-#[derive(Debug, Clone)]
-pub struct CommitFailure {
-    /// Increases with every failed attempt, so a room can tell a new failure from an old one.
-    pub attempt: u64,
-    /// What went wrong, for the clients' save-error message.
-    pub reason: Arc<str>,
+    /// Set while commits are failing, to what went wrong (for the clients' save-error
+    /// message); cleared by the next successful commit. Each failed attempt notifies again.
+    pub failure: Option<Arc<str>>,
 }
 
 /// One write and the room to notify once it is committed.
@@ -59,8 +51,6 @@ pub struct PersistJob {
     pub seq: Option<u64>,
     /// The room's commit state.
     pub notify: Arc<watch::Sender<CommitState>>,
-    /// Answered once the write is committed.
-    pub done: Option<oneshot::Sender<()>>,
 }
 
 /// What the writer's queue carries.
@@ -68,9 +58,8 @@ pub struct PersistJob {
 pub enum PersistMsg {
     /// A write to commit.
     Job(PersistJob),
-    /// Answered once everything queued before it is committed.
-    Flush(oneshot::Sender<()>),
-    /// Like `Flush`, and then the writer exits, releasing its handle on the store.
+    /// Answered once everything queued before it is committed; then the writer exits,
+    /// releasing its handle on the store.
     Stop(oneshot::Sender<()>),
 }
 
@@ -128,10 +117,6 @@ impl Writer {
                 }
                 match rx.blocking_recv() {
                     Some(PersistMsg::Job(job)) => pending.push(job),
-                    Some(PersistMsg::Flush(flush)) => {
-                        flushes.push(flush);
-                        continue;
-                    }
                     Some(PersistMsg::Stop(flush)) => {
                         flushes.push(flush);
                         stopping = true;
@@ -152,7 +137,6 @@ impl Writer {
                         bytes += job.write.payload_len();
                         pending.push(job);
                     }
-                    Ok(PersistMsg::Flush(flush)) => flushes.push(flush),
                     Ok(PersistMsg::Stop(flush)) => {
                         flushes.push(flush);
                         stopping = true;
@@ -177,7 +161,7 @@ impl Writer {
                         );
                         self.failed_attempts = 0;
                     }
-                    notify_committed(&mut pending, &self.metrics);
+                    notify_committed(&pending, &self.metrics);
                     pending.clear();
                 }
                 Err(error) => {
@@ -189,7 +173,7 @@ impl Writer {
                         writes = pending.len(),
                         "store commit failed; edits are kept in memory and retried"
                     );
-                    notify_failed(&pending, self.failed_attempts, &error.to_string());
+                    notify_failed(&pending, &error.to_string());
                     std::thread::sleep(retry_delay(self.failed_attempts));
                     // redb refuses everything on a database that had an I/O error until it is
                     // opened again. The failed batch may be on disk or not (redb does not say);
@@ -212,11 +196,8 @@ fn retry_delay(attempt: u64) -> Duration {
         .min(MAX_RETRY_DELAY)
 }
 
-fn notify_committed(jobs: &mut [PersistJob], metrics: &Metrics) {
+fn notify_committed(jobs: &[PersistJob], metrics: &Metrics) {
     for job in jobs {
-        if let Some(done) = job.done.take() {
-            let _ = done.send(());
-        }
         if let Write::Snapshot { .. } = job.write {
             metrics.compactions.inc();
         }
@@ -234,7 +215,7 @@ fn notify_committed(jobs: &mut [PersistJob], metrics: &Metrics) {
     }
 }
 
-fn notify_failed(jobs: &[PersistJob], attempt: u64, reason: &str) {
+fn notify_failed(jobs: &[PersistJob], reason: &str) {
     let reason: Arc<str> = reason.into();
     let mut notified: Vec<*const watch::Sender<CommitState>> = Vec::new();
     for job in jobs {
@@ -244,10 +225,7 @@ fn notify_failed(jobs: &[PersistJob], attempt: u64, reason: &str) {
         }
         notified.push(key);
         job.notify.send_modify(|state| {
-            state.failure = Some(CommitFailure {
-                attempt,
-                reason: reason.clone(),
-            });
+            state.failure = Some(reason.clone());
         });
     }
 }
@@ -284,7 +262,6 @@ mod tests {
                 },
                 seq: Some(seq),
                 notify: notify.clone(),
-                done: None,
             }))
             .await
             .expect("writer running");
@@ -293,11 +270,11 @@ mod tests {
             .wait_for(|s| s.committed_seq == 3)
             .await
             .expect("writer running");
-        let (flushed, flush) = oneshot::channel();
-        tx.send(PersistMsg::Flush(flushed))
+        let (stopped, stop) = oneshot::channel();
+        tx.send(PersistMsg::Stop(stopped))
             .await
             .expect("writer running");
-        flush.await.expect("flush answered");
+        stop.await.expect("stop answered");
         drop(tx);
         tokio::task::spawn_blocking(move || handle.join())
             .await

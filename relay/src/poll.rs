@@ -36,9 +36,12 @@ use warp::reply::{Reply, Response};
 
 use crate::api::error;
 use crate::auth::{Access, authorize};
+use crate::close::CloseReason;
+use crate::connection::{Forwarded, forward_frame};
 use crate::connection::{Outbox, OutboxParts};
+use crate::outbound::{Backlog, Outbound};
 use crate::registry::RoomSender;
-use crate::room::{Backlog, CloseReason, ConnId, Outbound, RoomCommand};
+use crate::room::{ConnId, RoomCommand};
 use crate::routes::AppState;
 use crate::upgrade::{SocketSlot, origin_allowed, request_token, reserve_socket, room_name};
 
@@ -65,16 +68,6 @@ impl PollSessions {
 
     fn remove(&self, id: &str) {
         self.map.lock().expect("sessions lock").remove(id);
-    }
-
-    /// Open sessions.
-    pub fn len(&self) -> usize {
-        self.map.lock().expect("sessions lock").len()
-    }
-
-    /// Whether there are none.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
     }
 }
 
@@ -103,6 +96,8 @@ struct Session {
     changed: Notify,
     /// Cancelled by a client's DELETE.
     ended_by_client: CancellationToken,
+    /// The session's outbound queue, for closing it from the edge (a malformed message).
+    outbound: mpsc::UnboundedSender<Outbound>,
 }
 
 impl Session {
@@ -300,6 +295,7 @@ async fn open_session(query: OpenQuery, headers: HeaderMap, state: Arc<AppState>
         }),
         changed: Notify::new(),
         ended_by_client: CancellationToken::new(),
+        outbound: handle.tx.clone(),
     });
     state.poll.insert(id.clone(), session.clone());
     state.metrics.connections.inc();
@@ -415,15 +411,14 @@ async fn send(id: String, query: SendQuery, body: Bytes, state: Arc<AppState>) -
     }
     state.metrics.frames_in.inc();
     state.metrics.bytes_in.inc_by(body.len() as u64);
-    if session
-        .room
-        .send(RoomCommand::Frame {
-            conn: session.conn,
-            frame: body,
-        })
-        .await
-        .is_err()
-    {
+    let forwarded = forward_frame(&session.room, session.conn, &body, &state.metrics).await;
+    if let Forwarded::Malformed = forwarded {
+        // The messages before the malformed one were taken; the session ends like a socket.
+        let _ = session
+            .outbound
+            .send(Outbound::Close(CloseReason::ProtocolError));
+    }
+    if let Forwarded::RoomGone = forwarded {
         if let Some(n) = query.n {
             // Not taken after all: a retry may try again.
             let mut s = session.state.lock().expect("session lock");

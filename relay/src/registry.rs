@@ -14,7 +14,8 @@ use tokio::sync::mpsc;
 use tokio_util::task::TaskTracker;
 
 use crate::auth::Access;
-use crate::room::{ConnHandle, ConnId, RoomCommand, RoomContext, RoomStatus, run_room};
+use crate::outbound::ConnHandle;
+use crate::room::{ConnId, RoomCommand, RoomContext, RoomStatus, run_room};
 
 /// The queue of a loaded room.
 pub type RoomSender = mpsc::Sender<RoomCommand>;

@@ -1,0 +1,68 @@
+//! Why the relay closes a connection, and the close code each reason maps to: the one table of
+//! close codes (PROTOCOL.md's "Closing" section says the same, for clients).
+
+/// Why the relay closes a connection; each maps to a WebSocket close code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CloseReason {
+    /// The relay is shutting down (1001).
+    Shutdown,
+    /// The client said nothing, not even a pong, for too long (1001).
+    ClientTimeout,
+    /// The client ended its long-polling session (1000).
+    ClientClosed,
+    /// The connection's token expired (4401): get a new token before reconnecting.
+    TokenExpired,
+    /// The document was deleted (4404): do not reconnect to it.
+    DocumentDeleted,
+    /// A malformed message, or an update or state vector that does not decode (1002).
+    ProtocolError,
+    /// A text frame (1003).
+    TextFrame,
+    /// A frame or message over the size limit (1009).
+    TooBig,
+    /// The relay failed internally, e.g. it could not load the room (1011).
+    Internal,
+    /// The connection fell too far behind (1013).
+    SlowReader,
+    /// An update would grow the document past its size limit (1009).
+    DocumentTooLarge,
+    /// An awareness message over a limit: too many entries, a state too large, or more client
+    /// ids than one connection may hold (1008).
+    AwarenessLimit,
+}
+
+impl CloseReason {
+    /// The WebSocket close code.
+    pub fn code(self) -> u16 {
+        match self {
+            CloseReason::ClientClosed => 1000,
+            CloseReason::Shutdown | CloseReason::ClientTimeout => 1001,
+            CloseReason::ProtocolError => 1002,
+            CloseReason::TextFrame => 1003,
+            CloseReason::AwarenessLimit => 1008,
+            CloseReason::TooBig | CloseReason::DocumentTooLarge => 1009,
+            CloseReason::Internal => 1011,
+            CloseReason::SlowReader => 1013,
+            CloseReason::TokenExpired => 4401,
+            CloseReason::DocumentDeleted => 4404,
+        }
+    }
+
+    /// The close frame's reason text, and the metric label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CloseReason::Shutdown => "shutdown",
+            CloseReason::ClientTimeout => "client_timeout",
+            CloseReason::ClientClosed => "client_closed",
+            CloseReason::ProtocolError => "protocol_error",
+            CloseReason::TextFrame => "text_frame",
+            CloseReason::TooBig => "too_big",
+            CloseReason::DocumentTooLarge => "document_too_large",
+            CloseReason::AwarenessLimit => "awareness_limit",
+            CloseReason::Internal => "internal_error",
+            CloseReason::SlowReader => "slow_reader",
+            CloseReason::TokenExpired => "token_expired",
+            CloseReason::DocumentDeleted => "document_deleted",
+        }
+    }
+}
