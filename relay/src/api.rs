@@ -468,6 +468,7 @@ pub async fn mint_token(
             doc_prefix: request.doc_prefix,
             access: request.access,
             exp: now + ttl,
+            nbf: None,
             iat: Some(now),
             sub: request.sub,
             name: request.name,

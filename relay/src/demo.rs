@@ -138,6 +138,7 @@ fn demo_token(request: DemoTokenRequest, state: Arc<AppState>) -> Response {
         doc_prefix: None,
         access,
         exp: now + DEMO_TOKEN_TTL_SECS,
+        nbf: None,
         iat: Some(now),
         sub: Some("demo".into()),
         name,

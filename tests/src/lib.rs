@@ -856,6 +856,7 @@ pub fn claims(doc: Option<&str>, access: relay::auth::Access, exp: u64) -> relay
         doc_prefix: None,
         access,
         exp,
+        nbf: None,
         iat: Some(relay::auth::now_secs()),
         sub: Some("u1".into()),
         name: Some("Ada".into()),
