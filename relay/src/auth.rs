@@ -174,10 +174,8 @@ impl Keys {
         }
         let mut keys: Vec<Key> = Vec::new();
         for spec in specs {
-            let (kid, secret) = match spec.split_once(':') {
-                Some((kid, secret)) if is_key_id(kid) => (Some(kid.to_owned()), secret),
-                _ => (None, spec.as_str()),
-            };
+            let (kid, secret) = split_key_spec(spec);
+            let kid = kid.map(str::to_owned);
             if secret.len() < MIN_SECRET_BYTES {
                 return Err(KeyError(format!(
                     "a secret must be at least {MIN_SECRET_BYTES} bytes long"
@@ -248,6 +246,15 @@ impl Keys {
             return Err(AuthError::NotYetValid);
         }
         Ok(claims)
+    }
+}
+
+/// Splits a `--secret` value into its key id and its secret: `KID:SECRET` when the part before the
+/// first colon is a key id, else the whole value is the secret.
+pub fn split_key_spec(spec: &str) -> (Option<&str>, &str) {
+    match spec.split_once(':') {
+        Some((kid, secret)) if is_key_id(kid) => (Some(kid), secret),
+        _ => (None, spec),
     }
 }
 
@@ -446,6 +453,14 @@ mod tests {
         // A secret with a colon whose first part is not a key id stays whole.
         let k = Keys::parse(&["pass phrase: with a colon".into()]).expect("valid");
         assert_eq!(k.keys[0].kid, None);
+        assert_eq!(
+            split_key_spec("pass phrase: with a colon"),
+            (None, "pass phrase: with a colon")
+        );
+        assert_eq!(
+            split_key_spec("k1:0123456789abcdef"),
+            (Some("k1"), "0123456789abcdef")
+        );
     }
 
     #[test]

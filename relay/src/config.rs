@@ -139,7 +139,8 @@ pub struct Config {
     #[arg(long, env = "RELAY_WEBHOOK_URL")]
     pub webhook_url: Option<String>,
 
-    /// Secret for the webhook's HMAC-SHA256 signature (default: the first --secret).
+    /// Secret for the webhook's HMAC-SHA256 signature (default: the secret of the first
+    /// --secret, without its `KID:`).
     #[arg(long, env = "RELAY_WEBHOOK_SECRET", hide_env_values = true)]
     pub webhook_secret: Option<Secret>,
 

@@ -172,11 +172,14 @@ pub async fn run_with_ready(
     let webhooks = match &config.webhook_url {
         None => None,
         Some(url) => {
+            // The first --secret's secret, without its `KID:` (the key id is public: it is in
+            // every token's header).
             let secret = config
                 .webhook_secret
                 .as_ref()
-                .or(config.secrets.first())
-                .map(|s| s.0.clone().into_bytes())
+                .map(|s| s.0.as_str())
+                .or_else(|| config.secrets.first().map(|s| auth::split_key_spec(&s.0).1))
+                .map(|s| s.as_bytes().to_vec())
                 .ok_or_else(|| config::ConfigError {
                     name: "--webhook-url",
                     reason: "webhooks are signed: give --webhook-secret or --secret".into(),

@@ -5,8 +5,8 @@
 //! and counted, so a slow or dead endpoint never holds up editing. One task debounces changes
 //! and sends deliveries, each retried with backoff on its own task.
 //!
-//! The body is signed with HMAC-SHA256 (key: `--webhook-secret`, or the first `--secret`), sent
-//! as `X-Relay-Signature: sha256=<hex>` so the receiver can check that the relay sent it.
+//! The body is signed with HMAC-SHA256 (key: `--webhook-secret`, or the first `--secret` without
+//! its `KID:`), sent as `X-Relay-Signature: sha256=<hex>` so the receiver can check it.
 
 use std::collections::HashMap;
 use std::sync::Arc;
