@@ -27,7 +27,7 @@ use warp::Filter;
 use warp::path::Tail;
 use warp::reply::{Reply, Response};
 
-use crate::auth::{Access, Claims, authorize, now_secs};
+use crate::auth::{Access, Claims, Grant, authorize, now_secs};
 use crate::room::{ApiUpdateError, RoomCommand};
 use crate::routes::AppState;
 use crate::upgrade::{request_token, room_name};
@@ -92,7 +92,8 @@ pub struct TokenRequest {
     pub doc_prefix: Option<String>,
     /// `read`, `write` or `admin`.
     pub access: Access,
-    /// Lifetime in seconds (default 3600, at most 30 days).
+    /// Lifetime in seconds (default 3600, at most 30 days); cut to the expiry of the token that
+    /// mints it.
     pub ttl_secs: Option<u64>,
     /// The user's id.
     pub sub: Option<String>,
@@ -105,7 +106,8 @@ pub struct TokenRequest {
 pub struct TokenResponse {
     /// The signed token.
     pub token: String,
-    /// Its expiry, in seconds since the Unix epoch.
+    /// Its expiry, in seconds since the Unix epoch: `ttl_secs` from now, or the expiry of the
+    /// token that minted it if that comes first.
     pub expires_at: u64,
 }
 
@@ -177,22 +179,21 @@ pub fn routes(
         .unify()
 }
 
-/// Checks that the request carries admin access for `room` (or for every document).
+/// Checks that the request carries admin access for `room` (or for every document), and returns
+/// the grant.
 fn admin(
     state: &AppState,
     token: Option<&str>,
     headers: &HeaderMap,
     room: Option<&str>,
-) -> Result<(), Response> {
+) -> Result<Grant, Response> {
     let token = token
         .map(str::to_owned)
         .or_else(|| request_token(None, headers));
-    authorize(state.keys.as_deref(), token.as_deref(), room, Access::Admin)
-        .map(|_| ())
-        .map_err(|e| {
-            state.metrics.error("auth_refused");
-            error(e.status(), &e.to_string())
-        })
+    authorize(state.keys.as_deref(), token.as_deref(), room, Access::Admin).map_err(|e| {
+        state.metrics.error("auth_refused");
+        error(e.status(), &e.to_string())
+    })
 }
 
 /// Splits `{name}` or `{name}/{action}` out of the path after `/api/docs/`.
@@ -451,7 +452,7 @@ pub async fn mint_token(
         // The caller's admin token must cover everything the new token would: a single document
         // it covers, or (for a prefix or every document) it must cover every document.
         let scope = request.doc.as_deref();
-        admin(&state, query.token.as_deref(), &headers, scope)?;
+        let grant = admin(&state, query.token.as_deref(), &headers, scope)?;
         let ttl = request.ttl_secs.unwrap_or(3600);
         if ttl == 0 || ttl > MAX_TOKEN_TTL_SECS {
             return Err(error(StatusCode::BAD_REQUEST, "ttl_secs must be between 1 and 2592000"));
@@ -463,11 +464,14 @@ pub async fn mint_token(
             ));
         }
         let now = now_secs();
+        // A minted token never outlives the token that minted it: otherwise a short-lived admin
+        // token could renew itself for 30 days, again and again.
+        let exp = grant.expires_at.map_or(now + ttl, |limit| limit.min(now + ttl));
         let claims = Claims {
             doc: request.doc,
             doc_prefix: request.doc_prefix,
             access: request.access,
-            exp: now + ttl,
+            exp,
             nbf: None,
             iat: Some(now),
             sub: request.sub,
