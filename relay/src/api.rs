@@ -9,7 +9,9 @@
 //! | `DELETE /api/docs/{name}` | disconnect its clients (4404) and delete it |
 //! | `POST /api/tokens` | mint a client token |
 //!
-//! `{name}` is one path segment: encode a `/` in a name as `%2F`.
+//! `{name}` is one path segment: encode a `/` in a name as `%2F`. Bodies are taken unread
+//! ([`crate::body`]) and read only once the token is checked. Web pages of origins that are not
+//! allowed never reach these routes (see [`crate::routes`]).
 
 // The helpers return the finished error response itself, which every caller sends as is; boxing
 // it would only add an allocation to each refused request.
@@ -18,7 +20,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
 use http::header::CONTENT_TYPE;
 use http::{HeaderMap, HeaderValue, StatusCode};
 use serde::{Deserialize, Serialize};
@@ -27,7 +28,8 @@ use warp::Filter;
 use warp::path::Tail;
 use warp::reply::{Reply, Response};
 
-use crate::auth::{Access, Claims, Grant, authorize, now_secs};
+use crate::auth::{Access, AuthError, Claims, Grant, authorize, now_secs};
+use crate::body::PendingBody;
 use crate::room::{ApiUpdateError, RoomCommand};
 use crate::routes::AppState;
 use crate::upgrade::{request_token, room_name};
@@ -149,9 +151,8 @@ pub fn routes(
         .and(warp::query::<DocQuery>())
         .and(warp::header::headers_cloned())
         .and(with_state.clone())
-        // Refused with 413 from the Content-Length alone, before the body is read.
-        .and(warp::body::content_length_limit(max_body))
-        .and(warp::body::bytes())
+        // Refused with 413 from the Content-Length alone; read only once the token is checked.
+        .and(crate::body::pending(max_body))
         .then(post_update);
     let delete = warp::path("api")
         .and(warp::path("docs"))
@@ -165,8 +166,7 @@ pub fn routes(
         .and(warp::post())
         .and(warp::query::<DocQuery>())
         .and(warp::header::headers_cloned())
-        .and(warp::body::content_length_limit(64 * 1024))
-        .and(warp::body::json::<TokenRequest>())
+        .and(crate::body::pending(64 * 1024))
         .and(with_state)
         .then(mint_token);
     list.or(get)
@@ -190,10 +190,14 @@ fn admin(
     let token = token
         .map(str::to_owned)
         .or_else(|| request_token(None, headers));
-    authorize(state.keys.as_deref(), token.as_deref(), room, Access::Admin).map_err(|e| {
-        state.metrics.error("auth_refused");
-        error(e.status(), &e.to_string())
-    })
+    authorize(state.keys.as_deref(), token.as_deref(), room, Access::Admin)
+        .map_err(|e| refused(state, &e))
+}
+
+/// The answer to a request whose token does not allow it, counted.
+fn refused(state: &AppState, e: &AuthError) -> Response {
+    state.metrics.error("auth_refused");
+    error(e.status(), &e.to_string())
 }
 
 /// Splits `{name}` or `{name}/{action}` out of the path after `/api/docs/`.
@@ -352,7 +356,7 @@ pub async fn post_update(
     query: DocQuery,
     headers: HeaderMap,
     state: Arc<AppState>,
-    body: Bytes,
+    body: PendingBody,
 ) -> Response {
     unwrap(
         async {
@@ -361,18 +365,16 @@ pub async fn post_update(
                 return Err(error(StatusCode::NOT_FOUND, "not found"));
             }
             admin(&state, query.token.as_deref(), &headers, Some(&name))?;
-            if body.len() > state.config.max_message_bytes {
-                return Err(error(
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    "the update is larger than --max-message-bytes",
-                ));
-            }
-            if body.is_empty() {
+            if body.declared_len() == 0 {
                 return Err(error(
                     StatusCode::BAD_REQUEST,
                     "the body must be a binary Yjs update (v1)",
                 ));
             }
+            let body = body
+                .read(state.config.body_timeout())
+                .await
+                .map_err(|e| e.response(&state.metrics))?;
             let outcome = ask(&state, &name, |reply| RoomCommand::ApplyUpdate {
                 update: body,
                 reply,
@@ -433,7 +435,7 @@ pub async fn delete_doc(
 pub async fn mint_token(
     query: DocQuery,
     headers: HeaderMap,
-    request: TokenRequest,
+    body: PendingBody,
     state: Arc<AppState>,
 ) -> Response {
     unwrap(async {
@@ -443,6 +445,29 @@ pub async fn mint_token(
                 "this relay runs without --secret: it has no key to sign tokens, and needs none",
             ));
         };
+        // The body is read only for a valid admin token; whether it covers the documents the
+        // body names is checked once the body is known.
+        let token = query
+            .token
+            .clone()
+            .or_else(|| request_token(None, &headers));
+        token
+            .as_deref()
+            .filter(|t| !t.is_empty())
+            .ok_or(AuthError::Missing)
+            .and_then(|t| keys.verify(t))
+            .and_then(|claims| {
+                if claims.access < Access::Admin {
+                    Err(AuthError::Insufficient("administration"))
+                } else {
+                    Ok(())
+                }
+            })
+            .map_err(|e| refused(&state, &e))?;
+        let request: TokenRequest = body
+            .read_json(state.config.body_timeout())
+            .await
+            .map_err(|e| e.response(&state.metrics))?;
         if request.doc.is_some() && request.doc_prefix.is_some() {
             return Err(error(StatusCode::BAD_REQUEST, "give doc or doc_prefix, not both"));
         }

@@ -4,10 +4,12 @@
 //!
 //! 1. [`config`]: the settings of `relay serve`.
 //! 2. [`server`]: the accept loop (TCP_NODELAY, hyper, graceful HTTP shutdown).
-//! 3. [`routes`]: the HTTP routes and the WebSocket upgrade at `/<room>`; [`api`] (JSON) and
-//!    [`assets`] (the demo apps compiled into the binary) serve the plain HTTP side.
-//!    [`upgrade`] checks a WebSocket upgrade (origin, token, limits) before accepting it.
-//!    [`poll`] serves the same room connections over HTTP long-polling.
+//! 3. [`routes`]: the HTTP routes and the WebSocket upgrade at `/<room>`, behind the origin rules
+//!    of [`origin`]; [`api`] (JSON) and [`assets`] (the demo apps compiled into the binary) serve
+//!    the plain HTTP side, reading bodies through [`body`] only once a request is authorized.
+//!    [`upgrade`] answers a WebSocket upgrade once [`admission`] has checked it (origin, token,
+//!    limits); [`poll`] serves the same room connections over HTTP long-polling, admitted the
+//!    same way.
 //! 4. [`connection`]: one socket's reader and writer, keep-alives and close codes.
 //! 5. [`registry`]: the one place that creates room tasks.
 //! 6. [`room`]: one task per room owning its document and awareness.
@@ -29,13 +31,16 @@
 //! # }
 //! ```
 
+pub mod admission;
 pub mod api;
 pub mod assets;
 pub mod auth;
+pub mod body;
 pub mod cli;
 pub mod config;
 pub mod connection;
 pub mod demo;
+pub mod origin;
 pub mod persist;
 pub mod poll;
 pub mod registry;
@@ -56,10 +61,12 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
+use crate::origin::OriginPolicy;
 use crate::persist::PersistMsg;
 use crate::registry::{LoadedRoom, RoomRegistry};
 use crate::room::{RoomContext, RoomSettings};
 use crate::routes::AppState;
+use crate::server::ServerLimits;
 use crate::telemetry::Metrics;
 
 /// Why the relay could not start or could not shut down cleanly.
@@ -219,7 +226,25 @@ pub async fn run_with_ready(
     let registry = RoomRegistry::new(ctx, config.room_queue, config.max_rooms);
     let drain_timeout = config.drain_timeout();
     let config = Arc::new(config);
-    let state = AppState::new(config, registry.clone(), metrics, shutdown.clone(), keys);
+    let listen = listener.local_addr().unwrap_or(config.listen);
+    let origins = OriginPolicy::new(listen, &config.public_urls, &config.allowed_origins);
+    tracing::info!(
+        same_origin = %origins.describe_same_origin(),
+        allowed_origins = %origins.describe_allowed(),
+        "web pages of these origins may connect"
+    );
+    let limits = ServerLimits {
+        max_http_connections: config.max_http_connections,
+        metrics: metrics.clone(),
+    };
+    let state = AppState::new(
+        config,
+        registry.clone(),
+        metrics,
+        shutdown.clone(),
+        keys,
+        origins,
+    );
     let http_tasks = TaskTracker::new();
 
     if let Ok(addr) = listener.local_addr() {
@@ -230,6 +255,7 @@ pub async fn run_with_ready(
         routes::routes(state.clone()),
         shutdown,
         http_tasks.clone(),
+        limits,
     )
     .await;
 
