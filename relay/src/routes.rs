@@ -25,7 +25,7 @@ use warp::Filter;
 use warp::path::FullPath;
 use warp::reply::{Reply, Response};
 
-use crate::admission::ClientCounts;
+use crate::admission::{ClientCounts, Refusal};
 use crate::auth::Keys;
 use crate::config::Config;
 use crate::origin::{OriginCheck, OriginPolicy};
@@ -153,14 +153,10 @@ pub fn routes(
             async move {
                 match access {
                     BrowserAccess::Refused => {
-                        state.metrics.error("origin_refused");
-                        tracing::warn!(
-                            "refused a request from a web page of an origin not allowed"
-                        );
-                        Ok(crate::api::error(
-                            StatusCode::FORBIDDEN,
-                            "origin not allowed",
-                        ))
+                        let refusal = Refusal::Origin;
+                        state.metrics.error(refusal.metric());
+                        tracing::warn!(reason = %refusal, "refused a request from a web page");
+                        Ok(refusal.response())
                     }
                     BrowserAccess::Preflight(origin) => Ok(preflight(origin)),
                     BrowserAccess::Other | BrowserAccess::Page(_) => Err(warp::reject::not_found()),
