@@ -32,7 +32,9 @@ const server = createServer((req, res) => {
   res.end(isScript ? script : html)
 })
 await new Promise(resolve => server.listen(0, '127.0.0.1', resolve))
-const relay = await startRelay()
+// The page comes from another origin than the relay's: allow it, as an application beside its
+// relay would.
+const relay = await startRelay(['--allowed-origin', `http://127.0.0.1:${server.address().port}`])
 const profile = await mkdtemp(join(tmpdir(), 'relay-client-chromium-'))
 const pageUrl = `http://127.0.0.1:${server.address().port}/?relay=${encodeURIComponent(relay.url)}`
 const chromium = spawn(chromiumPath, [

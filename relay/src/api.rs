@@ -9,7 +9,9 @@
 //! | `DELETE /api/docs/{name}` | disconnect its clients (4404) and delete it |
 //! | `POST /api/tokens` | mint a client token |
 //!
-//! `{name}` is one path segment: encode a `/` in a name as `%2F`.
+//! `{name}` is one path segment: encode a `/` in a name as `%2F`. Bodies are taken unread
+//! ([`crate::body`]) and read only once the token is checked. Web pages of origins that are not
+//! allowed never reach these routes (see [`crate::routes`]).
 
 // The helpers return the finished error response itself, which every caller sends as is; boxing
 // it would only add an allocation to each refused request.
@@ -18,7 +20,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
 use http::header::CONTENT_TYPE;
 use http::{HeaderMap, HeaderValue, StatusCode};
 use serde::{Deserialize, Serialize};
@@ -27,7 +28,8 @@ use warp::Filter;
 use warp::path::Tail;
 use warp::reply::{Reply, Response};
 
-use crate::auth::{Access, Claims, authorize, now_secs};
+use crate::auth::{Access, AuthError, Claims, Grant, authorize, now_secs};
+use crate::body::PendingBody;
 use crate::room::RoomCommand;
 use crate::room::core::ApiUpdateError;
 use crate::routes::AppState;
@@ -93,7 +95,8 @@ pub struct TokenRequest {
     pub doc_prefix: Option<String>,
     /// `read`, `write` or `admin`.
     pub access: Access,
-    /// Lifetime in seconds (default 3600, at most 30 days).
+    /// Lifetime in seconds (default 3600, at most 30 days); cut to the expiry of the token that
+    /// mints it.
     pub ttl_secs: Option<u64>,
     /// The user's id.
     pub sub: Option<String>,
@@ -106,7 +109,8 @@ pub struct TokenRequest {
 pub struct TokenResponse {
     /// The signed token.
     pub token: String,
-    /// Its expiry, in seconds since the Unix epoch.
+    /// Its expiry, in seconds since the Unix epoch: `ttl_secs` from now, or the expiry of the
+    /// token that minted it if that comes first.
     pub expires_at: u64,
 }
 
@@ -148,9 +152,8 @@ pub fn routes(
         .and(warp::query::<DocQuery>())
         .and(warp::header::headers_cloned())
         .and(with_state.clone())
-        // Refused with 413 from the Content-Length alone, before the body is read.
-        .and(warp::body::content_length_limit(max_body))
-        .and(warp::body::bytes())
+        // Refused with 413 from the Content-Length alone; read only once the token is checked.
+        .and(crate::body::pending(max_body))
         .then(post_update);
     let delete = warp::path("api")
         .and(warp::path("docs"))
@@ -164,8 +167,7 @@ pub fn routes(
         .and(warp::post())
         .and(warp::query::<DocQuery>())
         .and(warp::header::headers_cloned())
-        .and(warp::body::content_length_limit(64 * 1024))
-        .and(warp::body::json::<TokenRequest>())
+        .and(crate::body::pending(64 * 1024))
         .and(with_state)
         .then(mint_token);
     list.or(get)
@@ -178,22 +180,25 @@ pub fn routes(
         .unify()
 }
 
-/// Checks that the request carries admin access for `room` (or for every document).
+/// Checks that the request carries admin access for `room` (or for every document), and returns
+/// the grant.
 fn admin(
     state: &AppState,
     token: Option<&str>,
     headers: &HeaderMap,
     room: Option<&str>,
-) -> Result<(), Response> {
+) -> Result<Grant, Response> {
     let token = token
         .map(str::to_owned)
         .or_else(|| request_token(None, headers));
     authorize(state.keys.as_deref(), token.as_deref(), room, Access::Admin)
-        .map(|_| ())
-        .map_err(|e| {
-            state.metrics.error("auth_refused");
-            error(e.status(), &e.to_string())
-        })
+        .map_err(|e| refused(state, &e))
+}
+
+/// The answer to a request whose token does not allow it, counted.
+fn refused(state: &AppState, e: &AuthError) -> Response {
+    state.metrics.error("auth_refused");
+    error(e.status(), &e.to_string())
 }
 
 /// Splits `{name}` or `{name}/{action}` out of the path after `/api/docs/`.
@@ -352,7 +357,7 @@ pub async fn post_update(
     query: DocQuery,
     headers: HeaderMap,
     state: Arc<AppState>,
-    body: Bytes,
+    body: PendingBody,
 ) -> Response {
     unwrap(
         async {
@@ -361,18 +366,16 @@ pub async fn post_update(
                 return Err(error(StatusCode::NOT_FOUND, "not found"));
             }
             admin(&state, query.token.as_deref(), &headers, Some(&name))?;
-            if body.len() > state.config.max_message_bytes {
-                return Err(error(
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    "the update is larger than --max-message-bytes",
-                ));
-            }
-            if body.is_empty() {
+            if body.declared_len() == 0 {
                 return Err(error(
                     StatusCode::BAD_REQUEST,
                     "the body must be a binary Yjs update (v1)",
                 ));
             }
+            let body = body
+                .read(state.config.body_timeout())
+                .await
+                .map_err(|e| e.response(&state.metrics))?;
             let outcome = ask(&state, &name, |reply| RoomCommand::ApplyUpdate {
                 update: body,
                 reply,
@@ -433,7 +436,7 @@ pub async fn delete_doc(
 pub async fn mint_token(
     query: DocQuery,
     headers: HeaderMap,
-    request: TokenRequest,
+    body: PendingBody,
     state: Arc<AppState>,
 ) -> Response {
     unwrap(async {
@@ -443,6 +446,29 @@ pub async fn mint_token(
                 "this relay runs without --secret: it has no key to sign tokens, and needs none",
             ));
         };
+        // The body is read only for a valid admin token; whether it covers the documents the
+        // body names is checked once the body is known.
+        let token = query
+            .token
+            .clone()
+            .or_else(|| request_token(None, &headers));
+        token
+            .as_deref()
+            .filter(|t| !t.is_empty())
+            .ok_or(AuthError::Missing)
+            .and_then(|t| keys.verify(t))
+            .and_then(|claims| {
+                if claims.access < Access::Admin {
+                    Err(AuthError::Insufficient("administration"))
+                } else {
+                    Ok(())
+                }
+            })
+            .map_err(|e| refused(&state, &e))?;
+        let request: TokenRequest = body
+            .read_json(state.config.body_timeout())
+            .await
+            .map_err(|e| e.response(&state.metrics))?;
         if request.doc.is_some() && request.doc_prefix.is_some() {
             return Err(error(StatusCode::BAD_REQUEST, "give doc or doc_prefix, not both"));
         }
@@ -452,7 +478,7 @@ pub async fn mint_token(
         // The caller's admin token must cover everything the new token would: a single document
         // it covers, or (for a prefix or every document) it must cover every document.
         let scope = request.doc.as_deref();
-        admin(&state, query.token.as_deref(), &headers, scope)?;
+        let grant = admin(&state, query.token.as_deref(), &headers, scope)?;
         let ttl = request.ttl_secs.unwrap_or(3600);
         if ttl == 0 || ttl > MAX_TOKEN_TTL_SECS {
             return Err(error(StatusCode::BAD_REQUEST, "ttl_secs must be between 1 and 2592000"));
@@ -464,11 +490,15 @@ pub async fn mint_token(
             ));
         }
         let now = now_secs();
+        // A minted token never outlives the token that minted it: otherwise a short-lived admin
+        // token could renew itself for 30 days, again and again.
+        let exp = grant.expires_at.map_or(now + ttl, |limit| limit.min(now + ttl));
         let claims = Claims {
             doc: request.doc,
             doc_prefix: request.doc_prefix,
             access: request.access,
-            exp: now + ttl,
+            exp,
+            nbf: None,
             iat: Some(now),
             sub: request.sub,
             name: request.name,

@@ -4,7 +4,10 @@
 //! The relay is given one or more secrets. Each is either a plain secret or `KID:SECRET`; tokens
 //! are signed with the first one (its key id goes into the token header), and verified with the
 //! key their header names, so a new key can be added in front of the old one and the old one
-//! dropped once its tokens have expired. Expiry is enforced to the second, with no leeway.
+//! dropped once its tokens have expired.
+//!
+//! Validity follows RFC 7519 to the second, with no leeway: a token is refused at and after its
+//! `exp` second (not only after it), and before its `nbf` second when it has one.
 
 use std::fmt;
 
@@ -60,8 +63,11 @@ pub struct Claims {
     pub doc_prefix: Option<String>,
     /// What the token allows.
     pub access: Access,
-    /// Expiry, in seconds since the Unix epoch.
+    /// Expiry, in seconds since the Unix epoch: the token is refused from this second on.
     pub exp: u64,
+    /// Not before, in seconds since the Unix epoch: the token is refused before this second.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nbf: Option<u64>,
     /// When it was issued.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub iat: Option<u64>,
@@ -98,6 +104,9 @@ pub enum AuthError {
     /// The token has expired.
     #[error("the token has expired")]
     Expired,
+    /// The token is not valid yet (its `nbf` is in the future).
+    #[error("the token is not valid yet")]
+    NotYetValid,
     /// The token is for other documents.
     #[error("the token is not valid for this document")]
     WrongDocument,
@@ -111,9 +120,10 @@ impl AuthError {
     /// when its valid token does not allow the request.
     pub fn status(&self) -> http::StatusCode {
         match self {
-            AuthError::Missing | AuthError::Invalid | AuthError::Expired => {
-                http::StatusCode::UNAUTHORIZED
-            }
+            AuthError::Missing
+            | AuthError::Invalid
+            | AuthError::Expired
+            | AuthError::NotYetValid => http::StatusCode::UNAUTHORIZED,
             AuthError::WrongDocument | AuthError::Insufficient(_) => http::StatusCode::FORBIDDEN,
         }
     }
@@ -164,10 +174,8 @@ impl Keys {
         }
         let mut keys: Vec<Key> = Vec::new();
         for spec in specs {
-            let (kid, secret) = match spec.split_once(':') {
-                Some((kid, secret)) if is_key_id(kid) => (Some(kid.to_owned()), secret),
-                _ => (None, spec.as_str()),
-            };
+            let (kid, secret) = split_key_spec(spec);
+            let kid = kid.map(str::to_owned);
             if secret.len() < MIN_SECRET_BYTES {
                 return Err(KeyError(format!(
                     "a secret must be at least {MIN_SECRET_BYTES} bytes long"
@@ -202,11 +210,20 @@ impl Keys {
             .expect("HS256 signing of serializable claims cannot fail")
     }
 
-    /// Checks a token's signature and expiry and returns its claims.
+    /// Checks a token's signature and validity period now, and returns its claims.
     ///
     /// # Errors
-    /// [`AuthError::Invalid`] or [`AuthError::Expired`].
+    /// [`AuthError::Invalid`], [`AuthError::Expired`] or [`AuthError::NotYetValid`].
     pub fn verify(&self, token: &str) -> Result<Claims, AuthError> {
+        self.verify_at(token, now_secs())
+    }
+
+    /// Checks a token's signature, and its validity period at `now` (seconds since the Unix
+    /// epoch): valid from its `nbf` second (if any) up to, not including, its `exp` second.
+    ///
+    /// # Errors
+    /// [`AuthError::Invalid`], [`AuthError::Expired`] or [`AuthError::NotYetValid`].
+    pub fn verify_at(&self, token: &str, now: u64) -> Result<Claims, AuthError> {
         let header = jsonwebtoken::decode_header(token).map_err(|_| AuthError::Invalid)?;
         let key = match &header.kid {
             Some(kid) => self.keys.iter().find(|k| k.kid.as_deref() == Some(kid)),
@@ -214,15 +231,30 @@ impl Keys {
         }
         .ok_or(AuthError::Invalid)?;
         let mut validation = Validation::new(Algorithm::HS256);
-        validation.leeway = 0;
         validation.validate_aud = false;
-        match jsonwebtoken::decode::<Claims>(token, &key.decoding, &validation) {
-            Ok(data) => Ok(data.claims),
-            Err(e) if matches!(e.kind(), jsonwebtoken::errors::ErrorKind::ExpiredSignature) => {
-                Err(AuthError::Expired)
-            }
-            Err(_) => Err(AuthError::Invalid),
+        // jsonwebtoken accepts a token during its `exp` second (it refuses only `exp < now`) and
+        // reads its own clock: the period is checked below instead. `exp` stays required.
+        validation.validate_exp = false;
+        validation.validate_nbf = false;
+        let claims = jsonwebtoken::decode::<Claims>(token, &key.decoding, &validation)
+            .map_err(|_| AuthError::Invalid)?
+            .claims;
+        if now >= claims.exp {
+            return Err(AuthError::Expired);
         }
+        if claims.nbf.is_some_and(|nbf| now < nbf) {
+            return Err(AuthError::NotYetValid);
+        }
+        Ok(claims)
+    }
+}
+
+/// Splits a `--secret` value into its key id and its secret: `KID:SECRET` when the part before the
+/// first colon is a key id, else the whole value is the secret.
+pub fn split_key_spec(spec: &str) -> (Option<&str>, &str) {
+    match spec.split_once(':') {
+        Some((kid, secret)) if is_key_id(kid) => (Some(kid), secret),
+        _ => (None, spec),
     }
 }
 
@@ -283,6 +315,14 @@ pub fn authorize(
     })
 }
 
+/// How long a token expiring at `exp` (seconds since the Unix epoch) stays valid, seen at `now`:
+/// until the start of its `exp` second, zero from then on, and `None` for an `exp` beyond what
+/// the clock can represent (never, in practice).
+pub fn until_expiry(exp: u64, now: std::time::SystemTime) -> Option<std::time::Duration> {
+    let expiry = std::time::UNIX_EPOCH.checked_add(std::time::Duration::from_secs(exp))?;
+    Some(expiry.duration_since(now).unwrap_or_default())
+}
+
 /// Seconds since the Unix epoch.
 pub fn now_secs() -> u64 {
     std::time::SystemTime::now()
@@ -302,6 +342,7 @@ mod tests {
             doc_prefix: None,
             access,
             exp,
+            nbf: None,
             iat: None,
             sub: Some("u1".into()),
             name: Some("Ada".into()),
@@ -326,6 +367,46 @@ mod tests {
         assert_eq!(keys.verify(&expired), Err(AuthError::Expired));
         let valid = keys.mint(&claims(Some("d"), Access::Write, now_secs() + 2));
         assert!(keys.verify(&valid).is_ok());
+    }
+
+    #[test]
+    fn a_token_is_refused_at_its_exp_second_and_before_its_nbf_second() {
+        let keys = keys(&[SECRET]);
+        let token = keys.mint(&Claims {
+            nbf: Some(1_000),
+            ..claims(Some("d"), Access::Write, 2_000)
+        });
+        // RFC 7519: not before `nbf`, and not at or after `exp`.
+        assert_eq!(keys.verify_at(&token, 999), Err(AuthError::NotYetValid));
+        assert!(keys.verify_at(&token, 1_000).is_ok());
+        assert!(keys.verify_at(&token, 1_999).is_ok());
+        assert_eq!(keys.verify_at(&token, 2_000), Err(AuthError::Expired));
+        assert_eq!(keys.verify_at(&token, 2_001), Err(AuthError::Expired));
+        assert_eq!(
+            AuthError::NotYetValid.status(),
+            http::StatusCode::UNAUTHORIZED
+        );
+        // `exp` stays required, though jsonwebtoken no longer checks its value.
+        let no_exp = jsonwebtoken::encode(
+            &Header::new(Algorithm::HS256),
+            &serde_json::json!({"doc": "d", "access": "read"}),
+            &EncodingKey::from_secret(SECRET.as_bytes()),
+        )
+        .expect("sign");
+        assert_eq!(keys.verify_at(&no_exp, 1_500), Err(AuthError::Invalid));
+    }
+
+    #[test]
+    fn a_connection_ends_at_the_start_of_the_exp_second() {
+        use std::time::{Duration, UNIX_EPOCH};
+        let at = |ms: u64| UNIX_EPOCH + Duration::from_millis(ms);
+        assert_eq!(
+            until_expiry(100, at(99_300)),
+            Some(Duration::from_millis(700))
+        );
+        assert_eq!(until_expiry(100, at(100_000)), Some(Duration::ZERO));
+        assert_eq!(until_expiry(100, at(100_500)), Some(Duration::ZERO));
+        assert_eq!(until_expiry(u64::MAX, at(100_500)), None);
     }
 
     #[test]
@@ -372,6 +453,14 @@ mod tests {
         // A secret with a colon whose first part is not a key id stays whole.
         let k = Keys::parse(&["pass phrase: with a colon".into()]).expect("valid");
         assert_eq!(k.keys[0].kid, None);
+        assert_eq!(
+            split_key_spec("pass phrase: with a colon"),
+            (None, "pass phrase: with a colon")
+        );
+        assert_eq!(
+            split_key_spec("k1:0123456789abcdef"),
+            (Some("k1"), "0123456789abcdef")
+        );
     }
 
     #[test]

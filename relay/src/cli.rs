@@ -262,6 +262,7 @@ pub fn token(secrets: &[String], request: TokenRequest) -> Result<String, CliErr
         doc_prefix: request.doc_prefix,
         access: request.access,
         exp: now + request.ttl.as_secs(),
+        nbf: None,
         iat: Some(now),
         sub: request.sub,
         name: request.name,

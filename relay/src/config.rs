@@ -49,6 +49,28 @@ pub struct Config {
     #[arg(long, env = "RELAY_MAX_ROOM_CONNECTIONS", default_value_t = 2_000)]
     pub max_room_connections: usize,
 
+    /// Most connections (WebSockets and long-polling sessions) opened with one token at once;
+    /// more get HTTP 429.
+    #[arg(long, env = "RELAY_MAX_CONNECTIONS_PER_TOKEN", default_value_t = 100)]
+    pub max_connections_per_token: usize,
+
+    /// On a relay without --secret: most connections from one client IP address at once (loopback
+    /// addresses excepted: local tools, tests and a reverse proxy on the same machine); more get
+    /// HTTP 429.
+    #[arg(long, env = "RELAY_MAX_CONNECTIONS_PER_ADDRESS", default_value_t = 100)]
+    pub max_connections_per_address: usize,
+
+    /// Most HTTP connections at once (requests, held polls, idle keep-alive connections, upgrades
+    /// not yet done; an upgraded WebSocket no longer counts). A connection over it is closed at
+    /// once.
+    #[arg(long, env = "RELAY_MAX_HTTP_CONNECTIONS", default_value_t = 4_096)]
+    pub max_http_connections: usize,
+
+    /// Seconds a request body may take to arrive, counted once the request is authorized; a body
+    /// still incomplete then is refused with HTTP 408 and its connection closed.
+    #[arg(long, env = "RELAY_BODY_TIMEOUT_SECS", default_value_t = 30)]
+    pub body_timeout_secs: u64,
+
     /// Most documents in memory at once; connections that would load one more get HTTP 503.
     #[arg(long, env = "RELAY_MAX_ROOMS", default_value_t = 20_000)]
     pub max_rooms: usize,
@@ -76,6 +98,12 @@ pub struct Config {
     /// (under the usual 30 to 60 second proxy timeouts).
     #[arg(long, env = "RELAY_POLL_HOLD_SECS", default_value_t = 25)]
     pub poll_hold_secs: u64,
+
+    /// Seconds a new long-polling session has to make its first poll (GET); one that does not
+    /// is ended (1001) instead of holding its slot for --client-timeout-secs. At most
+    /// --client-timeout-secs.
+    #[arg(long, env = "RELAY_POLL_START_TIMEOUT_SECS", default_value_t = 10)]
+    pub poll_start_timeout_secs: u64,
 
     /// Bytes a connection may have queued for sending. A connection over this that has written
     /// nothing for --slow-reader-grace-ms, or that has four times this queued, is disconnected
@@ -140,8 +168,9 @@ pub struct Config {
     )]
     pub secrets: Vec<Secret>,
 
-    /// Origins (scheme://host[:port]) allowed to open WebSockets, besides the relay's own. Without
-    /// any, every origin is allowed. Repeat the flag or separate with commas.
+    /// Other origins (scheme://host[:port]) whose pages may use the relay (WebSockets,
+    /// long-polling, the API), besides its own; `*` allows every origin. Without any, only the
+    /// relay's own origin. Repeat the flag or separate with commas.
     #[arg(
         long = "allowed-origin",
         env = "RELAY_ALLOWED_ORIGINS",
@@ -149,11 +178,18 @@ pub struct Config {
     )]
     pub allowed_origins: Vec<String>,
 
+    /// The URL(s) browsers reach the relay at (https://relay.example behind a proxy): the relay's
+    /// own origin. Without it, the relay's own origin is derived from --listen (loopback names
+    /// and IP addresses, never a DNS name). Repeat the flag or separate with commas.
+    #[arg(long = "public-url", env = "RELAY_PUBLIC_URL", value_delimiter = ',')]
+    pub public_urls: Vec<String>,
+
     /// URL that receives a signed JSON POST when a document is created, changed or deleted.
     #[arg(long, env = "RELAY_WEBHOOK_URL")]
     pub webhook_url: Option<String>,
 
-    /// Secret for the webhook's HMAC-SHA256 signature (default: the first --secret).
+    /// Secret for the webhook's HMAC-SHA256 signature (default: the secret of the first
+    /// --secret, without its `KID:`).
     #[arg(long, env = "RELAY_WEBHOOK_SECRET", hide_env_values = true)]
     pub webhook_secret: Option<Secret>,
 
@@ -171,12 +207,17 @@ impl Default for Config {
             max_message_bytes: 64 << 20,
             max_connections: 10_000,
             max_room_connections: 2_000,
+            max_connections_per_token: 100,
+            max_connections_per_address: 100,
+            max_http_connections: 4_096,
+            body_timeout_secs: 30,
             max_rooms: 20_000,
             max_doc_bytes: 512 << 20,
             max_awareness_states: 4096,
             max_awareness_per_connection: 8,
             max_awareness_state_bytes: 32 << 10,
             poll_hold_secs: 25,
+            poll_start_timeout_secs: 10,
             outbound_queue_bytes: 16 << 20,
             slow_reader_grace_ms: 30_000,
             room_queue: 256,
@@ -190,6 +231,7 @@ impl Default for Config {
             store_cache_mb: 64,
             secrets: Vec::new(),
             allowed_origins: Vec::new(),
+            public_urls: Vec::new(),
             webhook_url: None,
             webhook_secret: None,
             demo_sign_on: false,
@@ -231,6 +273,21 @@ impl Config {
         if self.max_room_connections == 0 {
             return fail("--max-room-connections", "must be at least 1");
         }
+        if self.max_connections_per_token == 0 {
+            return fail("--max-connections-per-token", "must be at least 1");
+        }
+        if self.max_connections_per_address == 0 {
+            return fail("--max-connections-per-address", "must be at least 1");
+        }
+        if self.max_http_connections == 0 {
+            return fail("--max-http-connections", "must be at least 1");
+        }
+        if self.body_timeout_secs == 0 {
+            return fail("--body-timeout-secs", "must be at least 1");
+        }
+        if self.poll_start_timeout_secs == 0 {
+            return fail("--poll-start-timeout-secs", "must be at least 1");
+        }
         if self.poll_hold_secs == 0 || self.poll_hold_secs >= self.client_timeout_secs {
             return fail(
                 "--poll-hold-secs",
@@ -262,13 +319,23 @@ impl Config {
             let valid = origin == "*"
                 || origin.split_once("://").is_some_and(|(scheme, rest)| {
                     matches!(scheme, "http" | "https") && !rest.is_empty() && !rest.contains('/')
-                });
+                }) && crate::origin::normalize(origin).is_some();
             if !valid {
                 return fail(
                     "--allowed-origin",
                     "each origin is scheme://host[:port], like https://app.example, or *",
                 );
             }
+        }
+        if self
+            .public_urls
+            .iter()
+            .any(|url| crate::origin::url_origin(url).is_none())
+        {
+            return fail(
+                "--public-url",
+                "each is an http:// or https:// URL with a host, like https://relay.example",
+            );
         }
         if let Some(url) = &self.webhook_url
             && !(url.starts_with("http://") || url.starts_with("https://"))
@@ -316,6 +383,16 @@ impl Config {
             max_states_per_connection: self.max_awareness_per_connection,
             max_state_bytes: self.max_awareness_state_bytes,
         }
+    }
+
+    /// How long a request body may take to arrive.
+    pub fn body_timeout(&self) -> Duration {
+        Duration::from_secs(self.body_timeout_secs)
+    }
+
+    /// How long a new long-polling session may wait before its first poll.
+    pub fn poll_start_timeout(&self) -> Duration {
+        Duration::from_secs(self.poll_start_timeout_secs.min(self.client_timeout_secs))
     }
 }
 

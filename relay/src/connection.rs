@@ -162,16 +162,16 @@ where
     ended
 }
 
-/// Completes when the token expires (never without an expiry).
+/// Completes when the token expires (never without an expiry): at the start of its `exp` second,
+/// from which on it would be refused. The wall clock is read once; the wait runs on tokio's clock.
 pub(crate) async fn token_expiry(expires_at: Option<u64>) {
-    let Some(expires_at) = expires_at else {
-        return std::future::pending().await;
-    };
-    // A token is valid through its `exp` second, as when it was checked.
-    let left = expires_at
-        .saturating_add(1)
-        .saturating_sub(crate::auth::now_secs());
-    tokio::time::sleep(Duration::from_secs(left)).await;
+    let deadline = expires_at
+        .and_then(|exp| crate::auth::until_expiry(exp, std::time::SystemTime::now()))
+        .and_then(|left| Instant::now().checked_add(left));
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
+    }
 }
 
 /// What became of a client's frame.
@@ -662,6 +662,7 @@ mod tests {
             expires_at: Some(crate::auth::now_secs() + 5),
             ..SETTINGS
         };
+        let started = Instant::now();
         let mut h = start(settings, CancellationToken::new());
         let mut code = None;
         while let Some(message) = h.from_relay.next().await {
@@ -671,6 +672,12 @@ mod tests {
             }
         }
         assert_eq!(code, Some(4401));
+        // At `exp`, not later: `exp` is 4 to 5 seconds away (now_secs rounds down).
+        let waited = started.elapsed();
+        assert!(
+            waited > Duration::from_secs(4) && waited <= Duration::from_secs(5),
+            "closed after {waited:?}"
+        );
         assert_eq!(
             h.task.await.expect("task"),
             Ended::Closed(CloseReason::TokenExpired)

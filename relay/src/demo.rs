@@ -21,6 +21,7 @@ use warp::reply::{Reply, Response};
 
 use crate::api::{DocList, DocSummary, error};
 use crate::auth::{Access, Claims, now_secs};
+use crate::body::PendingBody;
 use crate::routes::AppState;
 use crate::upgrade::room_name;
 
@@ -99,10 +100,9 @@ pub fn routes(
         });
     let token = warp::path!("api" / "demo" / "token")
         .and(warp::post())
-        .and(warp::body::content_length_limit(4096))
-        .and(warp::body::json::<DemoTokenRequest>())
+        .and(crate::body::pending(4096))
         .and(with_state.clone())
-        .map(demo_token);
+        .then(demo_token);
     let docs = warp::path!("api" / "demo" / "docs")
         .and(warp::get())
         .and(warp::query::<DemoListQuery>())
@@ -111,12 +111,16 @@ pub fn routes(
     config.or(token).unify().or(docs).unify()
 }
 
-fn demo_token(request: DemoTokenRequest, state: Arc<AppState>) -> Response {
+async fn demo_token(body: PendingBody, state: Arc<AppState>) -> Response {
     let (Some(keys), true) = (state.keys.as_deref(), state.config.demo_sign_on) else {
         return error(
             StatusCode::NOT_FOUND,
             "the demo sign-on is off (relay serve --demo-sign-on)",
         );
+    };
+    let request: DemoTokenRequest = match body.read_json(state.config.body_timeout()).await {
+        Ok(request) => request,
+        Err(e) => return e.response(&state.metrics),
     };
     if room_name(&request.room).is_err()
         || !DEMO_PREFIXES.iter().any(|p| request.room.starts_with(p))
@@ -138,6 +142,7 @@ fn demo_token(request: DemoTokenRequest, state: Arc<AppState>) -> Response {
         doc_prefix: None,
         access,
         exp: now + DEMO_TOKEN_TTL_SECS,
+        nbf: None,
         iat: Some(now),
         sub: Some("demo".into()),
         name,

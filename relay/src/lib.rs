@@ -4,10 +4,12 @@
 //!
 //! 1. [`config`]: the settings of `relay serve`.
 //! 2. [`server`]: the accept loop (TCP_NODELAY, hyper, graceful HTTP shutdown).
-//! 3. [`routes`]: the HTTP routes and the WebSocket upgrade at `/<room>`; [`api`] (JSON) and
-//!    [`assets`] (the demo apps compiled into the binary) serve the plain HTTP side.
-//!    [`upgrade`] checks a WebSocket upgrade (origin, token, limits) before accepting it.
-//!    [`poll`] serves the same room connections over HTTP long-polling.
+//! 3. [`routes`]: the HTTP routes and the WebSocket upgrade at `/<room>`, behind the origin rules
+//!    of [`origin`]; [`api`] (JSON) and [`assets`] (the demo apps compiled into the binary) serve
+//!    the plain HTTP side, reading bodies through [`body`] only once a request is authorized.
+//!    [`upgrade`] answers a WebSocket upgrade once [`admission`] has checked it (origin, token,
+//!    limits); [`poll`] serves the same room connections over HTTP long-polling, admitted the
+//!    same way.
 //! 4. [`connection`]: one socket's reader and writer, keep-alives and close codes.
 //! 5. [`registry`]: the one place that creates room tasks.
 //! 6. [`room`]: one task per room owning its document and awareness.
@@ -29,14 +31,17 @@
 //! # }
 //! ```
 
+pub(crate) mod admission;
 pub(crate) mod api;
 pub(crate) mod assets;
 pub mod auth;
+pub(crate) mod body;
 pub mod cli;
 pub(crate) mod close;
 pub mod config;
 pub(crate) mod connection;
 pub(crate) mod demo;
+pub(crate) mod origin;
 pub(crate) mod outbound;
 pub(crate) mod persist;
 pub(crate) mod poll;
@@ -58,11 +63,13 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
+use crate::origin::OriginPolicy;
 use crate::persist::PersistMsg;
 use crate::registry::{LoadedRoom, RoomRegistry};
 use crate::room::core::CoreSettings;
 use crate::room::{RoomContext, RoomSettings};
 use crate::routes::AppState;
+use crate::server::ServerLimits;
 use crate::telemetry::Metrics;
 
 /// Why the relay could not start or could not shut down cleanly.
@@ -155,6 +162,9 @@ pub async fn run_with_ready(
         store = %store.path().display(),
         max_message_bytes = config.max_message_bytes,
         max_connections = config.max_connections,
+        max_connections_per_token = config.max_connections_per_token,
+        max_http_connections = config.max_http_connections,
+        body_timeout_secs = config.body_timeout_secs,
         outbound_queue_bytes = config.outbound_queue_bytes,
         commit_window_ms = config.commit_window_ms,
         compact_entries = config.compact_entries,
@@ -175,11 +185,14 @@ pub async fn run_with_ready(
     let webhooks = match &config.webhook_url {
         None => None,
         Some(url) => {
+            // The first --secret's secret, without its `KID:` (the key id is public: it is in
+            // every token's header).
             let secret = config
                 .webhook_secret
                 .as_ref()
-                .or(config.secrets.first())
-                .map(|s| s.0.clone().into_bytes())
+                .map(|s| s.0.as_str())
+                .or_else(|| config.secrets.first().map(|s| auth::split_key_spec(&s.0).1))
+                .map(|s| s.as_bytes().to_vec())
                 .ok_or_else(|| config::ConfigError {
                     name: "--webhook-url",
                     reason: "webhooks are signed: give --webhook-secret or --secret".into(),
@@ -220,7 +233,25 @@ pub async fn run_with_ready(
     let registry = RoomRegistry::new(ctx, config.room_queue, config.max_rooms);
     let drain_timeout = config.drain_timeout();
     let config = Arc::new(config);
-    let state = AppState::new(config, registry.clone(), metrics, shutdown.clone(), keys);
+    let listen = listener.local_addr().unwrap_or(config.listen);
+    let origins = OriginPolicy::new(listen, &config.public_urls, &config.allowed_origins);
+    tracing::info!(
+        same_origin = %origins.describe_same_origin(),
+        allowed_origins = %origins.describe_allowed(),
+        "web pages of these origins may connect"
+    );
+    let limits = ServerLimits {
+        max_http_connections: config.max_http_connections,
+        metrics: metrics.clone(),
+    };
+    let state = AppState::new(
+        config,
+        registry.clone(),
+        metrics,
+        shutdown.clone(),
+        keys,
+        origins,
+    );
     let http_tasks = TaskTracker::new();
 
     if let Ok(addr) = listener.local_addr() {
@@ -231,6 +262,7 @@ pub async fn run_with_ready(
         routes::routes(state.clone()),
         shutdown,
         http_tasks.clone(),
+        limits,
     )
     .await;
 

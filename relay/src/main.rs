@@ -21,7 +21,7 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run the relay.
-    Serve(Config),
+    Serve(Box<Config>),
     /// Print a signed client token (the token alone, on standard output).
     Token(TokenArgs),
     /// Work on the documents of a data directory (the relay must not be running on it).
@@ -109,7 +109,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     relay::telemetry::init_logging();
     let result = match cli.command {
-        Command::Serve(config) => serve_blocking(config),
+        Command::Serve(config) => serve_blocking(*config),
         Command::Token(args) => token(args),
         Command::Docs { command } => docs(command),
         Command::Compact(dir) => compact(&dir),
@@ -211,7 +211,7 @@ fn check(dir: &DataDir) -> anyhow::Result<()> {
 
 async fn serve(config: Config) -> anyhow::Result<()> {
     config.validate()?;
-    raise_file_limit(config.max_connections);
+    raise_file_limit(config.max_connections, config.max_http_connections);
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;
@@ -229,16 +229,17 @@ async fn serve(config: Config) -> anyhow::Result<()> {
 
 /// Each connection needs a file descriptor, and the default soft limit (often 1024) is far below
 /// `--max-connections`: raise it to the hard limit, and say so if that is still too low.
-fn raise_file_limit(max_connections: usize) {
+fn raise_file_limit(max_connections: usize, max_http_connections: usize) {
     match rlimit::increase_nofile_limit(u64::MAX) {
         Ok(limit) => {
-            // Room for the store, the listener and HTTP requests besides the sockets.
-            let needed = max_connections as u64 + 64;
+            // WebSockets and HTTP connections, and room for the store and the listener.
+            let needed = (max_connections + max_http_connections) as u64 + 64;
             if limit < needed {
                 tracing::warn!(
                     limit,
                     max_connections,
-                    "the open-file limit is below --max-connections; raise it (ulimit -n) or lower --max-connections"
+                    max_http_connections,
+                    "the open-file limit is below --max-connections plus --max-http-connections; raise it (ulimit -n) or lower them"
                 );
             }
         }

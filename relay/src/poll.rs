@@ -1,7 +1,9 @@
 //! HTTP long-polling: room connections for clients whose network blocks WebSockets.
 //!
 //! A session is one more kind of connection to a room: it joins with the same checks as a
-//! WebSocket (origin, token, limits) and the room cannot tell the difference. The client sends
+//! WebSocket ([`crate::admission`]: origin, token, limits) and the room cannot tell the
+//! difference. Web pages of other origins are refused, or answered with CORS headers, by the
+//! routes' origin gate ([`crate::routes`]) before anything here runs. The client sends
 //! message frames with `POST` and receives with a `GET` that the relay holds until something is
 //! queued or the hold time passes. Outgoing messages carry sequence numbers; each `GET`
 //! acknowledges what the client has, so a response lost on the way is sent again and nothing
@@ -9,14 +11,15 @@
 //!
 //! | request | answer |
 //! | --- | --- |
-//! | `POST /poll?room=NAME[&token=T]` | `{"session": ID, "hold_ms": N}`: a new session (401/403/503 like a WebSocket) |
-//! | `POST /poll/ID?n=N` (binary body: one or more messages; `N` numbers the body, the same on a retry) | 204; a body already taken is not applied again |
+//! | `POST /poll?room=NAME[&token=T]` | `{"session": ID, "hold_ms": N}`: a new session (401/403/429/503 like a WebSocket) |
+//! | `POST /poll/ID?n=N` (binary body: one or more messages; `N` numbers the body, the same on a retry) | 204; a body already taken is not applied again; the session is checked before the body is read |
 //! | `GET /poll/ID?ack=SEQ` | 200, body: each message after `SEQ` as `varUint length` + bytes; header `x-relay-last-seq` |
 //! | `DELETE /poll/ID` | 204: the session ends like a closed socket |
 //!
 //! A session the relay has ended answers 410 with `{"code", "reason"}` (the WebSocket close code
 //! it would have used) once everything before the end was fetched; an unknown or expired
-//! session answers 404: open a new one and resync.
+//! session answers 404: open a new one and resync. A session that makes no first poll within
+//! `--poll-start-timeout-secs` ends like one that stops polling.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -34,8 +37,9 @@ use tracing::Instrument;
 use warp::Filter;
 use warp::reply::{Reply, Response};
 
+use crate::admission::{Admitted, ConnectionSlot, JoinRequest, admit};
 use crate::api::error;
-use crate::auth::{Access, authorize};
+use crate::body::PendingBody;
 use crate::close::CloseReason;
 use crate::connection::{Forwarded, forward_frame};
 use crate::connection::{Outbox, OutboxParts};
@@ -43,7 +47,8 @@ use crate::outbound::{Backlog, Outbound};
 use crate::registry::RoomSender;
 use crate::room::{ConnId, RoomCommand};
 use crate::routes::AppState;
-use crate::upgrade::{SocketSlot, origin_allowed, request_token, reserve_socket, room_name};
+use crate::server::{LocalAddr, PeerAddr};
+use crate::upgrade::{request_token, room_name};
 
 /// The response header holding the sequence number of the last message in the body.
 pub const LAST_SEQ_HEADER: &str = "x-relay-last-seq";
@@ -169,19 +174,20 @@ pub fn routes(
     state: Arc<AppState>,
 ) -> impl Filter<Extract = (Response,), Error = warp::Rejection> + Clone + Send + Sync + 'static {
     let max_body = state.config.max_message_bytes as u64;
-    let allowed_origins = state.config.allowed_origins.clone();
     let with_state = warp::any().map(move || state.clone());
     let open = warp::path!("poll")
         .and(warp::post())
         .and(warp::query::<OpenQuery>())
         .and(warp::header::headers_cloned())
+        .and(warp::ext::optional::<PeerAddr>())
+        .and(warp::ext::optional::<LocalAddr>())
         .and(with_state.clone())
         .then(open_session);
     let send = warp::path!("poll" / String)
         .and(warp::post())
         .and(warp::query::<SendQuery>())
-        .and(warp::body::content_length_limit(max_body))
-        .and(warp::body::bytes())
+        // Taken unread: the session is checked before the body is read.
+        .and(crate::body::pending(max_body))
         .and(with_state.clone())
         .then(send);
     let receive = warp::path!("poll" / String)
@@ -193,28 +199,9 @@ pub fn routes(
         .and(warp::delete())
         .and(with_state)
         .map(close);
-    // Pages of another origin (an app beside its relay) may poll when it is allowed: the same
-    // origins as for WebSockets, and the sequence header readable by scripts.
-    let cors = {
-        let cors = warp::cors()
-            .allow_methods(["GET", "POST", "DELETE"])
-            .allow_headers(["content-type", "authorization"])
-            .expose_headers([LAST_SEQ_HEADER])
-            .max_age(600);
-        if allowed_origins.is_empty() || allowed_origins.iter().any(|o| o == "*") {
-            cors.allow_any_origin()
-        } else {
-            cors.allow_origins(allowed_origins.iter().map(String::as_str))
-        }
-    };
-    open.or(send)
-        .unify()
-        .or(receive)
-        .unify()
-        .or(close)
-        .unify()
-        .with(cors)
-        .map(Reply::into_response)
+    // Pages of other origins are refused, or answered with CORS headers, by the routes' origin
+    // gate (crate::routes) before these run.
+    open.or(send).unify().or(receive).unify().or(close).unify()
 }
 
 fn session_id() -> String {
@@ -223,45 +210,28 @@ fn session_id() -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-async fn open_session(query: OpenQuery, headers: HeaderMap, state: Arc<AppState>) -> Response {
+async fn open_session(
+    query: OpenQuery,
+    headers: HeaderMap,
+    peer: Option<PeerAddr>,
+    local: Option<LocalAddr>,
+    state: Arc<AppState>,
+) -> Response {
     let room = match room_name(&query.room) {
         Ok(room) => room,
         Err(message) => return error(StatusCode::BAD_REQUEST, message.trim_end()),
     };
-    if !origin_allowed(&headers, &state.config.allowed_origins) {
-        state.metrics.error("origin_refused");
-        return error(StatusCode::FORBIDDEN, "origin not allowed");
-    }
     let token = query.token.or_else(|| request_token(None, &headers));
-    let grant = match authorize(
-        state.keys.as_deref(),
-        token.as_deref(),
-        Some(&room),
-        Access::Read,
-    ) {
-        Ok(grant) => grant,
-        Err(e) => {
-            state.metrics.error("auth_refused");
-            return error(e.status(), &e.to_string());
-        }
+    let join = JoinRequest {
+        room: &room,
+        headers: &headers,
+        token: token.as_deref(),
+        peer: peer.map(|p| p.0),
+        local: local.map(|l| l.0),
     };
-    if !state.registry.admits(&room) {
-        state.metrics.error("too_many_rooms");
-        return error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "too many documents are open",
-        );
-    }
-    if state.registry.connections(&room) >= state.config.max_room_connections {
-        state.metrics.error("room_full");
-        return error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "too many connections to this document",
-        );
-    }
-    let Some(slot) = reserve_socket(&state.open_sockets, state.config.max_connections) else {
-        state.metrics.error("too_many_connections");
-        return error(StatusCode::SERVICE_UNAVAILABLE, "too many connections");
+    let Admitted { grant, slot } = match admit(&state, &join) {
+        Ok(admitted) => admitted,
+        Err(refusal) => return refusal.response(),
     };
     let conn = state.next_conn_id();
     let outbox = Outbox::new();
@@ -341,6 +311,27 @@ async fn open_session(query: OpenQuery, headers: HeaderMap, state: Arc<AppState>
     response
 }
 
+/// When a session that hears nothing more from its client ends.
+struct Deadlines {
+    opened: Instant,
+    /// `--poll-start-timeout-secs`: for the first poll.
+    start: Duration,
+    /// `--client-timeout-secs`: after the last poll or send.
+    idle: Duration,
+}
+
+impl Deadlines {
+    /// A session that never polled holds its slot for the start timeout only: it receives
+    /// nothing, so it is no client (one token could otherwise keep many of them open for free).
+    fn end(&self, s: &SessionState) -> Instant {
+        if s.poll_generation == 0 {
+            self.opened + self.start
+        } else {
+            s.last_seen + self.idle
+        }
+    }
+}
+
 /// Moves what the room sends into the session's buffer until the session ends, and returns why.
 async fn pump(
     state: &AppState,
@@ -348,13 +339,17 @@ async fn pump(
     mut rx: mpsc::UnboundedReceiver<Outbound>,
     kick: CancellationToken,
     expires_at: Option<u64>,
-    _slot: SocketSlot,
+    _slot: ConnectionSlot,
 ) -> CloseReason {
-    let timeout = state.config.client_timeout();
+    let deadlines = Deadlines {
+        opened: Instant::now(),
+        start: state.config.poll_start_timeout(),
+        idle: state.config.client_timeout(),
+    };
     let expiry = crate::connection::token_expiry(expires_at);
     tokio::pin!(expiry);
     let reason = loop {
-        let idle_deadline = session.state.lock().expect("session lock").last_seen + timeout;
+        let idle_deadline = deadlines.end(&session.state.lock().expect("session lock"));
         tokio::select! {
             item = rx.recv() => match item {
                 Some(Outbound::Frame(frame)) => {
@@ -373,8 +368,8 @@ async fn pump(
             () = state.shutdown.cancelled() => break CloseReason::Shutdown,
             () = &mut expiry => break CloseReason::TokenExpired,
             () = tokio::time::sleep_until(idle_deadline) => {
-                let last_seen = session.state.lock().expect("session lock").last_seen;
-                if last_seen + timeout <= Instant::now() {
+                let end = deadlines.end(&session.state.lock().expect("session lock"));
+                if end <= Instant::now() {
                     break CloseReason::ClientTimeout;
                 }
             }
@@ -385,20 +380,27 @@ async fn pump(
     reason
 }
 
-async fn send(id: String, query: SendQuery, body: Bytes, state: Arc<AppState>) -> Response {
+async fn send(id: String, query: SendQuery, body: PendingBody, state: Arc<AppState>) -> Response {
+    // The session id is the credential: an unknown or ended session is refused before its body
+    // is read.
     let Some(session) = state.poll.get(&id) else {
         return error(StatusCode::NOT_FOUND, "no such session: open a new one");
     };
     if let Some(reason) = session.state.lock().expect("session lock").closed {
         return ended(reason);
     }
-    session.touch();
-    if body.is_empty() {
+    if body.declared_len() == 0 {
         return error(
             StatusCode::BAD_REQUEST,
             "the body must hold one or more messages",
         );
     }
+    session.touch();
+    let body = match body.read(state.config.body_timeout()).await {
+        Ok(body) => body,
+        Err(e) => return e.response(&state.metrics),
+    };
+    session.touch();
     if let Some(n) = query.n {
         let mut s = session.state.lock().expect("session lock");
         if n <= s.last_body {

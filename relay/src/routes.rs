@@ -3,13 +3,21 @@
 //! `GET /<room>` with `Upgrade: websocket` joins the room named by the percent-decoded path, as
 //! the stock y-websocket provider expects (see [`crate::upgrade`]). Every other request goes to
 //! the plain HTTP routes, so a room may have any name, `healthz` included.
+//!
+//! Requests to `/api/...` and `/poll/...` from web pages pass an origin gate first (see
+//! [`crate::origin`]): a page of an origin that is not allowed gets 403 before any route runs, a
+//! CORS preflight from an allowed one is answered here, and answers to allowed pages carry the
+//! CORS headers.
 
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
-use http::header::CONTENT_TYPE;
-use http::{HeaderMap, StatusCode};
+use http::header::{
+    ACCESS_CONTROL_ALLOW_HEADERS, ACCESS_CONTROL_ALLOW_METHODS, ACCESS_CONTROL_ALLOW_ORIGIN,
+    ACCESS_CONTROL_EXPOSE_HEADERS, ACCESS_CONTROL_MAX_AGE, CONTENT_TYPE, ORIGIN, VARY,
+};
+use http::{HeaderMap, HeaderValue, Method, StatusCode};
 use hyper::upgrade::OnUpgrade;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -17,11 +25,13 @@ use warp::Filter;
 use warp::path::FullPath;
 use warp::reply::{Reply, Response};
 
+use crate::admission::{ClientCounts, Refusal};
 use crate::auth::Keys;
 use crate::config::Config;
+use crate::origin::{OriginCheck, OriginPolicy};
 use crate::registry::RoomRegistry;
 use crate::room::ConnId;
-use crate::server::PeerAddr;
+use crate::server::{LocalAddr, PeerAddr};
 use crate::telemetry::Metrics;
 use crate::upgrade::{UpgradeRequest, upgrade};
 
@@ -41,6 +51,10 @@ pub struct AppState {
     pub keys: Option<Arc<Keys>>,
     /// Long-polling sessions.
     pub poll: crate::poll::PollSessions,
+    /// Which web pages may use the relay.
+    pub origins: OriginPolicy,
+    /// Connections open per token (or per address on an open relay).
+    pub clients: Arc<ClientCounts>,
     next_conn: AtomicU64,
     pub(crate) open_sockets: Arc<AtomicUsize>,
 }
@@ -53,6 +67,7 @@ impl AppState {
         metrics: Arc<Metrics>,
         shutdown: CancellationToken,
         keys: Option<Arc<Keys>>,
+        origins: OriginPolicy,
     ) -> Arc<Self> {
         Arc::new(AppState {
             config,
@@ -60,6 +75,8 @@ impl AppState {
             metrics,
             shutdown,
             keys,
+            origins,
+            clients: Arc::new(ClientCounts::default()),
             poll: crate::poll::PollSessions::default(),
             sockets: TaskTracker::new(),
             next_conn: AtomicU64::new(1),
@@ -88,17 +105,21 @@ pub fn routes(
         .and(warp::header::headers_cloned())
         .and(warp::ext::optional::<OnUpgrade>())
         .and(warp::ext::optional::<PeerAddr>())
+        .and(warp::ext::optional::<LocalAddr>())
         .and(with_state.clone())
-        .map(|path, query: String, headers, on_upgrade, peer, state| {
-            let request = UpgradeRequest {
-                path,
-                query: (!query.is_empty()).then_some(query),
-                headers,
-                on_upgrade,
-                peer,
-            };
-            upgrade(request, state)
-        });
+        .map(
+            |path, query: String, headers, on_upgrade, peer, local, state| {
+                let request = UpgradeRequest {
+                    path,
+                    query: (!query.is_empty()).then_some(query),
+                    headers,
+                    on_upgrade,
+                    peer,
+                    local,
+                };
+                upgrade(request, state)
+            },
+        );
     let healthz = warp::path!("healthz")
         .and(warp::get().or(warp::head()).unify())
         .map(|| text(StatusCode::OK, "ok\n"));
@@ -124,7 +145,28 @@ pub fn routes(
         .and_then(|path: FullPath, headers: HeaderMap| async move {
             crate::assets::serve(path.as_str(), &headers).ok_or_else(warp::reject::not_found)
         });
-    websocket
+    let access = browser_access(state.clone());
+    let gate = {
+        let state = state.clone();
+        access.clone().and_then(move |access: BrowserAccess| {
+            let state = state.clone();
+            async move {
+                match access {
+                    BrowserAccess::Refused => {
+                        let refusal = Refusal::Origin;
+                        state.metrics.error(refusal.metric());
+                        tracing::warn!(reason = %refusal, "refused a request from a web page");
+                        Ok(refusal.response())
+                    }
+                    BrowserAccess::Preflight(origin) => Ok(preflight(origin)),
+                    BrowserAccess::Other | BrowserAccess::Page(_) => Err(warp::reject::not_found()),
+                }
+            }
+        })
+    };
+    let routes = gate
+        .or(websocket)
+        .unify()
         .or(healthz)
         .unify()
         .or(metrics)
@@ -164,7 +206,102 @@ pub fn routes(
             };
             Ok::<_, Infallible>(response)
         })
-        .unify()
+        .unify();
+    access
+        .and(routes)
+        .map(|access: BrowserAccess, mut response: Response| {
+            if let BrowserAccess::Page(origin) = access {
+                allow_origin(response.headers_mut(), origin);
+                response.headers_mut().insert(
+                    ACCESS_CONTROL_EXPOSE_HEADERS,
+                    HeaderValue::from_static(crate::poll::LAST_SEQ_HEADER),
+                );
+            }
+            response
+        })
+}
+
+/// What the origin rules say about a request, for the routes that web pages of other origins may
+/// call (`/api/...` and `/poll/...`; WebSocket upgrades are checked on admission).
+#[derive(Debug, Clone)]
+enum BrowserAccess {
+    /// Another path, or a request without `Origin`: the rules do not apply.
+    Other,
+    /// A page of an origin that is not allowed: 403 before any handler runs.
+    Refused,
+    /// A CORS preflight from an allowed origin.
+    Preflight(HeaderValue),
+    /// A request from a page of an allowed origin (its own included).
+    Page(HeaderValue),
+}
+
+/// Whether web pages of other origins may reach `path` at all (with CORS).
+fn guarded(path: &str) -> bool {
+    ["/api", "/poll"].iter().any(|prefix| {
+        path.strip_prefix(prefix)
+            .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+    })
+}
+
+fn browser_access(
+    state: Arc<AppState>,
+) -> impl Filter<Extract = (BrowserAccess,), Error = Infallible> + Clone + Send + Sync + 'static {
+    let origin = warp::header::value(ORIGIN.as_str())
+        .map(Some)
+        .or(warp::any().map(|| None))
+        .unify();
+    warp::path::full()
+        .and(warp::method())
+        .and(origin)
+        .and(warp::ext::optional::<LocalAddr>())
+        .map(
+            move |path: FullPath,
+                  method: Method,
+                  origin: Option<HeaderValue>,
+                  local: Option<LocalAddr>| {
+                if !guarded(path.as_str()) {
+                    return BrowserAccess::Other;
+                }
+                match (
+                    state.origins.check(origin.as_ref(), local.map(|l| l.0)),
+                    origin,
+                ) {
+                    (OriginCheck::Refused, _) => BrowserAccess::Refused,
+                    (OriginCheck::Same | OriginCheck::Allowed, Some(origin)) => {
+                        if method == Method::OPTIONS {
+                            BrowserAccess::Preflight(origin)
+                        } else {
+                            BrowserAccess::Page(origin)
+                        }
+                    }
+                    _ => BrowserAccess::Other,
+                }
+            },
+        )
+}
+
+fn allow_origin(headers: &mut HeaderMap, origin: HeaderValue) {
+    headers.insert(ACCESS_CONTROL_ALLOW_ORIGIN, origin);
+    // The answer depends on the Origin: caches must not give it to another page.
+    headers.append(VARY, HeaderValue::from_static("origin"));
+}
+
+/// The answer to a CORS preflight from an allowed origin.
+fn preflight(origin: HeaderValue) -> Response {
+    let mut response = Response::default();
+    *response.status_mut() = StatusCode::NO_CONTENT;
+    let headers = response.headers_mut();
+    allow_origin(headers, origin);
+    headers.insert(
+        ACCESS_CONTROL_ALLOW_METHODS,
+        HeaderValue::from_static("GET, POST, DELETE"),
+    );
+    headers.insert(
+        ACCESS_CONTROL_ALLOW_HEADERS,
+        HeaderValue::from_static("content-type, authorization"),
+    );
+    headers.insert(ACCESS_CONTROL_MAX_AGE, HeaderValue::from_static("600"));
+    response
 }
 
 /// A plain-text response.

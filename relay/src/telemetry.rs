@@ -55,6 +55,8 @@ pub struct Metrics {
     pub commit_failures: Counter,
     /// Compactions written.
     pub compactions: Counter,
+    /// HTTP connections open now (not counting upgraded WebSockets).
+    pub http_connections: Gauge,
     /// Errors by kind.
     pub errors: Family<Reason, Counter>,
     /// Connections closed, by reason.
@@ -84,6 +86,7 @@ impl Metrics {
         let commit_seconds = Histogram::new(exponential_buckets(0.000_125, 2.0, 16));
         let commit_failures = Counter::default();
         let compactions = Counter::default();
+        let http_connections = Gauge::default();
         let errors = Family::<Reason, Counter>::default();
         let disconnects = Family::<Reason, Counter>::default();
 
@@ -98,6 +101,11 @@ impl Metrics {
             connections_total.clone(),
         );
         registry.register("rooms_loaded", "Rooms held in memory", rooms_loaded.clone());
+        registry.register(
+            "http_connections",
+            "HTTP connections open (upgraded WebSockets not included)",
+            http_connections.clone(),
+        );
         registry.register(
             "updates_received",
             "Updates received that changed a document",
@@ -166,6 +174,7 @@ impl Metrics {
             commit_seconds,
             commit_failures,
             compactions,
+            http_connections,
             errors,
             disconnects,
         }

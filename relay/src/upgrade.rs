@@ -1,15 +1,14 @@
 //! The WebSocket upgrade at `/<room>`: checks everything before switching protocols (room name,
-//! handshake headers, origin, token, connection limit), then runs the socket as a room
-//! connection.
+//! handshake headers, then [`crate::admission`]: origin, token, limits), then runs the socket as
+//! a room connection.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use futures_util::SinkExt;
 use http::header::{
-    AUTHORIZATION, CONNECTION, HOST, ORIGIN, SEC_WEBSOCKET_ACCEPT, SEC_WEBSOCKET_KEY,
-    SEC_WEBSOCKET_VERSION, UPGRADE,
+    AUTHORIZATION, CONNECTION, SEC_WEBSOCKET_ACCEPT, SEC_WEBSOCKET_KEY, SEC_WEBSOCKET_VERSION,
+    UPGRADE,
 };
 use http::{HeaderMap, HeaderValue, StatusCode};
 use hyper::upgrade::OnUpgrade;
@@ -22,12 +21,13 @@ use tracing::Instrument;
 use warp::path::FullPath;
 use warp::reply::Response;
 
-use crate::auth::{Access, Grant, authorize};
+use crate::admission::{Admitted, JoinRequest, admit};
+use crate::auth::Grant;
 use crate::connection::{self, ConnectionSettings, Outbox};
 use crate::registry::JoinError;
 use crate::room::ConnId;
 use crate::routes::{AppState, text};
-use crate::server::PeerAddr;
+use crate::server::{LocalAddr, PeerAddr};
 
 /// Longest room name, in bytes (after percent-decoding).
 pub const MAX_ROOM_NAME_BYTES: usize = 512;
@@ -76,27 +76,6 @@ pub fn request_token(query: Option<&str>, headers: &HeaderMap) -> Option<String>
     })
 }
 
-/// Whether the request's `Origin` may open a WebSocket: requests without one (not from a
-/// browser), the relay's own origin, and the configured ones. With no list, every origin.
-pub(crate) fn origin_allowed(headers: &HeaderMap, allowed: &[String]) -> bool {
-    let Some(origin) = headers.get(ORIGIN).and_then(|v| v.to_str().ok()) else {
-        return true;
-    };
-    if allowed.is_empty()
-        || allowed
-            .iter()
-            .any(|a| a == "*" || a.eq_ignore_ascii_case(origin))
-    {
-        return true;
-    }
-    // Same origin: the Origin's host:port is the Host the request was sent to.
-    let origin_host = origin.split_once("://").map_or(origin, |(_, rest)| rest);
-    headers
-        .get(HOST)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|host| host.eq_ignore_ascii_case(origin_host))
-}
-
 fn header_has_token(headers: &HeaderMap, name: http::HeaderName, token: &str) -> bool {
     headers.get_all(name).iter().any(|value| {
         value
@@ -104,30 +83,6 @@ fn header_has_token(headers: &HeaderMap, name: http::HeaderName, token: &str) ->
             .map(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
             .unwrap_or(false)
     })
-}
-
-/// A connection slot, given back when dropped.
-pub(crate) struct SocketSlot(Arc<AtomicUsize>);
-
-impl Drop for SocketSlot {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::AcqRel);
-    }
-}
-
-/// Takes a connection slot, or `None` at the limit.
-pub(crate) fn reserve_socket(open: &Arc<AtomicUsize>, limit: usize) -> Option<SocketSlot> {
-    let mut current = open.load(Ordering::Relaxed);
-    loop {
-        if current >= limit {
-            return None;
-        }
-        match open.compare_exchange_weak(current, current + 1, Ordering::AcqRel, Ordering::Relaxed)
-        {
-            Ok(_) => return Some(SocketSlot(open.clone())),
-            Err(actual) => current = actual,
-        }
-    }
 }
 
 fn websocket_config(max_message_bytes: usize) -> WebSocketConfig {
@@ -157,6 +112,8 @@ pub struct UpgradeRequest {
     pub on_upgrade: Option<OnUpgrade>,
     /// The peer address.
     pub peer: Option<PeerAddr>,
+    /// The address the connection came in on.
+    pub local: Option<LocalAddr>,
 }
 
 /// Answers an upgrade request: 101 and a room connection, or an HTTP error saying why not.
@@ -167,6 +124,7 @@ pub fn upgrade(request: UpgradeRequest, state: Arc<AppState>) -> Response {
         headers,
         on_upgrade,
         peer,
+        local,
     } = request;
     let room = match room_name(path.as_str()) {
         Ok(room) => room,
@@ -198,45 +156,17 @@ pub fn upgrade(request: UpgradeRequest, state: Arc<AppState>) -> Response {
             "this connection cannot be upgraded\n",
         );
     };
-    if !origin_allowed(&headers, &state.config.allowed_origins) {
-        state.metrics.error("origin_refused");
-        tracing::warn!(room = %room, "WebSocket from an origin that is not allowed");
-        return text(StatusCode::FORBIDDEN, "origin not allowed\n");
-    }
     let token = request_token(query.as_deref(), &headers);
-    let grant = match authorize(
-        state.keys.as_deref(),
-        token.as_deref(),
-        Some(&room),
-        Access::Read,
-    ) {
-        Ok(grant) => grant,
-        Err(error) => {
-            state.metrics.error("auth_refused");
-            tracing::info!(room = %room, %error, "refused a connection");
-            return crate::api::error(error.status(), &error.to_string());
-        }
+    let join = JoinRequest {
+        room: &room,
+        headers: &headers,
+        token: token.as_deref(),
+        peer: peer.map(|p| p.0),
+        local: local.map(|l| l.0),
     };
-    if !state.registry.admits(&room) {
-        state.metrics.error("too_many_rooms");
-        tracing::warn!(room = %room, "document limit reached; refusing an upgrade");
-        return text(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "too many documents are open\n",
-        );
-    }
-    if state.registry.connections(&room) >= state.config.max_room_connections {
-        state.metrics.error("room_full");
-        tracing::warn!(room = %room, "room connection limit reached; refusing an upgrade");
-        return text(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "too many connections to this document\n",
-        );
-    }
-    let Some(slot) = reserve_socket(&state.open_sockets, state.config.max_connections) else {
-        state.metrics.error("too_many_connections");
-        tracing::warn!("connection limit reached; refusing an upgrade");
-        return text(StatusCode::SERVICE_UNAVAILABLE, "too many connections\n");
+    let Admitted { grant, slot } = match admit(&state, &join) {
+        Ok(admitted) => admitted,
+        Err(refusal) => return refusal.response(),
     };
     let accept = derive_accept_key(key.as_bytes());
     let conn = state.next_conn_id();
@@ -361,23 +291,5 @@ mod tests {
             request_token(Some("token=q"), &headers).as_deref(),
             Some("q")
         );
-    }
-
-    #[test]
-    fn origins_are_checked_against_the_list_and_the_host() {
-        let mut headers = HeaderMap::new();
-        let allowed = vec!["https://app.example".to_string()];
-        assert!(
-            origin_allowed(&headers, &allowed),
-            "no Origin: not a browser"
-        );
-        headers.insert(ORIGIN, HeaderValue::from_static("https://evil.example"));
-        assert!(origin_allowed(&headers, &[]), "no list: every origin");
-        assert!(!origin_allowed(&headers, &allowed));
-        headers.insert(ORIGIN, HeaderValue::from_static("https://app.example"));
-        assert!(origin_allowed(&headers, &allowed));
-        headers.insert(ORIGIN, HeaderValue::from_static("http://relay.local:8080"));
-        headers.insert(HOST, HeaderValue::from_static("relay.local:8080"));
-        assert!(origin_allowed(&headers, &allowed), "same origin");
     }
 }

@@ -8,8 +8,8 @@
 //! the runtime's blocking pool, which loads rooms: an endpoint that never answers once tied up
 //! that whole pool, and joining a new room waited seconds for a free thread.
 //!
-//! The body is signed with HMAC-SHA256 (key: `--webhook-secret`, or the first `--secret`), sent
-//! as `X-Relay-Signature: sha256=<hex>` so the receiver can check that the relay sent it.
+//! The body is signed with HMAC-SHA256 (key: `--webhook-secret`, or the first `--secret` without
+//! its `KID:`), sent as `X-Relay-Signature: sha256=<hex>` so the receiver can check it.
 
 use std::collections::HashMap;
 use std::sync::Arc;

@@ -862,6 +862,7 @@ pub fn claims(doc: Option<&str>, access: relay::auth::Access, exp: u64) -> relay
         doc_prefix: None,
         access,
         exp,
+        nbf: None,
         iat: Some(relay::auth::now_secs()),
         sub: Some("u1".into()),
         name: Some("Ada".into()),
@@ -918,10 +919,10 @@ impl HttpResponse {
 }
 
 /// A minimal HTTP/1.1 request with a binary body: sends `method path` with `headers` (plus
-/// `Host`, `Content-Length` when there is a body or the method is POST, and `Connection: close`
-/// unless `headers` has a `Connection`), then reads one response: exactly `Content-Length` bytes
-/// of body, or the chunks of a chunked body, or nothing after a `101` (the connection is then
-/// dropped).
+/// `Host` unless `headers` has one, `Content-Length` when there is a body or the method is POST,
+/// and `Connection: close` unless `headers` has a `Connection`), then reads one response: exactly
+/// `Content-Length` bytes of body, or the chunks of a chunked body, or nothing after a `101` (the
+/// connection is then dropped).
 pub async fn http_request(
     addr: SocketAddr,
     method: &str,
@@ -930,11 +931,12 @@ pub async fn http_request(
     body: &[u8],
 ) -> std::io::Result<HttpResponse> {
     let mut stream = TcpStream::connect(addr).await?;
-    let mut head = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\n");
-    if !headers
-        .iter()
-        .any(|(n, _)| n.eq_ignore_ascii_case("connection"))
-    {
+    let has = |name: &str| headers.iter().any(|(n, _)| n.eq_ignore_ascii_case(name));
+    let mut head = format!("{method} {path} HTTP/1.1\r\n");
+    if !has("host") {
+        head.push_str(&format!("Host: {addr}\r\n"));
+    }
+    if !has("connection") {
         head.push_str("Connection: close\r\n");
     }
     if !body.is_empty() || method == "POST" || method == "PUT" {

@@ -784,3 +784,52 @@ async fn tokens_minted_through_the_api_open_their_document_and_no_other() {
         serde_json::json!({"t": "written with a minted token"})
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_minted_token_never_outlives_the_token_that_minted_it() {
+    let relay = TestRelay::start_with(secured).await;
+    let keys = Keys::parse(&[TEST_SECRET.to_owned()]).expect("keys");
+    let mint = |token: String, body: &'static str| {
+        let (relay, keys) = (&relay, &keys);
+        async move {
+            let bearer = format!("Bearer {token}");
+            let response = relay
+                .request(
+                    "POST",
+                    "/api/tokens",
+                    &[
+                        ("Content-Type", "application/json"),
+                        ("Authorization", &bearer),
+                    ],
+                    body.as_bytes(),
+                )
+                .await;
+            assert_eq!(response.status, 200, "{}", response.text());
+            let body = json(&response);
+            let minted = body["token"].as_str().expect("a token").to_owned();
+            let expires_at = body["expires_at"].as_u64().expect("expires_at");
+            let claims = keys.verify(&minted).expect("the minted token verifies");
+            assert_eq!(claims.exp, expires_at, "the answer tells the real expiry");
+            (minted, expires_at)
+        }
+    };
+    // A 30-second admin token for one document asks for a 30-day admin token for it.
+    let short_exp = now_secs() + 30;
+    let short = sign_token(
+        &[TEST_SECRET],
+        &claims(Some("brief"), Access::Admin, short_exp),
+    );
+    let month = r#"{"doc":"brief","access":"admin","ttl_secs":2592000}"#;
+    let (minted, expires_at) = mint(short, month).await;
+    assert_eq!(expires_at, short_exp, "cut to the minting token's expiry");
+    // Nor can the minted token extend itself in turn.
+    let (_, again) = mint(minted, month).await;
+    assert_eq!(again, short_exp);
+    // A lifetime inside the minting token's is kept as asked.
+    let before = now_secs();
+    let (_, minute) = mint(admin(), r#"{"doc":"brief","access":"read","ttl_secs":60}"#).await;
+    assert!(
+        (before + 60..=now_secs() + 60).contains(&minute),
+        "expires_at {minute} is 60 s from now"
+    );
+}

@@ -8,6 +8,7 @@ use crdt::protocol::{encode_sync_step2, encode_update};
 use relay::auth::{Access, Claims, now_secs};
 use relay::config::Secret;
 use relay_tests::*;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use yrs::updates::decoder::Decode;
 use yrs::{ReadTxn, StateVector, Text, Transact};
 
@@ -110,6 +111,13 @@ async fn refused_upgrades_get_401_or_403_with_the_reason_and_change_nothing() {
                 .as_bytes()
         )
     );
+    let not_yet = sign_token(
+        &[TEST_SECRET],
+        &Claims {
+            nbf: Some(now + 3600),
+            ..claims(Some("doc"), Access::Admin, now + 7200)
+        },
+    );
     let other_doc = token(Some("other"), Access::Admin);
     let write_without_doc = token(None, Access::Write);
     let cases: Vec<(&str, Option<String>, u16, &str)> = vec![
@@ -143,6 +151,12 @@ async fn refused_upgrades_get_401_or_403_with_the_reason_and_change_nothing() {
             Some(expired),
             401,
             "the token has expired",
+        ),
+        (
+            "a token whose nbf is an hour away",
+            Some(not_yet),
+            401,
+            "the token is not valid yet",
         ),
         (
             "a token for another document",
@@ -410,16 +424,33 @@ async fn token_that_expires_while_connected_closes_the_socket_with_4401() {
     assert_eq!(recv_absorbed(&mut other).await, Msg::Update(update));
 
     let code = client.expect_close().await;
+    let closed_at = SystemTime::now();
     assert_eq!(code, Some(4401), "close code for an expired token");
+    // RFC 7519: the token is invalid from its `exp` second on, so the socket closes then, and
+    // not a second or two later.
+    let expiry = UNIX_EPOCH + Duration::from_secs(exp);
     assert!(
-        now_secs() > exp,
-        "closed only once the token expired (exp {exp}, now {})",
-        now_secs()
+        closed_at >= expiry,
+        "closed before exp {exp}: {closed_at:?}"
     );
+    let late = closed_at.duration_since(expiry).expect("checked");
     assert!(
-        now_secs() <= exp + 3,
-        "closed promptly after the expiry (exp {exp}, now {})",
-        now_secs()
+        late < Duration::from_secs(1),
+        "closed {late:?} after the start of the exp second"
+    );
+    // A token is refused during its own `exp` second, before the upgrade.
+    let at_exp = sign_token(
+        &[TEST_SECRET],
+        &claims(Some("exp"), Access::Write, now_secs()),
+    );
+    let response = relay
+        .try_upgrade("exp", Some(&format!("token={at_exp}")), &[])
+        .await;
+    assert_refused(
+        &response,
+        401,
+        "the token has expired",
+        "a token at its exp second",
     );
     // Reconnecting with the same token is refused before the upgrade.
     let response = relay

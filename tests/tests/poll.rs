@@ -3,7 +3,7 @@
 //! the relay's answers (404, 410 with the close code, 413, 401/403/503 on open), read-only
 //! sessions, and a session that stops polling.
 
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crdt::protocol::{Cursor, encode_save_request, encode_sync_step1, encode_update};
 use relay::auth::Access;
@@ -558,4 +558,36 @@ async fn a_numbered_body_sent_again_is_taken_once() {
         .filter(|m| matches!(m, Msg::SyncStep2(_)))
         .count();
     assert_eq!(step2s, 1, "one sync step 2 for the one body: {seen:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_ends_with_4401_at_the_start_of_its_token_exp_second() {
+    let relay = TestRelay::start_with(secured).await;
+    let exp = relay::auth::now_secs() + 2;
+    let short = sign_token(&[TEST_SECRET], &claims(Some("exp"), Access::Read, exp));
+    let session = open(&relay, "exp", Some(&short)).await;
+    let mut ack = 0;
+    let ended = within("the 410", async {
+        loop {
+            let polled = session.poll(&relay, ack).await;
+            if polled.status != 200 {
+                return polled;
+            }
+            ack = polled.last.expect("x-relay-last-seq");
+        }
+    })
+    .await;
+    let ended_at = SystemTime::now();
+    assert_eq!(ended.status, 410, "{:?}", ended.response.text());
+    assert_eq!(
+        ended.json(),
+        serde_json::json!({ "code": 4401, "reason": "token_expired" })
+    );
+    let expiry = UNIX_EPOCH + Duration::from_secs(exp);
+    assert!(ended_at >= expiry, "ended before exp {exp}: {ended_at:?}");
+    let late = ended_at.duration_since(expiry).expect("checked");
+    assert!(
+        late < Duration::from_secs(1),
+        "ended {late:?} after the start of the exp second"
+    );
 }

@@ -485,3 +485,26 @@ async fn an_endpoint_that_never_answers_does_not_hold_up_loading_rooms() {
         })
         .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_default_webhook_key_is_the_first_secret_without_its_key_id() {
+    let mut hook = Receiver::start(&[]).await;
+    let spec = format!("hooks:{TEST_SECRET}");
+    let url = hook.url.clone();
+    let relay = TestRelay::start_with(|config| {
+        config.secrets = vec![Secret(spec.clone())];
+        config.webhook_url = Some(url);
+    })
+    .await;
+    let write = sign_token(
+        &[&spec],
+        &claims(Some("kid"), Access::Write, relay::auth::now_secs() + 3600),
+    );
+    let mut writer = relay.join_with_token("kid", &write).await;
+    writer.edit("signed").await;
+    writer.save(1).await;
+    let created = hook.next().await;
+    assert_eq!(created.kind(), "created");
+    // Signed with the secret, not with the key id and the colon in front of it.
+    assert_signed(&created, TEST_SECRET);
+}
