@@ -24,6 +24,9 @@ pub enum CloseReason {
     Internal,
     /// The connection fell too far behind (1013).
     SlowReader,
+    /// The relay or the document is at a limit (`--max-rooms`, `--max-room-connections`) after
+    /// the connection was accepted (1013): try again later.
+    Overloaded,
     /// An update would grow the document past its size limit (1009).
     DocumentTooLarge,
     /// An awareness message over a limit: too many entries, a state too large, or more client
@@ -42,7 +45,7 @@ impl CloseReason {
             CloseReason::AwarenessLimit => 1008,
             CloseReason::TooBig | CloseReason::DocumentTooLarge => 1009,
             CloseReason::Internal => 1011,
-            CloseReason::SlowReader => 1013,
+            CloseReason::SlowReader | CloseReason::Overloaded => 1013,
             CloseReason::TokenExpired => 4401,
             CloseReason::DocumentDeleted => 4404,
         }
@@ -61,6 +64,7 @@ impl CloseReason {
             CloseReason::AwarenessLimit => "awareness_limit",
             CloseReason::Internal => "internal_error",
             CloseReason::SlowReader => "slow_reader",
+            CloseReason::Overloaded => "overloaded",
             CloseReason::TokenExpired => "token_expired",
             CloseReason::DocumentDeleted => "document_deleted",
         }

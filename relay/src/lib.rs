@@ -65,7 +65,7 @@ use tokio_util::task::TaskTracker;
 use crate::config::Config;
 use crate::origin::OriginPolicy;
 use crate::persist::PersistMsg;
-use crate::registry::{LoadedRoom, RoomRegistry};
+use crate::registry::{LoadedRoom, RegistryLimits, RoomRegistry};
 use crate::room::core::CoreSettings;
 use crate::room::{RoomContext, RoomSettings};
 use crate::routes::AppState;
@@ -230,7 +230,14 @@ pub async fn run_with_ready(
         shutdown: shutdown.clone(),
         webhooks,
     });
-    let registry = RoomRegistry::new(ctx, config.room_queue, config.max_rooms);
+    let registry = RoomRegistry::new(
+        ctx,
+        RegistryLimits {
+            queue_len: config.room_queue,
+            max_rooms: config.max_rooms,
+            max_room_connections: config.max_room_connections,
+        },
+    );
     let drain_timeout = config.drain_timeout();
     let config = Arc::new(config);
     let listen = listener.local_addr().unwrap_or(config.listen);

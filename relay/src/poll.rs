@@ -235,12 +235,12 @@ async fn open_session(
     };
     let conn = state.next_conn_id();
     let outbox = Outbox::new();
-    let room_tx = match state
+    let joined = match state
         .registry
         .join(&room, conn, grant.access, outbox.handle())
         .await
     {
-        Ok(tx) => tx,
+        Ok(joined) => joined,
         Err(e) => {
             tracing::warn!(error = %e, "cannot join the room for a poll session");
             return error(
@@ -253,7 +253,7 @@ async fn open_session(
     let id = session_id();
     let session = Arc::new(Session {
         conn,
-        room: room_tx,
+        room: joined.room,
         backlog: handle.backlog.clone(),
         state: Mutex::new(SessionState {
             unacked: VecDeque::new(),
@@ -290,6 +290,7 @@ async fn open_session(
                 .room
                 .send(RoomCommand::Leave { conn: session.conn })
                 .await;
+            drop(joined.membership);
             pump_state.metrics.connections.dec();
             pump_state.metrics.disconnect(reason.as_str());
             // Keep the ended session a while, so its client learns why on its next poll (not

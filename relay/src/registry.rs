@@ -12,18 +12,24 @@ use std::sync::{Arc, Mutex};
 
 use tokio::sync::mpsc;
 use tokio_util::task::TaskTracker;
+use tracing::Instrument;
 
 use crate::auth::Access;
+use crate::close::CloseReason;
 use crate::outbound::ConnHandle;
-use crate::room::{ConnId, RoomCommand, RoomContext, RoomStatus, run_room};
+use crate::room::{ConnId, Exit, Room, RoomCommand, RoomContext, RoomStatus};
 
 /// The queue of a loaded room.
-pub type RoomSender = mpsc::Sender<RoomCommand>;
+pub(crate) type RoomSender = mpsc::Sender<RoomCommand>;
 
 struct RoomEntry {
     id: u64,
     tx: RoomSender,
-    pending_joins: Arc<AtomicUsize>,
+    /// Commands counted in before they are sent (joins and API requests); the room counts them
+    /// out as it takes them, and may only unload at zero.
+    pending: Arc<AtomicUsize>,
+    /// Connections joined or joining, each holding a [`Membership`].
+    members: Arc<AtomicUsize>,
     status: Arc<RoomStatus>,
 }
 
@@ -38,7 +44,7 @@ pub struct LoadedRoom {
 
 /// Why a room cannot be joined.
 #[derive(Debug, thiserror::Error)]
-pub enum JoinError {
+pub(crate) enum JoinError {
     /// The room kept going away under the joiner (it fails to load, or the relay is shutting
     /// down).
     #[error("room {0:?} could not be joined")]
@@ -46,94 +52,148 @@ pub enum JoinError {
     /// Loading it would go over `--max-rooms`.
     #[error("too many documents are open")]
     TooManyRooms,
+    /// It has `--max-room-connections` already.
+    #[error("too many connections to this document")]
+    RoomFull,
+}
+
+impl JoinError {
+    /// How a connection that was already accepted is closed for it.
+    pub(crate) fn close_reason(&self) -> CloseReason {
+        match self {
+            JoinError::Unavailable(_) => CloseReason::Internal,
+            JoinError::TooManyRooms | JoinError::RoomFull => CloseReason::Overloaded,
+        }
+    }
+}
+
+/// A connection's place in a room, counted against `--max-room-connections` until dropped.
+#[derive(Debug)]
+pub(crate) struct Membership {
+    members: Arc<AtomicUsize>,
+}
+
+impl Drop for Membership {
+    fn drop(&mut self) {
+        self.members.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// A joined connection: the room's queue and its place there.
+#[derive(Debug)]
+pub(crate) struct Joined {
+    /// The room's queue, for the connection's messages and its leaving.
+    pub(crate) room: RoomSender,
+    /// Its place, given back when dropped (after it has left).
+    pub(crate) membership: Membership,
 }
 
 /// All loaded rooms.
-pub struct RoomRegistry {
+pub(crate) struct RoomRegistry {
     // A std mutex: it is held for a map lookup or insert only, never across an await.
     rooms: Mutex<HashMap<Arc<str>, RoomEntry>>,
     ctx: Arc<RoomContext>,
     queue_len: usize,
     max_rooms: usize,
+    max_room_connections: usize,
     next_entry: AtomicU64,
     tasks: TaskTracker,
 }
 
+/// How many rooms and connections the registry admits, and how long rooms' queues are.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct RegistryLimits {
+    /// Commands a room's queue holds.
+    pub(crate) queue_len: usize,
+    /// `--max-rooms`.
+    pub(crate) max_rooms: usize,
+    /// `--max-room-connections`.
+    pub(crate) max_room_connections: usize,
+}
+
 impl RoomRegistry {
-    /// An empty registry whose rooms share `ctx`, have queues of `queue_len` commands, and are
-    /// at most `max_rooms` at once.
-    pub fn new(ctx: Arc<RoomContext>, queue_len: usize, max_rooms: usize) -> Arc<Self> {
+    /// An empty registry whose rooms share `ctx`.
+    pub(crate) fn new(ctx: Arc<RoomContext>, limits: RegistryLimits) -> Arc<Self> {
         Arc::new(RoomRegistry {
             rooms: Mutex::new(HashMap::new()),
             ctx,
-            queue_len,
-            max_rooms,
+            queue_len: limits.queue_len,
+            max_rooms: limits.max_rooms,
+            max_room_connections: limits.max_room_connections,
             next_entry: AtomicU64::new(1),
             tasks: TaskTracker::new(),
         })
     }
 
     /// The store the rooms load from.
-    pub fn store(&self) -> &Arc<crdt::store::Store> {
+    pub(crate) fn store(&self) -> &Arc<crdt::store::Store> {
         &self.ctx.store
     }
 
-    /// Connections open to `room` now (0 when it is not loaded).
-    pub fn connections(&self, room: &str) -> usize {
+    /// Connections joined or joining `room` now (0 when it is not loaded).
+    pub(crate) fn connections(&self, room: &str) -> usize {
         let rooms = self.rooms.lock().expect("registry lock is never poisoned");
         rooms
             .get(room)
-            .map_or(0, |e| e.status.connections.load(Ordering::Relaxed))
+            .map_or(0, |e| e.members.load(Ordering::Relaxed))
     }
 
     /// The room tasks, for waiting on them at shutdown.
-    pub fn tasks(&self) -> &TaskTracker {
+    pub(crate) fn tasks(&self) -> &TaskTracker {
         &self.tasks
     }
 
-    /// Joins `conn` to `room` with `access`, loading the room if needed. Returns the room's queue
-    /// for the connection's frames.
+    /// Joins `conn` to `room` with `access`, loading the room if needed.
     ///
     /// # Errors
-    /// [`JoinError`] if the room unloads under the joiner three times in a row (it fails to
-    /// load, or the relay is shutting down).
-    pub async fn join(
+    /// [`JoinError::RoomFull`] at `--max-room-connections` (counted under the registry's lock,
+    /// so a storm of joiners cannot pass it), [`JoinError::TooManyRooms`] at `--max-rooms`, and
+    /// [`JoinError::Unavailable`] if the room unloads under the joiner three times in a row (it
+    /// fails to load, or the relay is shutting down).
+    pub(crate) async fn join(
         self: &Arc<Self>,
         room: &str,
         conn: ConnId,
         access: Access,
         handle: ConnHandle,
-    ) -> Result<RoomSender, JoinError> {
-        let command = RoomCommand::Join {
+    ) -> Result<Joined, JoinError> {
+        let mut command = RoomCommand::Join {
             conn,
             access,
             handle,
         };
-        self.send(room, command).await
+        for _ in 0..3 {
+            let (tx, pending, membership) = self.entry_for(room, true)?;
+            let membership = membership.expect("asked for a membership");
+            match tx.send(command).await {
+                Ok(()) => {
+                    return Ok(Joined {
+                        room: tx,
+                        membership,
+                    });
+                }
+                Err(mpsc::error::SendError(returned)) => {
+                    pending.fetch_sub(1, Ordering::AcqRel);
+                    command = returned;
+                }
+            }
+        }
+        Err(JoinError::Unavailable(room.to_owned()))
     }
 
     /// Sends a request (an API command) to `room`, loading the room if needed.
     ///
     /// # Errors
-    /// As [`RoomRegistry::join`].
-    pub async fn request(
-        self: &Arc<Self>,
-        room: &str,
-        command: RoomCommand,
-    ) -> Result<(), JoinError> {
-        self.send(room, command).await.map(|_| ())
-    }
-
-    /// Sends a counted command, retrying if the room unloads in between.
-    async fn send(
+    /// As [`RoomRegistry::join`], but for [`JoinError::RoomFull`].
+    pub(crate) async fn request(
         self: &Arc<Self>,
         room: &str,
         mut command: RoomCommand,
-    ) -> Result<RoomSender, JoinError> {
+    ) -> Result<(), JoinError> {
         for _ in 0..3 {
-            let (tx, pending) = self.entry_for(room)?;
+            let (tx, pending, _) = self.entry_for(room, false)?;
             match tx.send(command).await {
-                Ok(()) => return Ok(tx),
+                Ok(()) => return Ok(()),
                 Err(mpsc::error::SendError(returned)) => {
                     pending.fetch_sub(1, Ordering::AcqRel);
                     command = returned;
@@ -144,62 +204,83 @@ impl RoomRegistry {
     }
 
     /// Updates `room` holds that are not committed yet (0 when it is not loaded).
-    pub fn unsaved_updates(&self, room: &str) -> u64 {
+    pub(crate) fn unsaved_updates(&self, room: &str) -> u64 {
         let rooms = self.rooms.lock().expect("registry lock is never poisoned");
         rooms
             .get(room)
             .map_or(0, |e| e.status.unsaved_updates.load(Ordering::Relaxed))
     }
 
-    /// Finds or starts the room and counts a pending join, under the lock.
+    /// Finds or starts the room, counts a pending command and, for a connection, takes a
+    /// membership; all under the lock, where the room and connection limits are enforced.
+    #[allow(clippy::type_complexity)]
     fn entry_for(
         self: &Arc<Self>,
         room: &str,
-    ) -> Result<(RoomSender, Arc<AtomicUsize>), JoinError> {
+        member: bool,
+    ) -> Result<(RoomSender, Arc<AtomicUsize>, Option<Membership>), JoinError> {
         let mut rooms = self.rooms.lock().expect("registry lock is never poisoned");
-        if let Some(entry) = rooms.get(room) {
-            entry.pending_joins.fetch_add(1, Ordering::AcqRel);
-            return Ok((entry.tx.clone(), entry.pending_joins.clone()));
-        }
-        if rooms.len() >= self.max_rooms {
-            return Err(JoinError::TooManyRooms);
-        }
-        let name: Arc<str> = room.into();
+        let entry = match rooms.get(room) {
+            Some(entry) => entry,
+            None => {
+                if rooms.len() >= self.max_rooms {
+                    return Err(JoinError::TooManyRooms);
+                }
+                let name: Arc<str> = room.into();
+                let entry = self.start(name.clone());
+                rooms.entry(name).or_insert(entry)
+            }
+        };
+        let membership = if member {
+            if entry.members.load(Ordering::Acquire) >= self.max_room_connections {
+                return Err(JoinError::RoomFull);
+            }
+            entry.members.fetch_add(1, Ordering::AcqRel);
+            Some(Membership {
+                members: entry.members.clone(),
+            })
+        } else {
+            None
+        };
+        entry.pending.fetch_add(1, Ordering::AcqRel);
+        Ok((entry.tx.clone(), entry.pending.clone(), membership))
+    }
+
+    /// Starts a room's task (called under the lock).
+    fn start(self: &Arc<Self>, name: Arc<str>) -> RoomEntry {
         let (tx, rx) = mpsc::channel(self.queue_len);
-        let id = self.next_entry.fetch_add(1, Ordering::Relaxed);
-        let pending_joins = Arc::new(AtomicUsize::new(1));
-        let status = Arc::new(RoomStatus::default());
-        rooms.insert(
-            name.clone(),
-            RoomEntry {
-                id,
-                tx: tx.clone(),
-                pending_joins: pending_joins.clone(),
-                status: status.clone(),
-            },
+        let entry = RoomEntry {
+            id: self.next_entry.fetch_add(1, Ordering::Relaxed),
+            tx,
+            pending: Arc::new(AtomicUsize::new(0)),
+            members: Arc::new(AtomicUsize::new(0)),
+            status: Arc::new(RoomStatus::default()),
+        };
+        let span = tracing::info_span!("room", room = %name);
+        self.tasks.spawn(
+            run_entry(
+                self.clone(),
+                name,
+                entry.id,
+                rx,
+                entry.pending.clone(),
+                entry.status.clone(),
+            )
+            .instrument(span),
         );
-        self.tasks.spawn(run_room(
-            name,
-            rx,
-            self.ctx.clone(),
-            self.clone(),
-            id,
-            pending_joins.clone(),
-            status,
-        ));
-        Ok((tx, pending_joins))
+        entry
     }
 
     /// Whether a request for `room` can be served without going over `--max-rooms`: the room is
     /// loaded, or there is room for one more. A quick check before a WebSocket upgrade; the
     /// registry enforces the limit again when it creates the room.
-    pub fn admits(&self, room: &str) -> bool {
+    pub(crate) fn admits(&self, room: &str) -> bool {
         let rooms = self.rooms.lock().expect("registry lock is never poisoned");
         rooms.contains_key(room) || rooms.len() < self.max_rooms
     }
 
-    /// Removes the room's entry if no join is on its way. Called by the room itself.
-    pub(crate) fn remove_if_idle(&self, room: &str, entry_id: u64, pending: &AtomicUsize) -> bool {
+    /// Removes the room's entry if no command is on its way to it.
+    fn remove_if_idle(&self, room: &str, entry_id: u64, pending: &AtomicUsize) -> bool {
         let mut rooms = self.rooms.lock().expect("registry lock is never poisoned");
         if pending.load(Ordering::Acquire) != 0 {
             return false;
@@ -210,8 +291,8 @@ impl RoomRegistry {
         true
     }
 
-    /// Removes the room's entry unconditionally (after a failed load).
-    pub(crate) fn remove(&self, room: &str, entry_id: u64) {
+    /// Removes the room's entry unconditionally (after a failed load, or a panic).
+    fn remove(&self, room: &str, entry_id: u64) {
         let mut rooms = self.rooms.lock().expect("registry lock is never poisoned");
         if rooms.get(room).is_some_and(|e| e.id == entry_id) {
             rooms.remove(room);
@@ -219,7 +300,7 @@ impl RoomRegistry {
     }
 
     /// Rooms still loaded, with how much each holds uncommitted.
-    pub fn loaded(&self) -> Vec<LoadedRoom> {
+    pub(crate) fn loaded(&self) -> Vec<LoadedRoom> {
         let rooms = self.rooms.lock().expect("registry lock is never poisoned");
         rooms
             .iter()
@@ -228,5 +309,76 @@ impl RoomRegistry {
                 unsaved_updates: entry.status.unsaved_updates.load(Ordering::Relaxed),
             })
             .collect()
+    }
+}
+
+/// A room's entry, from loading to unloading: serves the room until it is idle, then takes it
+/// out of the registry unless a command is on its way (then it serves on).
+async fn run_entry(
+    registry: Arc<RoomRegistry>,
+    name: Arc<str>,
+    entry_id: u64,
+    mut rx: mpsc::Receiver<RoomCommand>,
+    pending: Arc<AtomicUsize>,
+    status: Arc<RoomStatus>,
+) {
+    let mut room = match Room::load(name.clone(), registry.ctx.clone(), status).await {
+        Ok(room) => room,
+        Err(()) => {
+            refuse_all(&registry, &name, entry_id, rx).await;
+            return;
+        }
+    };
+    // If anything in the room panics, its task ends: take it out of the registry, so the next
+    // connection loads the document again instead of finding a dead queue forever.
+    let mut unregister = UnregisterOnPanic {
+        registry: &registry,
+        name: &name,
+        entry_id,
+        armed: true,
+    };
+    while let Exit::Idle = room.serve(&mut rx, &pending).await {
+        if registry.remove_if_idle(&name, entry_id, &pending) {
+            rx.close();
+            break;
+        }
+        // A command is on its way; it will arrive through the queue.
+        room.stay();
+    }
+    unregister.armed = false;
+    room.unloaded();
+}
+
+/// Removes a room's registry entry when its task unwinds from a panic.
+struct UnregisterOnPanic<'a> {
+    registry: &'a RoomRegistry,
+    name: &'a str,
+    entry_id: u64,
+    armed: bool,
+}
+
+impl Drop for UnregisterOnPanic<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            tracing::error!(room = %self.name, "the room's task panicked; the next request loads it again");
+            self.registry.remove(self.name, self.entry_id);
+        }
+    }
+}
+
+/// After a failed load: leave the registry, then close every connection that tried to join.
+async fn refuse_all(
+    registry: &RoomRegistry,
+    name: &str,
+    entry_id: u64,
+    mut rx: mpsc::Receiver<RoomCommand>,
+) {
+    registry.remove(name, entry_id);
+    rx.close();
+    while let Some(command) = rx.recv().await {
+        if let RoomCommand::Join { handle, .. } = command {
+            // Counted in the metrics by the connection when it ends.
+            handle.close(CloseReason::Internal);
+        }
     }
 }

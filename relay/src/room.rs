@@ -22,7 +22,6 @@ use crdt::store::{Store, StoredRoom};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use tracing::Instrument;
 
 use self::core::{ApiUpdateError, CoreSettings, Effect, RoomCore};
 use self::inbound::Inbound;
@@ -31,7 +30,6 @@ use crate::auth::Access;
 use crate::close::CloseReason;
 use crate::outbound::{ConnHandle, Delivery};
 use crate::persist::{CommitState, PersistJob, PersistMsg, PersistSender};
-use crate::registry::RoomRegistry;
 use crate::telemetry::Metrics;
 use crate::webhook::{ChangeFlag, Webhooks};
 
@@ -141,8 +139,6 @@ pub(crate) struct RoomContext {
 pub(crate) struct RoomStatus {
     /// Changes applied but not yet committed.
     pub(crate) unsaved_updates: AtomicU64,
-    /// Connections joined now.
-    pub(crate) connections: AtomicUsize,
 }
 
 /// An API request waiting for its answer.
@@ -152,7 +148,7 @@ enum Waiting {
 }
 
 /// The room task's side of things: the core, and the I/O handles it needs to carry out effects.
-struct Room {
+pub(crate) struct Room {
     name: Arc<str>,
     ctx: Arc<RoomContext>,
     core: RoomCore,
@@ -277,9 +273,6 @@ impl Room {
             self.effects = effects;
         }
         self.status
-            .connections
-            .store(self.core.member_count(), Ordering::Relaxed);
-        self.status
             .unsaved_updates
             .store(self.core.uncommitted(), Ordering::Relaxed);
         if self.core.member_count() == 0 {
@@ -388,35 +381,38 @@ impl Room {
     }
 }
 
-/// Runs a room until it unloads: loads it, serves its commands and commit notifications, and
-/// unloads it once it has been empty for the idle delay with everything committed.
-pub(crate) async fn run_room(
-    name: Arc<str>,
-    mut rx: mpsc::Receiver<RoomCommand>,
-    ctx: Arc<RoomContext>,
-    registry: Arc<RoomRegistry>,
-    entry_id: u64,
-    pending_joins: Arc<AtomicUsize>,
-    status: Arc<RoomStatus>,
-) {
-    let span = tracing::info_span!("room", room = %name);
-    async move {
+/// Why [`Room::serve`] returned.
+pub(crate) enum Exit {
+    /// The room has been idle (no connections, everything committed) for the idle delay, or the
+    /// relay is shutting down: it may unload, unless a command is on its way.
+    Idle,
+    /// Its queue is closed: nothing more can arrive.
+    QueueClosed,
+}
+
+impl Room {
+    /// Loads a room's document from the store.
+    ///
+    /// # Errors
+    /// When the store cannot load it (logged and counted here).
+    pub(crate) async fn load(
+        name: Arc<str>,
+        ctx: Arc<RoomContext>,
+        status: Arc<RoomStatus>,
+    ) -> Result<Room, ()> {
         let store = ctx.store.clone();
         let load_name = name.clone();
-        let loaded = tokio::task::spawn_blocking(move || store.load(&load_name)).await;
-        let stored = match loaded {
+        let stored = match tokio::task::spawn_blocking(move || store.load(&load_name)).await {
             Ok(Ok(stored)) => stored,
             Ok(Err(error)) => {
                 tracing::error!(%error, "cannot load the room; refusing its connections");
                 ctx.metrics.error("room_load_failed");
-                refuse_all(&registry, &name, entry_id, rx).await;
-                return;
+                return Err(());
             }
             Err(error) => {
                 tracing::error!(%error, "room loading panicked; refusing its connections");
                 ctx.metrics.error("room_load_failed");
-                refuse_all(&registry, &name, entry_id, rx).await;
-                return;
+                return Err(());
             }
         };
         tracing::info!(
@@ -426,77 +422,57 @@ pub(crate) async fn run_room(
             "room loaded"
         );
         ctx.metrics.rooms_loaded.inc();
-        let mut room = Room::new(name.clone(), ctx.clone(), stored, status);
-        // If anything in the room panics, its task ends: take it out of the registry, so the next
-        // connection loads the document again instead of finding a dead queue forever.
-        let mut unregister = UnregisterOnPanic {
-            registry: &registry,
-            name: &name,
-            entry_id,
-            armed: true,
-        };
+        Ok(Room::new(name, ctx, stored, status))
+    }
+
+    /// Serves the room's commands, commit reports and timers until it is idle. `pending` counts
+    /// the commands the registry let in that the room has not taken yet.
+    pub(crate) async fn serve(
+        &mut self,
+        rx: &mut mpsc::Receiver<RoomCommand>,
+        pending: &AtomicUsize,
+    ) -> Exit {
         loop {
-            let unload_at = room.unload_deadline();
-            let sweep_at = room.core.next_sweep().map(Instant::from_std);
+            let unload_at = self.unload_deadline();
+            let sweep_at = self.core.next_sweep().map(Instant::from_std);
             tokio::select! {
                 command = rx.recv() => {
-                    let Some(command) = command else { break };
+                    let Some(command) = command else { return Exit::QueueClosed };
                     if command.was_counted() {
-                        pending_joins.fetch_sub(1, Ordering::AcqRel);
+                        pending.fetch_sub(1, Ordering::AcqRel);
                     }
-                    room.handle(command);
+                    self.handle(command);
                 }
-                changed = room.commits.changed() => {
+                changed = self.commits.changed() => {
                     if changed.is_ok() {
-                        let state = room.commits.borrow_and_update().clone();
-                        room.core.commit_progress(
-                            state.committed_seq,
-                            state.failure,
-                        );
+                        let state = self.commits.borrow_and_update().clone();
+                        self.core.commit_progress(state.committed_seq, state.failure);
                     }
                 }
                 () = sleep_until_opt(sweep_at), if sweep_at.is_some() => {
-                    room.core.sweep_awareness(Instant::now().into_std());
+                    self.core.sweep_awareness(Instant::now().into_std());
                 }
-                () = sleep_until_opt(unload_at), if unload_at.is_some() => {
-                    if registry.remove_if_idle(&name, entry_id, &pending_joins) {
-                        rx.close();
-                        break;
-                    }
-                    // A join is on its way; it will arrive through the queue.
-                    room.empty_since = Some(Instant::now());
-                }
-                () = ctx.shutdown.cancelled(), if !ctx.shutdown.is_cancelled() => {}
+                () = sleep_until_opt(unload_at), if unload_at.is_some() => return Exit::Idle,
+                () = self.ctx.shutdown.cancelled(), if !self.ctx.shutdown.is_cancelled() => {}
             }
-            room.execute().await;
-            if room.delivery.take_lagging() {
+            self.execute().await;
+            if self.delivery.take_lagging() {
                 // Some writer has a backlog: let it run before producing more, so scheduling
                 // delays are not mistaken for a slow client.
                 tokio::task::yield_now().await;
             }
         }
-        unregister.armed = false;
-        ctx.metrics.rooms_loaded.dec();
-        tracing::info!("room unloaded");
     }
-    .instrument(span)
-    .await
-}
 
-/// Removes a room's registry entry when its task unwinds from a panic.
-struct UnregisterOnPanic<'a> {
-    registry: &'a RoomRegistry,
-    name: &'a str,
-    entry_id: u64,
-    armed: bool,
-}
+    /// The room did not unload after all (a command is on its way): the idle delay starts over.
+    pub(crate) fn stay(&mut self) {
+        self.empty_since = Some(Instant::now());
+    }
 
-impl Drop for UnregisterOnPanic<'_> {
-    fn drop(&mut self) {
-        if self.armed {
-            tracing::error!(room = %self.name, "the room's task panicked; the next request loads it again");
-            self.registry.remove(self.name, self.entry_id);
-        }
+    /// The room is out of the registry and its queue is closed.
+    pub(crate) fn unloaded(self) {
+        self.ctx.metrics.rooms_loaded.dec();
+        tracing::info!("room unloaded");
     }
 }
 
@@ -504,22 +480,5 @@ async fn sleep_until_opt(deadline: Option<Instant>) {
     match deadline {
         Some(deadline) => tokio::time::sleep_until(deadline).await,
         None => std::future::pending().await,
-    }
-}
-
-/// After a failed load: leave the registry, then close every connection that tried to join.
-async fn refuse_all(
-    registry: &RoomRegistry,
-    name: &str,
-    entry_id: u64,
-    mut rx: mpsc::Receiver<RoomCommand>,
-) {
-    registry.remove(name, entry_id);
-    rx.close();
-    while let Some(command) = rx.recv().await {
-        if let RoomCommand::Join { handle, .. } = command {
-            // Counted in the metrics by the connection when it ends.
-            handle.close(CloseReason::Internal);
-        }
     }
 }

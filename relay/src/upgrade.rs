@@ -24,7 +24,6 @@ use warp::reply::Response;
 use crate::admission::{Admitted, JoinRequest, admit};
 use crate::auth::Grant;
 use crate::connection::{self, ConnectionSettings, Outbox};
-use crate::registry::JoinError;
 use crate::room::ConnId;
 use crate::routes::{AppState, text};
 use crate::server::{LocalAddr, PeerAddr};
@@ -224,7 +223,7 @@ async fn run_socket<S>(
         .join(&room, conn, grant.access, outbox.handle())
         .await
     {
-        Ok(room_tx) => {
+        Ok(joined) => {
             tracing::info!(access = grant.access.as_str(), "connected");
             let settings = ConnectionSettings {
                 keepalive: state.config.keepalive(),
@@ -235,7 +234,7 @@ async fn run_socket<S>(
             let ended = connection::serve(
                 socket,
                 conn,
-                room_tx,
+                joined.room,
                 outbox,
                 settings,
                 state.shutdown.clone(),
@@ -246,13 +245,10 @@ async fn run_socket<S>(
         }
         Err(error) => {
             tracing::warn!(%error, "cannot join the room");
-            let (code, reason) = match error {
-                JoinError::TooManyRooms => (1013, "too many documents are open"),
-                JoinError::Unavailable(_) => (1011, "room unavailable"),
-            };
+            let reason = error.close_reason();
             let frame = CloseFrame {
-                code: code.into(),
-                reason: reason.into(),
+                code: reason.code().into(),
+                reason: reason.as_str().into(),
             };
             let _ = socket.send(Message::Close(Some(frame))).await;
             metrics.disconnect("room_unavailable");

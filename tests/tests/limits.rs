@@ -197,3 +197,43 @@ async fn max_doc_bytes_closes_with_1009_and_the_api_answers_413() {
     relay.stop().await;
     assert_eq!(relay.stored_text("doc"), expected);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_join_storm_cannot_pass_max_room_connections() {
+    // Many clients arrive at once: the check before the upgrade sees the room below its limit
+    // for all of them, so the limit must hold where they join (it did not: every one joined).
+    const LIMIT: usize = 3;
+    const STORM: usize = 24;
+    let relay = TestRelay::start_with(|c| c.max_room_connections = LIMIT).await;
+    let url = relay.ws_url("storm");
+    let attempts: Vec<_> = (0..STORM)
+        .map(|_| {
+            let url = url.clone();
+            tokio::spawn(async move {
+                // Refused before the upgrade (503): not joined.
+                let mut client = Client::try_connect(&url, None).await.ok()?;
+                // Joined clients are greeted with sync step 1 (and stay connected, holding
+                // their place); the others are closed with 1013.
+                match client.next_event().await {
+                    Event::Frame(_) => Some(client),
+                    Event::Close(code) => {
+                        assert_eq!(code, Some(1013), "refused after the upgrade");
+                        None
+                    }
+                    other => panic!("unexpected {other:?}"),
+                }
+            })
+        })
+        .collect();
+    let mut joined = Vec::new();
+    for attempt in attempts {
+        if let Some(client) = attempt.await.expect("the attempt") {
+            joined.push(client);
+        }
+    }
+    assert!(
+        !joined.is_empty() && joined.len() <= LIMIT,
+        "{} of {STORM} clients joined a room limited to {LIMIT}",
+        joined.len()
+    );
+}
