@@ -13,9 +13,11 @@ use http::header::ORIGIN;
 use http::{HeaderMap, StatusCode};
 use warp::reply::Response;
 
-use crate::auth::{Access, AuthError, Grant, authorize};
+use crate::auth::{Access, AuthError, Grant, Keys, authorize};
 use crate::config::Config;
-use crate::routes::AppState;
+use crate::origin::OriginPolicy;
+use crate::registry::RoomRegistry;
+use crate::telemetry::Metrics;
 
 /// What a transport knows about a request to join a room.
 pub struct JoinRequest<'a> {
@@ -86,7 +88,116 @@ impl Refusal {
 
     /// The answer: the status and a JSON body `{"error": reason}`.
     pub fn response(&self) -> Response {
-        crate::api::error(self.status(), &self.to_string())
+        crate::edge::error(self.status(), &self.to_string())
+    }
+}
+
+/// The rules and counts that decide who may open a room connection: the one owner of the
+/// connection slots.
+pub(crate) struct Admission {
+    origins: OriginPolicy,
+    keys: Option<Arc<Keys>>,
+    clients: Arc<ClientCounts>,
+    /// Connections open, against `--max-connections`.
+    open: Arc<AtomicUsize>,
+    config: Arc<Config>,
+    metrics: Arc<Metrics>,
+}
+
+impl Admission {
+    /// Admission with these rules.
+    pub(crate) fn new(
+        origins: OriginPolicy,
+        keys: Option<Arc<Keys>>,
+        config: Arc<Config>,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        Admission {
+            origins,
+            keys,
+            clients: Arc::new(ClientCounts::default()),
+            open: Arc::new(AtomicUsize::new(0)),
+            config,
+            metrics,
+        }
+    }
+
+    /// Which web pages may use the relay.
+    pub(crate) fn origins(&self) -> &OriginPolicy {
+        &self.origins
+    }
+
+    /// The token keys; `None` runs the relay open.
+    pub(crate) fn keys(&self) -> Option<&Keys> {
+        self.keys.as_deref()
+    }
+
+    /// Checks everything a room connection needs before it is opened, and takes its slots.
+    /// Counts and logs a refusal.
+    ///
+    /// # Errors
+    /// The first [`Refusal`] that applies.
+    pub(crate) fn admit(
+        &self,
+        registry: &RoomRegistry,
+        request: &JoinRequest<'_>,
+    ) -> Result<Admitted, Refusal> {
+        let result = self.check(registry, request);
+        if let Err(refusal) = &result {
+            self.metrics.error(refusal.metric());
+            match refusal {
+                Refusal::Auth(error) => {
+                    tracing::info!(room = %request.room, %error, "refused a connection");
+                }
+                other => {
+                    tracing::warn!(room = %request.room, reason = %other, "refused a connection");
+                }
+            }
+        }
+        result
+    }
+
+    fn check(
+        &self,
+        registry: &RoomRegistry,
+        request: &JoinRequest<'_>,
+    ) -> Result<Admitted, Refusal> {
+        let origin = self
+            .origins
+            .check(request.headers.get(ORIGIN), request.local);
+        if !origin.is_allowed() {
+            return Err(Refusal::Origin);
+        }
+        let grant = authorize(self.keys(), request.token, Some(request.room), Access::Read)?;
+        // Quick checks for a clear HTTP answer; the registry enforces both again, under its
+        // lock, when the connection joins.
+        if !registry.admits(request.room) {
+            return Err(Refusal::TooManyRooms);
+        }
+        if registry.connections(request.room) >= self.config.max_room_connections {
+            return Err(Refusal::RoomFull);
+        }
+        // The client's own limit first: a client over it must not take a relay-wide slot
+        // meanwhile.
+        let client = match client_limit(
+            &self.clients,
+            &self.config,
+            self.keys.is_some(),
+            request.token,
+            request.peer,
+        ) {
+            Some((key, limit, refusal)) => Some(self.clients.reserve(key, limit).ok_or(refusal)?),
+            None => None,
+        };
+        let global = reserve_slot(&self.open, self.config.max_connections)
+            .ok_or(Refusal::TooManyConnections)?;
+        Ok(Admitted {
+            grant,
+            slot: ConnectionSlot {
+                _global: global,
+                _client: client,
+            },
+        })
     }
 }
 
@@ -96,66 +207,6 @@ pub struct Admitted {
     pub grant: Grant,
     /// The connection's slots; hold it as long as the connection lives.
     pub slot: ConnectionSlot,
-}
-
-/// Checks everything a room connection needs before it is opened, and takes its slots.
-/// Counts and logs a refusal.
-///
-/// # Errors
-/// The first [`Refusal`] that applies.
-pub fn admit(state: &AppState, request: &JoinRequest<'_>) -> Result<Admitted, Refusal> {
-    let result = check(state, request);
-    if let Err(refusal) = &result {
-        state.metrics.error(refusal.metric());
-        match refusal {
-            Refusal::Auth(error) => {
-                tracing::info!(room = %request.room, %error, "refused a connection");
-            }
-            other => tracing::warn!(room = %request.room, reason = %other, "refused a connection"),
-        }
-    }
-    result
-}
-
-fn check(state: &AppState, request: &JoinRequest<'_>) -> Result<Admitted, Refusal> {
-    let origin = state
-        .origins
-        .check(request.headers.get(ORIGIN), request.local);
-    if !origin.is_allowed() {
-        return Err(Refusal::Origin);
-    }
-    let grant = authorize(
-        state.keys.as_deref(),
-        request.token,
-        Some(request.room),
-        Access::Read,
-    )?;
-    if !state.registry.admits(request.room) {
-        return Err(Refusal::TooManyRooms);
-    }
-    if state.registry.connections(request.room) >= state.config.max_room_connections {
-        return Err(Refusal::RoomFull);
-    }
-    // The client's own limit first: a client over it must not take a relay-wide slot meanwhile.
-    let client = match client_limit(
-        &state.clients,
-        &state.config,
-        state.keys.is_some(),
-        request.token,
-        request.peer,
-    ) {
-        Some((key, limit, refusal)) => Some(state.clients.reserve(key, limit).ok_or(refusal)?),
-        None => None,
-    };
-    let global = reserve_socket(&state.open_sockets, state.config.max_connections)
-        .ok_or(Refusal::TooManyConnections)?;
-    Ok(Admitted {
-        grant,
-        slot: ConnectionSlot {
-            _global: global,
-            _client: client,
-        },
-    })
 }
 
 /// Whom a connection counts against, with that client's limit and the refusal past it: its token
@@ -186,21 +237,21 @@ fn client_limit(
 
 /// The slots of one connection: one of `--max-connections`, and one of its client's.
 pub struct ConnectionSlot {
-    _global: SocketSlot,
+    _global: GlobalSlot,
     _client: Option<ClientSlot>,
 }
 
 /// A slot of `--max-connections`, given back when dropped.
-pub(crate) struct SocketSlot(Arc<AtomicUsize>);
+struct GlobalSlot(Arc<AtomicUsize>);
 
-impl Drop for SocketSlot {
+impl Drop for GlobalSlot {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
 /// Takes a slot of `--max-connections`, or `None` at the limit.
-pub(crate) fn reserve_socket(open: &Arc<AtomicUsize>, limit: usize) -> Option<SocketSlot> {
+fn reserve_slot(open: &Arc<AtomicUsize>, limit: usize) -> Option<GlobalSlot> {
     let mut current = open.load(Ordering::Relaxed);
     loop {
         if current >= limit {
@@ -208,7 +259,7 @@ pub(crate) fn reserve_socket(open: &Arc<AtomicUsize>, limit: usize) -> Option<So
         }
         match open.compare_exchange_weak(current, current + 1, Ordering::AcqRel, Ordering::Relaxed)
         {
-            Ok(_) => return Some(SocketSlot(open.clone())),
+            Ok(_) => return Some(GlobalSlot(open.clone())),
             Err(actual) => current = actual,
         }
     }

@@ -30,10 +30,10 @@ use warp::reply::{Reply, Response};
 
 use crate::auth::{Access, AuthError, Claims, Grant, authorize, now_secs};
 use crate::body::PendingBody;
+use crate::edge::{error, request_token, room_name};
 use crate::room::RoomCommand;
 use crate::room::core::ApiUpdateError;
-use crate::routes::AppState;
-use crate::upgrade::{request_token, room_name};
+use crate::state::AppState;
 
 /// Most documents one page lists.
 pub const MAX_PAGE: usize = 500;
@@ -114,17 +114,6 @@ pub struct TokenResponse {
     pub expires_at: u64,
 }
 
-#[derive(Debug, Serialize)]
-struct ErrorBody<'a> {
-    error: &'a str,
-}
-
-/// A JSON error response.
-pub fn error(status: StatusCode, message: &str) -> Response {
-    warp::reply::with_status(warp::reply::json(&ErrorBody { error: message }), status)
-        .into_response()
-}
-
 /// Every route of the document API.
 pub fn routes(
     state: Arc<AppState>,
@@ -191,8 +180,13 @@ fn admin(
     let token = token
         .map(str::to_owned)
         .or_else(|| request_token(None, headers));
-    authorize(state.keys.as_deref(), token.as_deref(), room, Access::Admin)
-        .map_err(|e| refused(state, &e))
+    authorize(
+        state.admission.keys(),
+        token.as_deref(),
+        room,
+        Access::Admin,
+    )
+    .map_err(|e| refused(state, &e))
 }
 
 /// The answer to a request whose token does not allow it, counted.
@@ -206,7 +200,7 @@ fn doc_path(tail: &Tail) -> Result<(String, Option<&str>), Response> {
     let mut parts = tail.as_str().splitn(2, '/');
     let raw = parts.next().unwrap_or_default();
     let action = parts.next();
-    let name = room_name(raw).map_err(|m| error(StatusCode::BAD_REQUEST, m.trim_end()))?;
+    let name = room_name(raw).map_err(|m| error(StatusCode::BAD_REQUEST, m))?;
     Ok((name, action))
 }
 
@@ -440,7 +434,7 @@ pub async fn mint_token(
     state: Arc<AppState>,
 ) -> Response {
     unwrap(async {
-        let Some(keys) = state.keys.as_deref() else {
+        let Some(keys) = state.admission.keys() else {
             return Err(error(
                 StatusCode::BAD_REQUEST,
                 "this relay runs without --secret: it has no key to sign tokens, and needs none",
@@ -473,7 +467,7 @@ pub async fn mint_token(
             return Err(error(StatusCode::BAD_REQUEST, "give doc or doc_prefix, not both"));
         }
         if let Some(doc) = &request.doc {
-            room_name(doc).map_err(|m| error(StatusCode::BAD_REQUEST, m.trim_end()))?;
+            room_name(doc).map_err(|m| error(StatusCode::BAD_REQUEST, m))?;
         }
         // The caller's admin token must cover everything the new token would: a single document
         // it covers, or (for a prefix or every document) it must cover every document.

@@ -19,7 +19,7 @@ use serde::de::DeserializeOwned;
 use warp::Filter;
 use warp::reply::Response;
 
-use crate::api::error;
+use crate::edge::error;
 use crate::telemetry::Metrics;
 
 type BodyStream = Pin<Box<dyn Stream<Item = Result<Bytes, warp::Error>> + Send>>;

@@ -14,7 +14,7 @@ use crdt::store::{RoomInfo, Store, StoreOptions, Write};
 
 use crate::auth::{Access, Claims, KeyError, Keys, now_secs};
 use crate::config::STORE_FILE;
-use crate::upgrade::room_name;
+use crate::edge::room_name;
 
 /// Why a command failed, with what the user should do.
 #[derive(Debug, thiserror::Error)]
@@ -137,7 +137,7 @@ pub fn export(store: &Store, name: &str, json: bool) -> Result<Vec<u8>, CliError
 /// [`CliError::Invalid`] for a bad name or an update that does not decode (nothing is written),
 /// or when the store fails.
 pub fn import(store: &Store, name: &str, update: Vec<u8>) -> Result<bool, CliError> {
-    room_name(name).map_err(|m| CliError::Invalid(m.trim_end().to_owned()))?;
+    room_name(name).map_err(|m| CliError::Invalid(m.to_owned()))?;
     let mut stored = store.load(name).map_err(store_err)?;
     let applied = stored
         .doc

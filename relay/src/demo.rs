@@ -19,11 +19,11 @@ use serde::{Deserialize, Serialize};
 use warp::Filter;
 use warp::reply::{Reply, Response};
 
-use crate::api::{DocList, DocSummary, error};
+use crate::api::{DocList, DocSummary};
 use crate::auth::{Access, Claims, now_secs};
 use crate::body::PendingBody;
-use crate::routes::AppState;
-use crate::upgrade::room_name;
+use crate::edge::{error, room_name};
+use crate::state::AppState;
 
 /// Demo documents under this prefix get read-only tokens.
 pub const READ_ONLY_PREFIX: &str = "docs/read-only/";
@@ -75,7 +75,7 @@ pub struct DemoListQuery {
 }
 
 fn mode(state: &AppState) -> &'static str {
-    match (&state.keys, state.config.demo_sign_on) {
+    match (state.admission.keys(), state.config.demo_sign_on) {
         (None, _) => "open",
         (Some(_), true) => "demo",
         (Some(_), false) => "token",
@@ -112,7 +112,7 @@ pub fn routes(
 }
 
 async fn demo_token(body: PendingBody, state: Arc<AppState>) -> Response {
-    let (Some(keys), true) = (state.keys.as_deref(), state.config.demo_sign_on) else {
+    let (Some(keys), true) = (state.admission.keys(), state.config.demo_sign_on) else {
         return error(
             StatusCode::NOT_FOUND,
             "the demo sign-on is off (relay serve --demo-sign-on)",

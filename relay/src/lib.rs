@@ -39,19 +39,21 @@ pub(crate) mod body;
 pub mod cli;
 pub(crate) mod close;
 pub mod config;
-pub(crate) mod connection;
 pub(crate) mod demo;
+pub(crate) mod edge;
 pub(crate) mod origin;
 pub(crate) mod outbound;
 pub(crate) mod persist;
-pub(crate) mod poll;
+pub(crate) mod polling;
 pub(crate) mod registry;
 pub(crate) mod room;
 pub(crate) mod routes;
 pub(crate) mod server;
+pub(crate) mod session;
+pub(crate) mod state;
 pub mod telemetry;
-pub(crate) mod upgrade;
 pub mod webhook;
+pub(crate) mod websocket;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -62,14 +64,15 @@ use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::admission::Admission;
 use crate::config::Config;
 use crate::origin::OriginPolicy;
 use crate::persist::PersistMsg;
 use crate::registry::{LoadedRoom, RegistryLimits, RoomRegistry};
 use crate::room::core::CoreSettings;
 use crate::room::{RoomContext, RoomSettings};
-use crate::routes::AppState;
 use crate::server::ServerLimits;
+use crate::state::AppState;
 use crate::telemetry::Metrics;
 
 /// Why the relay could not start or could not shut down cleanly.
@@ -251,13 +254,13 @@ pub async fn run_with_ready(
         max_http_connections: config.max_http_connections,
         metrics: metrics.clone(),
     };
+    let admission = Admission::new(origins, keys, config.clone(), metrics.clone());
     let state = AppState::new(
         config,
         registry.clone(),
+        admission,
         metrics,
         shutdown.clone(),
-        keys,
-        origins,
     );
     let http_tasks = TaskTracker::new();
 
@@ -276,10 +279,10 @@ pub async fn run_with_ready(
     tracing::info!("shutting down: closing connections and committing");
     let deadline = tokio::time::Instant::now() + drain_timeout;
     http_tasks.close();
-    state.sockets.close();
+    state.connections.close();
     registry.tasks().close();
     let drained = tokio::time::timeout_at(deadline, async {
-        state.sockets.wait().await;
+        state.connections.wait().await;
         registry.tasks().wait().await;
     })
     .await;

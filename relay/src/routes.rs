@@ -1,7 +1,7 @@
 //! The routes of the relay and the state they share.
 //!
 //! `GET /<room>` with `Upgrade: websocket` joins the room named by the percent-decoded path, as
-//! the stock y-websocket provider expects (see [`crate::upgrade`]). Every other request goes to
+//! the stock y-websocket provider expects (see [`crate::websocket`]). Every other request goes to
 //! the plain HTTP routes, so a room may have any name, `healthz` included.
 //!
 //! Requests to `/api/...` and `/poll/...` from web pages pass an origin gate first (see
@@ -11,7 +11,6 @@
 
 use std::convert::Infallible;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use http::header::{
     ACCESS_CONTROL_ALLOW_HEADERS, ACCESS_CONTROL_ALLOW_METHODS, ACCESS_CONTROL_ALLOW_ORIGIN,
@@ -19,79 +18,19 @@ use http::header::{
 };
 use http::{HeaderMap, HeaderValue, Method, StatusCode};
 use hyper::upgrade::OnUpgrade;
-use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 use warp::Filter;
 use warp::path::FullPath;
 use warp::reply::{Reply, Response};
 
-use crate::admission::{ClientCounts, Refusal};
-use crate::auth::Keys;
-use crate::config::Config;
-use crate::origin::{OriginCheck, OriginPolicy};
-use crate::registry::RoomRegistry;
-use crate::room::ConnId;
+use crate::admission::Refusal;
+use crate::edge::{error, text};
+use crate::origin::OriginCheck;
 use crate::server::{LocalAddr, PeerAddr};
-use crate::telemetry::Metrics;
-use crate::upgrade::{UpgradeRequest, upgrade};
-
-/// Everything the routes need.
-pub struct AppState {
-    /// The configuration.
-    pub config: Arc<Config>,
-    /// The loaded rooms.
-    pub registry: Arc<RoomRegistry>,
-    /// Metrics.
-    pub metrics: Arc<Metrics>,
-    /// Cancelled at shutdown.
-    pub shutdown: CancellationToken,
-    /// Upgraded sockets, which hyper no longer tracks: shutdown waits on these.
-    pub sockets: TaskTracker,
-    /// The token keys; `None` runs the relay open.
-    pub keys: Option<Arc<Keys>>,
-    /// Long-polling sessions.
-    pub poll: crate::poll::PollSessions,
-    /// Which web pages may use the relay.
-    pub origins: OriginPolicy,
-    /// Connections open per token (or per address on an open relay).
-    pub clients: Arc<ClientCounts>,
-    next_conn: AtomicU64,
-    pub(crate) open_sockets: Arc<AtomicUsize>,
-}
-
-impl AppState {
-    /// Shared state for the routes.
-    pub fn new(
-        config: Arc<Config>,
-        registry: Arc<RoomRegistry>,
-        metrics: Arc<Metrics>,
-        shutdown: CancellationToken,
-        keys: Option<Arc<Keys>>,
-        origins: OriginPolicy,
-    ) -> Arc<Self> {
-        Arc::new(AppState {
-            config,
-            registry,
-            metrics,
-            shutdown,
-            keys,
-            origins,
-            clients: Arc::new(ClientCounts::default()),
-            poll: crate::poll::PollSessions::default(),
-            sockets: TaskTracker::new(),
-            next_conn: AtomicU64::new(1),
-            open_sockets: Arc::new(AtomicUsize::new(0)),
-        })
-    }
-
-    /// A new connection id.
-    pub(crate) fn next_conn_id(&self) -> ConnId {
-        ConnId(self.next_conn.fetch_add(1, Ordering::Relaxed))
-    }
-}
+use crate::state::AppState;
+use crate::websocket::{UpgradeRequest, upgrade};
 
 /// All routes of the relay.
-pub fn routes(
+pub(crate) fn routes(
     state: Arc<AppState>,
 ) -> impl Filter<Extract = (Response,), Error = Infallible> + Clone + Send + Sync + 'static {
     let with_state = {
@@ -138,7 +77,7 @@ pub fn routes(
         });
     let api = crate::api::routes(state.clone());
     let demo = crate::demo::routes(state.clone());
-    let poll = crate::poll::routes(state.clone());
+    let poll = crate::polling::routes(state.clone());
     let assets = warp::get()
         .and(warp::path::full())
         .and(warp::header::headers_cloned())
@@ -183,24 +122,24 @@ pub fn routes(
             // Every route rejects with its own reason (a missing Upgrade header, a wrong method);
             // what the client needs to hear is that nothing is here, unless a query was bad.
             let response = if rejection.find::<warp::reject::InvalidQuery>().is_some() {
-                crate::api::error(StatusCode::BAD_REQUEST, "invalid query parameters")
+                error(StatusCode::BAD_REQUEST, "invalid query parameters")
             } else if rejection.find::<warp::reject::PayloadTooLarge>().is_some() {
-                crate::api::error(
+                error(
                     StatusCode::PAYLOAD_TOO_LARGE,
                     "the body is over the size limit",
                 )
             } else if rejection.find::<warp::reject::LengthRequired>().is_some() {
-                crate::api::error(StatusCode::LENGTH_REQUIRED, "a Content-Length is required")
+                error(StatusCode::LENGTH_REQUIRED, "a Content-Length is required")
             } else if rejection
                 .find::<warp::reject::UnsupportedMediaType>()
                 .is_some()
             {
-                crate::api::error(
+                error(
                     StatusCode::UNSUPPORTED_MEDIA_TYPE,
                     "send JSON with Content-Type: application/json",
                 )
             } else if let Some(e) = rejection.find::<warp::filters::body::BodyDeserializeError>() {
-                crate::api::error(StatusCode::BAD_REQUEST, &format!("invalid JSON body: {e}"))
+                error(StatusCode::BAD_REQUEST, &format!("invalid JSON body: {e}"))
             } else {
                 text(StatusCode::NOT_FOUND, "not found\n")
             };
@@ -214,7 +153,7 @@ pub fn routes(
                 allow_origin(response.headers_mut(), origin);
                 response.headers_mut().insert(
                     ACCESS_CONTROL_EXPOSE_HEADERS,
-                    HeaderValue::from_static(crate::poll::LAST_SEQ_HEADER),
+                    HeaderValue::from_static(crate::polling::LAST_SEQ_HEADER),
                 );
             }
             response
@@ -263,7 +202,10 @@ fn browser_access(
                     return BrowserAccess::Other;
                 }
                 match (
-                    state.origins.check(origin.as_ref(), local.map(|l| l.0)),
+                    state
+                        .admission
+                        .origins()
+                        .check(origin.as_ref(), local.map(|l| l.0)),
                     origin,
                 ) {
                     (OriginCheck::Refused, _) => BrowserAccess::Refused,
@@ -301,15 +243,5 @@ fn preflight(origin: HeaderValue) -> Response {
         HeaderValue::from_static("content-type, authorization"),
     );
     headers.insert(ACCESS_CONTROL_MAX_AGE, HeaderValue::from_static("600"));
-    response
-}
-
-/// A plain-text response.
-pub fn text(status: StatusCode, body: &'static str) -> Response {
-    let mut response = warp::reply::with_status(body, status).into_response();
-    response.headers_mut().insert(
-        CONTENT_TYPE,
-        http::HeaderValue::from_static("text/plain; charset=utf-8"),
-    );
     response
 }

@@ -1,7 +1,10 @@
-//! One WebSocket connection: a reader that passes binary frames to the room, and a writer that
-//! drains the connection's outbound queue to the socket, sends keep-alives and closes.
+//! Room connections over WebSockets at `/<room>`: the upgrade, which checks everything before
+//! switching protocols (room name, handshake headers, then [`crate::admission`]: origin, token,
+//! limits), and the socket's pump, which the connection's [`crate::session`] runs: a reader that
+//! hands binary frames to the room, and a writer that drains the outbound queue to the socket and
+//! keeps quiet connections alive.
 //!
-//! The loop is generic over `Sink`/`Stream` of WebSocket messages, so unit tests drive it with
+//! The pump is generic over `Sink`/`Stream` of WebSocket messages, so unit tests drive it with
 //! in-memory channels.
 
 use std::sync::Arc;
@@ -10,20 +13,32 @@ use std::time::Duration;
 use bytes::Bytes;
 use crdt::protocol::encode_awareness;
 use futures_util::{Sink, SinkExt, Stream, StreamExt};
+use http::header::{
+    CONNECTION, SEC_WEBSOCKET_ACCEPT, SEC_WEBSOCKET_KEY, SEC_WEBSOCKET_VERSION, UPGRADE,
+};
+use http::{HeaderMap, HeaderValue, StatusCode};
+use hyper::upgrade::OnUpgrade;
+use hyper_util::rt::TokioIo;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
+use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::error::{CapacityError, Error as WsError};
-use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::frame::Frame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::{CloseCode, Data, OpCode};
-use tokio_util::sync::CancellationToken;
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
+use tracing::Instrument;
+use warp::path::FullPath;
+use warp::reply::Response;
 
+use crate::admission::JoinRequest;
 use crate::close::CloseReason;
+use crate::edge::{error, request_token, room_name};
 use crate::outbound::{ConnHandle, Outbound};
-use crate::registry::RoomSender;
-use crate::room::inbound::decode_frame;
-use crate::room::{ConnId, RoomCommand};
+use crate::server::{LocalAddr, PeerAddr};
+use crate::session::{self, Ended, Forwarded, Link, Timeouts};
+use crate::state::AppState;
 use crate::telemetry::Metrics;
 
 /// Frames written before the writer flushes, when more are queued.
@@ -39,214 +54,233 @@ const FRAGMENT_BYTES: usize = 256 * 1024;
 /// How long a close frame may take to go out before the socket is simply dropped.
 const CLOSE_GRACE: Duration = Duration::from_secs(1);
 
-/// Timings of a connection.
+/// Timings of a WebSocket's pump.
 #[derive(Debug, Clone, Copy)]
-pub struct ConnectionSettings {
+pub(crate) struct PumpSettings {
     /// Silence on the outbound side after which a keep-alive is sent.
-    pub keepalive: Duration,
-    /// Silence on the inbound side after which the client is considered gone.
-    pub client_timeout: Duration,
-    /// When the connection's token expires, in seconds since the Unix epoch; the connection is
-    /// then closed with 4401.
-    pub expires_at: Option<u64>,
-    /// How long one batch of frames may take to go out before the client is considered to have
+    pub(crate) keepalive: Duration,
+    /// How long the socket may take to accept one frame before the client is considered to have
     /// stopped reading.
-    pub write_timeout: Duration,
+    pub(crate) write_timeout: Duration,
 }
 
-/// The connection's side of its outbound queue, created before joining the room.
-pub struct Outbox {
-    rx: mpsc::UnboundedReceiver<Outbound>,
-    handle: ConnHandle,
+fn header_has_token(headers: &HeaderMap, name: http::HeaderName, token: &str) -> bool {
+    headers.get_all(name).iter().any(|value| {
+        value
+            .to_str()
+            .map(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
+            .unwrap_or(false)
+    })
 }
 
-impl Outbox {
-    /// A new queue and the handle the room uses to fill it.
-    pub fn new() -> Self {
-        let (handle, rx) = crate::outbound::queue();
-        Outbox { rx, handle }
-    }
+fn websocket_config(max_message_bytes: usize) -> WebSocketConfig {
+    // Small buffers: an idle connection should cost less than a whole idle room. tungstenite
+    // allocates and zero-fills the whole read buffer for every connection, and reads at most
+    // that much per system call: 1 KiB instead of 4 KiB saves 3 KiB per idle connection (16.5 to
+    // 13.5 KiB per idle room with one connection, loadgen's idle preset, measured). It costs
+    // about 4,000 more reads for a 5 MB update: estimated at a few milliseconds beside applying
+    // it, not measured. The write buffer is only a threshold: it grows as frames are queued.
+    WebSocketConfig::default()
+        .read_buffer_size(1024)
+        .write_buffer_size(16 * 1024)
+        .max_write_buffer_size(max_message_bytes + (1 << 20))
+        .max_message_size(Some(max_message_bytes))
+        .max_frame_size(Some(max_message_bytes))
+}
 
-    /// The handle to give the room.
-    pub fn handle(&self) -> ConnHandle {
-        self.handle.clone()
-    }
+/// The parts of an upgrade request the handler needs.
+pub(crate) struct UpgradeRequest {
+    /// The request path (the room, percent-encoded).
+    pub(crate) path: FullPath,
+    /// The raw query string.
+    pub(crate) query: Option<String>,
+    /// The request headers.
+    pub(crate) headers: HeaderMap,
+    /// hyper's handle on the upgrade.
+    pub(crate) on_upgrade: Option<OnUpgrade>,
+    /// The peer address.
+    pub(crate) peer: Option<PeerAddr>,
+    /// The address the connection came in on.
+    pub(crate) local: Option<LocalAddr>,
+}
 
-    /// The queue's receiving end and the handle, for transports other than a WebSocket.
-    pub fn into_parts(self) -> OutboxParts {
-        OutboxParts {
-            rx: self.rx,
-            handle: self.handle,
+/// Answers an upgrade request: 101 and a room connection, or an HTTP error saying why not.
+pub fn upgrade(request: UpgradeRequest, state: Arc<AppState>) -> Response {
+    let UpgradeRequest {
+        path,
+        query,
+        headers,
+        on_upgrade,
+        peer,
+        local,
+    } = request;
+    let room = match room_name(path.as_str()) {
+        Ok(room) => room,
+        Err(message) => return error(StatusCode::BAD_REQUEST, message),
+    };
+    if !header_has_token(&headers, CONNECTION, "upgrade") {
+        return error(StatusCode::BAD_REQUEST, "missing Connection: upgrade");
+    }
+    if headers
+        .get(SEC_WEBSOCKET_VERSION)
+        .and_then(|v| v.to_str().ok())
+        != Some("13")
+    {
+        let mut response = error(
+            StatusCode::UPGRADE_REQUIRED,
+            "WebSocket version 13 required",
+        );
+        response
+            .headers_mut()
+            .insert(SEC_WEBSOCKET_VERSION, HeaderValue::from_static("13"));
+        return response;
+    }
+    let Some(key) = headers.get(SEC_WEBSOCKET_KEY) else {
+        return error(StatusCode::BAD_REQUEST, "missing Sec-WebSocket-Key");
+    };
+    let Some(on_upgrade) = on_upgrade else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "this connection cannot be upgraded",
+        );
+    };
+    let token = request_token(query.as_deref(), &headers);
+    let join = JoinRequest {
+        room: &room,
+        headers: &headers,
+        token: token.as_deref(),
+        peer: peer.map(|p| p.0),
+        local: local.map(|l| l.0),
+    };
+    let admitted = match state.admission.admit(&state.registry, &join) {
+        Ok(admitted) => admitted,
+        Err(refusal) => return refusal.response(),
+    };
+    let accept = derive_accept_key(key.as_bytes());
+    let conn = state.next_conn_id();
+    let peer = peer.map(|p| p.0.to_string()).unwrap_or_default();
+    let span = tracing::info_span!("conn", conn_id = conn.0, room = %room, peer = %peer);
+    let task_state = state.clone();
+    state.connections.spawn(
+        async move {
+            let upgraded = match on_upgrade.await {
+                Ok(upgraded) => upgraded,
+                Err(error) => {
+                    tracing::debug!(%error, "upgrade failed");
+                    return;
+                }
+            };
+            let config = websocket_config(task_state.config.max_message_bytes);
+            let socket = WebSocketStream::from_raw_socket(
+                TokioIo::new(upgraded),
+                Role::Server,
+                Some(config),
+            )
+            .await;
+            serve_socket(&task_state, conn, &room, admitted, socket).await;
         }
-    }
+        .instrument(span),
+    );
+    let mut response = Response::default();
+    *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let headers = response.headers_mut();
+    headers.insert(CONNECTION, HeaderValue::from_static("upgrade"));
+    headers.insert(UPGRADE, HeaderValue::from_static("websocket"));
+    headers.insert(
+        SEC_WEBSOCKET_ACCEPT,
+        HeaderValue::from_str(&accept).expect("base64 is a valid header value"),
+    );
+    response
 }
 
-/// The two ends of an [`Outbox`].
-pub struct OutboxParts {
-    /// What the room queues for the client.
-    pub rx: mpsc::UnboundedReceiver<Outbound>,
-    /// The room's handle.
-    pub handle: ConnHandle,
-}
-
-impl Default for Outbox {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-/// How a connection ended, for the log and the metrics.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Ended {
-    /// The client closed the connection or the socket failed.
-    ClientGone,
-    /// The relay closed it with this reason.
-    Closed(CloseReason),
-    /// The room no longer serves it.
-    RoomGone,
-}
-
-impl Ended {
-    /// The metric label.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Ended::ClientGone => "client_closed",
-            Ended::Closed(reason) => reason.as_str(),
-            Ended::RoomGone => "room_gone",
+/// Joins the room for an upgraded socket and runs it until it ends.
+async fn serve_socket<S>(
+    state: &AppState,
+    conn: crate::room::ConnId,
+    room: &str,
+    admitted: crate::admission::Admitted,
+    mut socket: S,
+) where
+    S: Stream<Item = Result<Message, WsError>> + Sink<Message, Error = WsError> + Unpin,
+{
+    let (handle, rx) = crate::outbound::channel();
+    let client_timeout = state.config.client_timeout();
+    let timeouts = Timeouts {
+        start: client_timeout,
+        idle: client_timeout,
+    };
+    let session = match session::join(state, conn, room, admitted, handle, timeouts).await {
+        Ok(session) => session,
+        Err(error) => {
+            tracing::warn!(%error, "cannot join the room");
+            let reason = error.close_reason();
+            let frame = CloseFrame {
+                code: CloseCode::from(reason.code()),
+                reason: reason.as_str().into(),
+            };
+            let _ =
+                tokio::time::timeout(CLOSE_GRACE, socket.send(Message::Close(Some(frame)))).await;
+            state.metrics.disconnect("room_unavailable");
+            return;
         }
-    }
+    };
+    let settings = PumpSettings {
+        keepalive: state.config.keepalive(),
+        write_timeout: Duration::from_millis(state.config.slow_reader_grace_ms),
+    };
+    let link = session.link().clone();
+    session
+        .run(pump(socket, link, rx, settings, state.metrics.clone()))
+        .await;
 }
 
-/// Serves a joined connection until it ends, then tells the room it left.
-pub async fn serve<S>(
+/// A WebSocket's pump: reads frames into the room and writes the outbound queue to the socket,
+/// until either side ends.
+pub(crate) async fn pump<S>(
     socket: S,
-    conn: ConnId,
-    room: RoomSender,
-    outbox: Outbox,
-    settings: ConnectionSettings,
-    shutdown: CancellationToken,
+    link: Link,
+    rx: mpsc::UnboundedReceiver<Outbound>,
+    settings: PumpSettings,
     metrics: Arc<Metrics>,
 ) -> Ended
 where
     S: Stream<Item = Result<Message, WsError>> + Sink<Message, Error = WsError> + Unpin,
 {
     let (sink, stream) = socket.split();
-    let Outbox { rx, handle } = outbox;
-    let close_tx = handle.tx.clone();
-    let expiry_tx = handle.tx.clone();
-    let reader = read_loop(stream, conn, &room, close_tx, settings, &metrics);
-    let writer = write_loop(sink, rx, &handle, settings, &shutdown, &metrics);
+    let reader = read_loop(stream, &link, &metrics);
+    let writer = write_loop(sink, rx, link.handle(), settings, &metrics);
     tokio::pin!(reader, writer);
-    let expiry = token_expiry(settings.expires_at);
-    tokio::pin!(expiry);
-    let ended = tokio::select! {
+    tokio::select! {
         ended = &mut writer => ended,
-        () = &mut expiry => {
-            tracing::info!("token expired; closing");
-            let _ = expiry_tx.send(Outbound::Close(CloseReason::TokenExpired));
-            tokio::time::timeout(CLOSE_GRACE * 2, &mut writer)
-                .await
-                .unwrap_or(Ended::Closed(CloseReason::TokenExpired))
-        }
         read_end = &mut reader => match read_end {
-            // The reader queued a close frame: give the writer a moment to send it.
+            // The reader asked for a close: give the writer a moment to send it.
             Some(reason) => tokio::time::timeout(CLOSE_GRACE * 2, writer)
                 .await
                 .unwrap_or(Ended::Closed(reason)),
             None => Ended::ClientGone,
         },
-    };
-    // The room may already be gone at shutdown; then there is nobody to tell.
-    let _ = room.send(RoomCommand::Leave { conn }).await;
-    metrics.disconnect(ended.as_str());
-    ended
-}
-
-/// Completes when the token expires (never without an expiry): at the start of its `exp` second,
-/// from which on it would be refused. The wall clock is read once; the wait runs on tokio's clock.
-pub(crate) async fn token_expiry(expires_at: Option<u64>) {
-    let deadline = expires_at
-        .and_then(|exp| crate::auth::until_expiry(exp, std::time::SystemTime::now()))
-        .and_then(|left| Instant::now().checked_add(left));
-    match deadline {
-        Some(deadline) => tokio::time::sleep_until(deadline).await,
-        None => std::future::pending().await,
     }
 }
 
-/// What became of a client's frame.
-pub(crate) enum Forwarded {
-    /// Its messages went to the room.
-    Taken,
-    /// The room no longer serves the connection.
-    RoomGone,
-    /// A message of it is malformed: the messages before it went to the room, and the
-    /// connection must be closed with 1002.
-    Malformed,
-}
-
-/// Decodes a client's frame at the edge and hands its messages to the room.
-pub(crate) async fn forward_frame(
-    room: &RoomSender,
-    conn: ConnId,
-    frame: &Bytes,
-    metrics: &Metrics,
-) -> Forwarded {
-    let decoded = decode_frame(frame);
-    if !decoded.messages.is_empty() {
-        let command = RoomCommand::Messages {
-            conn,
-            messages: decoded.messages,
-        };
-        if room.send(command).await.is_err() {
-            return Forwarded::RoomGone;
-        }
-    }
-    match decoded.error {
-        None => Forwarded::Taken,
-        Some(error) => {
-            tracing::warn!(%conn, %error, "malformed message; closing the connection");
-            metrics.error("malformed_message");
-            Forwarded::Malformed
-        }
-    }
-}
-
-/// Reads frames until the client leaves. Returns the close reason it queued for the writer, if
-/// the client broke a rule.
-async fn read_loop<St>(
-    mut stream: St,
-    conn: ConnId,
-    room: &RoomSender,
-    close_tx: mpsc::UnboundedSender<Outbound>,
-    settings: ConnectionSettings,
-    metrics: &Metrics,
-) -> Option<CloseReason>
+/// Reads frames until the client leaves. Returns the reason it asked the writer to close with,
+/// if the client broke a rule.
+async fn read_loop<St>(mut stream: St, link: &Link, metrics: &Metrics) -> Option<CloseReason>
 where
     St: Stream<Item = Result<Message, WsError>> + Unpin,
 {
     let close = |reason: CloseReason| {
-        let _ = close_tx.send(Outbound::Close(reason));
+        link.close(reason);
         Some(reason)
     };
     loop {
-        let next = match tokio::time::timeout(settings.client_timeout, stream.next()).await {
-            Ok(next) => next,
-            Err(_) => {
-                tracing::info!("client silent for too long; closing");
-                return close(CloseReason::ClientTimeout);
-            }
-        };
+        let next = stream.next().await;
+        link.touch();
         match next {
-            Some(Ok(Message::Binary(frame))) => {
-                metrics.frames_in.inc();
-                metrics.bytes_in.inc_by(frame.len() as u64);
-                match forward_frame(room, conn, &frame, metrics).await {
-                    Forwarded::Taken => {}
-                    Forwarded::RoomGone => return None,
-                    Forwarded::Malformed => return close(CloseReason::ProtocolError),
-                }
-            }
+            Some(Ok(Message::Binary(frame))) => match link.forward(&frame).await {
+                Forwarded::Taken => {}
+                Forwarded::RoomGone => return None,
+                Forwarded::Malformed => return Some(CloseReason::ProtocolError),
+            },
             Some(Ok(Message::Text(_))) => {
                 tracing::warn!("text frame; closing (the protocol is binary)");
                 metrics.error("text_frame");
@@ -272,13 +306,12 @@ where
 }
 
 /// Writes what the room queues, batching frames into one flush, and keeps quiet connections
-/// alive. Ends on a close request, a kick, or shutdown.
+/// alive. Ends on a close request (from the room, the reader or the session).
 async fn write_loop<Si>(
     mut sink: Si,
     mut rx: mpsc::UnboundedReceiver<Outbound>,
     handle: &ConnHandle,
-    settings: ConnectionSettings,
-    shutdown: &CancellationToken,
+    settings: PumpSettings,
     metrics: &Metrics,
 ) -> Ended
 where
@@ -296,9 +329,6 @@ where
     let mut wrote_since_tick = false;
     loop {
         let reason = tokio::select! {
-            biased;
-            () = handle.kick.cancelled() => Some(CloseReason::SlowReader),
-            () = shutdown.cancelled() => Some(CloseReason::Shutdown),
             item = rx.recv() => match item {
                 None => return Ended::RoomGone,
                 Some(Outbound::Close(reason)) => Some(reason),
@@ -314,14 +344,10 @@ where
                         settings.write_timeout,
                         metrics,
                     );
-                    tokio::select! {
-                        biased;
-                        () = handle.kick.cancelled() => Some(CloseReason::SlowReader),
-                        result = write => match result {
-                            Ok(None) => { wrote_since_tick = true; None }
-                            Ok(Some(reason)) => Some(reason),
-                            Err(_) => return Ended::ClientGone,
-                        },
+                    match write.await {
+                        Ok(None) => { wrote_since_tick = true; None }
+                        Ok(Some(reason)) => Some(reason),
+                        Err(_) => return Ended::ClientGone,
                     }
                 }
             },
@@ -452,9 +478,11 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::room::{ConnId, RoomCommand};
     use futures_channel::mpsc as fmpsc;
     use std::pin::Pin;
     use std::task::{Context, Poll};
+    use tokio_util::sync::CancellationToken;
 
     /// A socket made of two in-memory channels.
     struct FakeSocket {
@@ -495,21 +523,21 @@ mod tests {
         task: tokio::task::JoinHandle<Ended>,
     }
 
-    fn start(settings: ConnectionSettings, shutdown: CancellationToken) -> Harness {
+    /// A socket's pump run by a session, as a joined connection's is.
+    fn start(expires_at: Option<u64>, shutdown: CancellationToken) -> Harness {
         let (to_relay, incoming) = fmpsc::unbounded();
         let (outgoing, from_relay) = fmpsc::unbounded();
-        let (room_tx, room_rx) = mpsc::channel(8);
-        let outbox = Outbox::new();
-        let handle = outbox.handle();
-        let task = tokio::spawn(serve(
-            FakeSocket { incoming, outgoing },
-            ConnId(1),
-            room_tx,
-            outbox,
-            settings,
-            shutdown,
-            Arc::new(Metrics::new()),
-        ));
+        let (handle, rx) = crate::outbound::channel();
+        let timeouts = Timeouts {
+            start: CLIENT_TIMEOUT,
+            idle: CLIENT_TIMEOUT,
+        };
+        let (session, room_rx) =
+            session::testing::session(handle.clone(), timeouts, expires_at, shutdown);
+        let link = session.link().clone();
+        let socket = FakeSocket { incoming, outgoing };
+        let metrics = Arc::new(Metrics::new());
+        let task = tokio::spawn(session.run(pump(socket, link, rx, SETTINGS, metrics)));
         Harness {
             to_relay,
             from_relay,
@@ -519,12 +547,17 @@ mod tests {
         }
     }
 
-    const SETTINGS: ConnectionSettings = ConnectionSettings {
+    const CLIENT_TIMEOUT: Duration = Duration::from_secs(60);
+    const SETTINGS: PumpSettings = PumpSettings {
         keepalive: Duration::from_secs(10),
-        client_timeout: Duration::from_secs(60),
-        expires_at: None,
         write_timeout: Duration::from_secs(10),
     };
+
+    /// Queues a message as the room does.
+    fn queue(handle: &ConnHandle, frame: Bytes) {
+        let delivery = crate::outbound::Delivery::new(1 << 30, Duration::from_secs(30));
+        assert!(delivery.deliver(handle, frame));
+    }
 
     fn close_code(message: &Message) -> Option<u16> {
         match message {
@@ -535,7 +568,7 @@ mod tests {
 
     #[tokio::test]
     async fn binary_frames_go_to_the_room_and_queued_frames_to_the_socket() {
-        let mut h = start(SETTINGS, CancellationToken::new());
+        let mut h = start(None, CancellationToken::new());
         h.to_relay
             .unbounded_send(Ok(Message::Binary(Bytes::from_static(&[0, 2, 2, 0, 0]))))
             .expect("send");
@@ -553,11 +586,7 @@ mod tests {
             }
             other => panic!("expected the frame's messages, got {other:?}"),
         }
-        h.handle.backlog.add(3);
-        h.handle
-            .tx
-            .send(Outbound::Frame(Bytes::from_static(&[1, 2, 3])))
-            .expect("queue");
+        queue(&h.handle, Bytes::from_static(&[1, 2, 3]));
         let sent = h.from_relay.next().await.expect("a frame");
         assert_eq!(sent, Message::Binary(Bytes::from_static(&[1, 2, 3])));
         assert_eq!(h.handle.backlog.queued(), 0);
@@ -571,13 +600,9 @@ mod tests {
 
     #[tokio::test]
     async fn long_messages_go_out_in_fragments_of_the_shared_bytes() {
-        let mut h = start(SETTINGS, CancellationToken::new());
+        let mut h = start(None, CancellationToken::new());
         let message: Bytes = (0..FRAGMENT_BYTES * 2 + 10).map(|i| i as u8).collect();
-        h.handle.backlog.add(message.len());
-        h.handle
-            .tx
-            .send(Outbound::Frame(message.clone()))
-            .expect("queue");
+        queue(&h.handle, message.clone());
         let mut reassembled = Vec::new();
         let mut opcodes = Vec::new();
         loop {
@@ -607,7 +632,7 @@ mod tests {
 
     #[tokio::test]
     async fn text_frame_is_closed_with_1003() {
-        let mut h = start(SETTINGS, CancellationToken::new());
+        let mut h = start(None, CancellationToken::new());
         h.to_relay
             .unbounded_send(Ok(Message::Text("hello".into())))
             .expect("send");
@@ -621,7 +646,7 @@ mod tests {
 
     #[tokio::test]
     async fn oversize_message_is_closed_with_1009() {
-        let mut h = start(SETTINGS, CancellationToken::new());
+        let mut h = start(None, CancellationToken::new());
         h.to_relay
             .unbounded_send(Err(WsError::Capacity(CapacityError::MessageTooLong {
                 size: 100,
@@ -634,11 +659,8 @@ mod tests {
 
     #[tokio::test]
     async fn room_close_request_sends_the_code() {
-        let mut h = start(SETTINGS, CancellationToken::new());
-        h.handle
-            .tx
-            .send(Outbound::Close(CloseReason::ProtocolError))
-            .expect("queue");
+        let mut h = start(None, CancellationToken::new());
+        h.handle.close(CloseReason::ProtocolError);
         let sent = h.from_relay.next().await.expect("close frame");
         assert_eq!(close_code(&sent), Some(1002));
         assert_eq!(
@@ -650,7 +672,7 @@ mod tests {
     #[tokio::test]
     async fn shutdown_closes_with_1001() {
         let shutdown = CancellationToken::new();
-        let mut h = start(SETTINGS, shutdown.clone());
+        let mut h = start(None, shutdown.clone());
         shutdown.cancel();
         let sent = h.from_relay.next().await.expect("close frame");
         assert_eq!(close_code(&sent), Some(1001));
@@ -658,12 +680,8 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn expired_token_closes_with_4401() {
-        let settings = ConnectionSettings {
-            expires_at: Some(crate::auth::now_secs() + 5),
-            ..SETTINGS
-        };
         let started = Instant::now();
-        let mut h = start(settings, CancellationToken::new());
+        let mut h = start(Some(crate::auth::now_secs() + 5), CancellationToken::new());
         let mut code = None;
         while let Some(message) = h.from_relay.next().await {
             if let Some(c) = close_code(&message) {
@@ -686,7 +704,7 @@ mod tests {
 
     #[tokio::test]
     async fn kick_ends_the_connection() {
-        let h = start(SETTINGS, CancellationToken::new());
+        let h = start(None, CancellationToken::new());
         h.handle.kick.cancel();
         assert_eq!(
             h.task.await.expect("task"),
@@ -696,15 +714,11 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn busy_connection_still_gets_pings_but_no_awareness_keepalive() {
-        let mut h = start(SETTINGS, CancellationToken::new());
+        let mut h = start(None, CancellationToken::new());
         let data = Bytes::from_static(&[0, 2, 2, 0, 0]);
         let mut saw_ping = false;
         for _ in 0..40 {
-            h.handle.backlog.add(data.len());
-            h.handle
-                .tx
-                .send(Outbound::Frame(data.clone()))
-                .expect("queue");
+            queue(&h.handle, data.clone());
             loop {
                 match h.from_relay.next().await.expect("message") {
                     Message::Ping(_) => saw_ping = true,
@@ -726,7 +740,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn quiet_connection_gets_keepalives_and_silent_client_is_dropped() {
-        let mut h = start(SETTINGS, CancellationToken::new());
+        let mut h = start(None, CancellationToken::new());
         let first = h.from_relay.next().await.expect("keep-alive");
         assert_eq!(first, Message::Binary(Bytes::from_static(&[1, 1, 0])));
         assert!(matches!(h.from_relay.next().await, Some(Message::Ping(_))));
