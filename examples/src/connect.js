@@ -6,9 +6,14 @@
 //
 // With the demo sign-on (auth.js) each room needs a token: the provider is created at once (the
 // copy in IndexedDB loads meanwhile) and connects once a token is there. A token is renewed before
-// it expires, and when the relay closes the connection with 4401 (expired) or refuses to open it;
-// the new one goes into `provider.params` and `provider.connect()` opens with it. Offline, the last
-// token of the room is used.
+// it expires, and when the relay says it does not take it: it closes the connection with 4401
+// (expired), or refuses to open one (HTTP 401/403, which the client reports as 4401/4403 from its
+// long-polling attempt; a refused WebSocket shows only 1006). The new token goes into
+// `provider.params` and `provider.connect()` opens with it. While the relay cannot be reached
+// (offline, or the relay is down), the last token of the room is used as long as it is valid: a
+// connection that fails to open says nothing about the token, and `navigator.onLine` cannot tell
+// whether the relay is reachable (it reads true on a network without the relay, and in some
+// browsers in a page loaded offline).
 
 import { RelayProvider } from '@relay/client'
 import { AccessRefused, demoConfig, fetchToken, isReadOnlyRoom, needsRefresh, refreshDelay, storedToken } from './auth.js'
@@ -23,8 +28,6 @@ const LINGER_MS = 10000
 /** Close codes after which the client waits for `connect()` (the client's CLOSE_UNAUTHORIZED, CLOSE_FORBIDDEN). */
 const CLOSE_UNAUTHORIZED = 4401
 const CLOSE_FORBIDDEN = 4403
-/** Connections in a row that fail to open before the token is suspected and renewed. */
-const FAILED_OPENS_BEFORE_RENEWAL = 2
 /** Tokens asked for in a row without a connection opening, before giving up until `online`. */
 const MAX_RENEWALS_WITHOUT_OPEN = 3
 /** Retry delays for the token request when the relay cannot be reached. */
@@ -66,9 +69,7 @@ export class Room {
     this._refreshTimer = null
     this._retryTimer = null
     this._retryDelay = TOKEN_RETRY_MIN_MS
-    this._failedOpens = 0
     this._renewalsWithoutOpen = 0
-    this._opened = false
     this._started = false
     this._renewing = false
     /** @type {string | undefined} */
@@ -92,8 +93,6 @@ export class Room {
       // The token a connection attempt opens with.
       if (status === 'connecting') this._attemptToken = this.provider.params.token
       if (status !== 'connected') return
-      this._opened = true
-      this._failedOpens = 0
       this._renewalsWithoutOpen = 0
       this._setProblem(null)
     }
@@ -122,8 +121,6 @@ export class Room {
   /** @param {{ code: number }} event */
   _closed (event) {
     if (this._destroyed) return
-    const opened = this._opened
-    this._opened = false
     if (event.code === CLOSE_UNAUTHORIZED || event.code === CLOSE_FORBIDDEN) {
       // The client waits for connect(). The token renewed before this one expired is there
       // already; otherwise a new token first.
@@ -139,18 +136,9 @@ export class Room {
     // disconnect() (ours), or the relay is unreachable and a token request is already waiting
     // to be retried: the client's own backoff goes on.
     if (event.code === 1000 || this._retryTimer !== null) return
-    if (needsRefresh(storedToken(this.room))) {
-      // An expired token is refused before the WebSocket opens (HTTP 401): the client would
-      // retry with it forever.
-      this._renew()
-      return
-    }
-    // A connection that keeps failing to open may have a token the relay no longer takes (a
-    // new secret).
-    if (!opened && ++this._failedOpens >= FAILED_OPENS_BEFORE_RENEWAL && navigator.onLine) {
-      this._failedOpens = 0
-      this._renew()
-    }
+    // An expired token is refused before the connection opens: ask for a new one rather than
+    // retrying with it. A valid one stays: the relay refusing it arrives as 4401/4403 above.
+    if (needsRefresh(storedToken(this.room))) this._renew()
   }
 
   /** Gets a new token and connects with it. */
