@@ -422,9 +422,10 @@ export class RelayProvider extends ObservableV2 {
   _documentDeleted (source) {
     if (this.deleted || this.destroyed) return
     const unsaved = this._tracker.unsaved
+    this.deleted = true
+    this._tracker.deleted = true
     // A connection of this tab that is still open (this tab heard it from elsewhere) goes too.
     if (this._transport !== null) this.disconnect()
-    this.deleted = true
     this._shouldConnect = false
     if (this._reconnectTimer !== null) {
       this._env.timers.clearTimeout(this._reconnectTimer)
@@ -432,7 +433,6 @@ export class RelayProvider extends ObservableV2 {
     }
     this._cancelProbe()
     this._setStatus('disconnected')
-    this._tracker.deleted = true
     if (source !== 'the local copy') {
       this._store?.setDeleted().catch(err => console.warn('relay-client: could not record the deletion in IndexedDB', err))
     }
@@ -579,8 +579,9 @@ export class RelayProvider extends ObservableV2 {
     this.emit('connection-close', [event, this])
     this._setTransport(null)
     if (!fallback) this._setStatus('disconnected')
-    this._updateSaveStatus()
+    // Before the save status: with unsaved edits it would say 'offline-unsaved' for a moment.
     if (deleted) this._documentDeleted('the relay')
+    this._updateSaveStatus()
     if (!this._shouldConnect || this.destroyed) return
     if (fallback) {
       this._nextKind = other
