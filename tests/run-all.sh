@@ -11,38 +11,66 @@
 # 5. the demo apps and the browser tests (tests/browser/run.sh: installs Debian's chromium when
 #    it is missing, checks that examples/dist is built from its sources, drives headless
 #    Chromium against the relay).
-set -euo pipefail
+#
+# Every step runs even when an earlier one fails, so one run reports every failure; the summary
+# at the end lists them and the exit status is non-zero if any step failed. A step that needs
+# another one's result (the relay binary) is not run when that one failed, and counts as failed.
+set -uo pipefail
 cd "$(dirname "$0")/.."
 
-step() { printf '\n=== %s\n' "$*"; }
+declare -A outcome=() # step name -> passed | failed | not run
+order=()
 
-step "cargo fmt --check"
-cargo fmt --all -- --check
+# step NAME [--needs OTHER]... COMMAND [ARG]...
+# Runs COMMAND as the step NAME, unless a step it needs did not pass.
+step() {
+  local name=$1
+  shift
+  local needs=()
+  while [[ ${1:-} == --needs ]]; do
+    needs+=("$2")
+    shift 2
+  done
+  order+=("$name")
+  local need
+  for need in "${needs[@]}"; do
+    if [[ ${outcome[$need]:-} != passed ]]; then
+      printf '\n=== %s: not run, it needs %s, which %s\n' "$name" "$need" "${outcome[$need]:-did not run before it}"
+      outcome[$name]="not run: $need ${outcome[$need]:-did not run before it}"
+      return
+    fi
+  done
+  printf '\n=== %s: %s\n' "$name" "$*"
+  local start=$SECONDS
+  if "$@"; then
+    outcome[$name]=passed
+  else
+    outcome[$name]="failed (exit $?)"
+  fi
+  printf '=== %s: %s in %d s\n' "$name" "${outcome[$name]}" $((SECONDS - start))
+}
 
-step "cargo clippy"
-cargo clippy --workspace --all-targets --locked -- -D warnings
+# npm_test DIR: install DIR's locked packages and run its tests.
+npm_test() {
+  (cd "$1" && npm ci --no-audit --no-fund --loglevel=error && npm test)
+}
 
-step "cargo build (the relay binary the Node tests run)"
-cargo build --locked -p relay
+step fmt cargo fmt --all -- --check
+step clippy cargo clippy --workspace --all-targets --locked -- -D warnings
+step relay-build cargo build --locked -p relay
+step cargo-test cargo test --workspace --locked
+step interop --needs relay-build npm_test tests/interop
+step client-js --needs relay-build npm_test client-js
+step browser --needs relay-build env RELAY_BIN="$PWD/target/debug/relay" tests/browser/run.sh
 
-step "cargo test"
-cargo test --workspace --locked
-
-step "Node interoperability tests"
-(
-  cd tests/interop
-  npm ci --no-audit --no-fund --loglevel=error
-  npm test
-)
-
-step "client-js: lint, types, unit tests"
-(
-  cd client-js
-  npm ci --no-audit --no-fund --loglevel=error
-  npm test
-)
-
-step "demo apps and browser tests"
-RELAY_BIN="$PWD/target/debug/relay" tests/browser/run.sh
-
+printf '\n=== summary\n'
+failures=0
+for name in "${order[@]}"; do
+  printf '%-12s %s\n' "$name" "${outcome[$name]}"
+  [[ ${outcome[$name]} == passed ]] || failures=$((failures + 1))
+done
+if ((failures > 0)); then
+  printf '\n%d of %d steps did not pass\n' "$failures" "${#order[@]}"
+  exit 1
+fi
 printf '\nall tests passed\n'

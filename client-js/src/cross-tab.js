@@ -2,7 +2,8 @@
  * Cross-tab sync: tabs of the same browser editing the same room exchange updates and awareness
  * over a BroadcastChannel named after the room URL, with the same messages as the relay (like
  * y-websocket's `bc` option). An edit in one tab reaches the others even when the relay is out of
- * reach.
+ * reach. One more message, not a Yjs one: {@link DELETED_NOTICE}, when a tab learns that the relay
+ * deleted the document, so that tabs without a connection at that moment do not send it back.
  *
  * @module cross-tab
  */
@@ -11,6 +12,9 @@ import * as awarenessProtocol from 'y-protocols/awareness'
 import {
   encodeAwareness, encodeQueryAwareness, encodeSyncStep1, encodeSyncStep2, encodeUpdate, readMessages
 } from './protocol.js'
+
+/** Posted (as a string, beside the binary Yjs messages) when the relay deleted the document. */
+export const DELETED_NOTICE = 'relay-client:document-deleted'
 
 export class CrossTab {
   /**
@@ -23,10 +27,12 @@ export class CrossTab {
    * @param {import('yjs').Doc} doc
    * @param {awarenessProtocol.Awareness} awareness
    * @param {typeof BroadcastChannel} BroadcastChannelImpl
+   * @param {{ onDeleted?: () => void }} [handlers] `onDeleted`: another tab posted {@link DELETED_NOTICE}
    */
-  constructor (name, doc, awareness, BroadcastChannelImpl) {
+  constructor (name, doc, awareness, BroadcastChannelImpl, handlers = {}) {
     this.doc = doc
     this.awareness = awareness
+    this.onDeleted = handlers.onDeleted ?? (() => {})
     this.channel = new BroadcastChannelImpl(name)
     this.closed = false
     /** @param {MessageEvent} event */
@@ -53,6 +59,11 @@ export class CrossTab {
     this.post(encodeAwareness(this.awareness, clients))
   }
 
+  /** Tells the other tabs that the relay deleted the document. */
+  postDeleted () {
+    if (!this.closed) this.channel.postMessage(DELETED_NOTICE)
+  }
+
   /** Asks the other tabs for their awareness states (after they were dropped). */
   queryAwareness () {
     this.post(encodeQueryAwareness())
@@ -61,6 +72,10 @@ export class CrossTab {
   /** @param {unknown} data */
   _receive (data) {
     if (this.closed) return
+    if (data === DELETED_NOTICE) {
+      this.onDeleted()
+      return
+    }
     const frame = data instanceof Uint8Array ? data : data instanceof ArrayBuffer ? new Uint8Array(data) : null
     if (frame === null) return
     try {

@@ -10,7 +10,9 @@
  * Layout: a database per room URL with two object stores:
  * - `updates`: auto-increment key → Yjs update (v1). The document is the merge of all entries.
  * - `meta`: `'acked'` → encoded Yjs snapshot of the content the relay acknowledged as saved
- *   (see save-status.js). Written by {@link OfflineStore#setAcked}.
+ *   (see save-status.js). Written by {@link OfflineStore#setAcked}. `'deleted'` → `true` once the
+ *   relay deleted the document (close code 4404), so that no later page sends this copy back to
+ *   the relay. Written by {@link OfflineStore#setDeleted}; gone with the database ({@link deleteStore}).
  *
  * Several tabs may share the database. Each appends its own updates; a compaction replaces the
  * entries it read by their merge in one transaction, so entries appended meanwhile by another tab
@@ -25,6 +27,7 @@ import { mergeSnapshots } from './save-status.js'
 const UPDATES = 'updates'
 const META = 'meta'
 const ACKED_KEY = 'acked'
+const DELETED_KEY = 'deleted'
 const DB_VERSION = 1
 
 /** Entries appended during a session after which the log is compacted. */
@@ -34,6 +37,7 @@ export const DEFAULT_COMPACT_AFTER = 100
  * @typedef {object} LoadResult
  * @property {Y.Snapshot | null} acked the snapshot the relay last acknowledged, if any
  * @property {number} entries entries the log held before loading
+ * @property {boolean} deleted whether the relay deleted the document this copy belongs to
  * @property {Error} [error] when IndexedDB failed: nothing was loaded
  */
 
@@ -136,7 +140,7 @@ export class OfflineStore {
     this.whenLoaded = this._dbPromise.then(db => {
       if (this.destroyed) {
         db.close()
-        return { acked: null, entries: 0 }
+        return { acked: null, entries: 0, deleted: false }
       }
       this.db = db
       // Another tab upgrading the database: let it.
@@ -144,7 +148,7 @@ export class OfflineStore {
       return this._load(db)
     }).catch(err => {
       this._giveUp()
-      return { acked: null, entries: 0, error: /** @type {Error} */ (err) }
+      return { acked: null, entries: 0, deleted: false, error: /** @type {Error} */ (err) }
     })
   }
 
@@ -157,6 +161,7 @@ export class OfflineStore {
     const done = completion(tx)
     const updates = tx.objectStore(UPDATES)
     const ackedReq = request(tx.objectStore(META).get(ACKED_KEY))
+    const deletedReq = request(tx.objectStore(META).get(DELETED_KEY))
     /** @type {number} */
     let before = 0
     readLog(updates, (keys, values) => {
@@ -175,11 +180,12 @@ export class OfflineStore {
       }
     })
     const ackedBytes = await ackedReq
+    const deleted = (await deletedReq) === true
     await done
     const queued = this._queue
     this._queue = []
     for (const update of queued) this._append(update)
-    return { acked: ackedBytes instanceof Uint8Array ? Y.decodeSnapshot(ackedBytes) : null, entries: before }
+    return { acked: ackedBytes instanceof Uint8Array ? Y.decodeSnapshot(ackedBytes) : null, entries: before, deleted }
   }
 
   _giveUp () {
@@ -256,6 +262,20 @@ export class OfflineStore {
     await done
   }
 
+  /**
+   * Records that the relay deleted the document: a store opened later reports `deleted` (and the
+   * provider then does not connect), until the copy is cleared.
+   * @returns {Promise<void>}
+   */
+  async setDeleted () {
+    const db = this.db
+    if (db === null || this.destroyed) return
+    const tx = db.transaction([META], 'readwrite')
+    const done = completion(tx)
+    tx.objectStore(META).put(true, DELETED_KEY)
+    await done
+  }
+
   /** Stops writing and closes the database (after the transactions already started). */
   destroy () {
     if (this.destroyed) return
@@ -268,6 +288,21 @@ export class OfflineStore {
     }
     // Still opening: whenLoaded closes it once open.
   }
+}
+
+/**
+ * Deletes a store's database. Other pages that have it open close it (their stores stop keeping
+ * updates), after which the deletion goes through.
+ * @param {IDBFactory} indexedDB
+ * @param {string} name database name
+ * @returns {Promise<void>}
+ */
+export function deleteStore (indexedDB, name) {
+  return new Promise((resolve, reject) => {
+    const req = indexedDB.deleteDatabase(name)
+    req.onsuccess = () => resolve()
+    req.onerror = () => reject(req.error)
+  })
 }
 
 /**

@@ -28,6 +28,12 @@ export const SAVED_ERROR = 2
 /** Close codes after which the client does not retry until `connect()` is called again. */
 export const CLOSE_UNAUTHORIZED = 4401
 export const CLOSE_FORBIDDEN = 4403
+/**
+ * The relay deleted the document (`DELETE /api/docs/NAME`; over long-polling the 410 answer
+ * carries this code). The client never connects to that document again: its local copy would
+ * bring the deleted content back.
+ */
+export const CLOSE_DOCUMENT_DELETED = 4404
 
 /**
  * @param {import('yjs').Doc} doc

@@ -11,9 +11,9 @@ import * as awarenessProtocol from 'y-protocols/awareness'
 import { Backoff } from './backoff.js'
 import { CrossTab } from './cross-tab.js'
 import { defaultEnvironment } from './environment.js'
-import { OfflineStore } from './offline-store.js'
+import { OfflineStore, deleteStore } from './offline-store.js'
 import {
-  CLOSE_FORBIDDEN, CLOSE_UNAUTHORIZED, encodeAwareness, encodeSaveRequest, encodeSyncStep1, encodeUpdate,
+  CLOSE_DOCUMENT_DELETED, CLOSE_FORBIDDEN, CLOSE_UNAUTHORIZED, encodeAwareness, encodeSaveRequest, encodeSyncStep1, encodeUpdate,
   readMessages
 } from './protocol.js'
 import { SaveTracker, snapshotCovers } from './save-status.js'
@@ -47,7 +47,8 @@ import { SocketTransport } from './transport.js'
  * @property {(event: CloseInfo, provider: RelayProvider) => void} connection-close
  *   A connection closed: the socket's CloseEvent, or `{code: 1006, reason, wasClean: false}` when
  *   the client gave up on it (liveness timeout, `offline` event), or `{code: 1000, ...}` after
- *   `disconnect()`. After code 4401 or 4403 the provider does not reconnect until `connect()`.
+ *   `disconnect()`. After code 4401 or 4403 the provider does not reconnect until `connect()`;
+ *   after 4404 (the document was deleted) it never does, and 'deleted' follows.
  *   Over long-polling: the code of the relay's 410 answer, 1006 when the session is lost, and
  *   4401/4403 when the relay refuses to open one (HTTP 401/403). Each failed attempt reports its
  *   close, also the WebSocket attempt that `transport: 'auto'` falls back from.
@@ -57,7 +58,18 @@ import { SocketTransport } from './transport.js'
  *   The save status changed: 'saved' (the relay acknowledged every local edit as durable),
  *   'saving' (connected, waiting for the acknowledgement), 'offline-unsaved' (local edits the relay
  *   has not acknowledged, and no connection), 'error' (the relay reported a failed commit, with its
- *   reason in `error`; it retries, and 'saved' follows once a retry commits).
+ *   reason in `error`; it retries, and 'saved' follows once a retry commits), 'deleted' (the relay
+ *   deleted the document: nothing is saved any more, and what was saved is gone; final).
+ * @property {(event: {unsaved: boolean}) => void} deleted
+ *   The relay deleted the document (`DELETE /api/docs/NAME`, close code 4404; or, when the
+ *   provider loads, its IndexedDB copy records that; or another tab heard it). Emitted once. The
+ *   provider stops connecting for good and never sends the document, its IndexedDB copy included,
+ *   back to the relay: that would bring the deleted content back. `provider.deleted` is true,
+ *   `saveStatus` is 'deleted', `whenSaved()` rejects. `unsaved`: whether the document holds local
+ *   edits the relay never saved (kept only in this document and its IndexedDB copy). The local
+ *   copy stays until `clearLocalCopy()`; as long as it is there, providers for this room in this
+ *   browser do not connect. Writing the document anew takes a provider over a new `Y.Doc` once the
+ *   copy is cleared.
  * @property {() => void} loaded
  *   The content stored in IndexedDB is in the document (emitted once, also when offline storage is
  *   off, then at once).
@@ -178,6 +190,8 @@ export class RelayProvider extends ObservableV2 {
     /** @type {string | null} reason of the last save error, while saveStatus is 'error' */
     this.saveError = null
     this.loaded = false
+    /** whether the relay deleted the document (see the 'deleted' event) */
+    this.deleted = false
     this.destroyed = false
     this.livenessTimeoutMs = opts.livenessTimeoutMs ?? DEFAULT_LIVENESS_TIMEOUT_MS
     this._env = env
@@ -247,6 +261,8 @@ export class RelayProvider extends ObservableV2 {
     this.awareness.on('update', this._onAwarenessUpdate)
 
     const name = `relay-client:${this.serverUrl}/${encodeURIComponent(room)}`
+    /** the name of the IndexedDB database and of the BroadcastChannel */
+    this._localName = name
     /** @type {OfflineStore | null} */
     this._store = (opts.offline ?? true) && env.indexedDB !== null
       ? new OfflineStore(name, doc, { indexedDB: env.indexedDB, compactAfter: opts.compactAfter })
@@ -262,10 +278,14 @@ export class RelayProvider extends ObservableV2 {
       }
       this.loaded = true
       if ((opts.crossTab ?? true) && env.BroadcastChannel !== null) {
-        this._crossTab = new CrossTab(name, doc, this.awareness, env.BroadcastChannel)
+        this._crossTab = new CrossTab(name, doc, this.awareness, env.BroadcastChannel, {
+          onDeleted: () => this._documentDeleted('another tab')
+        })
       }
       this._updateSaveStatus()
       this.emit('loaded', [])
+      // Before the first connection (which waits for this load): a copy of a deleted document.
+      if (result?.deleted) this._documentDeleted('the local copy')
     })
     /** @type {() => void} */
     let resolveSynced = () => {}
@@ -305,21 +325,23 @@ export class RelayProvider extends ObservableV2 {
 
   /**
    * Resolves the next time the save status is 'saved' (at once if it is); rejects if the
-   * provider is destroyed first.
+   * provider is destroyed first or the relay deleted the document.
    * @returns {Promise<void>}
    */
   whenSaved () {
     if (this.saveStatus === 'saved') return Promise.resolve()
     if (this.destroyed) return Promise.reject(new Error('provider destroyed'))
+    if (this.deleted) return Promise.reject(new Error('the relay deleted the document'))
     return new Promise((resolve, reject) => this._savedWaiters.push({ resolve, reject }))
   }
 
   /**
    * Connects to the relay (after the IndexedDB content is loaded) and keeps reconnecting until
-   * `disconnect()`. Also the way to retry after 4401/4403, e.g. with new `params`.
+   * `disconnect()`. Also the way to retry after 4401/4403, e.g. with new `params`. Does nothing
+   * once the relay deleted the document (`deleted`).
    */
   connect () {
-    if (this.destroyed) return
+    if (this.destroyed || this.deleted) return
     this._shouldConnect = true
     if (this._reconnectTimer !== null) {
       this._env.timers.clearTimeout(this._reconnectTimer)
@@ -374,6 +396,52 @@ export class RelayProvider extends ObservableV2 {
     this._savedWaiters = []
     for (const w of waiters) w.reject(new Error('provider destroyed'))
     super.destroy()
+  }
+
+  /**
+   * Deletes the copy of the document kept in IndexedDB (with its record of a deletion by the
+   * relay); from then on the provider keeps nothing there. Meant for after 'deleted', when the
+   * application lets the copy go. Other pages that have the copy open stop keeping updates in it.
+   * @returns {Promise<void>}
+   */
+  async clearLocalCopy () {
+    const store = this._store
+    if (store === null) return
+    this._store = null
+    store.destroy()
+    // A store exists only where there is an indexedDB.
+    await deleteStore(/** @type {IDBFactory} */ (this._env.indexedDB), this._localName)
+  }
+
+  /**
+   * The relay deleted the document, as `source` tells: stop connecting for good, never send the
+   * document back, keep the record in IndexedDB and tell the other tabs (unless that is where it
+   * comes from), and tell the application.
+   * @param {'the relay' | 'the local copy' | 'another tab'} source
+   */
+  _documentDeleted (source) {
+    if (this.deleted || this.destroyed) return
+    const unsaved = this._tracker.unsaved
+    this.deleted = true
+    this._tracker.deleted = true
+    // A connection of this tab that is still open (this tab heard it from elsewhere) goes too.
+    if (this._transport !== null) this.disconnect()
+    this._shouldConnect = false
+    if (this._reconnectTimer !== null) {
+      this._env.timers.clearTimeout(this._reconnectTimer)
+      this._reconnectTimer = null
+    }
+    this._cancelProbe()
+    this._setStatus('disconnected')
+    if (source !== 'the local copy') {
+      this._store?.setDeleted().catch(err => console.warn('relay-client: could not record the deletion in IndexedDB', err))
+    }
+    if (source !== 'another tab') this._crossTab?.postDeleted()
+    this._updateSaveStatus()
+    const waiters = this._savedWaiters
+    this._savedWaiters = []
+    for (const w of waiters) w.reject(new Error('the relay deleted the document'))
+    this.emit('deleted', [{ unsaved }])
   }
 
   // --- connection ---------------------------------------------------------------------------
@@ -502,7 +570,8 @@ export class RelayProvider extends ObservableV2 {
       this.synced = false
       this.emit('sync', [false])
     }
-    if (event.code === CLOSE_UNAUTHORIZED || event.code === CLOSE_FORBIDDEN) this._shouldConnect = false
+    const deleted = event.code === CLOSE_DOCUMENT_DELETED
+    if (event.code === CLOSE_UNAUTHORIZED || event.code === CLOSE_FORBIDDEN || deleted) this._shouldConnect = false
     // With 'auto', an attempt that failed before opening is followed at once by one with the other
     // transport, still 'connecting' (once per round: when both fail, the backoff applies).
     const other = kind === 'websocket' ? 'polling' : 'websocket'
@@ -510,6 +579,8 @@ export class RelayProvider extends ObservableV2 {
     this.emit('connection-close', [event, this])
     this._setTransport(null)
     if (!fallback) this._setStatus('disconnected')
+    // Before the save status: with unsaved edits it would say 'offline-unsaved' for a moment.
+    if (deleted) this._documentDeleted('the relay')
     this._updateSaveStatus()
     if (!this._shouldConnect || this.destroyed) return
     if (fallback) {
@@ -781,7 +852,8 @@ export class RelayProvider extends ObservableV2 {
       this.saveStatus = status
       this.emit('save-status', [this.saveError !== null ? { status, error: this.saveError } : { status }])
     }
-    this._setBeforeUnload(!this.destroyed && this._tracker.unsaved && this._warnBeforeUnload)
+    // After a deletion nothing more can be saved: staying on the page would not help.
+    this._setBeforeUnload(!this.destroyed && !this.deleted && this._tracker.unsaved && this._warnBeforeUnload)
     if (status === 'saved' && this._savedWaiters.length > 0) {
       const waiters = this._savedWaiters
       this._savedWaiters = []

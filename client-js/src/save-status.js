@@ -16,7 +16,7 @@
 
 import * as Y from 'yjs'
 
-/** @typedef {'saved' | 'saving' | 'offline-unsaved' | 'error'} SaveStatus */
+/** @typedef {'saved' | 'saving' | 'offline-unsaved' | 'error' | 'deleted'} SaveStatus */
 
 export class SaveTracker {
   constructor () {
@@ -36,6 +36,8 @@ export class SaveTracker {
      * @type {string | null}
      */
     this.error = null
+    /** whether the relay deleted the document: nothing is saved any more, not even what was */
+    this.deleted = false
     this._nextId = 1
   }
 
@@ -46,6 +48,7 @@ export class SaveTracker {
 
   /** @returns {SaveStatus} */
   get status () {
+    if (this.deleted) return 'deleted'
     if (!this.unsaved) return 'saved'
     if (!this.online) return 'offline-unsaved'
     if (this.error !== null) return 'error'

@@ -1,4 +1,4 @@
-// Connection handling against small fake servers: liveness timeout, 4401/4403, a stock server that
+// Connection handling against small fake servers: liveness timeout, 4401/4403/4404, a stock server that
 // never answers save requests, save errors, and the browser's online/offline/pagehide/beforeunload.
 
 import { test } from 'node:test'
@@ -80,6 +80,30 @@ for (const code of [4401, 4403]) {
     assert.equal(server.connections[1].url, '/room?token=good')
   }))
 }
+
+test('close code 4404 with unsaved edits: deleted (never offline-unsaved), whenSaved rejects, no reconnect, connect() does nothing', () => scoped(async scope => {
+  // A stock-like server never answers save requests: the edit stays unsaved until the close.
+  const server = await fakeYjsServer()
+  scope.defer(() => server.close())
+  const clock = countingTimers()
+  const p = provider(scope, server.url, 'room', { backoff: { initialMs: 1, maxMs: 1 }, env: { timers: clock.timers } })
+  await synced(p)
+  p.doc.getText('text').insert(0, 'never saved')
+  assert.equal(p.saveStatus, 'saving')
+  const waiting = p.whenSaved()
+  const statuses = []
+  p.on('save-status', e => statuses.push(e.status))
+  const deleted = waitForEvent(p, 'deleted')
+  server.connections[0].ws.close(protocol.CLOSE_DOCUMENT_DELETED, 'document deleted')
+  const [event] = await deleted
+  assert.deepEqual(event, { unsaved: true })
+  assert.deepEqual(statuses, ['deleted'], 'no moment of offline-unsaved: those edits will never be saved')
+  await assert.rejects(waiting, /deleted/)
+  assert.equal(clock.pending, 0, 'no reconnect scheduled (with a 1 ms backoff it would be at once)')
+  p.connect()
+  assert.equal(p.status, 'disconnected')
+  assert.equal(server.connections.length, 1)
+}))
 
 test('reconnect delays grow while the server is unreachable and start again after an open', () => scoped(async scope => {
   // A port where nothing listens (yet).

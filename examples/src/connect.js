@@ -6,11 +6,20 @@
 //
 // With the demo sign-on (auth.js) each room needs a token: the provider is created at once (the
 // copy in IndexedDB loads meanwhile) and connects once a token is there. A token is renewed before
-// it expires, and when the relay closes the connection with 4401 (expired) or refuses to open it;
-// the new one goes into `provider.params` and `provider.connect()` opens with it. Offline, the last
-// token of the room is used.
+// it expires, and when the relay says it does not take it: it closes the connection with 4401
+// (expired), or refuses to open one (HTTP 401/403, which the client reports as 4401/4403 from its
+// long-polling attempt; a refused WebSocket shows only 1006). The new token goes into
+// `provider.params` and `provider.connect()` opens with it. While the relay cannot be reached
+// (offline, or the relay is down), the last token of the room is used as long as it is valid: a
+// connection that fails to open says nothing about the token, and `navigator.onLine` cannot tell
+// whether the relay is reachable (it reads true on a network without the relay, and in some
+// browsers in a page loaded offline).
+//
+// A room deleted on the relay (close code 4404, the client's `deleted` event): the client stops
+// for good, and the copy kept on this device is dropped, so that nothing brings the room back;
+// the views say that it was deleted.
 
-import { RelayProvider } from '@relay/client'
+import { RelayProvider, protocol } from '@relay/client'
 import { AccessRefused, demoConfig, fetchToken, isReadOnlyRoom, needsRefresh, refreshDelay, storedToken } from './auth.js'
 
 /** ws://host or wss://host of the relay that served the page. */
@@ -20,11 +29,8 @@ export function relayUrl () {
 
 /** How long a closed page's provider may stay connected to get its last edits acknowledged. */
 const LINGER_MS = 10000
-/** Close codes after which the client waits for `connect()` (the client's CLOSE_UNAUTHORIZED, CLOSE_FORBIDDEN). */
-const CLOSE_UNAUTHORIZED = 4401
-const CLOSE_FORBIDDEN = 4403
-/** Connections in a row that fail to open before the token is suspected and renewed. */
-const FAILED_OPENS_BEFORE_RENEWAL = 2
+/** Close codes after which the client waits for `connect()`, and the one after which it never connects again. */
+const { CLOSE_UNAUTHORIZED, CLOSE_FORBIDDEN, CLOSE_DOCUMENT_DELETED } = protocol
 /** Tokens asked for in a row without a connection opening, before giving up until `online`. */
 const MAX_RENEWALS_WITHOUT_OPEN = 3
 /** Retry delays for the token request when the relay cannot be reached. */
@@ -62,13 +68,15 @@ export class Room {
     this.problem = null
     /** @type {Set<(state: RoomAccess) => void>} */
     this._listeners = new Set()
+    /** @type {{ unsaved: boolean } | null} the client's `deleted` event, once it came */
+    this.deleted = null
+    /** @type {Set<(event: { unsaved: boolean }) => void>} */
+    this._deletedListeners = new Set()
     this._destroyed = false
     this._refreshTimer = null
     this._retryTimer = null
     this._retryDelay = TOKEN_RETRY_MIN_MS
-    this._failedOpens = 0
     this._renewalsWithoutOpen = 0
-    this._opened = false
     this._started = false
     this._renewing = false
     /** @type {string | undefined} */
@@ -85,6 +93,8 @@ export class Room {
       // Nothing typed in a read-only document is ever sent: no reason to hold the page.
       warnBeforeUnload: this.access === 'write'
     })
+    this._onDeleted = (event) => this._wasDeleted(event)
+    this.provider.on('deleted', this._onDeleted)
     if (!this.demo) return
 
     this._onClose = (event) => this._closed(event)
@@ -92,8 +102,6 @@ export class Room {
       // The token a connection attempt opens with.
       if (status === 'connecting') this._attemptToken = this.provider.params.token
       if (status !== 'connected') return
-      this._opened = true
-      this._failedOpens = 0
       this._renewalsWithoutOpen = 0
       this._setProblem(null)
     }
@@ -119,11 +127,37 @@ export class Room {
     return () => this._listeners.delete(fn)
   }
 
+  /**
+   * Calls fn once the relay deleted the room (at once if it did already).
+   * @param {(event: { unsaved: boolean }) => void} fn
+   * @returns {() => void} unsubscribe
+   */
+  onDeleted (fn) {
+    if (this.deleted !== null) fn(this.deleted)
+    else this._deletedListeners.add(fn)
+    return () => this._deletedListeners.delete(fn)
+  }
+
+  /** @param {{ unsaved: boolean }} event */
+  _wasDeleted (event) {
+    if (this._destroyed || this.deleted !== null) return
+    this.deleted = event
+    clearTimeout(this._refreshTimer)
+    clearTimeout(this._retryTimer)
+    this._refreshTimer = null
+    this._retryTimer = null
+    // The copy on this device belongs to a document that no longer exists; kept, it would only
+    // say "deleted" again on every visit.
+    this.provider.clearLocalCopy().catch(err => console.warn('could not remove the local copy of a deleted room', err))
+    const listeners = [...this._deletedListeners]
+    this._deletedListeners.clear()
+    for (const fn of listeners) fn(event)
+  }
+
   /** @param {{ code: number }} event */
   _closed (event) {
-    if (this._destroyed) return
-    const opened = this._opened
-    this._opened = false
+    // Deleted: the client never connects again, and no token would change that.
+    if (this._destroyed || event.code === CLOSE_DOCUMENT_DELETED) return
     if (event.code === CLOSE_UNAUTHORIZED || event.code === CLOSE_FORBIDDEN) {
       // The client waits for connect(). The token renewed before this one expired is there
       // already; otherwise a new token first.
@@ -139,23 +173,14 @@ export class Room {
     // disconnect() (ours), or the relay is unreachable and a token request is already waiting
     // to be retried: the client's own backoff goes on.
     if (event.code === 1000 || this._retryTimer !== null) return
-    if (needsRefresh(storedToken(this.room))) {
-      // An expired token is refused before the WebSocket opens (HTTP 401): the client would
-      // retry with it forever.
-      this._renew()
-      return
-    }
-    // A connection that keeps failing to open may have a token the relay no longer takes (a
-    // new secret).
-    if (!opened && ++this._failedOpens >= FAILED_OPENS_BEFORE_RENEWAL && navigator.onLine) {
-      this._failedOpens = 0
-      this._renew()
-    }
+    // An expired token is refused before the connection opens: ask for a new one rather than
+    // retrying with it. A valid one stays: the relay refusing it arrives as 4401/4403 above.
+    if (needsRefresh(storedToken(this.room))) this._renew()
   }
 
   /** Gets a new token and connects with it. */
   async _renew () {
-    if (this._destroyed || this._renewing) return
+    if (this._destroyed || this._renewing || this.deleted !== null) return
     if (this._renewalsWithoutOpen >= MAX_RENEWALS_WITHOUT_OPEN) {
       // Fresh tokens, and still no connection: stop asking until the network changes.
       this._setProblem('the relay refuses the connection')
@@ -238,6 +263,8 @@ export class Room {
   close () {
     this._destroyed = true
     this._listeners.clear()
+    this._deletedListeners.clear()
+    this.provider.off('deleted', this._onDeleted)
     clearTimeout(this._refreshTimer)
     clearTimeout(this._retryTimer)
     if (this.demo) {

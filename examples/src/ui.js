@@ -87,6 +87,7 @@ export function saveStatusText (status, error) {
     case 'saved': return 'All changes saved'
     case 'offline-unsaved': return 'Offline: changes kept on this device'
     case 'error': return `Not saved yet: ${error?.message || error || 'the relay could not store the changes'}. Retrying…`
+    case 'deleted': return 'Deleted: nothing here is saved any more'
     default: return ''
   }
 }
@@ -98,6 +99,22 @@ export function connectionText (status) {
     case 'connecting': return 'Connecting…'
     default: return 'Offline'
   }
+}
+
+/**
+ * The notice shown in a document or chat room that was deleted on the relay (the client's
+ * `deleted` event). `unsaved`: whether it held edits the relay never saved, which are gone with
+ * the copy on this device.
+ * @param {'document' | 'chat room'} what
+ * @param {{ unsaved: boolean }} event
+ * @param {string} back where the link back leads (`/docs`, `/chat`)
+ */
+export function deletedNotice (what, { unsaved }, back) {
+  return h('p', { class: 'deleted-notice', id: 'deleted-notice', role: 'alert' },
+    `This ${what} was deleted on the relay. ` +
+      (unsaved ? 'Changes made here that it had not saved are lost with it. ' : '') +
+      'Its copy on this device has been removed. ',
+    h('a', { href: back, 'data-link': true }, what === 'document' ? 'Back to the documents' : 'Back to the rooms'))
 }
 
 /** The address of a document (`docs`) or chat room (`chat`) in the app. */

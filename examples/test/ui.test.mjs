@@ -12,6 +12,7 @@ test('the autosave indicator says exactly what each save status means', () => {
   assert.equal(saveStatusText('offline-unsaved'), 'Offline: changes kept on this device')
   assert.equal(saveStatusText('error', 'disk full'), 'Not saved yet: disk full. Retrying…')
   assert.equal(saveStatusText('error'), 'Not saved yet: the relay could not store the changes. Retrying…')
+  assert.equal(saveStatusText('deleted'), 'Deleted: nothing here is saved any more')
 })
 
 test('addresses hold the percent-encoded name', () => {

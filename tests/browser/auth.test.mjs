@@ -1,6 +1,8 @@
 // The app on a relay with a secret: the demo sign-on (`relay serve --secret ... --demo-sign-on`)
 // with its tokens, read-only documents, a token renewed after the relay closed the connection with
-// 4401, offline use with the last token; and the explanation page when the demo sign-on is off.
+// 4401 or refused one made with a token it does not take, offline use with the last token (also
+// while the relay is down and the browser online); and the explanation page when the demo sign-on
+// is off.
 
 import { test } from 'node:test'
 import assert from 'node:assert/strict'
@@ -317,6 +319,65 @@ test('demo sign-on offline: the page reloads in demo mode and reuses the last to
     const stored = await getJson(`${relay.httpUrl}/api/docs/${apiName('docs/Trip')}?format=json&token=${await mintToken(secret)}`)
     assert.match(stored.quill, /Online first\. Then offline\./)
     assert.deepEqual(olga.problems, [])
+  }, { args: ['--secret', secret, '--demo-sign-on'] })
+})
+
+test('the relay down while the browser is online: the app keeps its valid token and reconnects with it', { timeout: 120000 }, async () => {
+  const secret = randomSecret()
+  await withRelayAndBrowser('relay down, token kept', async ({ relay, browser }) => {
+    const pia = await openPerson(browser, relay, { name: 'Pia', color: '#9333ea' })
+    const { page } = pia
+    const sockets = watchSockets(page)
+    const tokenRequests = watchTokenRequests(page)
+    await openDoc(page, 'Outage')
+    await page.keyboard.type('Before the outage. ')
+    await waitForSaveText(page, SAVED)
+    assert.equal(await page.evaluate(() => navigator.onLine), true, 'the browser is online')
+
+    // The relay goes away; the network stays (navigator.onLine stays true). Connections fail to
+    // open, which says nothing about the token: no new one may be asked for.
+    await relay.stop()
+    await page.waitForFunction(() => document.querySelector('#conn-status')?.dataset.status !== 'connected', null, { timeout: 10000 })
+    await page.keyboard.type('During the outage.')
+    await waitForSaveText(page, OFFLINE)
+    const before = sockets.length
+    await waitUntil(() => sockets.length >= before + 3, { timeout: 30000, message: 'three failed reconnection attempts' })
+    assert.deepEqual(tokenRequests, [{ room: 'docs/Outage', name: 'Pia' }], 'no new token while the relay is down')
+
+    await relay.start() // same data directory, same port, same secret: the token is still good
+    await waitForSaveText(page, SAVED, 60000)
+    assert.ok(sockets.every(s => s.token === sockets[0].token), 'every connection used the one token')
+    assert.deepEqual(tokenRequests, [{ room: 'docs/Outage', name: 'Pia' }], 'no new token after the relay came back')
+    const stored = await getJson(`${relay.httpUrl}/api/docs/${apiName('docs/Outage')}?format=json&token=${await mintToken(secret)}`)
+    assert.match(stored.quill, /Before the outage\. During the outage\./)
+    assert.deepEqual(pia.problems, [])
+  }, { args: ['--secret', secret, '--demo-sign-on'] })
+})
+
+test('a stored token the relay does not take (another secret) is replaced: the refusal comes over long-polling as 4401', { timeout: 120000 }, async () => {
+  const secret = randomSecret()
+  await withRelayAndBrowser('token of another secret', async ({ relay, browser }) => {
+    const room = 'docs/Rekeyed'
+    // A token signed with another secret (as after the relay's secret changed), which the app
+    // believes good for an hour. The WebSocket is refused before it opens (the page sees 1006),
+    // the long-polling attempt that follows gets HTTP 401 (4401): that is what says "new token".
+    const foreign = await mintToken(randomSecret(), { access: 'write', ttl: '1h', doc: room })
+    const eva = await openPerson(browser, relay, { name: 'Eva', color: '#be123c' })
+    await eva.context.addInitScript(([key, value]) => {
+      if (location.protocol.startsWith('http') && !sessionStorage.getItem(key)) sessionStorage.setItem(key, value)
+    }, [`relay-demo:token:${room}`, JSON.stringify({ token: foreign, access: 'write', expiresAtMs: Date.now() + 3600_000, lifetimeMs: 3600_000 })])
+    const { page } = eva
+    const sockets = watchSockets(page)
+    const tokenRequests = watchTokenRequests(page)
+    await openDoc(page, 'Rekeyed')
+    assert.equal(sockets[0]?.token, foreign, 'the stored token is tried first')
+    await page.locator('#conn-status[data-status="connected"]').waitFor({ state: 'attached', timeout: 20000 })
+    assert.deepEqual(tokenRequests, [{ room, name: 'Eva' }], 'one new token')
+    assert.notEqual(sockets[sockets.length - 1].token, foreign, 'the connection uses the new token')
+    await page.locator('.ql-editor').click()
+    await page.keyboard.type('With the new secret.')
+    await waitForSaveText(page, SAVED)
+    assert.deepEqual(eva.problems, [])
   }, { args: ['--secret', secret, '--demo-sign-on'] })
 })
 

@@ -63,6 +63,15 @@ async function selectText (page, text, { collapse } = {}) {
   }, [text, collapse])
 }
 
+/**
+ * Whether the page gets an answer from the relay to a request of its own (GET /healthz, which the
+ * service worker leaves to the network).
+ * @param {import('playwright-core').Page} page
+ */
+function canReachRelay (page) {
+  return page.evaluate(() => fetch('/healthz', { cache: 'no-store' }).then(res => res.ok, () => false))
+}
+
 /** Moves the caret to the end of the editor's text. */
 async function caretToEnd (page) {
   await page.evaluate(() => {
@@ -234,7 +243,10 @@ test('offline: edits are kept, the page reloads from the service worker, and bot
     assert.ok(response, 'the reload got a response')
     assert.ok(response.fromServiceWorker(), 'the reloaded page came from the service worker')
     assert.equal(await response.headerValue('x-served-from'), 'cache', 'the service worker answered from its cache, not the network')
-    assert.equal(await alice.page.evaluate(() => navigator.onLine), false, 'the browser is still offline')
+    // Still offline: the page's own requests fail. (Not `navigator.onLine`: Chromium 148 reads it
+    // as true in a document loaded while the context is offline, and lets the service worker out
+    // to the network again after the reload; the page's requests stay offline.)
+    assert.equal(await canReachRelay(alice.page), false, 'the page still cannot reach the relay')
     await alice.page.locator('.ql-editor[contenteditable="true"]').waitFor({ timeout: 15000 })
     await alice.page.waitForFunction(() => document.querySelector('.ql-editor').textContent.includes('Written offline.'), null, { timeout: 10000 })
     await recordStatus(alice.page)
@@ -310,6 +322,47 @@ test('"All changes saved" waits for the relay: never while it is down, and the e
       reader.destroy()
     }
     assert.deepEqual(alice.problems, [])
+  })
+})
+
+test('a document deleted on the relay while open: the pages say so, typing stops, the copy on the device goes, nothing comes back', { timeout: 120000 }, async () => {
+  await withRelayAndBrowser('deleted while open', async ({ relay, browser }) => {
+    const alice = await openPerson(browser, relay, { name: 'Alice', color: '#dc2626' })
+    const bob = await openPerson(browser, relay, { name: 'Bob', color: '#2563eb' })
+    const doc = 'Doomed'
+    await openDoc(alice.page, doc)
+    await openDoc(bob.page, doc)
+    await alice.page.locator('.ql-editor').click()
+    await alice.page.keyboard.type('Soon gone.')
+    await bob.page.waitForFunction(() => document.querySelector('.ql-editor').textContent.includes('Soon gone.'), null, { timeout: 5000 })
+    await waitForSaveText(alice.page, SAVED)
+    const database = `relay-client:${relay.wsUrl}/${encodeURIComponent(`docs/${doc}`)}`
+    const databases = page => page.evaluate(async () => (await indexedDB.databases()).map(d => d.name))
+    assert.ok((await databases(alice.page)).includes(database), 'the copy on the device is there')
+
+    const res = await fetch(`${relay.httpUrl}/api/docs/${encodeURIComponent(`docs/${doc}`)}`, { method: 'DELETE' })
+    assert.equal(res.status, 200)
+    for (const { page } of [alice, bob]) {
+      const notice = page.locator('#deleted-notice')
+      await notice.waitFor({ timeout: 10000 })
+      assert.match(await notice.textContent(), /^This document was deleted on the relay\. Its copy on this device has been removed\./)
+      await waitForSaveText(page, 'Deleted: nothing here is saved any more')
+      assert.equal(await page.locator('.ql-editor').getAttribute('contenteditable'), 'false', 'the editor is disabled')
+      await waitUntil(async () => !(await databases(page)).includes(database), { timeout: 10000, message: 'the copy on the device to be removed' })
+    }
+    assert.equal((await fetch(`${relay.httpUrl}/api/docs/${encodeURIComponent(`docs/${doc}`)}`)).status, 404, 'the relay did not get it back')
+
+    // Opening the address again starts an empty document: nothing of the old one is sent.
+    await openDoc(alice.page, doc)
+    await alice.page.locator('#conn-status[data-status="connected"]').waitFor({ state: 'attached', timeout: 10000 })
+    assert.equal(await editorText(alice.page), '')
+    const reader = await readRoom(relay, `docs/${doc}`)
+    try {
+      assert.equal(reader.doc.getText('quill').toString(), '', 'the relay has nothing of the deleted document')
+    } finally {
+      reader.destroy()
+    }
+    assert.deepEqual([...alice.problems, ...bob.problems], [])
   })
 })
 

@@ -69,7 +69,7 @@ rm -f "$results"
   --forwarder-bin "$bin/forwarder" \
   --y-sweet-bin "$bin/y-sweet" \
   --node-peers tests/loadgen/peers \
-  --trace "$root/../shared/data/editing-traces/automerge-paper.json.gz" \
+  --trace "$root/tests/data/editing-traces/automerge-paper.json.gz" \
   --relay-arg=--max-connections=20000 \
   --json "$results" \
   --out "${OUT:-BENCHMARKS.md}" \

@@ -1,6 +1,6 @@
 //! A real two-user concurrent editing session replayed through the relay: Joseph Gentle's
-//! `friendsforever` trace (`shared/data/editing-traces/friendsforever.concurrent.json.gz`, CC BY
-//! 4.0), 26,078 transactions by two agents.
+//! `friendsforever` trace (`tests/data/editing-traces/friendsforever.concurrent.json.gz`, CC BY
+//! 4.0, attribution in the README beside it), 26,078 transactions by two agents.
 //!
 //! Each agent is a client with a yrs document. Each transaction is made on exactly the version it
 //! was typed on: the trace names its parents, and the version they make holds every earlier
@@ -39,15 +39,15 @@ struct Trace {
 
 fn trace_path() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../../shared/data/editing-traces/friendsforever.concurrent.json.gz")
+        .join("data/editing-traces/friendsforever.concurrent.json.gz")
 }
 
 fn load_trace() -> Trace {
     let path = trace_path();
     let file = std::fs::File::open(&path).unwrap_or_else(|e| {
         panic!(
-            "cannot open the editing trace {}: {e}. It lives in shared/ beside the checkout \
-             (shared/data/editing-traces/); CI keeps a copy of shared/ beside the clone.",
+            "cannot open the editing trace {}: {e}. It is committed in the repository \
+             (tests/data/editing-traces/).",
             path.display()
         )
     });

@@ -5,7 +5,7 @@ import * as Y from 'yjs'
 import { openRoom } from '../connect.js'
 import { onUserChange } from '../identity.js'
 import { peopleIn } from './presence.js'
-import { avatar, connectionText, h, listNames, safeColor, saveStatusText } from '../ui.js'
+import { avatar, connectionText, deletedNotice, h, listNames, safeColor, saveStatusText } from '../ui.js'
 
 /** Longest message, in characters. */
 const MAX_MESSAGE = 2000
@@ -170,10 +170,11 @@ export function mountChat (root, { name, user }) {
   let destroyed = false
   let loaded = false
   let readOnly = room.access === 'read'
+  let deleted = false
   const applyAccess = () => {
-    input.disabled = !loaded || readOnly
-    sendButton.disabled = !loaded || readOnly
-    input.placeholder = readOnly ? 'This room is read-only' : `Message #${name}`
+    input.disabled = !loaded || readOnly || deleted
+    sendButton.disabled = !loaded || readOnly || deleted
+    input.placeholder = deleted ? 'This room was deleted' : readOnly ? 'This room is read-only' : `Message #${name}`
   }
   const enable = () => {
     if (destroyed) return
@@ -187,6 +188,13 @@ export function mountChat (root, { name, user }) {
     applyAccess()
     onStatus({ status: provider.status })
   })
+  // Deleted on the relay: say so, and take nothing more.
+  const offDeleted = room.onDeleted((event) => {
+    if (destroyed) return
+    deleted = true
+    form.before(deletedNotice('chat room', event, '/chat'))
+    applyAccess()
+  })
   Promise.race([provider.whenLoaded, provider.whenSynced]).then(enable, (err) => {
     console.warn('chat room not loaded:', err)
     enable()
@@ -195,6 +203,7 @@ export function mountChat (root, { name, user }) {
   return () => {
     destroyed = true
     offAccess()
+    offDeleted()
     clearTimeout(typingTimer)
     offUser()
     window.removeEventListener('pageshow', onPageShow)

@@ -5,6 +5,9 @@
 // A read-only document (the demo sign-on's `read` tokens) is shown with the editor disabled, a
 // "Read only" badge next to the title and no toolbar; the indicator then says that it is
 // read-only instead of anything about saving, since nothing typed here would be kept.
+//
+// A document deleted on the relay while it is open (or before, if this device still had a copy):
+// the editor is disabled, a notice says so, and the indicator says that nothing is saved any more.
 
 import * as Y from 'yjs'
 import Quill from 'quill'
@@ -13,7 +16,7 @@ import { QuillBinding } from 'y-quill'
 import { openRoom } from '../connect.js'
 import { onUserChange } from '../identity.js'
 import { mountPresence } from './presence.js'
-import { connectionText, h, saveStatusText } from '../ui.js'
+import { connectionText, deletedNotice, h, saveStatusText } from '../ui.js'
 
 // quill-cursors is CommonJS with `exports.default`; imported from an ES module package (Node's
 // rules, which esbuild follows here) its default import is the whole `exports` object.
@@ -83,6 +86,7 @@ export function mountEditor (root, { name, user }) {
   let destroyed = false
   let readOnly = room.access === 'read'
   let problem = null
+  let deleted = false
   const enable = () => {
     if (ready || destroyed) return
     ready = true
@@ -96,7 +100,7 @@ export function mountEditor (root, { name, user }) {
     readOnlyBadge.hidden = !readOnly
     quill.root.setAttribute('aria-readonly', String(readOnly))
     quill.root.dataset.placeholder = readOnly ? '' : PLACEHOLDER
-    if (ready && !readOnly) quill.enable()
+    if (ready && !readOnly && !deleted) quill.enable()
     else quill.disable()
     showSave(provider.saveStatus, provider.saveError)
     showConn(provider.status)
@@ -108,7 +112,7 @@ export function mountEditor (root, { name, user }) {
   })
 
   const showSave = (status, error) => {
-    if (readOnly) {
+    if (readOnly && status !== 'deleted') {
       // Nothing is edited here: no claim about saving (nor about unsaved edits).
       saveEl.dataset.status = 'read-only'
       saveEl.textContent = 'Read only: you can read this document, not edit it'
@@ -133,6 +137,14 @@ export function mountEditor (root, { name, user }) {
   const offAccess = room.onAccess((state) => {
     readOnly = state.access === 'read'
     problem = state.problem
+    applyAccess()
+  })
+
+  const offDeleted = room.onDeleted((event) => {
+    if (destroyed) return
+    deleted = true
+    page.classList.add('deleted')
+    page.querySelector('.doc-head')?.after(deletedNotice('document', event, '/docs'))
     applyAccess()
   })
 
@@ -168,6 +180,7 @@ export function mountEditor (root, { name, user }) {
   return () => {
     destroyed = true
     offAccess()
+    offDeleted()
     offUser()
     window.removeEventListener('pageshow', onPageShow)
     unmountPresence()

@@ -88,10 +88,14 @@ struct Common {
     /// Where data directories go.
     #[arg(long, default_value = "target/loadgen-work")]
     work_dir: PathBuf,
-    /// The editing trace for large-doc and join-storm.
+    /// The editing trace for large-doc and join-storm (default: the copy committed in
+    /// tests/data/editing-traces, found from where this tool was built).
     #[arg(
         long,
-        default_value = "../shared/data/editing-traces/automerge-paper.json.gz"
+        default_value = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../data/editing-traces/automerge-paper.json.gz"
+        )
     )]
     trace: PathBuf,
     /// Where built documents are cached.

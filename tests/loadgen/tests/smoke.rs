@@ -62,9 +62,8 @@ impl Launcher for InProcessRelay {
 }
 
 fn trace_path() -> PathBuf {
-    // tests/loadgen -> the repository -> its parent holds shared/.
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../../shared/data/editing-traces/automerge-paper.json.gz")
+    // tests/loadgen -> tests/data, the traces committed in the repository.
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../data/editing-traces/automerge-paper.json.gz")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
