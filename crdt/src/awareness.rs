@@ -9,7 +9,8 @@
 //! Everything a client can make the relay hold here is bounded ([`AwarenessLimits`]): entries per
 //! message, the size of one state, live states per connection and per room. And a client id
 //! belongs to the connection that introduced it for as long as that connection is open: another
-//! connection cannot take it over (to impersonate the client, or to remove its state).
+//! connection cannot take it over (to impersonate the client, or to remove its state), unless the
+//! caller says it may (the same user's new connection, say).
 
 use std::collections::{HashMap, VecDeque};
 use std::hash::Hash;
@@ -220,7 +221,9 @@ impl<O: Copy + Eq + Hash> AwarenessTable<O> {
     /// id's owner. Besides:
     /// - a live state belongs to its owner while that connection is open: entries for it from
     ///   any other connection are ignored, whatever their clock (otherwise anyone could take a
-    ///   client id over with a higher clock, speak for it, then remove it);
+    ///   client id over with a higher clock, speak for it, then remove it), unless
+    ///   `may_take_over(current owner)` says `owner` may, and `owner` speaks for no other client
+    ///   (a client moving to a new connection before its old one closed);
     /// - after the relay itself removed a client (see [`AwarenessTable::remove_owner`]), a state
     ///   at the same clock from a connection that speaks for no other client brings it back, so
     ///   that a client that reconnects is seen at once rather than after its next renewal;
@@ -234,6 +237,7 @@ impl<O: Copy + Eq + Hash> AwarenessTable<O> {
         entries: &[AwarenessEntry<'_>],
         owner: O,
         now: Instant,
+        may_take_over: impl Fn(O) -> bool,
     ) -> Result<AwarenessChanges, AwarenessError> {
         self.check_owner_limit(entries, owner)?;
         let mut changes = AwarenessChanges::default();
@@ -241,13 +245,18 @@ impl<O: Copy + Eq + Hash> AwarenessTable<O> {
             let known = self.states.get(&entry.client_id);
             let current_clock = known.map_or(0, |s| s.clock);
             let was_live = known.is_some_and(|s| s.state.is_some());
-            if was_live && known.is_some_and(|s| s.owner != owner) {
+            let previous_owner = known.map(|s| s.owner);
+            if let Some(current) = known.filter(|s| was_live && s.owner != owner) {
                 // Another connection's client: stock clients send back every state they
                 // apply, at its clock (so it never wins anyway); a higher clock is a takeover.
-                if current_clock < entry.clock {
-                    changes.ignored += 1;
+                let allowed =
+                    may_take_over(current.owner) && !self.owns_other_than(owner, entry.client_id);
+                if !allowed {
+                    if current_clock < entry.clock {
+                        changes.ignored += 1;
+                    }
+                    continue;
                 }
-                continue;
             }
             // Only a connection that speaks for no other client may revive one: a reconnecting
             // client's first message, not another client sending back what it had applied.
@@ -280,10 +289,16 @@ impl<O: Copy + Eq + Hash> AwarenessTable<O> {
                     *self.live_by_owner.entry(owner).or_default() += 1;
                     changes.added.push(entry.client_id);
                 }
-                (true, true) => changes.updated.push(entry.client_id),
+                (true, true) => {
+                    if let Some(previous) = previous_owner.filter(|p| *p != owner) {
+                        self.owner_lost_one(previous);
+                        *self.live_by_owner.entry(owner).or_default() += 1;
+                    }
+                    changes.updated.push(entry.client_id);
+                }
                 (true, false) => {
                     self.live -= 1;
-                    self.owner_lost_one(owner);
+                    self.owner_lost_one(previous_owner.unwrap_or(owner));
                     changes.removed.push(entry.client_id);
                     self.remember_tombstone(entry.client_id);
                 }
@@ -461,23 +476,23 @@ mod tests {
     fn higher_clock_wins_and_clock_zero_is_ignored_like_y_protocols() {
         let mut table = AwarenessTable::new();
         let changes = table
-            .apply(&[entry(1, 0, Some("{}"))], 'a', t0())
+            .apply(&[entry(1, 0, Some("{}"))], 'a', t0(), |_| false)
             .expect("within the limits");
         assert_eq!(changes, AwarenessChanges::default());
         let changes = table
-            .apply(&[entry(1, 1, Some("{}"))], 'a', t0())
+            .apply(&[entry(1, 1, Some("{}"))], 'a', t0(), |_| false)
             .expect("within the limits");
         assert_eq!(changes.added, vec![1]);
         let changes = table
-            .apply(&[entry(1, 1, Some(r#"{"x":1}"#))], 'a', t0())
+            .apply(&[entry(1, 1, Some(r#"{"x":1}"#))], 'a', t0(), |_| false)
             .expect("within the limits");
         assert_eq!(changes, AwarenessChanges::default(), "same clock loses");
         let changes = table
-            .apply(&[entry(1, 2, Some(r#"{"x":1}"#))], 'a', t0())
+            .apply(&[entry(1, 2, Some(r#"{"x":1}"#))], 'a', t0(), |_| false)
             .expect("within the limits");
         assert_eq!(changes.updated, vec![1]);
         let changes = table
-            .apply(&[entry(1, 2, None)], 'a', t0())
+            .apply(&[entry(1, 2, None)], 'a', t0(), |_| false)
             .expect("within the limits");
         assert_eq!(changes.removed, vec![1], "removal at the same clock wins");
         assert!(table.is_empty());
@@ -491,10 +506,11 @@ mod tests {
                 &[entry(1, 1, Some("{}")), entry(2, 5, Some("{}"))],
                 'a',
                 t0(),
+                |_| false,
             )
             .expect("within the limits");
         table
-            .apply(&[entry(3, 1, Some("{}"))], 'b', t0())
+            .apply(&[entry(3, 1, Some("{}"))], 'b', t0(), |_| false)
             .expect("within the limits");
         let removal = table.remove_owner('a').expect("a owned clients 1 and 2");
         let mut removed =
@@ -516,30 +532,71 @@ mod tests {
     fn another_connection_cannot_take_a_live_client_over() {
         let mut table = AwarenessTable::new();
         table
-            .apply(&[entry(1, 3, Some(r#"{"n":"victim"}"#))], 'a', t0())
+            .apply(&[entry(1, 3, Some(r#"{"n":"victim"}"#))], 'a', t0(), |_| {
+                false
+            })
             .expect("within the limits");
         // A higher clock from another connection: a takeover, ignored, whatever it says.
         let changes = table
-            .apply(&[entry(1, 1 << 50, Some(r#"{"n":"forged"}"#))], 'b', t0())
+            .apply(
+                &[entry(1, 1 << 50, Some(r#"{"n":"forged"}"#))],
+                'b',
+                t0(),
+                |_| false,
+            )
             .expect("within the limits");
         assert!(changes.is_empty());
         assert_eq!(changes.ignored, 1);
         let changes = table
-            .apply(&[entry(1, u64::MAX, None)], 'b', t0())
+            .apply(&[entry(1, u64::MAX, None)], 'b', t0(), |_| false)
             .expect("within the limits");
         assert!(changes.is_empty(), "nor can it remove the state");
         assert_eq!(table.remove_owner('b'), None, "b owns nothing");
         // The owner renews at its own next clock, as if nothing happened.
         let changes = table
-            .apply(&[entry(1, 4, Some(r#"{"n":"victim"}"#))], 'a', t0())
+            .apply(&[entry(1, 4, Some(r#"{"n":"victim"}"#))], 'a', t0(), |_| {
+                false
+            })
             .expect("within the limits");
         assert_eq!(changes.updated, vec![1]);
         // Once the owner's connection is gone, the client id is free again: a reconnect.
         table.remove_owner('a').expect("a owned client 1");
         let changes = table
-            .apply(&[entry(1, 4, Some(r#"{"n":"victim"}"#))], 'c', t0())
+            .apply(&[entry(1, 4, Some(r#"{"n":"victim"}"#))], 'c', t0(), |_| {
+                false
+            })
             .expect("within the limits");
         assert_eq!(changes.added, vec![1]);
+    }
+
+    #[test]
+    fn the_same_users_new_connection_takes_its_client_over() {
+        let mut table = AwarenessTable::new();
+        table
+            .apply(&[entry(1, 3, Some("{}"))], 'a', t0(), |_| false)
+            .expect("within the limits");
+        table
+            .apply(&[entry(2, 1, Some("{}"))], 'b', t0(), |_| false)
+            .expect("within the limits");
+        // b speaks for client 2, so it may not take client 1 over, allowed or not.
+        let changes = table
+            .apply(&[entry(1, 5, Some("{}"))], 'b', t0(), |_| true)
+            .expect("within the limits");
+        assert_eq!(changes.ignored, 1);
+        // c (the same user's new connection, owning nothing) may, with a higher clock.
+        let changes = table
+            .apply(&[entry(1, 5, Some(r#"{"moved":1}"#))], 'c', t0(), |owner| {
+                owner == 'a'
+            })
+            .expect("within the limits");
+        assert_eq!(changes.updated, vec![1]);
+        assert_eq!(
+            table.remove_owner('a'),
+            None,
+            "a's leaving removes nothing now"
+        );
+        assert!(table.remove_owner('c').is_some());
+        assert_eq!(table.len(), 1);
     }
 
     #[test]
@@ -571,31 +628,37 @@ mod tests {
         let mut table = AwarenessTable::with_limits(limits);
         let three: Vec<_> = (1..=3).map(|id| entry(id, 1, Some("{}"))).collect();
         assert_eq!(
-            table.apply(&three, 'a', t0()),
+            table.apply(&three, 'a', t0(), |_| false),
             Err(AwarenessError::TooManyStates { max: 2 })
         );
         assert!(table.is_empty(), "nothing of a refused message is applied");
         table
-            .apply(&three[..2], 'a', t0())
+            .apply(&three[..2], 'a', t0(), |_| false)
             .expect("two states per connection");
         // Renewals and removals of its own states are always fine.
         table
-            .apply(&[entry(1, 2, Some("{}")), entry(2, 2, None)], 'a', t0())
+            .apply(
+                &[entry(1, 2, Some("{}")), entry(2, 2, None)],
+                'a',
+                t0(),
+                |_| false,
+            )
             .expect("within the limits");
         table
             .apply(
                 &[entry(3, 1, Some("{}")), entry(4, 1, Some("{}"))],
                 'b',
                 t0(),
+                |_| false,
             )
             .expect("within the limits");
         assert_eq!(table.len(), 3);
         // The room holds at most four: the fifth client is ignored, not an error.
         table
-            .apply(&[entry(2, 3, Some("{}"))], 'a', t0())
+            .apply(&[entry(2, 3, Some("{}"))], 'a', t0(), |_| false)
             .expect("within the limits");
         let changes = table
-            .apply(&[entry(5, 1, Some("{}"))], 'c', t0())
+            .apply(&[entry(5, 1, Some("{}"))], 'c', t0(), |_| false)
             .expect("within the limits");
         assert_eq!((changes.ignored, table.len()), (1, 4));
     }
@@ -604,11 +667,11 @@ mod tests {
     fn an_older_state_sent_back_after_a_removal_stays_removed() {
         let mut table = AwarenessTable::new();
         table
-            .apply(&[entry(1, 3, Some(r#"{"n":"a"}"#))], 'a', t0())
+            .apply(&[entry(1, 3, Some(r#"{"n":"a"}"#))], 'a', t0(), |_| false)
             .expect("within the limits");
         table.remove_owner('a').expect("a owned client 1");
         let changes = table
-            .apply(&[entry(1, 2, Some(r#"{"n":"old"}"#))], 'b', t0())
+            .apply(&[entry(1, 2, Some(r#"{"n":"old"}"#))], 'b', t0(), |_| false)
             .expect("within the limits");
         assert!(changes.is_empty());
         assert_eq!(table.encode_all(), None);
@@ -618,11 +681,11 @@ mod tests {
     fn a_client_that_reconnects_is_back_at_once_with_the_same_clock() {
         let mut table = AwarenessTable::new();
         table
-            .apply(&[entry(1, 3, Some(r#"{"n":"a"}"#))], 'a', t0())
+            .apply(&[entry(1, 3, Some(r#"{"n":"a"}"#))], 'a', t0(), |_| false)
             .expect("within the limits");
         table.remove_owner('a').expect("a owned client 1");
         let changes = table
-            .apply(&[entry(1, 3, Some(r#"{"n":"a"}"#))], 'c', t0())
+            .apply(&[entry(1, 3, Some(r#"{"n":"a"}"#))], 'c', t0(), |_| false)
             .expect("within the limits");
         assert_eq!(changes.added, vec![1]);
         // Now owned by the new connection.
@@ -634,14 +697,14 @@ mod tests {
     fn another_client_sending_back_a_removed_state_does_not_revive_it() {
         let mut table = AwarenessTable::new();
         table
-            .apply(&[entry(1, 3, Some(r#"{"n":"a"}"#))], 'a', t0())
+            .apply(&[entry(1, 3, Some(r#"{"n":"a"}"#))], 'a', t0(), |_| false)
             .expect("within the limits");
         table
-            .apply(&[entry(2, 1, Some(r#"{"n":"b"}"#))], 'b', t0())
+            .apply(&[entry(2, 1, Some(r#"{"n":"b"}"#))], 'b', t0(), |_| false)
             .expect("within the limits");
         table.remove_owner('a').expect("a owned client 1");
         let changes = table
-            .apply(&[entry(1, 3, Some(r#"{"n":"a"}"#))], 'b', t0())
+            .apply(&[entry(1, 3, Some(r#"{"n":"a"}"#))], 'b', t0(), |_| false)
             .expect("within the limits");
         assert!(changes.is_empty());
         assert_eq!(table.len(), 1);
@@ -651,17 +714,17 @@ mod tests {
     fn a_state_the_client_removed_itself_is_not_revived_at_its_old_clock() {
         let mut table = AwarenessTable::new();
         table
-            .apply(&[entry(1, 3, Some("{}"))], 'a', t0())
+            .apply(&[entry(1, 3, Some("{}"))], 'a', t0(), |_| false)
             .expect("within the limits");
         table
-            .apply(&[entry(1, 4, None)], 'a', t0())
+            .apply(&[entry(1, 4, None)], 'a', t0(), |_| false)
             .expect("within the limits");
         let changes = table
-            .apply(&[entry(1, 4, Some("{}"))], 'b', t0())
+            .apply(&[entry(1, 4, Some("{}"))], 'b', t0(), |_| false)
             .expect("within the limits");
         assert!(changes.is_empty());
         let changes = table
-            .apply(&[entry(1, 3, Some("{}"))], 'b', t0())
+            .apply(&[entry(1, 3, Some("{}"))], 'b', t0(), |_| false)
             .expect("within the limits");
         assert!(changes.is_empty());
     }
@@ -670,13 +733,14 @@ mod tests {
     fn states_not_renewed_go_out_of_date() {
         let mut table = AwarenessTable::new();
         table
-            .apply(&[entry(1, 1, Some("{}"))], 'a', t0())
+            .apply(&[entry(1, 1, Some("{}"))], 'a', t0(), |_| false)
             .expect("within the limits");
         table
             .apply(
                 &[entry(2, 1, Some("{}"))],
                 'a',
                 t0() + Duration::from_secs(20),
+                |_| false,
             )
             .expect("within the limits");
         assert_eq!(
@@ -698,10 +762,10 @@ mod tests {
         let mut table = AwarenessTable::new();
         for id in 0..(MAX_TOMBSTONES as u64 * 3) {
             table
-                .apply(&[entry(id, 1, Some("{}"))], 'a', t0())
+                .apply(&[entry(id, 1, Some("{}"))], 'a', t0(), |_| false)
                 .expect("within the limits");
             table
-                .apply(&[entry(id, 1, None)], 'a', t0())
+                .apply(&[entry(id, 1, None)], 'a', t0(), |_| false)
                 .expect("within the limits");
         }
         assert!(table.states.len() <= MAX_TOMBSTONES);

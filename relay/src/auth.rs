@@ -272,6 +272,38 @@ pub struct Grant {
     pub access: Access,
     /// When the grant ends, in seconds since the Unix epoch (`None` on an open relay).
     pub expires_at: Option<u64>,
+    /// Who was granted it.
+    pub principal: Principal,
+}
+
+/// Who a connection speaks for, as far as the relay can tell: the token's user (`sub`), or the
+/// token itself when it names none. On an open relay everyone is the same principal. Kept as a
+/// keyed hash, so the relay holds no tokens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Principal(u64);
+
+impl Principal {
+    /// Everyone, on a relay without tokens.
+    pub const ANYONE: Principal = Principal(0);
+
+    fn of(claims: &Claims, token: &str) -> Principal {
+        use std::hash::{BuildHasher, Hasher};
+        // Random per process, so nobody can make two principals collide on purpose.
+        static KEY: std::sync::OnceLock<std::hash::RandomState> = std::sync::OnceLock::new();
+        let mut hasher = KEY.get_or_init(std::hash::RandomState::new).build_hasher();
+        match &claims.sub {
+            Some(sub) => {
+                hasher.write(b"sub\0");
+                hasher.write(sub.as_bytes());
+            }
+            None => {
+                hasher.write(b"token\0");
+                hasher.write(token.as_bytes());
+            }
+        }
+        // 0 is ANYONE's.
+        Principal(hasher.finish().max(1))
+    }
 }
 
 /// Decides whether a request for `room` (or for the whole document API when `room` is `None`)
@@ -291,6 +323,7 @@ pub fn authorize(
         return Ok(Grant {
             access: Access::Admin,
             expires_at: None,
+            principal: Principal::ANYONE,
         });
     };
     let token = token.filter(|t| !t.is_empty()).ok_or(AuthError::Missing)?;
@@ -312,6 +345,7 @@ pub fn authorize(
     Ok(Grant {
         access: claims.access,
         expires_at: Some(claims.exp),
+        principal: Principal::of(&claims, token),
     })
 }
 

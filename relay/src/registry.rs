@@ -14,7 +14,7 @@ use tokio::sync::mpsc;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
-use crate::auth::Access;
+use crate::auth::Grant;
 use crate::close::CloseReason;
 use crate::outbound::ConnHandle;
 use crate::room::{ConnId, Exit, Room, RoomCommand, RoomContext, RoomStatus};
@@ -143,7 +143,7 @@ impl RoomRegistry {
         &self.tasks
     }
 
-    /// Joins `conn` to `room` with `access`, loading the room if needed.
+    /// Joins `conn` to `room` with what `grant` allows, loading the room if needed.
     ///
     /// # Errors
     /// [`JoinError::RoomFull`] at `--max-room-connections` (counted under the registry's lock,
@@ -154,12 +154,13 @@ impl RoomRegistry {
         self: &Arc<Self>,
         room: &str,
         conn: ConnId,
-        access: Access,
+        grant: &Grant,
         handle: ConnHandle,
     ) -> Result<Joined, JoinError> {
         let mut command = RoomCommand::Join {
             conn,
-            access,
+            access: grant.access,
+            principal: grant.principal,
             handle,
         };
         for _ in 0..3 {

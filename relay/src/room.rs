@@ -26,7 +26,7 @@ use tokio_util::sync::CancellationToken;
 use self::core::{ApiUpdateError, CoreSettings, Effect, RoomCore};
 use self::inbound::Inbound;
 use self::ledger::RequestId;
-use crate::auth::Access;
+use crate::auth::{Access, Principal};
 use crate::close::CloseReason;
 use crate::outbound::{ConnHandle, Delivery};
 use crate::persist::{CommitState, PersistJob, PersistMsg, PersistSender};
@@ -52,6 +52,8 @@ pub(crate) enum RoomCommand {
         conn: ConnId,
         /// What its token allows.
         access: Access,
+        /// Whom it speaks for.
+        principal: Principal,
         /// How to reach it.
         handle: ConnHandle,
     },
@@ -226,10 +228,11 @@ impl Room {
             RoomCommand::Join {
                 conn,
                 access,
+                principal,
                 handle,
             } => {
                 self.handles.insert(conn, handle);
-                self.core.join(conn, access);
+                self.core.join(conn, access, principal);
             }
             RoomCommand::Messages { conn, messages } => {
                 for message in messages {

@@ -188,7 +188,7 @@ pub(crate) async fn join(
     let Admitted { grant, slot } = admitted;
     let joined = state
         .registry
-        .join(room, conn, grant.access, handle.clone())
+        .join(room, conn, &grant, handle.clone())
         .await?;
     let metrics = state.metrics.clone();
     metrics.connections.inc();

@@ -264,20 +264,40 @@ async fn awareness_over_its_limits_closes_the_connection_with_1008() {
     assert_eq!(seen[0].client_id, c.client_id());
 }
 
+/// A read token for the room `room` of the user `sub`.
+fn read_token_of(room: &str, sub: &str) -> String {
+    let mut claims = claims(
+        Some(room),
+        relay::auth::Access::Read,
+        relay::auth::now_secs() + 3600,
+    );
+    claims.sub = Some(sub.into());
+    sign_token(&[TEST_SECRET], &claims)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_connection_cannot_take_over_another_connections_client_id() {
-    let relay = TestRelay::start().await;
-    let mut victim = relay.join("aware-takeover").await;
-    let mut watcher = relay.join("aware-takeover").await;
+async fn a_connection_cannot_take_over_another_users_client_id() {
+    let relay =
+        TestRelay::start_with(|c| c.secrets = vec![relay::config::Secret(TEST_SECRET.into())])
+            .await;
+    let room = "aware-takeover";
+    let mut victim = relay
+        .join_with_token(room, &read_token_of(room, "victim"))
+        .await;
+    let mut watcher = relay
+        .join_with_token(room, &read_token_of(room, "watcher"))
+        .await;
     let id = victim.client_id();
     victim
         .send(awareness_message(id, 3, Some(r#"{"user":"victim"}"#)))
         .await;
     assert_eq!(single(&watcher.recv_msg().await)[0].client_id, id);
 
-    // Another connection speaks for the victim's client id with a much higher clock, then
-    // removes it, then leaves.
-    let mut attacker = relay.join("aware-takeover").await;
+    // Another user's connection (a read-only token is enough) speaks for the victim's client id
+    // with a much higher clock, then removes it, then leaves.
+    let mut attacker = relay
+        .join_with_token(room, &read_token_of(room, "attacker"))
+        .await;
     attacker
         .send(awareness_message(id, 1 << 40, Some(r#"{"user":"forged"}"#)))
         .await;
@@ -299,6 +319,27 @@ async fn a_connection_cannot_take_over_another_connections_client_id() {
             state: Some(r#"{"user":"victim"}"#.to_owned()),
         }],
         "the forged state, its removal and the attacker's leaving never reached the watcher"
+    );
+
+    // The victim's own new connection (a reconnect racing the old socket's close, or a move
+    // from long-polling to a WebSocket) takes the client id over, so the old connection's
+    // leaving removes nothing.
+    let mut moved = relay
+        .join_with_token(room, &read_token_of(room, "victim"))
+        .await;
+    moved
+        .send(awareness_message(id, 6, Some(r#"{"user":"victim"}"#)))
+        .await;
+    assert_eq!(single(&watcher.recv_msg().await)[0].clock, 6);
+    victim.close().await;
+    moved
+        .send(awareness_message(id, 7, Some(r#"{"user":"victim"}"#)))
+        .await;
+    let next = single(&watcher.recv_msg().await);
+    assert_eq!(
+        (next[0].clock, next[0].state.is_some()),
+        (7, true),
+        "no removal when the old connection left: {next:?}"
     );
 }
 

@@ -24,7 +24,7 @@ use crdt::store::{StoredRoom, Write};
 use super::ConnId;
 use super::inbound::Inbound;
 use super::ledger::{DELETION_SEQ, Ledger, RequestId, SaveAnswer, Settled};
-use crate::auth::Access;
+use crate::auth::{Access, Principal};
 use crate::close::CloseReason;
 
 /// How often a room with awareness states looks for out-of-date ones.
@@ -103,6 +103,7 @@ pub(crate) enum Effect {
 #[derive(Debug, Clone, Copy)]
 struct Member {
     access: Access,
+    principal: Principal,
 }
 
 /// The size of the stored document, for compaction and the size limit.
@@ -190,9 +191,9 @@ impl RoomCore {
     }
 
     /// A connection joins: it is greeted with sync step 1 and the awareness states.
-    pub(crate) fn join(&mut self, conn: ConnId, access: Access) {
+    pub(crate) fn join(&mut self, conn: ConnId, access: Access, principal: Principal) {
         tracing::debug!(%conn, "connection joined");
-        self.members.insert(conn, Member { access });
+        self.members.insert(conn, Member { access, principal });
         self.ledger.join(conn);
         self.effects.push(Effect::Send(
             conn,
@@ -236,7 +237,7 @@ impl RoomCore {
                 self.on_update(conn, member, update, Some(message));
             }
             Inbound::Awareness { message, payload } => {
-                self.on_awareness(conn, &payload, message, now);
+                self.on_awareness(conn, member.principal, &payload, message, now);
             }
             Inbound::QueryAwareness => {
                 let states = self.awareness.encode_all().unwrap_or_else(|| vec![0]);
@@ -376,10 +377,21 @@ impl RoomCore {
         tracing::info!("room rebuilt from the store after a yrs panic");
     }
 
-    fn on_awareness(&mut self, conn: ConnId, payload: &[u8], message: Bytes, now: Instant) {
+    fn on_awareness(
+        &mut self,
+        conn: ConnId,
+        principal: Principal,
+        payload: &[u8],
+        message: Bytes,
+        now: Instant,
+    ) {
         let limits = *self.awareness.limits();
+        // A client id another connection holds may move here only from a connection of the same
+        // user (the same client reconnecting, or moving from long-polling to a WebSocket).
+        let members = &self.members;
+        let same_user = |owner: ConnId| members.get(&owner).map(|m| m.principal) == Some(principal);
         let applied = parse_awareness_update(payload, &limits)
-            .and_then(|entries| self.awareness.apply(&entries, conn, now));
+            .and_then(|entries| self.awareness.apply(&entries, conn, now, same_user));
         let changes = match applied {
             Ok(changes) => changes,
             Err(AwarenessError::Malformed(error)) => {
@@ -687,7 +699,7 @@ mod tests {
     #[test]
     fn a_joiner_is_greeted_with_sync_step_1_and_the_awareness_states() {
         let mut core = core();
-        core.join(A, Access::Write);
+        core.join(A, Access::Write, Principal::ANYONE);
         assert_eq!(
             effects(&mut core),
             vec![Effect::Send(A, encode_sync_step1(&[0]).into())],
@@ -715,7 +727,7 @@ mod tests {
             }],
             "awareness goes to everyone, the sender too"
         );
-        core.join(B, Access::Read);
+        core.join(B, Access::Read, Principal::ANYONE);
         let greeting = effects(&mut core);
         assert_eq!(greeting.len(), 2);
         assert_eq!(greeting[1], Effect::Send(B, message));
@@ -724,12 +736,12 @@ mod tests {
     #[test]
     fn sync_step_1_is_answered_with_what_the_client_lacks() {
         let mut core = core();
-        core.join(A, Access::Write);
+        core.join(A, Access::Write, Principal::ANYONE);
         let client = Doc::with_client_id(5);
         let first = edit(&client, "hello");
         core.receive(A, update_message(&first), now());
         effects(&mut core);
-        core.join(B, Access::Write);
+        core.join(B, Access::Write, Principal::ANYONE);
         effects(&mut core);
         // B already has "hello": its step 1 gets only what came after.
         let b_doc = Doc::with_client_id(6);
@@ -767,8 +779,8 @@ mod tests {
     #[test]
     fn an_update_goes_to_the_others_at_once_and_is_acknowledged_at_its_commit() {
         let mut core = core();
-        core.join(A, Access::Write);
-        core.join(B, Access::Write);
+        core.join(A, Access::Write, Principal::ANYONE);
+        core.join(B, Access::Write, Principal::ANYONE);
         effects(&mut core);
         let update = edit(&Doc::with_client_id(5), "typed");
         let message = Bytes::from(encode_update(&update));
@@ -817,7 +829,7 @@ mod tests {
     #[test]
     fn a_read_only_connection_cannot_change_the_document() {
         let mut core = core();
-        core.join(A, Access::Read);
+        core.join(A, Access::Read, Principal::ANYONE);
         effects(&mut core);
         // The usual answer to the greeting: an empty step 2, accepted silently.
         core.receive(A, Inbound::SyncStep2(Bytes::from_static(&[0, 0])), now());
@@ -847,7 +859,7 @@ mod tests {
                 ..settings()
             },
         );
-        core.join(A, Access::Write);
+        core.join(A, Access::Write, Principal::ANYONE);
         effects(&mut core);
         let update = edit(&Doc::with_client_id(5), &"x".repeat(100));
         core.receive(A, update_message(&update), now());
@@ -865,7 +877,7 @@ mod tests {
     #[test]
     fn a_save_error_is_told_once_and_the_retry_saves() {
         let mut core = core();
-        core.join(A, Access::Write);
+        core.join(A, Access::Write, Principal::ANYONE);
         effects(&mut core);
         let update = edit(&Doc::with_client_id(5), "x");
         core.receive(A, update_message(&update), now());
@@ -886,8 +898,8 @@ mod tests {
     #[test]
     fn a_duplicate_update_then_a_save_request_waits_for_the_original_commit() {
         let mut core = core();
-        core.join(A, Access::Write);
-        core.join(B, Access::Write);
+        core.join(A, Access::Write, Principal::ANYONE);
+        core.join(B, Access::Write, Principal::ANYONE);
         effects(&mut core);
         let update = edit(&Doc::with_client_id(5), "once");
         core.receive(A, update_message(&update), now());
@@ -905,7 +917,7 @@ mod tests {
     #[test]
     fn a_deletion_closes_everyone_answers_waiters_and_counts_until_committed() {
         let mut core = core();
-        core.join(A, Access::Write);
+        core.join(A, Access::Write, Principal::ANYONE);
         effects(&mut core);
         core.receive(
             A,
@@ -945,7 +957,7 @@ mod tests {
     #[test]
     fn awareness_expires_by_the_clock_it_is_given() {
         let mut core = core();
-        core.join(A, Access::Write);
+        core.join(A, Access::Write, Principal::ANYONE);
         effects(&mut core);
         let state = crdt::awareness::encode_awareness_update([AwarenessEntry {
             client_id: 7,
@@ -973,7 +985,7 @@ mod tests {
     #[test]
     fn a_rebuild_takes_the_stored_document_and_the_uncommitted_changes() {
         let mut core = core();
-        core.join(A, Access::Write);
+        core.join(A, Access::Write, Principal::ANYONE);
         effects(&mut core);
         let client = Doc::with_client_id(5);
         let first = edit(&client, "committed ");
