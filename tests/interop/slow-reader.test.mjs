@@ -24,7 +24,10 @@ const TRAFFIC_MB = Math.round(ROUNDS * (BLOB + 2 * EDIT) / MB)
 const RSS_LIMIT = 300 * MB
 const ROUND_DEADLINE = 5_000
 
-relayTest(`slow reader: the room keeps going, the reader is dropped, RSS stays below ${RSS_LIMIT / MB} MB (~${TRAFFIC_MB} MB of traffic)`, { timeout: 170_000 }, async (t, relay, scope) => {
+// The awareness states here are far larger than the relay's default limit (32 KiB): raise it.
+const RELAY_ARGS = ['--max-awareness-state-bytes', String(2 * BLOB)]
+
+relayTest(`slow reader: the room keeps going, the reader is dropped, RSS stays below ${RSS_LIMIT / MB} MB (~${TRAFFIC_MB} MB of traffic)`, { timeout: 170_000, relay: { extraArgs: RELAY_ARGS } }, async (t, relay, scope) => {
   const seed = seedFromEnv()
   t.diagnostic(`seed ${seed}`)
   const rand = prng(seed)
