@@ -9,8 +9,9 @@
 //! 3. [`awareness`]: a room's awareness states, with the y-protocols rules and the owner of each
 //!    client id.
 //! 4. [`doc`]: a room's document, a `yrs::Doc` fed only validated updates.
-//! 5. [`store`]: durable storage in redb (snapshot plus update log per room, group commits,
-//!    compaction); its docs describe the on-disk format and its version.
+//! 5. [`store`]: durable storage in redb (snapshot plus update log per room, compaction), one
+//!    transaction per batch of writes (the relay's store writer gathers the batches: its group
+//!    commits); its docs describe the on-disk format and its version.
 //! 6. [`error`]: one error enum per operation family.
 //!
 //! # Example

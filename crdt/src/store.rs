@@ -99,15 +99,6 @@ pub enum Write {
 }
 
 impl Write {
-    /// The room this write is for.
-    pub fn room(&self) -> &Arc<str> {
-        match self {
-            Write::Append { room, .. } | Write::Snapshot { room, .. } | Write::Delete { room } => {
-                room
-            }
-        }
-    }
-
     /// Bytes of payload this write carries.
     pub fn payload_len(&self) -> usize {
         match self {

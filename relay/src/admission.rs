@@ -20,7 +20,7 @@ use crate::registry::RoomRegistry;
 use crate::telemetry::Metrics;
 
 /// What a transport knows about a request to join a room.
-pub struct JoinRequest<'a> {
+pub(crate) struct JoinRequest<'a> {
     /// The room (already decoded and checked).
     pub room: &'a str,
     /// The request headers (`Origin`, `Authorization`).
@@ -35,7 +35,7 @@ pub struct JoinRequest<'a> {
 
 /// Why a connection was not admitted.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum Refusal {
+pub(crate) enum Refusal {
     /// A web page of an origin that is not allowed (`--allowed-origin`, `--public-url`).
     #[error("origin not allowed")]
     Origin,
@@ -62,7 +62,7 @@ pub enum Refusal {
 impl Refusal {
     /// The HTTP status: 401/403 for the token and the origin, 429 for a client over its own
     /// limit, 503 when the relay or the room is full.
-    pub fn status(&self) -> StatusCode {
+    pub(crate) fn status(&self) -> StatusCode {
         match self {
             Refusal::Origin => StatusCode::FORBIDDEN,
             Refusal::Auth(error) => error.status(),
@@ -74,7 +74,7 @@ impl Refusal {
     }
 
     /// The `relay_errors_total` reason.
-    pub fn metric(&self) -> &'static str {
+    pub(crate) fn metric(&self) -> &'static str {
         match self {
             Refusal::Origin => "origin_refused",
             Refusal::Auth(_) => "auth_refused",
@@ -87,7 +87,7 @@ impl Refusal {
     }
 
     /// The answer: the status and a JSON body `{"error": reason}`.
-    pub fn response(&self) -> Response {
+    pub(crate) fn response(&self) -> Response {
         crate::edge::error(self.status(), &self.to_string())
     }
 }
@@ -202,7 +202,7 @@ impl Admission {
 }
 
 /// An admitted connection: what it may do, and its slots, given back when it is dropped.
-pub struct Admitted {
+pub(crate) struct Admitted {
     /// The access granted, and until when.
     pub grant: Grant,
     /// The connection's slots; hold it as long as the connection lives.
@@ -236,7 +236,7 @@ fn client_limit(
 }
 
 /// The slots of one connection: one of `--max-connections`, and one of its client's.
-pub struct ConnectionSlot {
+pub(crate) struct ConnectionSlot {
     _global: GlobalSlot,
     _client: Option<ClientSlot>,
 }
@@ -267,7 +267,7 @@ fn reserve_slot(open: &Arc<AtomicUsize>, limit: usize) -> Option<GlobalSlot> {
 
 /// Whom a per-client limit counts: a token, or (on a relay without tokens) an address.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum ClientKey {
+pub(crate) enum ClientKey {
     /// A token, by a keyed hash of it (the relay keeps no tokens).
     Token(u64),
     /// A client IP address.
@@ -276,7 +276,7 @@ pub enum ClientKey {
 
 /// Connections open per client.
 #[derive(Debug, Default)]
-pub struct ClientCounts {
+pub(crate) struct ClientCounts {
     // A std mutex: held for one map update.
     open: Mutex<HashMap<ClientKey, usize>>,
     // Random per process, so nobody can make two tokens share a count on purpose.
@@ -285,12 +285,12 @@ pub struct ClientCounts {
 
 impl ClientCounts {
     /// The key of a token.
-    pub fn token_key(&self, token: &str) -> ClientKey {
+    pub(crate) fn token_key(&self, token: &str) -> ClientKey {
         ClientKey::Token(self.hasher.hash_one(token))
     }
 
     /// Takes one of `limit` slots of `key`, or `None` when it has them all.
-    pub fn reserve(self: &Arc<Self>, key: ClientKey, limit: usize) -> Option<ClientSlot> {
+    pub(crate) fn reserve(self: &Arc<Self>, key: ClientKey, limit: usize) -> Option<ClientSlot> {
         let mut open = self.open.lock().expect("client counts lock");
         let count = open.entry(key).or_insert(0);
         if *count >= limit {
@@ -305,14 +305,14 @@ impl ClientCounts {
 
     /// Connections open for `key`.
     #[cfg(test)]
-    pub fn open(&self, key: ClientKey) -> usize {
+    pub(crate) fn open(&self, key: ClientKey) -> usize {
         let open = self.open.lock().expect("client counts lock");
         open.get(&key).copied().unwrap_or(0)
     }
 }
 
 /// A client's slot, given back when dropped.
-pub struct ClientSlot {
+pub(crate) struct ClientSlot {
     counts: Arc<ClientCounts>,
     key: ClientKey,
 }

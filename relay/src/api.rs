@@ -36,15 +36,15 @@ use crate::room::core::ApiUpdateError;
 use crate::state::AppState;
 
 /// Most documents one page lists.
-pub const MAX_PAGE: usize = 500;
+pub(crate) const MAX_PAGE: usize = 500;
 /// Longest lifetime of a minted token: 30 days.
-pub const MAX_TOKEN_TTL_SECS: u64 = 30 * 24 * 3600;
+pub(crate) const MAX_TOKEN_TTL_SECS: u64 = 30 * 24 * 3600;
 /// How long an update request waits for its commit before answering 503.
 const COMMIT_WAIT: Duration = Duration::from_secs(30);
 
 /// Query of `GET /api/docs`.
 #[derive(Debug, Deserialize)]
-pub struct ListQuery {
+pub(crate) struct ListQuery {
     /// Documents per page (default 100, at most [`MAX_PAGE`]).
     pub limit: Option<usize>,
     /// List documents whose name sorts after this one (the previous page's `next_after`).
@@ -55,7 +55,7 @@ pub struct ListQuery {
 
 /// Query of the per-document requests.
 #[derive(Debug, Deserialize)]
-pub struct DocQuery {
+pub(crate) struct DocQuery {
     /// `json` for `GET /api/docs/{name}` as JSON.
     pub format: Option<String>,
     /// The token, if not in a header.
@@ -64,7 +64,7 @@ pub struct DocQuery {
 
 /// One document in a listing.
 #[derive(Debug, Serialize)]
-pub struct DocSummary {
+pub(crate) struct DocSummary {
     /// The document (room) name.
     pub name: String,
     /// Bytes stored for it (snapshot and log).
@@ -77,7 +77,7 @@ pub struct DocSummary {
 
 /// A page of `GET /api/docs`.
 #[derive(Debug, Serialize)]
-pub struct DocList {
+pub(crate) struct DocList {
     /// The documents, in name order.
     pub docs: Vec<DocSummary>,
     /// Pass as `after` to get the next page; absent on the last page.
@@ -88,7 +88,7 @@ pub struct DocList {
 /// Body of `POST /api/tokens`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct TokenRequest {
+pub(crate) struct TokenRequest {
     /// The document the token is for.
     pub doc: Option<String>,
     /// Or a prefix of the documents it is for.
@@ -106,7 +106,7 @@ pub struct TokenRequest {
 
 /// Answer of `POST /api/tokens`.
 #[derive(Debug, Serialize)]
-pub struct TokenResponse {
+pub(crate) struct TokenResponse {
     /// The signed token.
     pub token: String,
     /// Its expiry, in seconds since the Unix epoch: `ttl_secs` from now, or the expiry of the
@@ -115,7 +115,7 @@ pub struct TokenResponse {
 }
 
 /// Every route of the document API.
-pub fn routes(
+pub(crate) fn routes(
     state: Arc<AppState>,
 ) -> impl Filter<Extract = (Response,), Error = warp::Rejection> + Clone + Send + Sync + 'static {
     let max_body = state.config.max_message_bytes as u64;
@@ -256,7 +256,11 @@ fn unwrap(result: Result<Response, Response>) -> Response {
 }
 
 /// `GET /api/docs?limit=&after=`.
-pub async fn list_docs(query: ListQuery, headers: HeaderMap, state: Arc<AppState>) -> Response {
+pub(crate) async fn list_docs(
+    query: ListQuery,
+    headers: HeaderMap,
+    state: Arc<AppState>,
+) -> Response {
     unwrap(
         async {
             admin(&state, query.token.as_deref(), &headers, None)?;
@@ -303,7 +307,7 @@ pub async fn list_docs(query: ListQuery, headers: HeaderMap, state: Arc<AppState
 }
 
 /// `GET /api/docs/{name}[?format=json]`.
-pub async fn get_doc(
+pub(crate) async fn get_doc(
     tail: Tail,
     query: DocQuery,
     headers: HeaderMap,
@@ -346,7 +350,7 @@ pub async fn get_doc(
 }
 
 /// `POST /api/docs/{name}/update` with a binary update as the body.
-pub async fn post_update(
+pub(crate) async fn post_update(
     tail: Tail,
     query: DocQuery,
     headers: HeaderMap,
@@ -402,7 +406,7 @@ pub async fn post_update(
 }
 
 /// `DELETE /api/docs/{name}`.
-pub async fn delete_doc(
+pub(crate) async fn delete_doc(
     tail: Tail,
     query: DocQuery,
     headers: HeaderMap,
@@ -427,7 +431,7 @@ pub async fn delete_doc(
 }
 
 /// `POST /api/tokens` with a [`TokenRequest`] body.
-pub async fn mint_token(
+pub(crate) async fn mint_token(
     query: DocQuery,
     headers: HeaderMap,
     body: PendingBody,

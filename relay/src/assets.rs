@@ -17,7 +17,7 @@ struct Dist;
 const APP_PAGES: &[&str] = &["docs", "chat"];
 
 /// The response for `GET path`, or `None` when there is no such file or page.
-pub fn serve(path: &str, headers: &HeaderMap) -> Option<Response> {
+pub(crate) fn serve(path: &str, headers: &HeaderMap) -> Option<Response> {
     let path = path.trim_start_matches('/');
     let file = if path.is_empty() || is_app_page(path) {
         "index.html"

@@ -25,7 +25,7 @@ use crate::telemetry::Metrics;
 type BodyStream = Pin<Box<dyn Stream<Item = Result<Bytes, warp::Error>> + Send>>;
 
 /// A request body not read yet.
-pub struct PendingBody {
+pub(crate) struct PendingBody {
     stream: BodyStream,
     declared: u64,
     content_type: Option<String>,
@@ -33,7 +33,7 @@ pub struct PendingBody {
 
 /// Why a body could not be read.
 #[derive(Debug, thiserror::Error)]
-pub enum BodyError {
+pub(crate) enum BodyError {
     /// It did not arrive within the deadline.
     #[error("the body did not arrive within {0:?}")]
     TimedOut(Duration),
@@ -50,7 +50,7 @@ pub enum BodyError {
 
 impl BodyError {
     /// The answer to the client, counted in `relay_errors_total` where it is the client's doing.
-    pub fn response(&self, metrics: &Metrics) -> Response {
+    pub(crate) fn response(&self, metrics: &Metrics) -> Response {
         let status = match self {
             BodyError::TimedOut(_) => {
                 metrics.error("body_timeout");
@@ -66,7 +66,7 @@ impl BodyError {
 
 /// Takes the body of a request without reading it. Refuses from the headers alone, as warp's
 /// filters do, a request without a `Content-Length` (411) or with one over `limit` (413).
-pub fn pending(
+pub(crate) fn pending(
     limit: u64,
 ) -> impl Filter<Extract = (PendingBody,), Error = warp::Rejection> + Clone + Send + Sync + 'static
 {
@@ -94,7 +94,7 @@ where
 
 impl PendingBody {
     /// The length the client declared (`Content-Length`).
-    pub fn declared_len(&self) -> u64 {
+    pub(crate) fn declared_len(&self) -> u64 {
         self.declared
     }
 
@@ -102,7 +102,7 @@ impl PendingBody {
     ///
     /// # Errors
     /// [`BodyError::TimedOut`] or [`BodyError::Failed`].
-    pub async fn read(self, deadline: Duration) -> Result<Bytes, BodyError> {
+    pub(crate) async fn read(self, deadline: Duration) -> Result<Bytes, BodyError> {
         let PendingBody {
             mut stream,
             declared,
@@ -143,7 +143,10 @@ impl PendingBody {
     ///
     /// # Errors
     /// As [`PendingBody::read`], or [`BodyError::NotJson`] / [`BodyError::InvalidJson`].
-    pub async fn read_json<T: DeserializeOwned>(self, deadline: Duration) -> Result<T, BodyError> {
+    pub(crate) async fn read_json<T: DeserializeOwned>(
+        self,
+        deadline: Duration,
+    ) -> Result<T, BodyError> {
         let is_json = self.content_type.as_deref().is_none_or(|t| {
             t.split(';')
                 .next()

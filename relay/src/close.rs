@@ -3,7 +3,7 @@
 
 /// Why the relay closes a connection; each maps to a WebSocket close code.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum CloseReason {
+pub(crate) enum CloseReason {
     /// The relay is shutting down (1001).
     Shutdown,
     /// The client said nothing, not even a pong, for too long (1001).
@@ -36,7 +36,7 @@ pub enum CloseReason {
 
 impl CloseReason {
     /// The WebSocket close code.
-    pub fn code(self) -> u16 {
+    pub(crate) fn code(self) -> u16 {
         match self {
             CloseReason::ClientClosed => 1000,
             CloseReason::Shutdown | CloseReason::ClientTimeout => 1001,
@@ -52,7 +52,7 @@ impl CloseReason {
     }
 
     /// The close frame's reason text, and the metric label.
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             CloseReason::Shutdown => "shutdown",
             CloseReason::ClientTimeout => "client_timeout",

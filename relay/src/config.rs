@@ -371,6 +371,11 @@ impl Config {
         Duration::from_secs(self.idle_unload_secs)
     }
 
+    /// How long a connection's socket may take no data (`--slow-reader-grace-ms`).
+    pub fn slow_reader_grace(&self) -> Duration {
+        Duration::from_millis(self.slow_reader_grace_ms)
+    }
+
     /// How long a shutdown may take.
     pub fn drain_timeout(&self) -> Duration {
         Duration::from_secs(self.drain_timeout_secs)

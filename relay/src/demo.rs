@@ -26,15 +26,15 @@ use crate::edge::{error, room_name};
 use crate::state::AppState;
 
 /// Demo documents under this prefix get read-only tokens.
-pub const READ_ONLY_PREFIX: &str = "docs/read-only/";
+pub(crate) const READ_ONLY_PREFIX: &str = "docs/read-only/";
 /// The prefixes of the demo's rooms.
-pub const DEMO_PREFIXES: &[&str] = &["docs/", "chat/"];
+pub(crate) const DEMO_PREFIXES: &[&str] = &["docs/", "chat/"];
 /// Lifetime of a demo token; the app asks for a new one when it expires.
-pub const DEMO_TOKEN_TTL_SECS: u64 = 3600;
+pub(crate) const DEMO_TOKEN_TTL_SECS: u64 = 3600;
 
 /// How the demo app connects.
 #[derive(Debug, Serialize)]
-pub struct DemoConfig {
+pub(crate) struct DemoConfig {
     /// `open`: no tokens; `demo`: ask `POST /api/demo/token`; `token`: tokens come from the
     /// application that embeds the relay, the demo cannot sign on.
     pub auth: &'static str,
@@ -45,7 +45,7 @@ pub struct DemoConfig {
 
 /// Body of `POST /api/demo/token`.
 #[derive(Debug, Deserialize)]
-pub struct DemoTokenRequest {
+pub(crate) struct DemoTokenRequest {
     /// The room.
     pub room: String,
     /// The display name, carried in the token.
@@ -54,7 +54,7 @@ pub struct DemoTokenRequest {
 
 /// Answer of `POST /api/demo/token`.
 #[derive(Debug, Serialize)]
-pub struct DemoToken {
+pub(crate) struct DemoToken {
     /// The token.
     pub token: String,
     /// `read` or `write`.
@@ -65,7 +65,7 @@ pub struct DemoToken {
 
 /// Query of `GET /api/demo/docs`.
 #[derive(Debug, Deserialize)]
-pub struct DemoListQuery {
+pub(crate) struct DemoListQuery {
     /// `docs/` or `chat/` (default `docs/`).
     pub prefix: Option<String>,
     /// Page size (default 100, at most 500).
@@ -83,7 +83,7 @@ fn mode(state: &AppState) -> &'static str {
 }
 
 /// The demo routes.
-pub fn routes(
+pub(crate) fn routes(
     state: Arc<AppState>,
 ) -> impl Filter<Extract = (Response,), Error = warp::Rejection> + Clone + Send + Sync + 'static {
     let with_state = warp::any().map(move || state.clone());

@@ -221,7 +221,7 @@ pub async fn run_with_ready(
         metrics: metrics.clone(),
         settings: RoomSettings {
             outbound_queue_bytes: config.outbound_queue_bytes,
-            slow_reader_grace: Duration::from_millis(config.slow_reader_grace_ms),
+            slow_reader_grace: config.slow_reader_grace(),
             idle_unload: config.idle_unload(),
             core: CoreSettings {
                 max_doc_bytes: config.max_doc_bytes,

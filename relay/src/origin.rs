@@ -22,7 +22,7 @@ use http::HeaderValue;
 
 /// The outcome of checking a request's `Origin`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum OriginCheck {
+pub(crate) enum OriginCheck {
     /// No `Origin` header: not a request from a web page.
     NoOrigin,
     /// The relay's own origin.
@@ -35,7 +35,7 @@ pub enum OriginCheck {
 
 impl OriginCheck {
     /// Whether the request may go on.
-    pub fn is_allowed(self) -> bool {
+    pub(crate) fn is_allowed(self) -> bool {
         self != OriginCheck::Refused
     }
 }
@@ -51,7 +51,7 @@ enum SameOrigin {
 
 /// The origin rules of one running relay.
 #[derive(Debug, Clone)]
-pub struct OriginPolicy {
+pub(crate) struct OriginPolicy {
     /// `--allowed-origin *`.
     any: bool,
     /// `--allowed-origin`, normalized.
@@ -63,7 +63,7 @@ impl OriginPolicy {
     /// The rules for a relay listening on `listen` (the bound address, with its real port), with
     /// `public_urls` (`--public-url`) and `allowed` (`--allowed-origin`), both already checked by
     /// [`crate::config::Config::validate`]; entries that do not parse are ignored.
-    pub fn new(listen: SocketAddr, public_urls: &[String], allowed: &[String]) -> Self {
+    pub(crate) fn new(listen: SocketAddr, public_urls: &[String], allowed: &[String]) -> Self {
         let same = if public_urls.is_empty() {
             SameOrigin::Listen(canonical(listen))
         } else {
@@ -77,7 +77,11 @@ impl OriginPolicy {
     }
 
     /// Checks a request's `Origin` header; `local` is the address its connection came in on.
-    pub fn check(&self, origin: Option<&HeaderValue>, local: Option<SocketAddr>) -> OriginCheck {
+    pub(crate) fn check(
+        &self,
+        origin: Option<&HeaderValue>,
+        local: Option<SocketAddr>,
+    ) -> OriginCheck {
         let Some(origin) = origin else {
             return OriginCheck::NoOrigin;
         };
@@ -125,7 +129,7 @@ impl OriginPolicy {
     }
 
     /// What counts as the relay's own origin, for the start-up log.
-    pub fn describe_same_origin(&self) -> String {
+    pub(crate) fn describe_same_origin(&self) -> String {
         match &self.same {
             SameOrigin::Public(origins) => format!("{} (--public-url)", origins.join(", ")),
             SameOrigin::Listen(listen) if listen.ip().is_unspecified() => format!(
@@ -138,7 +142,7 @@ impl OriginPolicy {
     }
 
     /// What other origins are allowed, for the start-up log.
-    pub fn describe_allowed(&self) -> String {
+    pub(crate) fn describe_allowed(&self) -> String {
         if self.any {
             "every origin (--allowed-origin *)".to_owned()
         } else if self.allowed.is_empty() {
@@ -167,7 +171,7 @@ fn canonical(addr: SocketAddr) -> SocketAddr {
 
 /// An origin in the form browsers send, for comparison: `scheme://host[:port]` in lower case,
 /// without the scheme's default port. `None` for anything else (`null`, a path, no host).
-pub fn normalize(origin: &str) -> Option<String> {
+pub(crate) fn normalize(origin: &str) -> Option<String> {
     let (scheme, rest) = origin.split_once("://")?;
     let scheme = scheme.to_ascii_lowercase();
     if rest.is_empty() || rest.contains(['/', '?', '#', '@']) || rest.contains(char::is_whitespace)
@@ -189,7 +193,7 @@ pub fn normalize(origin: &str) -> Option<String> {
 
 /// The origin of a URL given with `--public-url`: `http://` or `https://`, a host, and an
 /// optional port and path (the path is dropped).
-pub fn url_origin(url: &str) -> Option<String> {
+pub(crate) fn url_origin(url: &str) -> Option<String> {
     let (scheme, rest) = url.split_once("://")?;
     if !matches!(scheme.to_ascii_lowercase().as_str(), "http" | "https") {
         return None;

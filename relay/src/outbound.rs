@@ -239,19 +239,19 @@ const HARD_LIMIT_FACTOR: usize = 4;
 /// The room's rule for queuing: how much a connection may hold, and for how long.
 #[derive(Debug)]
 pub(crate) struct Delivery {
-    /// Bytes a connection may have queued while its writer makes no progress for `grace`.
+    /// Bytes a connection may have queued while its writer makes no progress for `slow_reader_grace`.
     limit: usize,
-    grace_ms: u64,
+    slow_reader_grace_ms: u64,
     /// Set when a queue went over the limit: the room then yields, so writers get to run.
     lagging: AtomicBool,
 }
 
 impl Delivery {
-    /// The rule for `limit` bytes and a `grace` period.
-    pub(crate) fn new(limit: usize, grace: Duration) -> Self {
+    /// The rule for `limit` bytes and `slow_reader_grace`.
+    pub(crate) fn new(limit: usize, slow_reader_grace: Duration) -> Self {
         Delivery {
             limit,
-            grace_ms: grace.as_millis() as u64,
+            slow_reader_grace_ms: slow_reader_grace.as_millis() as u64,
             lagging: AtomicBool::new(false),
         }
     }
@@ -267,7 +267,7 @@ impl Delivery {
         let backlog = &handle.backlog;
         let queued = backlog.queued();
         if queued > 0 && queued + len > self.limit {
-            let stalled = backlog.stalled_ms() > self.grace_ms;
+            let stalled = backlog.stalled_ms() > self.slow_reader_grace_ms;
             if stalled || queued + len > self.limit * HARD_LIMIT_FACTOR {
                 return false;
             }

@@ -33,7 +33,7 @@ const MAX_RETRY_DELAY: Duration = Duration::from_secs(5);
 
 /// How far a room's updates are committed, as seen by the room.
 #[derive(Debug, Clone, Default)]
-pub struct CommitState {
+pub(crate) struct CommitState {
     /// Every update of the room with a sequence number up to this one is durable.
     pub committed_seq: u64,
     /// Set while commits are failing, to what went wrong (for the clients' save-error
@@ -43,7 +43,7 @@ pub struct CommitState {
 
 /// One write and the room to notify once it is committed.
 #[derive(Debug)]
-pub struct PersistJob {
+pub(crate) struct PersistJob {
     /// What to write.
     pub write: Write,
     /// The room's sequence number that this write completes (an appended update, a deletion),
@@ -55,7 +55,7 @@ pub struct PersistJob {
 
 /// What the writer's queue carries.
 #[derive(Debug)]
-pub enum PersistMsg {
+pub(crate) enum PersistMsg {
     /// A write to commit.
     Job(PersistJob),
     /// Answered once everything queued before it is committed; then the writer exits,
@@ -64,14 +64,14 @@ pub enum PersistMsg {
 }
 
 /// The sending side of the writer's queue.
-pub type PersistSender = mpsc::Sender<PersistMsg>;
+pub(crate) type PersistSender = mpsc::Sender<PersistMsg>;
 
 /// Starts the writer thread. It runs until every [`PersistSender`] is dropped and everything it
 /// was given is committed.
 ///
 /// # Errors
 /// Fails only if the operating system cannot start a thread.
-pub fn start(
+pub(crate) fn start(
     store: Arc<Store>,
     metrics: Arc<Metrics>,
     commit_window: Duration,

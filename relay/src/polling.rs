@@ -85,7 +85,7 @@ struct PollSession {
 
 /// Query of `POST /poll`.
 #[derive(Debug, Deserialize)]
-pub struct OpenQuery {
+pub(crate) struct OpenQuery {
     /// The room.
     pub room: String,
     /// The token, if not in a header.
@@ -94,7 +94,7 @@ pub struct OpenQuery {
 
 /// Query of `POST /poll/ID`.
 #[derive(Debug, Deserialize)]
-pub struct SendQuery {
+pub(crate) struct SendQuery {
     /// The body's number, counting from 1 and the same when it is sent again. A body whose number
     /// is not above the last one taken was taken already: 204, and it is not applied again (a
     /// duplicated sync step 1 would get a second sync step 2, with content the client also gets
@@ -104,7 +104,7 @@ pub struct SendQuery {
 
 /// Query of `GET /poll/ID`.
 #[derive(Debug, Deserialize)]
-pub struct PollQuery {
+pub(crate) struct PollQuery {
     /// The last sequence number the client has (0 before the first message).
     #[serde(default)]
     pub ack: u64,

@@ -35,7 +35,7 @@ use crate::webhook::{ChangeFlag, Webhooks};
 
 /// Identifies one connection for the lifetime of the process.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct ConnId(pub u64);
+pub(crate) struct ConnId(pub u64);
 
 impl std::fmt::Display for ConnId {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {

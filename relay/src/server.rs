@@ -24,12 +24,12 @@ use crate::telemetry::Metrics;
 
 /// The peer address of a request, inserted into its extensions.
 #[derive(Debug, Clone, Copy)]
-pub struct PeerAddr(pub SocketAddr);
+pub(crate) struct PeerAddr(pub SocketAddr);
 
 /// The local address a request's connection came in on, inserted into its extensions (the
 /// relay's own origin on an unspecified listen address, see [`crate::origin`]).
 #[derive(Debug, Clone, Copy)]
-pub struct LocalAddr(pub SocketAddr);
+pub(crate) struct LocalAddr(pub SocketAddr);
 
 /// How long a client may take to send request headers; also how long an idle keep-alive
 /// connection is kept (hyper starts the timer when it waits for the next request).
@@ -39,7 +39,7 @@ const LIMIT_WARNING_EVERY: Duration = Duration::from_secs(10);
 
 /// Limits of the accept loop.
 #[derive(Clone)]
-pub struct ServerLimits {
+pub(crate) struct ServerLimits {
     /// Most HTTP connections at once (`--max-http-connections`); a connection over it is closed
     /// as soon as it is accepted.
     pub max_http_connections: usize,
@@ -51,7 +51,7 @@ pub struct ServerLimits {
 /// `http_tasks` and finish their current request during shutdown; upgraded WebSockets are
 /// tracked elsewhere. At most `limits.max_http_connections` are served at once: each holds a slot
 /// until it closes or is upgraded to a WebSocket (which `--max-connections` bounds instead).
-pub async fn accept_loop<F>(
+pub(crate) async fn accept_loop<F>(
     listener: TcpListener,
     routes: F,
     shutdown: CancellationToken,

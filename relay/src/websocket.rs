@@ -61,7 +61,7 @@ pub(crate) struct PumpSettings {
     pub(crate) keepalive: Duration,
     /// How long the socket may take to accept one frame before the client is considered to have
     /// stopped reading.
-    pub(crate) write_timeout: Duration,
+    pub(crate) slow_reader_grace: Duration,
 }
 
 fn header_has_token(headers: &HeaderMap, name: http::HeaderName, token: &str) -> bool {
@@ -105,7 +105,7 @@ pub(crate) struct UpgradeRequest {
 }
 
 /// Answers an upgrade request: 101 and a room connection, or an HTTP error saying why not.
-pub fn upgrade(request: UpgradeRequest, state: Arc<AppState>) -> Response {
+pub(crate) fn upgrade(request: UpgradeRequest, state: Arc<AppState>) -> Response {
     let UpgradeRequest {
         path,
         query,
@@ -226,7 +226,7 @@ async fn serve_socket<S>(
     };
     let settings = PumpSettings {
         keepalive: state.config.keepalive(),
-        write_timeout: Duration::from_millis(state.config.slow_reader_grace_ms),
+        slow_reader_grace: state.config.slow_reader_grace(),
     };
     let link = session.link().clone();
     session
@@ -341,7 +341,7 @@ where
                         first,
                         &mut rx,
                         handle,
-                        settings.write_timeout,
+                        settings.slow_reader_grace,
                         metrics,
                     );
                     match write.await {
@@ -389,7 +389,7 @@ async fn write_batch<Si>(
     first: Bytes,
     rx: &mut mpsc::UnboundedReceiver<Outbound>,
     handle: &ConnHandle,
-    write_timeout: Duration,
+    slow_reader_grace: Duration,
     metrics: &Metrics,
 ) -> Result<Option<CloseReason>, WsError>
 where
@@ -400,7 +400,7 @@ where
     let mut close = None;
     while let Some(frame) = next.take() {
         let len = frame.len();
-        if feed_message(sink, frame, write_timeout).await? == Fed::TimedOut {
+        if feed_message(sink, frame, slow_reader_grace).await? == Fed::TimedOut {
             return Ok(Some(CloseReason::SlowReader));
         }
         handle.backlog.written(len);
@@ -415,7 +415,7 @@ where
             }
         }
     }
-    match tokio::time::timeout(write_timeout, sink.flush()).await {
+    match tokio::time::timeout(slow_reader_grace, sink.flush()).await {
         Ok(flushed) => flushed?,
         Err(_) => {
             tracing::warn!("socket took no data for the grace period; disconnecting");
@@ -436,18 +436,18 @@ enum Fed {
 /// Queues one binary message on the socket, in fragments of [`FRAGMENT_BYTES`] when it is longer.
 /// Nothing else is written between the fragments: this connection's writer is their only source
 /// (control frames may come between, as RFC 6455 allows). Each frame must be taken within
-/// `write_timeout`, not the whole batch: a client that reads slowly but steadily is not cut off
+/// `slow_reader_grace`, not the whole batch: a client that reads slowly but steadily is not cut off
 /// because a long batch or a large document takes a while.
 async fn feed_message<Si>(
     sink: &mut Si,
     message: Bytes,
-    write_timeout: Duration,
+    slow_reader_grace: Duration,
 ) -> Result<Fed, WsError>
 where
     Si: Sink<Message, Error = WsError> + Unpin,
 {
     let mut feed = async |item: Message| -> Result<Fed, WsError> {
-        match tokio::time::timeout(write_timeout, sink.feed(item)).await {
+        match tokio::time::timeout(slow_reader_grace, sink.feed(item)).await {
             Ok(fed) => fed.map(|()| Fed::Done),
             Err(_) => {
                 tracing::warn!("socket took no data for the grace period; disconnecting");
@@ -550,7 +550,7 @@ mod tests {
     const CLIENT_TIMEOUT: Duration = Duration::from_secs(60);
     const SETTINGS: PumpSettings = PumpSettings {
         keepalive: Duration::from_secs(10),
-        write_timeout: Duration::from_secs(10),
+        slow_reader_grace: Duration::from_secs(10),
     };
 
     /// Queues a message as the room does.

@@ -48,7 +48,7 @@ pub(crate) struct CoreSettings {
 
 /// Why the HTTP API's update was not applied.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum ApiUpdateError {
+pub(crate) enum ApiUpdateError {
     /// It does not decode or apply; nothing changed.
     #[error("{0}")]
     Invalid(String),
