@@ -1,20 +1,29 @@
 //! A self-hostable real-time relay for Yjs documents.
 //!
-//! The modules in the order a connection meets them:
+//! The modules in the order an edit passes through them (README's "How it works" follows the
+//! same path):
 //!
-//! 1. [`config`]: the settings of `relay serve`.
-//! 2. [`server`]: the accept loop (TCP_NODELAY, hyper, graceful HTTP shutdown).
-//! 3. [`routes`]: the HTTP routes and the WebSocket upgrade at `/<room>`, behind the origin rules
-//!    of [`origin`]; [`api`] (JSON) and [`assets`] (the demo apps compiled into the binary) serve
-//!    the plain HTTP side, reading bodies through [`body`] only once a request is authorized.
-//!    [`upgrade`] answers a WebSocket upgrade once [`admission`] has checked it (origin, token,
-//!    limits); [`poll`] serves the same room connections over HTTP long-polling, admitted the
-//!    same way.
-//! 4. [`connection`]: one socket's reader and writer, keep-alives and close codes.
-//! 5. [`registry`]: the one place that creates room tasks.
-//! 6. [`room`]: one task per room owning its document and awareness.
-//! 7. [`persist`]: the store writer thread and its group commits.
-//! 8. [`telemetry`]: logging and Prometheus metrics.
+//! 1. [`config`]: the settings of `relay serve`, built once into a [`config::Config`].
+//! 2. `server`: the accept loop (TCP_NODELAY, hyper, the HTTP connection limit, graceful
+//!    shutdown).
+//! 3. `routes`: every route, behind the origin rules of `origin`; the plain HTTP side is
+//!    `api` (the document API), `demo` and `assets` (the demo apps), reading bodies through
+//!    `body` only once a request is authorized. `edge` holds what every route reads (room
+//!    name, token) and its error answers; `state` what the routes share.
+//! 4. `websocket` (the upgrade at `/<room>` and the socket's pump) or `polling` (HTTP
+//!    long-polling): a transport. Each admits the connection through `admission` (origin,
+//!    token, limits), creates its outbound queue (`outbound`) and runs it as a `session`.
+//! 5. `session`: one connection's lifecycle, the same for every transport: join, decode each
+//!    frame once into messages (`room::inbound`), token expiry, liveness, close reason, leave.
+//! 6. `registry`: the one place that creates room tasks and counts their connections.
+//! 7. `room`: one task per document; its `room::core::RoomCore` (no I/O) applies what comes
+//!    in and answers with effects, and its `room::ledger::Ledger` owns the sequence numbers and
+//!    who waits for which commit. The task carries the effects out: messages into the
+//!    connections' `outbound` queues, writes to `persist`.
+//! 8. `persist`: the store writer thread and its group commits; it reports "committed through
+//!    N" back to each room, which only then answers *saved*.
+//! 9. `close`: the one table of close reasons and codes; [`telemetry`]: logging and metrics;
+//!    [`webhook`]: document events.
 //!
 //! `main.rs` parses the command line and calls [`run`]; [`cli`] holds the commands that work on
 //! a data directory directly.
