@@ -256,11 +256,10 @@ impl RoomDoc {
             return Err(ProtocolError::BlockPastGap { client, clock }.into());
         }
         let across = |item: &UpdateItem, starts: &BTreeSet<u32>| {
-            let end = item.clock.saturating_add(item.len);
-            starts
-                .range(item.clock.saturating_add(1)..end)
-                .next()
-                .is_some()
+            // Strictly inside the block (nothing for blocks of length 0 or 1, which `yrs` drops
+            // or cannot split).
+            let inside = item.clock.saturating_add(1)..item.clock.saturating_add(item.len);
+            (!inside.is_empty() && starts.range(inside).next().is_some())
                 || (item.kind == BlockKind::Item
                     && item.clock > 0
                     && item.origin == Some((item.client, item.clock - 1))
