@@ -28,6 +28,9 @@ cargo build --locked -p relay
 step "cargo test"
 cargo test --workspace --locked
 
+step "fuzz regressions under AddressSanitizer (crdt/fuzz/asan-regressions.sh)"
+crdt/fuzz/asan-regressions.sh
+
 step "Node interoperability tests"
 (
   cd tests/interop
