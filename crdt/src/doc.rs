@@ -63,7 +63,7 @@ pub struct RoomDoc {
     /// yet (pending content, which a walk does not see).
     pending_depth: usize,
     /// For each client, the clocks at which a block of an update that reached `yrs` may have
-    /// been integrated past a gap in that client's clocks (see [`RoomDoc::check_gaps`]). Only
+    /// been integrated past a gap in that client's clocks (see `RoomDoc::check_gaps`). Only
     /// out-of-order content adds entries; clocks the document has caught up with are dropped.
     gap_starts: HashMap<u64, BTreeSet<u32>>,
 }
@@ -100,7 +100,7 @@ impl RoomDoc {
     /// Checks, decodes and applies an update (v1) from a peer.
     ///
     /// Besides the checks of [`crate::validate`], refuses an update that `yrs` 0.28.1 would turn
-    /// into a use after free given this document's state (see [`RoomDoc::check_gaps`]): one
+    /// into a use after free given this document's state (see [`crate::validate`]): one
     /// with a block that would land past a gap in its client's clocks
     /// ([`ProtocolError::BlockPastGap`]), and one with a block that runs across the end of such
     /// a gap left by a stored update ([`ProtocolError::BlockAcrossGap`]).
@@ -644,7 +644,7 @@ fn type_chain(
     chain
 }
 
-/// The gap starts of an update's blocks (see [`RoomDoc::check_gaps`]), by client; `holds` gives
+/// The gap starts of an update's blocks (see `RoomDoc::check_gaps`), by client; `holds` gives
 /// how many clocks of a client the document holds without a gap. Blocks come section by section,
 /// one section per client.
 fn gap_starts_of(items: &[UpdateItem], holds: impl Fn(u64) -> u32) -> HashMap<u64, BTreeSet<u32>> {

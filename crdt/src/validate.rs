@@ -8,12 +8,13 @@
 //! (never to a count read from them). A payload that passes is safe to hand to `yrs`; one that
 //! fails is refused whole.
 //!
-//! # Shapes Yjs never writes, refused because `yrs` 0.28.1 mishandles them
+//! # Update shapes refused because `yrs` 0.28.1 mishandles them
 //!
-//! Besides malformed bytes, an update is refused when it has a shape no Yjs or `yrs` encoder
-//! produces and that takes `yrs` to memory it must not touch (found by reading `Update::decode`,
-//! `TransactionMut::apply_update`, `Update::integrate` and `BlockStore::push`, and by the
-//! `apply_update` fuzzer under AddressSanitizer):
+//! Besides malformed bytes, an update is refused when it takes `yrs` to memory it must not touch
+//! (found by reading `Update::decode`, `TransactionMut::apply_update`, `Update::integrate`,
+//! `BlockSet::exclude` and `BlockStore::push`, and by running crafted updates and the
+//! `apply_update` fuzzer under AddressSanitizer). The first two shapes are ones no Yjs or `yrs`
+//! encoder writes; the third is one Yjs would accept and keep pending:
 //!
 //! - **A client's section repeated** ([`ProtocolError::RepeatedClient`]). Encoders write one
 //!   section per client (Yjs' `writeClientsStructs` and `mergeUpdates`, `yrs`' `encode_diff` and
@@ -39,9 +40,17 @@
 //!   it, or `BlockStore::push` looks for a skip that is not there. The delete set's `clock + len`
 //!   is a `u32` addition that wraps. A Yjs client's clock counts the characters and items it
 //!   inserted in one session; no session gets near two billion.
+//! - **A block past a gap, or across the end of one** ([`ProtocolError::BlockPastGap`],
+//!   [`ProtocolError::BlockAcrossGap`]), refused by [`crate::doc::RoomDoc`] because it depends on
+//!   what the document holds. Yjs keeps a block whose client's earlier clocks are missing as
+//!   pending; `yrs` integrates it when nothing it refers to is missing and records the missing
+//!   clocks as a skip. A later block that runs across the end of that skip is split by
+//!   `BlockSet::exclude`: an item's left half keeps pointing at the right half it frees, and a GC
+//!   block is not shortened at all and lands on clocks the document holds. `RoomDoc`'s source
+//!   (`check_gaps`) has the details and what a stock client can see of it.
 //!
-//! Skip blocks are accepted anywhere: Yjs writes them for gaps in merged updates, and `yrs` never
-//! integrates one from an update (it only uses them to find gaps).
+//! Skip blocks themselves are accepted anywhere: Yjs writes them for gaps in merged updates, and
+//! `yrs` never integrates one from an update. What follows one is checked as above.
 
 use crate::error::ProtocolError;
 use crate::protocol::Cursor;
