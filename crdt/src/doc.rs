@@ -1,8 +1,7 @@
 //! A room's document: a `yrs::Doc` that only ever takes validated input.
 
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
-
-use std::collections::HashMap;
 
 use yrs::branch::BranchPtr;
 use yrs::types::AsPrelim;
@@ -19,7 +18,7 @@ use yrs::{
 use crate::error::DocError;
 use crate::error::ProtocolError;
 use crate::validate::{
-    ParentRef, UpdateItem, check_state_vector_v1, check_update_v1, update_items_v1,
+    BlockKind, ParentRef, UpdateItem, check_state_vector_v1, check_update_v1, update_items_v1,
 };
 
 /// The encoding of an update that changes nothing (no clients, empty delete set).
@@ -30,6 +29,15 @@ pub const EMPTY_UPDATE_V1: &[u8] = &[0, 0];
 /// deleting the top of a chain 20,000 levels deep (a 120 KB update and an 8-byte one) overflows
 /// the stack and aborts the whole process. Real documents nest a few dozen levels at most.
 pub const MAX_TYPE_DEPTH: usize = 256;
+
+/// Where an update comes from, for the checks that depend on it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Source {
+    /// A peer, now.
+    Peer,
+    /// The store: accepted when it was stored.
+    Store,
+}
 
 /// Whether applying an update changed the document.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -54,6 +62,10 @@ pub struct RoomDoc {
     /// Added to the bound for updates whose types hang from parents the document does not have
     /// yet (pending content, which a walk does not see).
     pending_depth: usize,
+    /// For each client, the clocks at which a block of an update that reached `yrs` may have
+    /// been integrated past a gap in that client's clocks (see `RoomDoc::check_gaps`). Only
+    /// out-of-order content adds entries; clocks the document has caught up with are dropped.
+    gap_starts: HashMap<u64, BTreeSet<u32>>,
 }
 
 impl Default for RoomDoc {
@@ -76,6 +88,7 @@ impl RoomDoc {
             full_state: None,
             depth_bound: 0,
             pending_depth: 0,
+            gap_starts: HashMap::new(),
         }
     }
 
@@ -84,20 +97,49 @@ impl RoomDoc {
         &self.doc
     }
 
-    /// Checks, decodes and applies an update (v1).
+    /// Checks, decodes and applies an update (v1) from a peer.
+    ///
+    /// Besides the checks of [`crate::validate`], refuses an update that `yrs` 0.28.1 would turn
+    /// into a use after free given this document's state (see [`crate::validate`]): one
+    /// with a block that would land past a gap in its client's clocks
+    /// ([`ProtocolError::BlockPastGap`]), and one with a block that runs across the end of such
+    /// a gap left by a stored update ([`ProtocolError::BlockAcrossGap`]).
     ///
     /// # Errors
-    /// [`DocError`] when the update is malformed, does not decode or cannot be integrated. The
-    /// document is unchanged when the check or the decoding fails; `yrs` integration errors are
-    /// only possible for updates that decode, and leave whatever `yrs` integrated before failing.
+    /// [`DocError`] when the update is malformed, refused, does not decode or cannot be
+    /// integrated. The document is unchanged when a check or the decoding fails; `yrs`
+    /// integration errors are only possible for updates that decode, and leave whatever `yrs`
+    /// integrated before failing.
     pub fn apply_update_v1(&mut self, update: &[u8]) -> Result<Applied, DocError> {
+        self.apply(update, Source::Peer)
+    }
+
+    /// Applies an update read back from the store: like [`RoomDoc::apply_update_v1`], except
+    /// that a block landing past a gap is accepted (a snapshot holds the gaps of the document it
+    /// was taken from, and stores written before that refusal may hold such updates), and
+    /// remembered so that later updates cannot run across the gap's end.
+    ///
+    /// # Errors
+    /// As [`RoomDoc::apply_update_v1`].
+    pub fn replay_stored_update_v1(&mut self, update: &[u8]) -> Result<Applied, DocError> {
+        self.apply(update, Source::Store)
+    }
+
+    fn apply(&mut self, update: &[u8], source: Source) -> Result<Applied, DocError> {
         if update == EMPTY_UPDATE_V1 {
             return Ok(Applied::Unchanged);
         }
         let summary = check_update_v1(update)?;
         let decoded = Update::decode_v1(update)?;
+        let items = update_items_v1(update)?;
+        let gap_starts = self.check_gaps(&items, source)?;
         if summary.type_items > 0 {
-            self.check_nesting(update)?;
+            self.check_nesting(&items)?;
+        }
+        // From here on the update reaches yrs, which may integrate some of it past a gap even if
+        // it fails later.
+        for (client, clocks) in gap_starts {
+            self.gap_starts.entry(client).or_default().extend(clocks);
         }
         let changed = guarded("applying an update", || {
             let mut txn = self.doc.transact_mut();
@@ -153,17 +195,122 @@ impl RoomDoc {
             .any(|(_, ranges)| ranges.iter().next().is_some())
     }
 
+    /// Refuses the updates that `yrs` 0.28.1 would make read or write freed memory given this
+    /// document's gaps, and returns the clocks where the update's blocks may land past a gap
+    /// (only an update from the store may have any), to be remembered once it is applied.
+    ///
+    /// Yjs keeps a block whose client's earlier clocks are missing as pending until they arrive.
+    /// `yrs` integrates it at once when nothing it refers to is missing, and records the missing
+    /// clocks as a skip: the document then has a gap. When a later update (or pending content
+    /// retried later) brings a block that starts before the end of that gap and runs past it,
+    /// `BlockSet::exclude` splits the block at the gap's end to drop the clocks the document
+    /// has, and both ways of splitting go wrong: an item's left half keeps pointing at the right
+    /// half it frees (a use after free when the left half is integrated), and a GC block is not
+    /// shortened at all (`Block::splice` returns the right half but leaves the block whole), so
+    /// it is integrated over clocks the document holds and `BlockStore::push` corrupts the
+    /// client's block list (a later block then overwrites a live item). Both are reproduced with
+    /// `yrs` alone in `crdt/tests/yrs_use_after_free.rs`.
+    ///
+    /// So, per client, a *gap start* is a clock where a block may land past a gap: the first
+    /// block of the client's section, or one after a skip block, that starts past what the
+    /// document holds of the client and does not continue the clock before it (a GC block, or an
+    /// item whose origin is not the previous clock; an item whose origin is missing waits as
+    /// pending, as in Yjs, and fills the gap before it is integrated). Then:
+    ///
+    /// - an update from a peer with a gap start is refused ([`ProtocolError::BlockPastGap`]),
+    ///   so a document fed by peers never has a gap. Yjs clients send their updates in order;
+    ///   the one case known to send such a block is a client that reconnects with offline edits
+    ///   and types somewhere else before its sync step 2 (which holds the offline edits) has
+    ///   gone out. It is closed with 1002, reconnects, and its sync step 2 carries both.
+    /// - a block that runs across a remembered gap start (from a stored update), in the update,
+    ///   or in pending content when the update adds gap starts, is refused
+    ///   ([`ProtocolError::BlockAcrossGap`]), and so is an item that starts at one with the
+    ///   previous clock as its origin (pending, `yrs` would merge it with the item before it into
+    ///   one that runs across). An item running across a gap start cannot come from Yjs: in
+    ///   every peer a clock's origin is the clock before it exactly when the clock is inside an
+    ///   item, and the block at the gap start has another origin.
+    fn check_gaps(
+        &mut self,
+        items: &[UpdateItem],
+        source: Source,
+    ) -> Result<HashMap<u64, BTreeSet<u32>>, DocError> {
+        let txn = self.doc.transact();
+        let known = txn.state_vector();
+        let holds = |client: u64| known.get(&ClientID::new(client));
+        // Forget the gap starts the document has caught up with: it holds every clock below
+        // its state vector's.
+        for item in items {
+            if let Some(starts) = self.gap_starts.get_mut(&item.client) {
+                let kept = starts.split_off(&(holds(item.client).saturating_add(1)));
+                *starts = kept;
+                if starts.is_empty() {
+                    self.gap_starts.remove(&item.client);
+                }
+            }
+        }
+        let new_starts = gap_starts_of(items, holds);
+        if source == Source::Peer
+            && let Some((&client, clocks)) = new_starts.iter().next()
+        {
+            let clock = *clocks.first().expect("no empty entries");
+            return Err(ProtocolError::BlockPastGap { client, clock }.into());
+        }
+        let across = |item: &UpdateItem, starts: &BTreeSet<u32>| {
+            // Strictly inside the block (nothing for blocks of length 0 or 1, which `yrs` drops
+            // or cannot split).
+            let inside = item.clock.saturating_add(1)..item.clock.saturating_add(item.len);
+            (!inside.is_empty() && starts.range(inside).next().is_some())
+                || (item.kind == BlockKind::Item
+                    && item.clock > 0
+                    && item.origin == Some((item.client, item.clock - 1))
+                    && starts.contains(&item.clock))
+        };
+        let refused = |item: &UpdateItem| ProtocolError::BlockAcrossGap {
+            client: item.client,
+            clock: item.clock,
+        };
+        for item in items.iter().filter(|i| i.kind != BlockKind::Skip) {
+            for starts in [
+                self.gap_starts.get(&item.client),
+                new_starts.get(&item.client),
+            ]
+            .into_iter()
+            .flatten()
+            {
+                if across(item, starts) {
+                    return Err(refused(item).into());
+                }
+            }
+        }
+        // Pending content was checked against the gap starts known when it arrived; check it
+        // against the new ones (it is retried when this update lands).
+        if !new_starts.is_empty()
+            && let Some(pending) = txn.store().pending_update()
+        {
+            let encoded = guarded("encoding pending content", || pending.update.encode_v1())?;
+            let pending_items = update_items_v1(&encoded)?;
+            for item in pending_items.iter().filter(|i| i.kind != BlockKind::Skip) {
+                if new_starts
+                    .get(&item.client)
+                    .is_some_and(|starts| across(item, starts))
+                {
+                    return Err(refused(item).into());
+                }
+            }
+        }
+        Ok(new_starts)
+    }
+
     /// Refuses an update whose shared types could take the document past [`MAX_TYPE_DEPTH`],
     /// before it is applied. The update's own types can only nest as deep as its longest chain of
     /// types, each hanging from the previous one; added to the document's depth that bounds the
     /// result. When the quick bound is too high, the document's real depth is measured first.
-    fn check_nesting(&mut self, update: &[u8]) -> Result<(), DocError> {
-        let items = update_items_v1(update)?;
+    fn check_nesting(&mut self, items: &[UpdateItem]) -> Result<(), DocError> {
         let chain = {
             let txn = self.doc.transact();
             let known = txn.state_vector();
             type_chain(
-                &items,
+                items,
                 |id| BranchID::get_nested(&txn, &id).is_some(),
                 |id| id.clock < known.get(&id.client),
             )
@@ -497,6 +644,28 @@ fn type_chain(
     chain
 }
 
+/// The gap starts of an update's blocks (see `RoomDoc::check_gaps`), by client; `holds` gives
+/// how many clocks of a client the document holds without a gap. Blocks come section by section,
+/// one section per client.
+fn gap_starts_of(items: &[UpdateItem], holds: impl Fn(u64) -> u32) -> HashMap<u64, BTreeSet<u32>> {
+    let mut starts: HashMap<u64, BTreeSet<u32>> = HashMap::new();
+    let mut previous: Option<&UpdateItem> = None;
+    for item in items {
+        let first_or_after_skip =
+            previous.is_none_or(|p| p.client != item.client || p.kind == BlockKind::Skip);
+        previous = Some(item);
+        let continues = item.clock > 0 && item.origin == Some((item.client, item.clock - 1));
+        if first_or_after_skip
+            && item.kind != BlockKind::Skip
+            && !continues
+            && item.clock > holds(item.client)
+        {
+            starts.entry(item.client).or_default().insert(item.clock);
+        }
+    }
+    starts
+}
+
 /// A cheap fingerprint of the pending (not yet integrable) content: how many clients it waits on
 /// and whether a pending delete set exists.
 fn pending_len<T: ReadTxn>(txn: &T) -> (usize, bool) {
@@ -602,6 +771,195 @@ mod tests {
         );
         assert!(doc.diff_v1(&[0xff, 0xff, 0xff, 0xff, 0x0f, 1]).is_err());
         assert_eq!(text_of(&doc), "keep");
+    }
+
+    /// The update of `crdt/tests/yrs_use_after_free.rs` (two sections for client 1, the second
+    /// inside the item "hello world"), which makes yrs 0.28.1 free that item while the text still
+    /// links to it. That test runs yrs alone under AddressSanitizer; this one checks that the
+    /// relay's documents never let the update reach yrs.
+    const YRS_USE_AFTER_FREE: [u8; 12] = [2, 1, 1, 11, 0, 1, 1, 1, 1, 0, 1, 0];
+
+    #[test]
+    fn refuses_the_update_that_makes_yrs_free_a_live_item() {
+        let mut doc = RoomDoc::new();
+        doc.apply_update_v1(&text_update(1, "hello world"))
+            .expect("valid");
+        let before = doc.encode_state_v1();
+        let fuzzed = std::fs::read(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/fuzz/regressions/apply_update/crash-yrs-use-after-free-in-to-json-57652a1e"
+        ))
+        .expect("the fuzzer's input");
+        for update in [&YRS_USE_AFTER_FREE[..], &fuzzed] {
+            assert!(matches!(
+                doc.apply_update_v1(update),
+                Err(DocError::Malformed(ProtocolError::RepeatedClient(1)))
+            ));
+            assert!(matches!(
+                doc.would_change(update),
+                Err(DocError::Malformed(ProtocolError::RepeatedClient(1)))
+            ));
+        }
+        assert_eq!(text_of(&doc), "hello world");
+        assert_eq!(doc.encode_state_v1(), before);
+    }
+
+    /// Client 5's clocks 5..10 as a GC block, before its clocks 0..5 (yrs integrates it past a
+    /// gap), and client 5's text "abcdefg" at clocks 0..7, as the first item of the root "text",
+    /// running from the gap into the GC block; as in `crdt/tests/yrs_use_after_free.rs`.
+    const GC_PAST_A_GAP: [u8; 7] = [1, 1, 5, 5, 0, 5, 0];
+    const ITEM_ACROSS_THE_GAP: [u8; 20] = [
+        1, 1, 5, 0, 4, 1, 4, b't', b'e', b'x', b't', 7, b'a', b'b', b'c', b'd', b'e', b'f', b'g', 0,
+    ];
+
+    #[test]
+    fn refuses_a_block_that_would_land_past_a_gap() {
+        let mut doc = RoomDoc::new();
+        doc.apply_update_v1(&text_update(1, "keep")).expect("valid");
+        let before = doc.encode_state_v1();
+        assert!(matches!(
+            doc.apply_update_v1(&GC_PAST_A_GAP),
+            Err(DocError::Malformed(ProtocolError::BlockPastGap {
+                client: 5,
+                clock: 5
+            }))
+        ));
+        // After a skip block, too.
+        let after_skip = [1, 2, 5, 0, 10, 5, 0, 5, 0];
+        assert!(matches!(
+            doc.apply_update_v1(&after_skip),
+            Err(DocError::Malformed(ProtocolError::BlockPastGap {
+                client: 5,
+                clock: 5
+            }))
+        ));
+        assert_eq!(doc.encode_state_v1(), before);
+    }
+
+    #[test]
+    fn refuses_a_block_running_across_the_end_of_a_stored_gap() {
+        let mut doc = RoomDoc::new();
+        doc.apply_update_v1(&text_update(1, "keep")).expect("valid");
+        // A store written before the refusal above may hold it.
+        assert_eq!(
+            doc.replay_stored_update_v1(&GC_PAST_A_GAP)
+                .expect("a GC block past a gap"),
+            Applied::Changed
+        );
+        let before = doc.encode_state_v1();
+        let gc_across = [1, 1, 5, 0, 0, 7, 0];
+        for update in [&ITEM_ACROSS_THE_GAP[..], &gc_across] {
+            assert!(matches!(
+                doc.apply_update_v1(update),
+                Err(DocError::Malformed(ProtocolError::BlockAcrossGap {
+                    client: 5,
+                    clock: 0
+                }))
+            ));
+        }
+        assert_eq!(doc.encode_state_v1(), before);
+        assert_eq!(text_of(&doc), "keep");
+        // A document rebuilt from its state finds the gap again (the encoded state holds it as
+        // a skip). An item that fills the gap exactly is fine.
+        let fill = [
+            1, 1, 5, 0, 4, 1, 1, b't', 5, b'a', b'b', b'c', b'd', b'e', 0,
+        ];
+        let mut reloaded = RoomDoc::new();
+        reloaded
+            .replay_stored_update_v1(&before)
+            .expect("the stored state");
+        assert!(matches!(
+            reloaded.apply_update_v1(&ITEM_ACROSS_THE_GAP),
+            Err(DocError::Malformed(ProtocolError::BlockAcrossGap { .. }))
+        ));
+        for doc in [&mut doc, &mut reloaded] {
+            doc.apply_update_v1(&fill).expect("fills the gap");
+            assert_eq!(text_of(doc), "keepabcde");
+            // Once the gap is filled, those clocks are simply known.
+            assert_eq!(
+                doc.apply_update_v1(&ITEM_ACROSS_THE_GAP)
+                    .expect("only clocks the document has"),
+                Applied::Unchanged
+            );
+        }
+    }
+
+    #[test]
+    fn refuses_a_stored_gap_that_pending_content_would_run_across() {
+        // "abcd" at client 5's clocks 3..7, after client 7's clock 0: from a peer, refused
+        // (it would land past a gap once client 7's clock 0 arrives); from the store, pending.
+        let pending = [1, 1, 5, 3, 0x84, 7, 0, 4, b'a', b'b', b'c', b'd', 0];
+        let mut doc = RoomDoc::new();
+        assert!(matches!(
+            doc.apply_update_v1(&pending),
+            Err(DocError::Malformed(ProtocolError::BlockPastGap {
+                client: 5,
+                clock: 3
+            }))
+        ));
+        assert_eq!(
+            doc.replay_stored_update_v1(&pending).expect("valid"),
+            Applied::Changed
+        );
+        assert!(matches!(
+            doc.replay_stored_update_v1(&GC_PAST_A_GAP),
+            Err(DocError::Malformed(ProtocolError::BlockAcrossGap {
+                client: 5,
+                clock: 3
+            }))
+        ));
+        // Client 7's clock 0 arrives; the pending item is integrated without touching freed
+        // memory.
+        let seven = [1, 1, 7, 0, 4, 1, 1, b't', 1, b'x', 0];
+        doc.apply_update_v1(&seven).expect("valid");
+        assert_eq!(text_of(&doc), "xabcd");
+    }
+
+    #[test]
+    fn out_of_order_edits_wait_as_pending_or_are_refused_before_they_leave_a_gap() {
+        let client = Doc::with_client_id(8);
+        let text = client.get_or_insert_text("t");
+        text.insert(&mut client.transact_mut(), 0, "world");
+        let synced = client.transact().state_vector();
+        let mut doc = RoomDoc::new();
+        doc.apply_update_v1(
+            &client
+                .transact()
+                .encode_state_as_update_v1(&StateVector::default()),
+        )
+        .expect("valid");
+        // Offline edits, then, before the sync step 2 that carries them, an edit that continues
+        // them: it waits as pending, and the sync step 2 fills the gap before it.
+        text.insert(&mut client.transact_mut(), 5, "!!");
+        let offline = client.transact().state_vector();
+        text.insert(&mut client.transact_mut(), 7, "?");
+        let continues = client.transact().encode_diff_v1(&offline);
+        assert_eq!(
+            doc.apply_update_v1(&continues).expect("valid"),
+            Applied::Changed
+        );
+        assert_eq!(text_of(&doc), "world");
+        let step2 = client.transact().encode_diff_v1(&synced);
+        doc.apply_update_v1(&step2).expect("valid");
+        assert_eq!(text_of(&doc), "world!!?");
+        // The same with an edit elsewhere: yrs would integrate it past the gap, so it is refused
+        // (the client reconnects, and its sync step 2 carries everything, in order).
+        let synced = client.transact().state_vector();
+        text.insert(&mut client.transact_mut(), 8, "..");
+        let offline = client.transact().state_vector();
+        text.insert(&mut client.transact_mut(), 0, "hello ");
+        let elsewhere = client.transact().encode_diff_v1(&offline);
+        assert!(matches!(
+            doc.apply_update_v1(&elsewhere),
+            Err(DocError::Malformed(ProtocolError::BlockPastGap {
+                client: 8,
+                ..
+            }))
+        ));
+        assert_eq!(text_of(&doc), "world!!?");
+        let step2 = client.transact().encode_diff_v1(&synced);
+        doc.apply_update_v1(&step2).expect("valid");
+        assert_eq!(text_of(&doc), "hello world!!?..");
     }
 
     #[test]

@@ -45,6 +45,41 @@ pub enum ProtocolError {
     /// A client id beyond the 53 bits Yjs client ids have.
     #[error("client id {0} is larger than 53 bits")]
     ClientIdTooLarge(u64),
+    /// An update with two sections for the same client, which no encoder writes and which makes
+    /// `yrs` free items the document still uses (see [`crate::validate`]).
+    #[error("client {0} has more than one section in the update")]
+    RepeatedClient(u64),
+    /// A block or delete range that ends past [`crate::validate::MAX_CLOCK`].
+    #[error(
+        "client {client}'s clocks reach {end}, past {}",
+        crate::validate::MAX_CLOCK
+    )]
+    ClockTooLarge {
+        /// The client whose clock it is.
+        client: u64,
+        /// The end of the range (exclusive).
+        end: u64,
+    },
+    /// A block that would land past a gap in its client's clocks: it does not continue the
+    /// clock before it, which the document does not have yet. Yjs would keep it pending; `yrs`
+    /// integrates it and leaves a gap that later updates can turn into a use after free (see
+    /// [`crate::doc::RoomDoc::apply_update_v1`]).
+    #[error("client {client}'s block at clock {clock} comes before the clocks ahead of it")]
+    BlockPastGap {
+        /// The block's client.
+        client: u64,
+        /// The block's first clock.
+        clock: u32,
+    },
+    /// A block that runs across the end of a gap the document may have (from a stored update),
+    /// which `yrs` splits into freed memory or a corrupt block list.
+    #[error("client {client}'s block at clock {clock} runs across the end of a gap")]
+    BlockAcrossGap {
+        /// The block's client.
+        client: u64,
+        /// The block's first clock.
+        clock: u32,
+    },
     /// Shared types nested deeper than [`crate::doc::MAX_TYPE_DEPTH`].
     #[error(
         "shared types nested more than {} levels deep",

@@ -5,7 +5,8 @@
 //! 1. [`protocol`]: the y-protocols message codec. A frame is split into messages with every
 //!    length checked before use; the tag constants live here and nowhere else.
 //! 2. [`validate`]: bounded structural checks of updates and state vectors, so that no forged
-//!    count or nesting depth reaches a `yrs` decoder.
+//!    count or nesting depth reaches a `yrs` decoder, and no update shape that makes `yrs` use
+//!    freed memory (with [`doc`], for the shapes that depend on the document).
 //! 3. [`awareness`]: a room's awareness states, with the y-protocols rules and the owner of each
 //!    client id.
 //! 4. [`doc`]: a room's document, a `yrs::Doc` fed only validated updates.

@@ -337,7 +337,7 @@ impl Store {
             let (header, state) = record.split_at(SNAPSHOT_HEADER);
             through = u64::from_le_bytes(header.try_into().expect("header is 8 bytes"));
             snapshot_bytes = state.len() as u64;
-            doc.apply_update_v1(state)
+            doc.replay_stored_update_v1(state)
                 .map_err(|source| LoadError::Corrupt {
                     room: room.to_owned(),
                     seq: 0,
@@ -355,7 +355,7 @@ impl Store {
             let (key, value) = entry.map_err(|e| storage(e.into()))?;
             let seq = key.value().1;
             let update = value.value();
-            doc.apply_update_v1(update)
+            doc.replay_stored_update_v1(update)
                 .map_err(|source| LoadError::Corrupt {
                     room: room.to_owned(),
                     seq,

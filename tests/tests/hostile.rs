@@ -1132,41 +1132,54 @@ fn fuzz_seed_update() -> Vec<u8> {
         .encode_state_as_update_v1(&StateVector::default())
 }
 
-/// Updates of 11 to 16 bytes with which the `apply_update` fuzzer made yrs 0.28.1 panic or read
-/// freed memory (kept in `crdt/fuzz/regressions/apply_update/`), sent through the relay binary
-/// (a crash must fail this test, not abort the test binary), into an empty room and into one
-/// holding the fuzz target's seed document. The relay may refuse them (1002) or apply them, but
-/// it must stay up, and the room must go on serving: joiners (a full state encoding), the JSON
-/// export, and its other client's edits and saves.
+/// The JSON export of a room holding the fuzz target's seed document.
+fn seed_json() -> serde_json::Value {
+    let mut doc = RoomDoc::new();
+    doc.apply_update_v1(&fuzz_seed_update())
+        .expect("a valid seed");
+    doc.to_json()
+}
+
+/// Updates of 7 to 16 bytes with which the `apply_update` fuzzer (or a reading of yrs' code) made
+/// yrs 0.28.1 panic, or read or write freed memory (kept in
+/// `crdt/fuzz/regressions/apply_update/` and `crdt/tests/yrs_use_after_free.rs`), sent through the
+/// relay binary (a crash must fail this test, not abort the test binary), into an empty room and
+/// into one holding the fuzz target's seed document. Each is a shape Yjs never writes, and the
+/// relay must refuse it (1002) before yrs sees it, stay up, and go on serving the room: joiners
+/// (a full state encoding), the JSON export, and its other client's edits and saves.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn updates_that_broke_yrs() {
     let _turn = SERIAL.lock().await;
-    let inputs: [(&str, &[u8]); 5] = [
+    let inputs: [(&str, &[u8]); 6] = [
         (
-            "a use after free in yrs, read by to_json",
+            "a use after free in yrs, read by to_json (a client's section repeated)",
             &[
                 0x02, 0x01, 0x01, 0xa0, 0x01, 0x00, 0x41, 0x01, 0x01, 0x01, 0x00, 0x01, 0x00, 0x0c,
                 0x00, 0x41,
             ],
         ),
         (
-            "BlockStore::push: unwrap on None",
+            "BlockStore::push: unwrap on None (a clock past 2^31)",
             &[
                 0x01, 0x01, 0x01, 0xff, 0xff, 0xff, 0xff, 0x0b, 0x00, 0x01, 0x00, 0x01, 0x00, 0x00,
             ],
         ),
         (
-            "BlockStore::push: subtraction overflow",
+            "BlockStore::push: subtraction overflow (a client's section repeated)",
             &[
                 0x02, 0x01, 0x80, 0x00, 0x0c, 0x00, 0x41, 0x01, 0x00, 0x09, 0x00, 0x0c, 0x00, 0x41,
                 0x01,
             ],
         ),
         (
-            "merge_pending_v1: unwrap on EndOfBuffer when encoding the state",
+            "merge_pending_v1: unwrap on EndOfBuffer when encoding the state (a block past a gap)",
             &[
                 0x01, 0x01, 0x02, 0x0b, 0x02, 0x17, 0x00, 0x4a, 0x00, 0x00, 0x00,
             ],
+        ),
+        (
+            "a GC block past a gap, which later updates turn into a use after free",
+            &[1, 1, 5, 5, 0, 5, 0],
         ),
         (
             "client id 2^63 - 1",
@@ -1194,18 +1207,9 @@ async fn updates_that_broke_yrs() {
             let answer =
                 tokio::time::timeout(DEADLINE, next_event(&mut bad.stream, DEADLINE * 2)).await;
             match answer {
-                Ok(Event::Close(code)) => {
-                    assert_eq!(code, Some(1002), "{case}: refused");
-                    eprintln!("{case}: refused (1002)");
-                }
+                Ok(Event::Close(code)) => assert_eq!(code, Some(1002), "{case}: refused"),
                 Ok(Event::Frame(frame)) => {
-                    let message = decode_one(&frame);
-                    eprintln!("{case}: accepted, {}", message.kind());
-                    assert!(
-                        matches!(message, Msg::Saved(7) | Msg::SaveError(7, _)),
-                        "{case}: {}",
-                        message.kind()
-                    );
+                    panic!("{case}: accepted ({})", decode_one(&frame).kind())
                 }
                 Ok(other) => panic!("{case}: {other:?}"),
                 Err(_) => panic!("{case}: no answer to the save request within {DEADLINE:?}"),
@@ -1245,11 +1249,15 @@ async fn updates_that_broke_yrs() {
                     relay.log()
                 );
             }
-            let status = response.map(|r| r.status);
-            assert!(
-                matches!(status, Ok(s) if s == 200 || (400..500).contains(&s)),
-                "{case}: the JSON export answered {status:?}"
-            );
+            let response = response.expect("the JSON export");
+            if seeded {
+                assert_eq!(response.status, 200, "{case}: {}", response.text());
+                let exported: serde_json::Value =
+                    serde_json::from_slice(&response.body).expect("JSON");
+                assert_eq!(exported, seed_json(), "{case}: the document is as before");
+            } else {
+                assert_eq!(response.status, 404, "{case}: nothing stored");
+            }
             owner.edit("still works").await;
             owner.save(2).await;
             drop((owner, bad, joiner));
@@ -1258,4 +1266,158 @@ async fn updates_that_broke_yrs() {
     let (status, _) = http_get(relay.addr(), "/healthz").await.expect("/healthz");
     assert_eq!(status, 200);
     assert!(relay.stop().await.success(), "{}", relay.log());
+}
+
+/// The cross-document leak the 16-byte update caused: yrs freed an item of room A's document
+/// while the document still linked to it, the memory went to room B's next edits, and the JSON
+/// export of A returned B's text. Here B holds text, A holds the fuzz target's seed (client 1's
+/// text, which the update's GC ranges overlap), A receives the update on every path a client
+/// has (WebSocket, long-polling, the document API), B keeps writing, and then A is exported. The
+/// update must be refused on each path (1002, 410 with 1002, 400), and A must be exactly as
+/// before: in the export, for a client in the room (nothing forwarded), and in the store.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_update_never_shows_another_documents_text() {
+    let _turn = SERIAL.lock().await;
+    const SECRET: &str = "TENANT-B-SECRET-7-";
+    let update: &[u8] = include_bytes!(
+        "../../crdt/fuzz/regressions/apply_update/crash-yrs-use-after-free-in-to-json-57652a1e"
+    );
+    let dir = tempfile::tempdir().expect("a data directory");
+    let mut relay = ChildRelay::start(dir.path(), &[], |_| {})
+        .await
+        .expect("start the relay binary");
+    let seed = fuzz_seed_update();
+    let mut owner = Client::join(&relay.ws_url("tenant a")).await;
+    owner.send(encode_update(&seed)).await;
+    owner.save(1).await;
+    // A reader of A that applies nothing: the first update it receives must be the owner's
+    // next edit.
+    let mut reader = Client::connect(&relay.ws_url("tenant a")).await;
+    reader.send(encode_sync_step1(&[0])).await;
+    reader
+        .recv_until("the greeting", |m| matches!(m, Msg::SyncStep2(_)))
+        .await;
+    let mut b = Client::join(&relay.ws_url("tenant b")).await;
+    b.edit(SECRET).await;
+    b.save(1).await;
+
+    // WebSocket.
+    let mut bad = Client::join(&relay.ws_url("tenant a")).await;
+    bad.send(encode_update(update)).await;
+    bad.request_save(7).await;
+    let websocket = within(
+        "an answer to the update",
+        next_event(&mut bad.stream, DEADLINE),
+    )
+    .await;
+    // B writes on: with the update applied, these edits' items took the memory yrs had freed.
+    for i in 0..50 {
+        b.edit(&format!("{SECRET}{i} ")).await;
+    }
+    b.save(2).await;
+    let addr = relay.addr();
+    let export = || async move {
+        let response = http_request(addr, "GET", "/api/docs/tenant%20a?format=json", &[], b"")
+            .await
+            .expect("the JSON export of A");
+        assert_eq!(response.status, 200, "{}", response.text());
+        response.text()
+    };
+    let exported = export().await;
+    assert!(
+        !exported.contains(SECRET),
+        "A's export shows B's text: {exported}"
+    );
+    relay.assert_running("the export");
+    match websocket {
+        Event::Close(code) => assert_eq!(code, Some(1002), "refused on the WebSocket"),
+        Event::Frame(frame) => panic!(
+            "the update was accepted on the WebSocket ({})",
+            decode_one(&frame).kind()
+        ),
+        other => panic!("the WebSocket: {other:?}"),
+    }
+
+    // Long-polling: the session ends with 1002 (410 to its next poll).
+    let opened = http_request(relay.addr(), "POST", "/poll?room=tenant%20a", &[], b"")
+        .await
+        .expect("open a poll session");
+    assert_eq!(opened.status, 200, "{}", opened.text());
+    let opened: serde_json::Value = serde_json::from_slice(&opened.body).expect("JSON");
+    let session = opened["session"].as_str().expect("a session id").to_owned();
+    let posted = http_request(
+        relay.addr(),
+        "POST",
+        &format!("/poll/{session}"),
+        &[],
+        &encode_update(update),
+    )
+    .await
+    .expect("post the update");
+    assert!(
+        posted.status == 204 || posted.status == 410,
+        "{}",
+        posted.text()
+    );
+    let ended = within("the poll session to end", async {
+        let mut ack = 0;
+        loop {
+            let polled = http_request(
+                relay.addr(),
+                "GET",
+                &format!("/poll/{session}?ack={ack}"),
+                &[],
+                b"",
+            )
+            .await
+            .expect("poll");
+            if polled.status != 200 {
+                return polled;
+            }
+            ack = polled
+                .header("x-relay-last-seq")
+                .and_then(|v| v.parse().ok())
+                .expect("x-relay-last-seq");
+        }
+    })
+    .await;
+    assert_eq!(ended.status, 410, "{}", ended.text());
+    let ended: serde_json::Value = serde_json::from_slice(&ended.body).expect("JSON");
+    assert_eq!(ended["code"], 1002, "{ended}");
+
+    // The document API.
+    let posted = http_request(
+        relay.addr(),
+        "POST",
+        "/api/docs/tenant%20a/update",
+        &[],
+        update,
+    )
+    .await
+    .expect("post the update");
+    assert_eq!(posted.status, 400, "{}", posted.text());
+
+    // A is as it was: exported, seen by a client in the room, and stored.
+    let exported: serde_json::Value = serde_json::from_str(&export().await).expect("JSON");
+    assert_eq!(exported, seed_json(), "A's export");
+    let edit = owner.edit(" and after").await;
+    owner.save(2).await;
+    assert_eq!(
+        reader
+            .recv_until("an update", |m| matches!(m, Msg::Update(_)))
+            .await,
+        Msg::Update(edit),
+        "the first update forwarded to A's reader is the owner's edit"
+    );
+    drop((owner, reader, b, bad));
+    assert!(relay.stop().await.success(), "{}", relay.log());
+    let store = Store::open(
+        &dir.path().join(relay::config::STORE_FILE),
+        &StoreOptions::default(),
+    )
+    .expect("open the store of the stopped relay");
+    let stored = store.load("tenant a").expect("load A");
+    assert_eq!(stored.log_entries, 2, "the seed and the owner's edit");
+    let b_text = store.load("tenant b").expect("load B").doc.to_json();
+    assert!(b_text.to_string().contains(&format!("{SECRET}49")));
 }

@@ -83,6 +83,10 @@ fn run_all(fail: &[(&str, &str)]) -> Run {
         &root.join("tests/browser/run.sh"),
         "#!/usr/bin/env bash\necho \"browser RELAY_BIN=$RELAY_BIN\" >> \"$STUB_LOG\"\n",
     );
+    write_executable(
+        &root.join("crdt/fuzz/asan-regressions.sh"),
+        "#!/usr/bin/env bash\necho asan >> \"$STUB_LOG\"\n",
+    );
     let log = dir.path().join("calls.log");
     let path = format!(
         "{}:{}",
@@ -117,6 +121,7 @@ fn every_step_passes_and_the_command_succeeds() {
         "clippy",
         "relay-build",
         "cargo-test",
+        "asan",
         "interop",
         "client-js",
         "browser",
@@ -132,6 +137,7 @@ fn every_step_passes_and_the_command_succeeds() {
     }
     let browser = format!("browser RELAY_BIN={root}/target/debug/relay");
     assert!(run.calls.contains(&browser), "{:?}", run.calls);
+    assert!(run.calls.contains(&"asan".to_owned()), "{:?}", run.calls);
 }
 
 #[test]
