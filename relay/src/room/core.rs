@@ -347,10 +347,12 @@ impl RoomCore {
         seq
     }
 
-    /// After `yrs` panicked, the document may hold part of the update: ask for a rebuild.
+    /// After `yrs` failed in the middle of integrating an update (it panicked, or refused a block
+    /// after taking the ones before it), the document may hold part of the update: ask for a
+    /// rebuild. Updates refused before `yrs` saw them (malformed, refused shapes) changed nothing.
     fn rebuild_if_broken(&mut self, error: &DocError) {
-        if matches!(error, DocError::Internal(_)) {
-            tracing::error!("yrs panicked on this room's document; rebuilding it from the store");
+        if matches!(error, DocError::Internal(_) | DocError::Apply(_)) {
+            tracing::error!(%error, "yrs failed half-way on this room's document; rebuilding it");
             self.effects.push(Effect::Rebuild);
         }
     }
@@ -980,6 +982,45 @@ mod tests {
         let removal = effects(&mut core);
         assert_eq!(removal.len(), 1, "{removal:?}");
         assert_eq!(core.next_sweep(), None, "nothing left to expire");
+    }
+
+    /// An update yrs integrates in part before it refuses a block (its second block names a
+    /// string item, not a type, as its parent): the first block ("ok") lands in the document.
+    const PARTLY_APPLIED: [u8; 18] = [
+        1, 2, 2, 0, 4, 1, 1, b't', 2, b'o', b'k', 4, 0, 1, 0, 1, b'x', 0,
+    ];
+
+    #[test]
+    fn an_update_yrs_applies_in_part_is_refused_and_the_document_rebuilt() {
+        let mut core = core();
+        core.join(A, Access::Write, Principal::ANYONE);
+        core.join(B, Access::Write, Principal::ANYONE);
+        effects(&mut core);
+        let hello = edit(&Doc::with_client_id(1), "hello");
+        core.receive(A, update_message(&hello), now());
+        core.commit_progress(1, None);
+        effects(&mut core);
+        core.receive(
+            B,
+            update_message(&Bytes::from_static(&PARTLY_APPLIED)),
+            now(),
+        );
+        let out = effects(&mut core);
+        assert_eq!(
+            out,
+            vec![
+                Effect::Count("invalid_update"),
+                Effect::Close(B, CloseReason::ProtocolError),
+                Effect::Rebuild,
+            ],
+            "refused, not forwarded or stored, and a rebuild asked for"
+        );
+        assert_eq!(text_of(&mut core), "hellook", "yrs took the first block");
+        let mut stored = empty_room();
+        stored.doc.apply_update_v1(&hello).expect("applies");
+        stored.next_seq = 2;
+        core.rebuild(stored);
+        assert_eq!(text_of(&mut core), "hello");
     }
 
     #[test]
