@@ -149,8 +149,8 @@ test('a save error gives error until a later saved', () => scoped(async scope =>
   const held = []
   const server = await fakeYjsServer({
     onSaveRequest: (ws, id) => {
-      ws.send(protocol.encodeSaveAnswer(id, 'disk full'))
-      held.push(() => ws.send(protocol.encodeSaveAnswer(id)))
+      ws.send(protocol.encodeSaveError(id, 'disk full'))
+      held.push(() => ws.send(protocol.encodeSaved(id)))
     }
   })
   scope.defer(() => server.close())
@@ -172,7 +172,7 @@ test('a save error gives error until a later saved', () => scoped(async scope =>
 }))
 
 test('window events: offline drops the connection, online reconnects at once, pagehide clears awareness', () => scoped(async scope => {
-  const server = await fakeYjsServer({ onSaveRequest: (ws, id) => ws.send(protocol.encodeSaveAnswer(id)) })
+  const server = await fakeYjsServer({ onSaveRequest: (ws, id) => ws.send(protocol.encodeSaved(id)) })
   scope.defer(() => server.close())
   const win = new CountingWindow()
   // A backoff far longer than the test's deadlines: only the online event can bring it back.
@@ -219,7 +219,7 @@ test('save requests go out only after sync step 2: edits made offline are never 
         log.push('sent-step1')
         ws.send(protocol.encodeSyncStep1(serverDoc))
       }
-      if (kind === 'save-request') ws.send(protocol.encodeSaveAnswer(bytes[2]))
+      if (kind === 'save-request') ws.send(protocol.encodeSaved(bytes[2]))
     })
   })
   scope.defer(() => server.close())
