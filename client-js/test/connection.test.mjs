@@ -81,6 +81,33 @@ for (const code of [4401, 4403]) {
   }))
 }
 
+test('a connection-close listener that connects again at once (a renewed token): connecting, never disconnected, nothing else scheduled', () => scoped(async scope => {
+  // The relay closes the first connection with 4401; the application answers with a new token
+  // from its 'connection-close' listener, as examples/src/connect.js does.
+  const server = await fakeServer((ws, req) => {
+    if (req.url.includes('token=old')) setImmediate(() => ws.close(protocol.CLOSE_UNAUTHORIZED, 'token expired'))
+  })
+  scope.defer(() => server.close())
+  const clock = countingTimers()
+  const p = provider(scope, server.url, 'room', {
+    transport: 'websocket',
+    params: { token: 'old' },
+    env: { timers: clock.timers }
+  })
+  const statuses = []
+  p.on('status', e => statuses.push(e.status))
+  p.on('connection-close', event => {
+    if (event.code !== protocol.CLOSE_UNAUTHORIZED) return
+    p.params = { token: 'new' }
+    p.connect()
+  })
+  await waitFor(() => server.connections.length === 2 && p.status === 'connected', { what: 'the connection with the new token' })
+  assert.deepEqual(statuses, ['connected', 'connecting', 'connected'], 'the status followed the connection')
+  assert.deepEqual(server.connections.map(c => c.url), ['/room?token=old', '/room?token=new'])
+  // Only the liveness check runs: no reconnect left over from the close.
+  assert.equal(clock.timeouts.size, 0)
+}))
+
 test('close code 4404 with unsaved edits: deleted (never offline-unsaved), whenSaved rejects, no reconnect, connect() does nothing', () => scoped(async scope => {
   // A stock-like server never answers save requests: the edit stays unsaved until the close.
   const server = await fakeYjsServer()

@@ -394,7 +394,7 @@ relayTest('the relay ends a session (malformed message): 410 with 1002, then a n
   p.doc.getText('text').insert(0, 'first. ')
   await saveStatusIs(p, 'saved')
   const closed = waitForEvent(p, 'connection-close')
-  p._transport.send(new Uint8Array([0, 9])) // an unknown sync message type: a protocol error
+  p._connector.send(new Uint8Array([0, 9])) // an unknown sync message type: a protocol error
   const [event] = await closed
   assert.equal(event.code, 1002)
   assert.equal(event.reason, 'protocol_error')
