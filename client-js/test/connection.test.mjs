@@ -4,9 +4,10 @@
 import { test } from 'node:test'
 import assert from 'node:assert/strict'
 import { fakeServer, fakeYjsServer } from './support/fake-relay.mjs'
-import { provider, saveStatusIs, Scope, synced } from './support/clients.mjs'
+import { provider, saveStatusIs, synced } from './support/clients.mjs'
+import { Scope } from '../../tests/js-support/relay-test.mjs'
 import { CountingWindow, countingTimers } from './support/env.mjs'
-import { waitFor, waitForEvent, withDeadline } from './support/wait.mjs'
+import { waitFor, waitForEvent, withDeadline } from '../../tests/js-support/wait.mjs'
 import * as Y from 'yjs'
 import { protocol } from '../src/index.js'
 

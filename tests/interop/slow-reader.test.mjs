@@ -13,9 +13,11 @@
 // Awareness is not persisted, so this volume does not depend on the store's cache.
 
 import assert from 'node:assert/strict'
-import { relayTest } from './relay.mjs'
+import { relayTest } from '../js-support/relay-test.mjs'
 import { MSG_SYNC, WebSocket, encoding, syncProtocol, v3Client, waitSynced, Y } from './clients.mjs'
-import { MB, prng, randomAscii, seedFromEnv, waitFor, withDeadline } from './helpers.mjs'
+import { MB, randomAscii } from './helpers.mjs'
+import { prng, seedFromEnv } from '../js-support/random.mjs'
+import { waitFor, withDeadline } from '../js-support/wait.mjs'
 
 const ROUNDS = 1700
 const BLOB = 256 * 1024 // awareness payload per round
