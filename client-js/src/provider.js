@@ -419,7 +419,7 @@ export class RelayProvider extends ObservableV2 {
   }
 
   /**
-   * A connection opened: sync step 1, our awareness state, and (after the relay's step 1 and our
+   * A connection opened: our awareness state, sync step 1, and (after the relay's step 1 and our
    * step 2) a save request. A WebSocket that took over from long-polling (`switched`) starts the
    * same way, without a 'disconnected' in between; remote awareness states are kept (the relay
    * still has them, with the same clocks).
@@ -439,8 +439,12 @@ export class RelayProvider extends ObservableV2 {
     this._tracker.connected()
     this._setTransport(kind)
     this._setStatus('connected')
-    this._connector.send(encodeSyncStep1(this.doc))
+    // Awareness before sync step 1: the relay handles a connection's messages in order, so its
+    // sync step 2 comes after it took our awareness state. After a switch, that answer ends the
+    // long-polling session (`synced()`); had the state not moved to the socket by then, the
+    // session's end would show everyone this client leaving.
     this._announceAwareness()
+    this._connector.send(encodeSyncStep1(this.doc))
     this._updateSaveStatus()
   }
 

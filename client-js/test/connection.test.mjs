@@ -109,6 +109,30 @@ test('a connection-close listener that connects again at once (a renewed token):
   assert.equal(clock.timeouts.size, 0)
 }))
 
+test('a new connection sends the awareness state before sync step 1 (the relay\'s step 2 then means it took the state)', () => scoped(async scope => {
+  // The relay handles a connection's messages in order. Moving from long-polling to a WebSocket
+  // ends the session when the socket's sync step 2 arrives: the awareness state must be on the
+  // socket by then, or the others see this client leave (and come back).
+  const firstMessages = []
+  const server = await fakeServer(ws => {
+    const kinds = []
+    firstMessages.push(kinds)
+    ws.on('message', data => {
+      const bytes = new Uint8Array(data)
+      kinds.push(bytes[0] === protocol.MESSAGE_SYNC ? `sync ${bytes[1]}` : bytes[0] === protocol.MESSAGE_AWARENESS ? 'awareness' : String(bytes[0]))
+    })
+  })
+  scope.defer(() => server.close())
+  const p = provider(scope, server.url, 'room', { transport: 'websocket', connect: false, backoff: { initialMs: 1, maxMs: 1 } })
+  p.awareness.setLocalStateField('user', 'me')
+  p.connect()
+  await waitFor(() => firstMessages[0]?.length >= 2, { what: 'the first messages' })
+  // Again on the next connection.
+  server.connections[0].ws.close(1001, 'going away')
+  await waitFor(() => firstMessages[1]?.length >= 2, { what: 'the first messages of the second connection' })
+  for (const kinds of firstMessages) assert.deepEqual(kinds.slice(0, 2), ['awareness', 'sync 0'])
+}))
+
 test('close code 4404 with unsaved edits: deleted (never offline-unsaved), whenSaved rejects, no reconnect, connect() does nothing', () => scoped(async scope => {
   // A stock-like server never answers save requests: the edit stays unsaved until the close.
   const server = await fakeYjsServer()
