@@ -37,17 +37,18 @@
 // Nothing leaves loopback. Providers, the relay and its data directory are cleaned up on errors and
 // on Ctrl-C too. Exit code 1 when a delivery is missing.
 
-import { execFileSync, spawn } from 'node:child_process'
+import { execFileSync } from 'node:child_process'
 import { readdirSync, readFileSync } from 'node:fs'
-import { mkdtemp, rm, writeFile } from 'node:fs/promises'
+import { writeFile } from 'node:fs/promises'
 import os from 'node:os'
-import { dirname, join, relative, resolve } from 'node:path'
+import { dirname, relative, resolve } from 'node:path'
 import { performance } from 'node:perf_hooks'
 import { fileURLToPath } from 'node:url'
 import { parseArgs } from 'node:util'
 import * as Y from 'yjs'
 import { WebSocket } from 'ws'
 import { RelayProvider } from '../src/index.js'
+import { startRelay as startTestRelay } from '../../tests/js-support/relay.mjs'
 
 const here = dirname(fileURLToPath(import.meta.url))
 const clientDir = resolve(here, '..')
@@ -161,51 +162,21 @@ for (const sig of /** @type {const} */ (['SIGINT', 'SIGTERM'])) {
 // --- the relay -------------------------------------------------------------------------------
 
 /**
- * Starts `relay serve` on 127.0.0.1 (a free port) with a temporary data directory.
+ * Starts `relay serve` on 127.0.0.1 (a free port) with a temporary data directory, through the
+ * test suites' fixture.
  * @param {boolean} pin
  */
 async function startRelay (pin) {
-  const dataDir = await mkdtemp(join(os.tmpdir(), 'relay-bench-transports-'))
-  cleanups.push(() => rm(dataDir, { recursive: true, force: true }))
-  const args = ['serve', '--listen', '127.0.0.1:0', '--data-dir', dataDir]
-  const [cmd, argv] = pin ? ['taskset', ['-c', '0', RELAY_BIN, ...args]] : [RELAY_BIN, args]
-  const child = spawn(cmd, argv, { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, NO_COLOR: '1' } })
-  let stderr = ''
-  const exited = new Promise(resolve => child.once('exit', (code, signal) => resolve({ code, signal })))
-  let alive = true
-  exited.then(() => { alive = false })
-  const killNow = () => { if (alive) try { child.kill('SIGKILL') } catch {} }
-  process.on('exit', killNow)
+  const relay = await startTestRelay({ bin: RELAY_BIN, launcher: pin ? ['taskset', '-c', '0'] : [] })
   cleanups.push(async () => {
-    if (!alive) return
-    child.kill('SIGTERM')
-    const timer = setTimeout(killNow, 10_000)
-    await exited
-    clearTimeout(timer)
+    await relay.stop().catch(err => console.error('stopping the relay:', err.message))
+    await relay.dispose()
   })
-  child.stderr.setEncoding('utf8')
-  child.stderr.on('data', chunk => { stderr = (stderr + chunk).slice(-20_000) })
-  child.stdout.setEncoding('utf8')
-  let buf = ''
-  const addr = await new Promise((resolve, reject) => {
-    const timer = setTimeout(() => reject(new Error(`the relay did not listen within 20 s\n${stderr}`)), 20_000)
-    child.stdout.on('data', chunk => {
-      buf += chunk
-      const m = /listening on http:\/\/(\S+)/.exec(buf)
-      if (m) { clearTimeout(timer); resolve(m[1]) }
-    })
-    child.once('error', err => { clearTimeout(timer); reject(err) })
-    exited.then(({ code, signal }) => {
-      clearTimeout(timer)
-      reject(new Error(`the relay exited before listening (code ${code}, signal ${signal})\n${stderr}`))
-    })
-  })
-  if (!String(addr).startsWith('127.0.0.1:')) throw new Error(`the relay listens on ${addr}, not loopback`)
-  const pid = /** @type {number} */ (child.pid)
+  const pid = /** @type {number} */ (relay.pid)
   // taskset execs the relay, so the pid is the relay's; make sure we measure the right process.
   const comm = readFileSync(`/proc/${pid}/comm`, 'utf8').trim()
   if (comm !== 'relay') throw new Error(`pid ${pid} is "${comm}", not the relay`)
-  return { url: `ws://${addr}`, pid, dataDir, stderr: () => stderr }
+  return { url: relay.url, pid }
 }
 
 // --- one point -------------------------------------------------------------------------------

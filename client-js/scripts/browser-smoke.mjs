@@ -13,8 +13,8 @@ import { fileURLToPath } from 'node:url'
 import assert from 'node:assert/strict'
 import * as esbuild from 'esbuild'
 import { WebSocket } from 'ws'
-import { startRelay } from '../test/support/relay.mjs'
-import { waitFor, withDeadline } from '../test/support/wait.mjs'
+import { startRelay } from '../../tests/js-support/relay.mjs'
+import { waitFor, withDeadline } from '../../tests/js-support/wait.mjs'
 
 const chromiumPath = process.argv[2] ?? process.env.CHROMIUM ?? '/usr/bin/chromium'
 const bundle = await esbuild.build({
@@ -34,7 +34,7 @@ const server = createServer((req, res) => {
 await new Promise(resolve => server.listen(0, '127.0.0.1', resolve))
 // The page comes from another origin than the relay's: allow it, as an application beside its
 // relay would.
-const relay = await startRelay(['--allowed-origin', `http://127.0.0.1:${server.address().port}`])
+const relay = await startRelay({ args: ['--allowed-origin', `http://127.0.0.1:${server.address().port}`] })
 const profile = await mkdtemp(join(tmpdir(), 'relay-client-chromium-'))
 const pageUrl = `http://127.0.0.1:${server.address().port}/?relay=${encodeURIComponent(relay.url)}`
 const chromium = spawn(chromiumPath, [

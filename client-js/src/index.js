@@ -2,8 +2,12 @@
  * `@relay/client`: a Yjs provider for the relay.
  *
  * Modules, in the order an edit passes them:
- * - `provider.js`: {@link RelayProvider}, the public API (connection state, events, save status);
- * - `protocol.js`: the y-protocols messages and the relay's *saved* extension (type 100);
+ * - `provider.js`: {@link RelayProvider}, the public API and the Yjs side (sync, awareness, save
+ *   status, IndexedDB and the other tabs);
+ * - `protocol.js`: the y-protocols messages, the relay's save extension (type 100) and the close
+ *   codes with what the client does after each;
+ * - `connector.js`: one connection at a time: WebSocket first, long-polling when it cannot open,
+ *   back to a WebSocket when one opens, reconnects with backoff;
  * - `transport.js`: the WebSocket and its liveness check;
  * - `polling.js`: HTTP long-polling, the fallback where WebSockets are blocked;
  * - `backoff.js`: reconnect delays;
@@ -27,6 +31,7 @@
 
 export { RelayProvider, normalizeServerUrl } from './provider.js'
 export { Backoff } from './backoff.js'
+export { Connector } from './connector.js'
 export { SaveTracker, snapshotCovers, mergeSnapshots } from './save-status.js'
 export { OfflineStore, logStats } from './offline-store.js'
 export { CrossTab } from './cross-tab.js'

@@ -29,7 +29,7 @@
  */
 
 import * as decoding from 'lib0/decoding'
-import { CLOSE_ABNORMAL } from './transport.js'
+import { CLOSE_ABNORMAL, CLOSE_FORBIDDEN, CLOSE_TOO_BIG, CLOSE_UNAUTHORIZED } from './protocol.js'
 
 /** The response header with the sequence number of the last message in the body. */
 export const LAST_SEQ_HEADER = 'x-relay-last-seq'
@@ -286,7 +286,7 @@ export class PollingTransport {
     }
     const why = `HTTP ${res.status}${typeof body?.error === 'string' ? `: ${body.error}` : ''}`
     // A WebSocket can only report 1006 here; over HTTP the refusal is known.
-    const code = res.status === 401 ? 4401 : res.status === 403 ? 4403 : CLOSE_ABNORMAL
+    const code = res.status === 401 ? CLOSE_UNAUTHORIZED : res.status === 403 ? CLOSE_FORBIDDEN : CLOSE_ABNORMAL
     this._fail({ code, reason: `the relay refused the polling session (${why})`, wasClean: false }, false)
   }
 
@@ -383,7 +383,7 @@ export class PollingTransport {
             return
           }
           if (res.status === 413) {
-            this._fail({ code: 1009, reason: 'a message is over the relay\'s size limit', wasClean: false }, true)
+            this._fail({ code: CLOSE_TOO_BIG, reason: 'a message is over the relay\'s size limit', wasClean: false }, true)
             return
           }
           if (!(await this._retry(++failures))) {

@@ -1,7 +1,8 @@
 /**
- * The messages the client speaks: y-protocols sync and awareness as y-websocket frames them, and
- * the relay's *saved* acknowledgement extension (type 100, see PROTOCOL.md). Every message type
- * and sub-type is defined here once.
+ * The messages the client speaks: y-protocols sync and awareness as y-websocket frames them, the
+ * relay's save extension (type 100: *save request*, *saved*, *save error*, see PROTOCOL.md), and
+ * the close codes with what the client does after each. Every message type, sub-type and close
+ * code is defined here once.
  *
  * @module protocol
  */
@@ -15,18 +16,41 @@ export const MESSAGE_SYNC = 0
 export const MESSAGE_AWARENESS = 1
 export const MESSAGE_AUTH = 2
 export const MESSAGE_QUERY_AWARENESS = 3
-/** The relay's extension: save requests and their answers. */
-export const MESSAGE_SAVED = 100
+/** The relay's save extension: save requests and their answers (PROTOCOL.md, type 100). */
+export const MESSAGE_SAVE = 100
 
-/** client → relay: tell me when everything I sent before this is committed */
-export const SAVED_REQUEST = 0
-/** relay → client: everything sent before the request with this id is committed */
-export const SAVED_OK = 1
-/** relay → client: a commit failed; the relay retries and sends SAVED_OK later */
-export const SAVED_ERROR = 2
+/** Save sub-type, client → relay: *save request*, tell me when everything I sent before this is committed. */
+export const SAVE_REQUEST = 0
+/** Save sub-type, relay → client: *saved*, everything sent before the request with this id is committed. */
+export const SAVED = 1
+/** Save sub-type, relay → client: *save error*, a commit failed; the relay retries and sends *saved* later. */
+export const SAVE_ERROR = 2
 
-/** Close codes after which the client does not retry until `connect()` is called again. */
+// Close codes the client acts on or reports itself (for a connection that ended without a close
+// frame, or for an HTTP answer of long-polling). PROTOCOL.md's "Closing" table lists every code;
+// after those not named here the client reconnects.
+
+/** The client ended the connection (`disconnect()`), or its long-polling session. */
+export const CLOSE_NORMAL = 1000
+/**
+ * Not sent by anyone: the connection ended without a close frame. The client reports it when it
+ * gives up on a connection itself (liveness timeout, the `offline` event, a WebSocket that does
+ * not open in time) and for a long-polling session that failed or that the relay no longer knows.
+ */
+export const CLOSE_ABNORMAL = 1006
+/** A frame or message over the size limit (over long-polling: the relay answered 413). */
+export const CLOSE_TOO_BIG = 1009
+/**
+ * The token expired (over long-polling also: the relay refused to open a session with HTTP 401).
+ * The client does not reconnect until `connect()`, e.g. with a new token in `params`.
+ */
 export const CLOSE_UNAUTHORIZED = 4401
+/**
+ * Not sent by the relay over a WebSocket (a refused upgrade is an HTTP 403 that browsers report as
+ * 1006): the client reports it when the relay refuses to open a long-polling session with HTTP 403
+ * (the token does not give access to the document, or the page's origin is not allowed). The
+ * client does not reconnect until `connect()`.
+ */
 export const CLOSE_FORBIDDEN = 4403
 /**
  * The relay deleted the document (`DELETE /api/docs/NAME`; over long-polling the 410 answer
@@ -34,6 +58,30 @@ export const CLOSE_FORBIDDEN = 4403
  * bring the deleted content back.
  */
 export const CLOSE_DOCUMENT_DELETED = 4404
+
+/**
+ * What the client does after a close: 'reconnect' (after the backoff delay, and resync),
+ * 'reconnect with new credentials' (nothing until `connect()` is called, e.g. with a new token),
+ * 'do not reconnect' (never again, for this document). The words are those of the "client"
+ * column of PROTOCOL.md's "Closing" table, which a test compares with {@link closeAction}.
+ * @typedef {'reconnect' | 'reconnect with new credentials' | 'do not reconnect'} CloseAction
+ */
+
+/** @type {ReadonlyMap<number, CloseAction>} the codes after which the client does not simply reconnect */
+const CLOSE_ACTIONS = new Map([
+  [CLOSE_UNAUTHORIZED, 'reconnect with new credentials'],
+  [CLOSE_FORBIDDEN, 'reconnect with new credentials'],
+  [CLOSE_DOCUMENT_DELETED, 'do not reconnect']
+])
+
+/**
+ * What the client does after a connection closed with `code`.
+ * @param {number} code
+ * @returns {CloseAction}
+ */
+export function closeAction (code) {
+  return CLOSE_ACTIONS.get(code) ?? 'reconnect'
+}
 
 /**
  * @param {import('yjs').Doc} doc
@@ -90,28 +138,41 @@ export function encodeQueryAwareness () {
 
 /**
  * @param {number} id request id, chosen by the client
- * @returns {Uint8Array} a save request `[100, 0, id]`
+ * @returns {Uint8Array} a *save request* `[100, 0, id]`
  */
 export function encodeSaveRequest (id) {
   const encoder = encoding.createEncoder()
-  encoding.writeVarUint(encoder, MESSAGE_SAVED)
-  encoding.writeVarUint(encoder, SAVED_REQUEST)
+  encoding.writeVarUint(encoder, MESSAGE_SAVE)
+  encoding.writeVarUint(encoder, SAVE_REQUEST)
   encoding.writeVarUint(encoder, id)
   return encoding.toUint8Array(encoder)
 }
 
 /**
- * Encodes a *saved* or *save error* answer, as the relay sends it (used by tests and fakes).
- * @param {number} id
- * @param {string} [errorReason] when given, a save error `[100, 2, id, reason]`, else `[100, 1, id]`
- * @returns {Uint8Array}
+ * A *saved* answer, as the relay sends it (for tests and fakes).
+ * @param {number} id the id of the save request it answers
+ * @returns {Uint8Array} `[100, 1, id]`
  */
-export function encodeSaveAnswer (id, errorReason) {
+export function encodeSaved (id) {
   const encoder = encoding.createEncoder()
-  encoding.writeVarUint(encoder, MESSAGE_SAVED)
-  encoding.writeVarUint(encoder, errorReason === undefined ? SAVED_OK : SAVED_ERROR)
+  encoding.writeVarUint(encoder, MESSAGE_SAVE)
+  encoding.writeVarUint(encoder, SAVED)
   encoding.writeVarUint(encoder, id)
-  if (errorReason !== undefined) encoding.writeVarString(encoder, errorReason)
+  return encoding.toUint8Array(encoder)
+}
+
+/**
+ * A *save error* answer, as the relay sends it (for tests and fakes).
+ * @param {number} id the id of the save request it answers
+ * @param {string} reason
+ * @returns {Uint8Array} `[100, 2, id, reason]`
+ */
+export function encodeSaveError (id, reason) {
+  const encoder = encoding.createEncoder()
+  encoding.writeVarUint(encoder, MESSAGE_SAVE)
+  encoding.writeVarUint(encoder, SAVE_ERROR)
+  encoding.writeVarUint(encoder, id)
+  encoding.writeVarString(encoder, reason)
   return encoding.toUint8Array(encoder)
 }
 
@@ -174,14 +235,14 @@ export function readMessages (frame, doc, origin, onMessage) {
         onMessage({ type: 'auth-denied', reason: decoding.readVarString(decoder) })
         break
       }
-      case MESSAGE_SAVED: {
+      case MESSAGE_SAVE: {
         const sub = decoding.readVarUint(decoder)
-        if (sub === SAVED_OK) {
+        if (sub === SAVED) {
           onMessage({ type: 'saved', id: decoding.readVarUint(decoder) })
-        } else if (sub === SAVED_ERROR) {
+        } else if (sub === SAVE_ERROR) {
           const id = decoding.readVarUint(decoder)
           onMessage({ type: 'save-error', id, reason: decoding.readVarString(decoder) })
-        } else if (sub === SAVED_REQUEST) {
+        } else if (sub === SAVE_REQUEST) {
           decoding.readVarUint(decoder) // a request sent to us: not ours to answer
         } else {
           return

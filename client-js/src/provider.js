@@ -8,13 +8,12 @@
 import * as Y from 'yjs'
 import { ObservableV2 } from 'lib0/observable'
 import * as awarenessProtocol from 'y-protocols/awareness'
-import { Backoff } from './backoff.js'
+import { Connector, transportKinds } from './connector.js'
 import { CrossTab } from './cross-tab.js'
 import { defaultEnvironment } from './environment.js'
 import { OfflineStore, deleteStore } from './offline-store.js'
 import {
-  CLOSE_DOCUMENT_DELETED, CLOSE_FORBIDDEN, CLOSE_UNAUTHORIZED, encodeAwareness, encodeSaveRequest, encodeSyncStep1, encodeUpdate,
-  readMessages
+  CLOSE_DOCUMENT_DELETED, encodeAwareness, encodeSaveRequest, encodeSyncStep1, encodeUpdate, readMessages
 } from './protocol.js'
 import { SaveTracker, snapshotCovers } from './save-status.js'
 import { PollingTransport } from './polling.js'
@@ -25,8 +24,7 @@ import { SocketTransport } from './transport.js'
 /** @typedef {import('./transport.js').CloseInfo} CloseInfo */
 /** @typedef {import('./transport.js').WebSocketConstructor} WebSocketConstructor */
 /** @typedef {import('./polling.js').FetchLike} FetchLike */
-/** @typedef {'websocket' | 'polling'} TransportKind */
-/** @typedef {SocketTransport | PollingTransport} Transport */
+/** @typedef {import('./connector.js').TransportKind} TransportKind */
 
 /**
  * The events of a {@link RelayProvider} (lib0 `ObservableV2`: `provider.on(name, fn)`,
@@ -104,9 +102,6 @@ import { SocketTransport } from './transport.js'
  */
 
 const DEFAULT_LIVENESS_TIMEOUT_MS = 30000
-const DEFAULT_WEBSOCKET_OPEN_TIMEOUT_MS = 5000
-const DEFAULT_WEBSOCKET_RETRY = { initialMs: 60000, maxMs: 600000 }
-const TRANSPORT_OPTIONS = ['auto', 'websocket', 'polling']
 
 /**
  * `ws(s)://host` → `http(s)://host`.
@@ -159,20 +154,13 @@ export class RelayProvider extends ObservableV2 {
   constructor (serverUrl, room, doc, opts = {}) {
     super()
     const env = { ...defaultEnvironment(), ...opts.env }
-    const option = opts.transport ?? 'auto'
-    if (!TRANSPORT_OPTIONS.includes(option)) throw new TypeError(`transport must be one of ${TRANSPORT_OPTIONS.join(', ')} (got ${option})`)
     const g = /** @type {any} */ (globalThis)
     const WebSocketImpl = opts.WebSocketPolyfill ?? g.WebSocket
     const fetchImpl = opts.fetch ?? (typeof g.fetch === 'function' ? g.fetch.bind(g) : undefined)
-    const hasWebSocket = option !== 'polling' && typeof WebSocketImpl === 'function'
-    const hasFetch = option !== 'websocket' && typeof fetchImpl === 'function'
-    if (option === 'websocket' && !hasWebSocket) {
-      throw new TypeError('no WebSocket implementation: pass WebSocketPolyfill (in Node: the ws package)')
-    }
-    if (option === 'polling' && !hasFetch) throw new TypeError('no fetch implementation: pass fetch')
-    if (!hasWebSocket && !hasFetch) {
-      throw new TypeError('neither a WebSocket nor fetch: pass WebSocketPolyfill (in Node: the ws package) or fetch')
-    }
+    const kinds = transportKinds(opts.transport ?? 'auto', {
+      webSocket: typeof WebSocketImpl === 'function',
+      fetch: typeof fetchImpl === 'function'
+    })
     this.serverUrl = normalizeServerUrl(serverUrl)
     this.room = room
     this.doc = doc
@@ -195,46 +183,38 @@ export class RelayProvider extends ObservableV2 {
     this.destroyed = false
     this.livenessTimeoutMs = opts.livenessTimeoutMs ?? DEFAULT_LIVENESS_TIMEOUT_MS
     this._env = env
-    /** @type {WebSocketConstructor | null} */
-    this._WebSocket = hasWebSocket ? WebSocketImpl : null
-    /** @type {FetchLike | null} */
-    this._fetch = hasFetch ? /** @type {FetchLike} */ (fetchImpl) : null
-    this._auto = option === 'auto' && hasWebSocket && hasFetch
-    /** @type {TransportKind} the transport a connection attempt starts with */
-    this._preferred = hasWebSocket ? 'websocket' : 'polling'
-    /** @type {Set<TransportKind>} transports tried since the last open or scheduled reconnect */
-    this._tried = new Set()
-    /** @type {TransportKind | null} the transport of the next attempt when it is not the preferred one */
-    this._nextKind = null
-    this._websocketOpenTimeoutMs = opts.websocketOpenTimeoutMs ?? DEFAULT_WEBSOCKET_OPEN_TIMEOUT_MS
-    /** @type {any} */
-    this._openTimer = null
-    this._backoff = new Backoff({ ...opts.backoff, random: env.random })
-    this._probeBackoff = new Backoff({ ...DEFAULT_WEBSOCKET_RETRY, ...opts.websocketRetry, random: env.random })
-    /** @type {any} */
-    this._probeTimer = null
-    /** @type {SocketTransport | null} a WebSocket being tried while on long-polling */
-    this._probe = null
-    /** @type {Transport | null} the polling session left for a WebSocket, closed once that synced */
-    this._retiring = null
+    this._connector = new Connector({
+      kinds,
+      createTransport: (kind, handlers) => kind === 'websocket'
+        ? new SocketTransport({ url: this.url, WebSocket: WebSocketImpl, livenessTimeoutMs: this.livenessTimeoutMs, timers: env.timers }, handlers)
+        : new PollingTransport({
+          baseUrl: httpUrlOf(this.serverUrl),
+          room: this.room,
+          params: this.params,
+          fetch: /** @type {FetchLike} */ (fetchImpl),
+          livenessTimeoutMs: this.livenessTimeoutMs,
+          timers: env.timers
+        }, handlers),
+      timers: env.timers,
+      random: env.random,
+      backoff: opts.backoff,
+      websocketRetry: opts.websocketRetry,
+      websocketOpenTimeoutMs: opts.websocketOpenTimeoutMs
+    }, {
+      onConnecting: () => this._connecting(),
+      onOpen: (kind, switched) => this._opened(kind, switched),
+      onMessage: data => this._received(data),
+      onClose: (event, { fallback }) => this._closed(event, fallback),
+      onError: event => this.emit('connection-error', [event, this])
+    })
     this._tracker = new SaveTracker()
-    this._shouldConnect = false
-    /** @type {Transport | null} */
-    this._transport = null
-    /** whether the current transport has opened */
-    this._transportOpened = false
-    /** @type {TransportKind} the transport of the current (or last) attempt */
-    this._attemptKind = this._preferred
-    /** @type {(() => void) | null} */
-    this._probeCancel = null
+    /** whether to connect once the IndexedDB content is loaded (`connect()` came before) */
+    this._connectOnLoad = false
     /** whether our sync step 2 went out on the current connection (save requests wait for it) */
     this._sentStep2 = false
     this._saveRequestQueued = false
     this._persisting = false
     this._persistAgain = false
-    /** @type {any} */
-    this._reconnectTimer = null
-    this._openAfterLoad = false
     /** @type {CrossTab | null} */
     this._crossTab = null
     /** @type {Array<{resolve: () => void, reject: (err: Error) => void}>} */
@@ -252,7 +232,7 @@ export class RelayProvider extends ObservableV2 {
       // Only the local client's entry: every other client speaks for itself.
       const id = this.doc.clientID
       if (!added.includes(id) && !updated.includes(id) && !removed.includes(id)) return
-      if (this._transport?.isOpen) this._transport.send(encodeAwareness(this.awareness, [id]))
+      this._connector.send(encodeAwareness(this.awareness, [id]))
       this._crossTab?.postAwareness([id])
     }
     this._onDocDestroy = () => this.destroy()
@@ -296,8 +276,9 @@ export class RelayProvider extends ObservableV2 {
     /** @type {Array<[string, (event: any) => void]>} */
     this._windowListeners = []
     if (env.window !== null) {
-      this._listen('online', () => this._online())
-      this._listen('offline', () => this._offline())
+      // The network is back: try now rather than when the backoff says.
+      this._listen('online', () => this._connector.wake())
+      this._listen('offline', () => this._connector.drop('the browser went offline'))
       this._listen('pagehide', () => this._clearLocalAwareness('page hidden'))
     }
     /** @param {any} event */
@@ -342,33 +323,26 @@ export class RelayProvider extends ObservableV2 {
    */
   connect () {
     if (this.destroyed || this.deleted) return
-    this._shouldConnect = true
-    if (this._reconnectTimer !== null) {
-      this._env.timers.clearTimeout(this._reconnectTimer)
-      this._reconnectTimer = null
+    if (this.loaded) {
+      this._connector.connect()
+      return
     }
-    if (this._transport === null) {
-      // A new round: the preferred transport first.
-      this._tried.clear()
-      this._nextKind = null
-    }
-    this._open()
+    // Open once the stored content is in the document, so that sync step 2 carries it.
+    this._setStatus('connecting')
+    if (this._connectOnLoad) return
+    this._connectOnLoad = true
+    this.whenLoaded.then(() => {
+      if (!this._connectOnLoad) return
+      this._connectOnLoad = false
+      this.connect()
+    })
   }
 
   /** Closes the connection to the relay and stops reconnecting. Cross-tab sync goes on. */
   disconnect () {
-    this._shouldConnect = false
-    if (this._reconnectTimer !== null) {
-      this._env.timers.clearTimeout(this._reconnectTimer)
-      this._reconnectTimer = null
-    }
-    const transport = this._transport
-    if (transport !== null) {
-      transport.close(1000, 'client disconnected')
-      this._closed({ code: 1000, reason: 'client disconnected', wasClean: true })
-    } else {
-      this._setStatus('disconnected')
-    }
+    this._connectOnLoad = false
+    // The connector reports the close of an open connection ('connection-close', then the status).
+    if (!this._connector.disconnect()) this._setStatus('disconnected')
   }
 
   /**
@@ -425,14 +399,7 @@ export class RelayProvider extends ObservableV2 {
     this.deleted = true
     this._tracker.deleted = true
     // A connection of this tab that is still open (this tab heard it from elsewhere) goes too.
-    if (this._transport !== null) this.disconnect()
-    this._shouldConnect = false
-    if (this._reconnectTimer !== null) {
-      this._env.timers.clearTimeout(this._reconnectTimer)
-      this._reconnectTimer = null
-    }
-    this._cancelProbe()
-    this._setStatus('disconnected')
+    this.disconnect()
     if (source !== 'the local copy') {
       this._store?.setDeleted().catch(err => console.warn('relay-client: could not record the deletion in IndexedDB', err))
     }
@@ -446,91 +413,39 @@ export class RelayProvider extends ObservableV2 {
 
   // --- connection ---------------------------------------------------------------------------
 
-  _open () {
-    if (this.destroyed || !this._shouldConnect || this._transport !== null) return
-    if (!this.loaded) {
-      // Open once the stored content is in the document, so that sync step 2 carries it.
-      this._setStatus('connecting')
-      if (!this._openAfterLoad) {
-        this._openAfterLoad = true
-        this.whenLoaded.then(() => {
-          this._openAfterLoad = false
-          this._open()
-        })
-      }
-      return
-    }
-    const kind = this._nextKind ?? this._preferred
-    this._nextKind = null
-    this._tried.add(kind)
-    this._attemptKind = kind
-    this._setStatus('connecting')
+  _connecting () {
     this._sentStep2 = false
-    this._transportOpened = false
-    /** @type {Transport | null} */
-    let t = null
-    try {
-      t = this._createTransport(kind, {
-        onOpen: () => { if (t === this._transport) this._opened() },
-        onMessage: data => { if (t === this._transport) this._received(data) },
-        onClose: event => { if (t === this._transport) this._closed(event) },
-        onError: event => { if (t === this._transport) this.emit('connection-error', [event, this]) }
-      })
-      this._transport = t
-    } catch (err) {
-      this.emit('connection-error', [err, this])
-      this._closed({ code: 1006, reason: `could not open a ${kind === 'websocket' ? 'WebSocket' : 'polling session'}: ${err}`, wasClean: false })
-      return
-    }
-    if (kind === 'websocket' && this._auto) {
-      // A WebSocket that neither opens nor fails (a proxy holding the upgrade): long-polling next.
-      const ws = t
-      this._openTimer = this._env.timers.setTimeout(() => {
-        this._openTimer = null
-        ws.drop(`the WebSocket did not open within ${this._websocketOpenTimeoutMs} ms`)
-      }, this._websocketOpenTimeoutMs)
-    }
+    this._setStatus('connecting')
   }
 
   /**
+   * A connection opened: our awareness state, sync step 1, and (after the relay's step 1 and our
+   * step 2) a save request. A WebSocket that took over from long-polling (`switched`) starts the
+   * same way, without a 'disconnected' in between; remote awareness states are kept (the relay
+   * still has them, with the same clocks).
    * @param {TransportKind} kind
-   * @param {import('./transport.js').TransportHandlers} handlers
-   * @returns {Transport}
+   * @param {boolean} switched
    */
-  _createTransport (kind, handlers) {
-    if (kind === 'websocket') {
-      return new SocketTransport({
-        url: this.url,
-        WebSocket: /** @type {WebSocketConstructor} */ (this._WebSocket),
-        livenessTimeoutMs: this.livenessTimeoutMs,
-        timers: this._env.timers
-      }, handlers)
+  _opened (kind, switched) {
+    if (switched) {
+      this._sentStep2 = false
+      // Save requests sent over the session will not be answered on the socket.
+      this._tracker.disconnected()
+      if (this.synced) {
+        this.synced = false
+        this.emit('sync', [false])
+      }
     }
-    return new PollingTransport({
-      baseUrl: httpUrlOf(this.serverUrl),
-      room: this.room,
-      params: this.params,
-      fetch: /** @type {FetchLike} */ (this._fetch),
-      livenessTimeoutMs: this.livenessTimeoutMs,
-      timers: this._env.timers
-    }, handlers)
-  }
-
-  _opened () {
-    const transport = this._transport
-    if (transport === null) return
-    this._clearOpenTimer()
-    this._transportOpened = true
-    this._tried.clear()
-    if (this._auto) this._preferred = transport.kind
-    this._backoff.reset()
     this._tracker.connected()
-    this._setTransport(transport.kind)
+    this._setTransport(kind)
     this._setStatus('connected')
-    transport.send(encodeSyncStep1(this.doc))
+    // Awareness before sync step 1: the relay handles a connection's messages in order, so its
+    // sync step 2 comes after it took our awareness state. After a switch, that answer ends the
+    // long-polling session (`synced()`); had the state not moved to the socket by then, the
+    // session's end would show everyone this client leaving.
     this._announceAwareness()
+    this._connector.send(encodeSyncStep1(this.doc))
     this._updateSaveStatus()
-    if (transport.kind === 'polling' && this._auto) this._scheduleProbe()
   }
 
   /**
@@ -547,15 +462,11 @@ export class RelayProvider extends ObservableV2 {
     this.awareness.setLocalState(state)
   }
 
-  /** @param {CloseInfo} event */
-  _closed (event) {
-    const kind = this._attemptKind
-    const opened = this._transportOpened
-    this._transport = null
-    this._transportOpened = false
-    this._clearOpenTimer()
-    this._cancelProbe()
-    this._closeRetiring()
+  /**
+   * @param {CloseInfo} event
+   * @param {boolean} fallback whether an attempt with the other transport follows at once
+   */
+  _closed (event, fallback) {
     this._sentStep2 = false
     this._tracker.disconnected()
     // Remote awareness states are stale without the relay; other tabs announce theirs again. Their
@@ -570,33 +481,13 @@ export class RelayProvider extends ObservableV2 {
       this.synced = false
       this.emit('sync', [false])
     }
-    const deleted = event.code === CLOSE_DOCUMENT_DELETED
-    if (event.code === CLOSE_UNAUTHORIZED || event.code === CLOSE_FORBIDDEN || deleted) this._shouldConnect = false
-    // With 'auto', an attempt that failed before opening is followed at once by one with the other
-    // transport, still 'connecting' (once per round: when both fail, the backoff applies).
-    const other = kind === 'websocket' ? 'polling' : 'websocket'
-    const fallback = this._shouldConnect && !this.destroyed && this._auto && !opened && !this._tried.has(other)
     this.emit('connection-close', [event, this])
     this._setTransport(null)
-    if (!fallback) this._setStatus('disconnected')
+    // A listener of 'connection-close' may have called connect(): then an attempt is under way.
+    if (!fallback && !this._connector.active) this._setStatus('disconnected')
     // Before the save status: with unsaved edits it would say 'offline-unsaved' for a moment.
-    if (deleted) this._documentDeleted('the relay')
+    if (event.code === CLOSE_DOCUMENT_DELETED) this._documentDeleted('the relay')
     this._updateSaveStatus()
-    if (!this._shouldConnect || this.destroyed) return
-    if (fallback) {
-      this._nextKind = other
-      this._open()
-      return
-    }
-    this._tried.clear()
-    this._scheduleReconnect()
-  }
-
-  _clearOpenTimer () {
-    if (this._openTimer !== null) {
-      this._env.timers.clearTimeout(this._openTimer)
-      this._openTimer = null
-    }
   }
 
   /** @param {TransportKind | null} kind */
@@ -606,146 +497,22 @@ export class RelayProvider extends ObservableV2 {
     this.emit('transport', [{ transport: kind }])
   }
 
-  _scheduleReconnect () {
-    if (this._reconnectTimer !== null) return
-    const delay = this._backoff.next()
-    this._reconnectTimer = this._env.timers.setTimeout(() => {
-      this._reconnectTimer = null
-      this._open()
-    }, delay)
-  }
-
-  // --- moving from long-polling to a WebSocket ------------------------------------------------
-
-  /** While connected over long-polling (with 'auto'), tries a WebSocket after the next delay. */
-  _scheduleProbe () {
-    if (this._probeTimer !== null || this._probe !== null) return
-    this._probeTimer = this._env.timers.setTimeout(() => {
-      this._probeTimer = null
-      this._startProbe()
-    }, this._probeBackoff.next())
-  }
-
-  _startProbe () {
-    const current = this._transport
-    if (this.destroyed || current === null || current.kind !== 'polling' || !this._transportOpened) return
-    /** @type {SocketTransport | null} */
-    let probe = null
-    /** @type {any} */
-    let timer = null
-    const failed = () => {
-      if (probe === null || probe !== this._probe) return
-      this._env.timers.clearTimeout(timer)
-      this._probe = null
-      this._probeTimer = null
-      this._scheduleProbe()
-    }
-    try {
-      probe = new SocketTransport({
-        url: this.url,
-        WebSocket: /** @type {WebSocketConstructor} */ (this._WebSocket),
-        livenessTimeoutMs: this.livenessTimeoutMs,
-        timers: this._env.timers
-      }, {
-        onOpen: () => {
-          if (probe === null || probe !== this._probe) return
-          this._env.timers.clearTimeout(timer)
-          this._switchTo(probe)
-        },
-        onMessage: data => { if (probe === this._transport) this._received(data) },
-        onClose: event => {
-          if (probe === this._transport) this._closed(event)
-          else failed()
-        },
-        onError: event => { if (probe === this._transport) this.emit('connection-error', [event, this]) }
-      })
-    } catch {
-      this._scheduleProbe()
-      return
-    }
-    this._probe = probe
-    const p = probe
-    timer = this._env.timers.setTimeout(() => p.drop('the WebSocket did not open in time'), this._websocketOpenTimeoutMs)
-    this._probeCancel = () => {
-      this._env.timers.clearTimeout(timer)
-      p.close(1000, 'not needed')
-    }
-  }
-
-  _cancelProbe () {
-    if (this._probeTimer !== null) {
-      this._env.timers.clearTimeout(this._probeTimer)
-      this._probeTimer = null
-    }
-    if (this._probe !== null) {
-      this._probe = null
-      this._probeCancel?.()
-    }
-    this._probeCancel = null
-  }
-
-  /**
-   * A WebSocket opened while on long-polling: it becomes the connection, like a reconnect (sync
-   * step 1/2, awareness, then a save request) but without a 'disconnected' in between. Remote
-   * awareness states are kept (the relay still has them, with the same clocks). The polling
-   * session is ended once the WebSocket synced, so that the relay has our awareness state from
-   * the WebSocket first and the others see no removal.
-   * @param {SocketTransport} socket
-   */
-  _switchTo (socket) {
-    const old = this._transport
-    this._probe = null
-    this._probeCancel = null
-    this._probeBackoff.reset()
-    this._retiring = old
-    this._transport = socket
-    this._attemptKind = 'websocket'
-    this._transportOpened = false
-    this._sentStep2 = false
-    // Save requests sent over the session will not be answered on the socket.
-    this._tracker.disconnected()
-    if (this.synced) {
-      this.synced = false
-      this.emit('sync', [false])
-    }
-    this._opened()
-  }
-
-  _closeRetiring () {
-    const old = this._retiring
-    this._retiring = null
-    old?.close(1000, 'moved to a WebSocket')
-  }
-
-  _online () {
-    // The network is back: try now rather than when the backoff says.
-    if (!this._shouldConnect || this._transport !== null) return
-    this._backoff.reset()
-    this.connect()
-  }
-
-  _offline () {
-    this._transport?.drop('the browser went offline')
-  }
-
   // --- messages -----------------------------------------------------------------------------
 
   /** @param {Uint8Array} frame */
   _received (frame) {
-    const transport = this._transport
-    if (transport === null) return
     try {
       readMessages(frame, this.doc, this, msg => {
         switch (msg.type) {
           case 'sync-step-1':
             // Our step 2 carries everything the relay lacks, edits made offline included; the save
             // request after it covers them.
-            transport.send(msg.reply)
+            this._connector.send(msg.reply)
             this._sentStep2 = true
             this._sendSaveRequest()
             break
           case 'sync-step-2':
-            this._closeRetiring()
+            this._connector.synced()
             if (!this.synced) {
               this.synced = true
               this.emit('sync', [true])
@@ -757,7 +524,7 @@ export class RelayProvider extends ObservableV2 {
             break
           case 'query-awareness':
             if (this.awareness.getLocalState() !== null) {
-              transport.send(encodeAwareness(this.awareness, [this.doc.clientID]))
+              this._connector.send(encodeAwareness(this.awareness, [this.doc.clientID]))
             }
             break
           case 'auth-denied':
@@ -790,8 +557,8 @@ export class RelayProvider extends ObservableV2 {
     if (this._crossTab !== null && origin !== this._crossTab) this._crossTab.postUpdate(update)
     // Updates from other tabs go to the relay too: a save request covers only what this
     // connection sent. The relay neither stores nor broadcasts an update it already has.
-    if (this._transport?.isOpen) {
-      this._transport.send(encodeUpdate(update))
+    if (this._connector.isOpen) {
+      this._connector.send(encodeUpdate(update))
       this._queueSaveRequest()
     }
     this._updateSaveStatus()
@@ -831,9 +598,9 @@ export class RelayProvider extends ObservableV2 {
 
   _sendSaveRequest () {
     // Before our sync step 2 went out, a request would claim edits made offline that were not sent.
-    if (this.destroyed || !this._sentStep2 || !this._transport?.isOpen) return
+    if (this.destroyed || !this._sentStep2 || !this._connector.isOpen) return
     const id = this._tracker.request()
-    this._transport.send(encodeSaveRequest(id))
+    this._connector.send(encodeSaveRequest(id))
   }
 
   // --- state --------------------------------------------------------------------------------

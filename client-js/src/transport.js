@@ -3,10 +3,12 @@
  * connection over which nothing has arrived for `livenessTimeoutMs` (the relay sends something at
  * least every 10 s: a keep-alive awareness message when nothing else is going on).
  *
- * A transport is used once: after it closed, the provider makes a new one.
+ * A transport is used once: after it closed, the connector makes a new one.
  *
  * @module transport
  */
+
+import { CLOSE_ABNORMAL, CLOSE_NORMAL } from './protocol.js'
 
 /**
  * The part of the WebSocket API the transport uses; browsers' WebSocket and the `ws` package fit.
@@ -39,9 +41,6 @@
  */
 
 const OPEN = 1
-
-/** The close code reported when the liveness check or an `offline` event drops the connection. */
-export const CLOSE_ABNORMAL = 1006
 
 export class SocketTransport {
   /**
@@ -108,7 +107,7 @@ export class SocketTransport {
    * @param {number} [code]
    * @param {string} [reason]
    */
-  close (code = 1000, reason = '') {
+  close (code = CLOSE_NORMAL, reason = '') {
     if (this.closed) return
     this._detach()
     try {
@@ -120,7 +119,7 @@ export class SocketTransport {
 
   /**
    * Gives up on the connection at once (no closing handshake to wait for) and reports it closed
-   * with code 1006.
+   * with code 1006 (`CLOSE_ABNORMAL`).
    * @param {string} reason
    */
   drop (reason) {

@@ -1,7 +1,7 @@
 import { test } from 'node:test'
 import assert from 'node:assert/strict'
 import { Backoff } from '../src/index.js'
-import { prng } from './support/wait.mjs'
+import { prng } from '../../tests/js-support/random.mjs'
 
 test('delays grow exponentially within their jitter window and stop at the cap', () => {
   const b = new Backoff({ initialMs: 100, maxMs: 5000, random: prng(42) })

@@ -4,9 +4,10 @@
 import { test } from 'node:test'
 import assert from 'node:assert/strict'
 import { fakeServer, fakeYjsServer } from './support/fake-relay.mjs'
-import { provider, saveStatusIs, Scope, synced } from './support/clients.mjs'
+import { provider, saveStatusIs, synced } from './support/clients.mjs'
+import { Scope } from '../../tests/js-support/relay-test.mjs'
 import { CountingWindow, countingTimers } from './support/env.mjs'
-import { waitFor, waitForEvent, withDeadline } from './support/wait.mjs'
+import { waitFor, waitForEvent, withDeadline } from '../../tests/js-support/wait.mjs'
 import * as Y from 'yjs'
 import { protocol } from '../src/index.js'
 
@@ -81,6 +82,57 @@ for (const code of [4401, 4403]) {
   }))
 }
 
+test('a connection-close listener that connects again at once (a renewed token): connecting, never disconnected, nothing else scheduled', () => scoped(async scope => {
+  // The relay closes the first connection with 4401; the application answers with a new token
+  // from its 'connection-close' listener, as examples/src/connect.js does.
+  const server = await fakeServer((ws, req) => {
+    if (req.url.includes('token=old')) setImmediate(() => ws.close(protocol.CLOSE_UNAUTHORIZED, 'token expired'))
+  })
+  scope.defer(() => server.close())
+  const clock = countingTimers()
+  const p = provider(scope, server.url, 'room', {
+    transport: 'websocket',
+    params: { token: 'old' },
+    env: { timers: clock.timers }
+  })
+  const statuses = []
+  p.on('status', e => statuses.push(e.status))
+  p.on('connection-close', event => {
+    if (event.code !== protocol.CLOSE_UNAUTHORIZED) return
+    p.params = { token: 'new' }
+    p.connect()
+  })
+  await waitFor(() => server.connections.length === 2 && p.status === 'connected', { what: 'the connection with the new token' })
+  assert.deepEqual(statuses, ['connected', 'connecting', 'connected'], 'the status followed the connection')
+  assert.deepEqual(server.connections.map(c => c.url), ['/room?token=old', '/room?token=new'])
+  // Only the liveness check runs: no reconnect left over from the close.
+  assert.equal(clock.timeouts.size, 0)
+}))
+
+test('a new connection sends the awareness state before sync step 1 (the relay\'s step 2 then means it took the state)', () => scoped(async scope => {
+  // The relay handles a connection's messages in order. Moving from long-polling to a WebSocket
+  // ends the session when the socket's sync step 2 arrives: the awareness state must be on the
+  // socket by then, or the others see this client leave (and come back).
+  const firstMessages = []
+  const server = await fakeServer(ws => {
+    const kinds = []
+    firstMessages.push(kinds)
+    ws.on('message', data => {
+      const bytes = new Uint8Array(data)
+      kinds.push(bytes[0] === protocol.MESSAGE_SYNC ? `sync ${bytes[1]}` : bytes[0] === protocol.MESSAGE_AWARENESS ? 'awareness' : String(bytes[0]))
+    })
+  })
+  scope.defer(() => server.close())
+  const p = provider(scope, server.url, 'room', { transport: 'websocket', connect: false, backoff: { initialMs: 1, maxMs: 1 } })
+  p.awareness.setLocalStateField('user', 'me')
+  p.connect()
+  await waitFor(() => firstMessages[0]?.length >= 2, { what: 'the first messages' })
+  // Again on the next connection.
+  server.connections[0].ws.close(1001, 'going away')
+  await waitFor(() => firstMessages[1]?.length >= 2, { what: 'the first messages of the second connection' })
+  for (const kinds of firstMessages) assert.deepEqual(kinds.slice(0, 2), ['awareness', 'sync 0'])
+}))
+
 test('close code 4404 with unsaved edits: deleted (never offline-unsaved), whenSaved rejects, no reconnect, connect() does nothing', () => scoped(async scope => {
   // A stock-like server never answers save requests: the edit stays unsaved until the close.
   const server = await fakeYjsServer()
@@ -149,8 +201,8 @@ test('a save error gives error until a later saved', () => scoped(async scope =>
   const held = []
   const server = await fakeYjsServer({
     onSaveRequest: (ws, id) => {
-      ws.send(protocol.encodeSaveAnswer(id, 'disk full'))
-      held.push(() => ws.send(protocol.encodeSaveAnswer(id)))
+      ws.send(protocol.encodeSaveError(id, 'disk full'))
+      held.push(() => ws.send(protocol.encodeSaved(id)))
     }
   })
   scope.defer(() => server.close())
@@ -172,7 +224,7 @@ test('a save error gives error until a later saved', () => scoped(async scope =>
 }))
 
 test('window events: offline drops the connection, online reconnects at once, pagehide clears awareness', () => scoped(async scope => {
-  const server = await fakeYjsServer({ onSaveRequest: (ws, id) => ws.send(protocol.encodeSaveAnswer(id)) })
+  const server = await fakeYjsServer({ onSaveRequest: (ws, id) => ws.send(protocol.encodeSaved(id)) })
   scope.defer(() => server.close())
   const win = new CountingWindow()
   // A backoff far longer than the test's deadlines: only the online event can bring it back.
@@ -219,7 +271,7 @@ test('save requests go out only after sync step 2: edits made offline are never 
         log.push('sent-step1')
         ws.send(protocol.encodeSyncStep1(serverDoc))
       }
-      if (kind === 'save-request') ws.send(protocol.encodeSaveAnswer(bytes[2]))
+      if (kind === 'save-request') ws.send(protocol.encodeSaved(bytes[2]))
     })
   })
   scope.defer(() => server.close())

@@ -3,9 +3,10 @@
 import { test } from 'node:test'
 import assert from 'node:assert/strict'
 import * as Y from 'yjs'
-import { loaded, provider, saveStatusIs, Scope, synced } from './support/clients.mjs'
-import { startRelay } from './support/relay.mjs'
-import { waitFor } from './support/wait.mjs'
+import { loaded, provider, saveStatusIs, synced } from './support/clients.mjs'
+import { Scope } from '../../tests/js-support/relay-test.mjs'
+import { startRelay } from '../../tests/js-support/relay.mjs'
+import { waitFor } from '../../tests/js-support/wait.mjs'
 
 const NOWHERE = 'ws://127.0.0.1:9' // no relay: the tabs are offline
 

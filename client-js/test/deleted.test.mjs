@@ -5,10 +5,10 @@
 import assert from 'node:assert/strict'
 import { WebSocket } from 'ws'
 import { IDBFactory } from 'fake-indexeddb'
-import { relayTest } from './support/relay-test.mjs'
+import { relayTest } from '../../tests/js-support/relay-test.mjs'
 import { loaded, provider, readFromRelay, saveStatusIs, synced } from './support/clients.mjs'
 import { CountingWindow, countingTimers } from './support/env.mjs'
-import { waitFor, waitForEvent } from './support/wait.mjs'
+import { waitFor, waitForEvent } from '../../tests/js-support/wait.mjs'
 
 const fast = { initialMs: 20, maxMs: 200 }
 

@@ -6,10 +6,11 @@ import { spawn } from 'node:child_process'
 import { fileURLToPath } from 'node:url'
 import * as Y from 'yjs'
 import { Awareness } from 'y-protocols/awareness'
-import { startRelay } from './support/relay.mjs'
-import { loaded, provider, saveStatusIs, Scope, synced } from './support/clients.mjs'
+import { startRelay } from '../../tests/js-support/relay.mjs'
+import { loaded, provider, saveStatusIs, synced } from './support/clients.mjs'
+import { Scope } from '../../tests/js-support/relay-test.mjs'
 import { CountingWindow, countingBroadcastChannel, countingIndexedDB, countingTimers } from './support/env.mjs'
-import { waitFor, withDeadline } from './support/wait.mjs'
+import { waitFor, withDeadline } from '../../tests/js-support/wait.mjs'
 
 for (const transport of ['auto', 'polling']) {
   test(`after destroy() the process exits by itself (transport '${transport}')`, async () => {

@@ -5,8 +5,9 @@ import assert from 'node:assert/strict'
 import * as Y from 'yjs'
 import { IDBFactory } from 'fake-indexeddb'
 import { logStats } from '../src/index.js'
-import { loaded, provider, Scope } from './support/clients.mjs'
-import { waitFor } from './support/wait.mjs'
+import { loaded, provider } from './support/clients.mjs'
+import { Scope } from '../../tests/js-support/relay-test.mjs'
+import { waitFor } from '../../tests/js-support/wait.mjs'
 
 // Nothing listens there: these providers never connect (connect: false).
 const SERVER = 'ws://127.0.0.1:9'

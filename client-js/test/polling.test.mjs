@@ -9,10 +9,11 @@ import { performance } from 'node:perf_hooks'
 import * as Y from 'yjs'
 import { WebSocket } from 'ws'
 import { WebsocketProvider } from 'y-websocket'
-import { relayTest } from './support/relay-test.mjs'
-import { provider, saveStatusIs, Scope, synced } from './support/clients.mjs'
+import { relayTest, Scope } from '../../tests/js-support/relay-test.mjs'
+import { provider, saveStatusIs, synced } from './support/clients.mjs'
 import { countingTimers } from './support/env.mjs'
-import { prng, waitFor, waitForEvent, withDeadline } from './support/wait.mjs'
+import { waitFor, waitForEvent, withDeadline } from '../../tests/js-support/wait.mjs'
+import { prng, seedFromEnv } from '../../tests/js-support/random.mjs'
 import { splitMessages } from '../src/polling.js'
 
 const fast = { initialMs: 20, maxMs: 200 }
@@ -69,7 +70,7 @@ const failingWebSockets = {
 }
 
 relayTest('a polling and a WebSocket provider (and a stock y-websocket one) edit together: converge, awareness, saved', {}, async (t, relay, scope) => {
-  const seed = Number(process.env.TEST_SEED ?? Date.now() % 1e9)
+  const seed = seedFromEnv()
   t.diagnostic(`seed ${seed}`)
   const rand = prng(seed)
   const room = 'poll/mixed room'
@@ -268,7 +269,7 @@ function lossyFetch (rand, rate) {
 }
 
 relayTest('order and exactly-once delivery across many polls: 3 writers × 200 edits, responses lost now and then', {}, async (t, relay, scope) => {
-  const seed = Number(process.env.TEST_SEED ?? Date.now() % 1e9)
+  const seed = seedFromEnv()
   t.diagnostic(`seed ${seed}`)
   const rand = prng(seed)
   const room = 'poll/exactly-once'
@@ -348,7 +349,7 @@ function varUintSize (bytes, at) {
 }
 
 relayTest('a session that stops polling expires: its awareness is removed and the connection count goes down', {
-  relayArgs: ['--client-timeout-secs', '3', '--keepalive-secs', '1', '--poll-hold-secs', '1']
+  relay: { args: ['--client-timeout-secs', '3', '--keepalive-secs', '1', '--poll-hold-secs', '1'] }
 }, async (t, relay, scope) => {
   const room = 'poll/expiry'
   let cut = false
@@ -394,7 +395,7 @@ relayTest('the relay ends a session (malformed message): 410 with 1002, then a n
   p.doc.getText('text').insert(0, 'first. ')
   await saveStatusIs(p, 'saved')
   const closed = waitForEvent(p, 'connection-close')
-  p._transport.send(new Uint8Array([0, 9])) // an unknown sync message type: a protocol error
+  p._connector.send(new Uint8Array([0, 9])) // an unknown sync message type: a protocol error
   const [event] = await closed
   assert.equal(event.code, 1002)
   assert.equal(event.reason, 'protocol_error')

@@ -1,3 +1,4 @@
+import { readFile } from 'node:fs/promises'
 import { test } from 'node:test'
 import assert from 'node:assert/strict'
 import * as Y from 'yjs'
@@ -20,10 +21,10 @@ function read (frame, doc = new Y.Doc()) {
 test('save requests and answers have the layout of PROTOCOL.md', () => {
   assert.deepEqual([...protocol.encodeSaveRequest(7)], [100, 0, 7])
   assert.deepEqual([...protocol.encodeSaveRequest(300)], [100, 0, 0xac, 0x02])
-  assert.deepEqual([...protocol.encodeSaveAnswer(7)], [100, 1, 7])
-  assert.deepEqual([...protocol.encodeSaveAnswer(7, 'no')], [100, 2, 7, 2, 110, 111])
-  assert.deepEqual(read(protocol.encodeSaveAnswer(300)), [{ type: 'saved', id: 300 }])
-  assert.deepEqual(read(protocol.encodeSaveAnswer(1, 'disk full')), [{ type: 'save-error', id: 1, reason: 'disk full' }])
+  assert.deepEqual([...protocol.encodeSaved(7)], [100, 1, 7])
+  assert.deepEqual([...protocol.encodeSaveError(7, 'no')], [100, 2, 7, 2, 110, 111])
+  assert.deepEqual(read(protocol.encodeSaved(300)), [{ type: 'saved', id: 300 }])
+  assert.deepEqual(read(protocol.encodeSaveError(1, 'disk full')), [{ type: 'save-error', id: 1, reason: 'disk full' }])
 })
 
 test('every message of a frame is read, updates applied with the origin', () => {
@@ -34,7 +35,7 @@ test('every message of a frame is read, updates applied with the origin', () => 
   doc.on('update', (_u, origin) => origins.push(origin))
   const frame = concat(
     protocol.encodeUpdate(Y.encodeStateAsUpdate(source)),
-    protocol.encodeSaveAnswer(1),
+    protocol.encodeSaved(1),
     protocol.encodeSyncStep1(source),
     protocol.encodeQueryAwareness()
   )
@@ -46,7 +47,7 @@ test('every message of a frame is read, updates applied with the origin', () => 
 
 test('an unknown message type ends the frame without an error', () => {
   const unknown = new Uint8Array([42, 1, 2, 3])
-  const seen = read(concat(protocol.encodeSaveAnswer(1), unknown, protocol.encodeSaveAnswer(2)))
+  const seen = read(concat(protocol.encodeSaved(1), unknown, protocol.encodeSaved(2)))
   assert.deepEqual(seen, [{ type: 'saved', id: 1 }])
   // Unknown sync and save sub-types too.
   assert.deepEqual(read(new Uint8Array([0, 9, 1, 2])), [])
@@ -57,4 +58,65 @@ test('an unknown message type ends the frame without an error', () => {
   encoding.writeVarUint(enc, 0)
   encoding.writeVarString(enc, 'read-only')
   assert.deepEqual(read(encoding.toUint8Array(enc)), [{ type: 'auth-denied', reason: 'read-only' }])
+})
+
+// PROTOCOL.md against protocol.js: a change on one side without the other fails here.
+
+const PROTOCOL_MD = new URL('../../PROTOCOL.md', import.meta.url)
+
+/**
+ * The first table under the heading `title` of PROTOCOL.md, as objects keyed by the header cells.
+ * @param {string} title e.g. '## Closing'
+ * @returns {Promise<Array<Record<string, string>>>}
+ */
+async function tableUnder (title) {
+  const lines = (await readFile(PROTOCOL_MD, 'utf8')).split('\n')
+  const at = lines.indexOf(title)
+  assert.ok(at >= 0, `PROTOCOL.md has a "${title}" section`)
+  const start = lines.findIndex((line, i) => i > at && line.startsWith('|'))
+  assert.ok(start > at, `a table under "${title}"`)
+  const rows = []
+  for (let i = start; i < lines.length && lines[i].startsWith('|'); i++) {
+    rows.push(lines[i].slice(1, -1).split('|').map(cell => cell.trim()))
+  }
+  const [header, , ...body] = rows
+  return body.map(cells => Object.fromEntries(header.map((name, i) => [name, cells[i] ?? ''])))
+}
+
+test('every close code the client knows is in PROTOCOL.md\'s "Closing" table, and every row says what the client does', async () => {
+  const table = await tableUnder('## Closing')
+  const rows = new Map()
+  for (const row of table) {
+    const code = Number(row.code)
+    assert.ok(Number.isInteger(code), `a code: ${row.code}`)
+    assert.ok(!rows.has(code), `${code} is in the table once`)
+    rows.set(code, row)
+  }
+  const known = Object.entries(protocol).filter(([name]) => name.startsWith('CLOSE_'))
+  assert.ok(known.length >= 6, `close codes of protocol.js: ${known.map(([name]) => name)}`)
+  for (const [name, code] of known) {
+    assert.ok(rows.has(code), `${name} (${code}) is in PROTOCOL.md's "Closing" table`)
+  }
+  for (const [code, row] of rows) {
+    assert.equal(row.client.replace(/[*_`]/g, '').toLowerCase(), protocol.closeAction(code), `what the client does after ${code}`)
+  }
+  // The codes after which the client does not simply reconnect, as the provider documents them.
+  assert.equal(protocol.closeAction(protocol.CLOSE_UNAUTHORIZED), 'reconnect with new credentials')
+  assert.equal(protocol.closeAction(protocol.CLOSE_FORBIDDEN), 'reconnect with new credentials')
+  assert.equal(protocol.closeAction(protocol.CLOSE_DOCUMENT_DELETED), 'do not reconnect')
+})
+
+test('the save extension has PROTOCOL.md\'s type, sub-types and names', async () => {
+  const title = (await readFile(PROTOCOL_MD, 'utf8')).split('\n').find(line => line.startsWith('## Saved acknowledgements'))
+  assert.match(title ?? '', new RegExp(`type ${protocol.MESSAGE_SAVE}\\)`))
+  const table = await tableUnder(title)
+  const names = new Map(table.map(row => [Number(row['sub-type']), /^\*([^*]+)\*/.exec(row.meaning)?.[1]]))
+  assert.deepEqual(names, new Map([
+    [protocol.SAVE_REQUEST, 'save request'],
+    [protocol.SAVED, 'saved'],
+    [protocol.SAVE_ERROR, 'save error']
+  ]))
+  // The messages the client reads are named alike.
+  assert.deepEqual(read(protocol.encodeSaved(1)), [{ type: 'saved', id: 1 }])
+  assert.deepEqual(read(protocol.encodeSaveError(1, 'x')), [{ type: 'save-error', id: 1, reason: 'x' }])
 })

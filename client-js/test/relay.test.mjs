@@ -5,14 +5,15 @@ import * as Y from 'yjs'
 import { WebSocket } from 'ws'
 import { WebsocketProvider } from 'y-websocket'
 import { IDBFactory } from 'fake-indexeddb'
-import { relayTest } from './support/relay-test.mjs'
+import { relayTest } from '../../tests/js-support/relay-test.mjs'
 import { loaded, provider, readFromRelay, saveStatusIs, synced } from './support/clients.mjs'
-import { prng, waitFor, waitForEvent } from './support/wait.mjs'
+import { waitFor, waitForEvent } from '../../tests/js-support/wait.mjs'
+import { prng, seedFromEnv } from '../../tests/js-support/random.mjs'
 
 const fast = { initialMs: 20, maxMs: 200 }
 
 relayTest('two providers converge, late joiners get everything, awareness comes and goes', {}, async (t, relay, scope) => {
-  const seed = Number(process.env.TEST_SEED ?? Date.now() % 1e9)
+  const seed = seedFromEnv()
   t.diagnostic(`seed ${seed}`)
   const rand = prng(seed)
   const room = 'notes/monday 50%'

@@ -29,8 +29,11 @@ export function relayUrl () {
 
 /** How long a closed page's provider may stay connected to get its last edits acknowledged. */
 const LINGER_MS = 10000
-/** Close codes after which the client waits for `connect()`, and the one after which it never connects again. */
-const { CLOSE_UNAUTHORIZED, CLOSE_FORBIDDEN, CLOSE_DOCUMENT_DELETED } = protocol
+/**
+ * Close codes: those after which the client waits for `connect()`, the one after which it never
+ * connects again, and the one of our own `disconnect()`.
+ */
+const { CLOSE_UNAUTHORIZED, CLOSE_FORBIDDEN, CLOSE_DOCUMENT_DELETED, CLOSE_NORMAL } = protocol
 /** Tokens asked for in a row without a connection opening, before giving up until `online`. */
 const MAX_RENEWALS_WITHOUT_OPEN = 3
 /** Retry delays for the token request when the relay cannot be reached. */
@@ -172,7 +175,7 @@ export class Room {
     }
     // disconnect() (ours), or the relay is unreachable and a token request is already waiting
     // to be retried: the client's own backoff goes on.
-    if (event.code === 1000 || this._retryTimer !== null) return
+    if (event.code === CLOSE_NORMAL || this._retryTimer !== null) return
     // An expired token is refused before the connection opens: ask for a new one rather than
     // retrying with it. A valid one stays: the relay refusing it arrives as 4401/4403 above.
     if (needsRefresh(storedToken(this.room))) this._renew()

@@ -8,8 +8,9 @@ import { test } from 'node:test'
 import assert from 'node:assert/strict'
 import * as Y from 'yjs'
 import {
-  editorText, mintToken, openDoc, openPerson, randomSecret, readRoom, waitUntil, withRelayAndBrowser
+  editorText, mintToken, openDoc, openPerson, randomSecret, readRoom, withRelayAndBrowser
 } from './fixtures.mjs'
+import { waitFor } from '../js-support/wait.mjs'
 
 const SAVED = 'All changes saved'
 const OFFLINE = 'Offline: changes kept on this device'
@@ -188,10 +189,10 @@ test('a read-only document: content shown, "Read only" badge, typing changes not
     assert.equal(claims(sockets.find(s => s.room === room).token).access, 'read')
 
     // The relay counts the connection: the page is really connected (with its read token).
-    await waitUntil(async () => {
+    await waitFor(async () => {
       const list = await getJson(`${relay.httpUrl}/api/demo/docs?prefix=docs/`)
       return list.docs.find(d => d.name === room)?.connections === 1
-    }, { message: 'the relay to count the read-only connection' })
+    }, { what: 'the relay to count the read-only connection' })
 
     // Typing (and deleting, and formatting keys) changes nothing.
     const textBefore = await editorText(page)
@@ -237,7 +238,7 @@ test('a token closed by the relay (4401) is replaced and the connection comes ba
     await openDoc(page, 'Renewed')
     assert.equal(sockets[0]?.token, short, 'the stored token is used at once')
 
-    await waitUntil(() => sockets.length >= 2, { timeout: 20000, message: 'a second connection after the 4401' })
+    await waitFor(() => sockets.length >= 2, { timeout: 20000, what: 'a second connection after the 4401' })
     assert.notEqual(sockets[1].token, short, 'with a new token')
     assert.deepEqual(tokenRequests, [{ room, name: 'Ana' }])
     await page.locator('#conn-status[data-status="connected"]').waitFor({ state: 'attached', timeout: 10000 })
@@ -270,9 +271,9 @@ test('a token about to expire is renewed ahead, and the connection moves to it w
     assert.equal(sockets[0]?.token, short, 'the stored token is used at once')
     assert.equal(tokenRequests.length, 0)
 
-    await waitUntil(() => tokenRequests.length === 1, { timeout: 15000, message: 'the token to be renewed ahead' })
+    await waitFor(() => tokenRequests.length === 1, { timeout: 15000, what: 'the token to be renewed ahead' })
     assert.equal(sockets.length, 1, 'the open connection stays')
-    await waitUntil(() => sockets.length >= 2, { timeout: 15000, message: 'a new connection once the relay closed the old one' })
+    await waitFor(() => sockets.length >= 2, { timeout: 15000, what: 'a new connection once the relay closed the old one' })
     assert.notEqual(sockets[1].token, short)
     assert.equal(claims(sockets[1].token).doc, room)
     assert.equal(tokenRequests.length, 1, 'the renewed token was used, not a third one')
@@ -341,7 +342,7 @@ test('the relay down while the browser is online: the app keeps its valid token 
     await page.keyboard.type('During the outage.')
     await waitForSaveText(page, OFFLINE)
     const before = sockets.length
-    await waitUntil(() => sockets.length >= before + 3, { timeout: 30000, message: 'three failed reconnection attempts' })
+    await waitFor(() => sockets.length >= before + 3, { timeout: 30000, what: 'three failed reconnection attempts' })
     assert.deepEqual(tokenRequests, [{ room: 'docs/Outage', name: 'Pia' }], 'no new token while the relay is down')
 
     await relay.start() // same data directory, same port, same secret: the token is still good

@@ -6,8 +6,9 @@ import assert from 'node:assert/strict'
 import { copyFile, mkdir } from 'node:fs/promises'
 import { join } from 'node:path'
 import {
-  ARTIFACTS, REPO, editorText, openDoc, openPerson, readRoom, waitUntil, withRelayAndBrowser
+  ARTIFACTS, REPO, editorText, openDoc, openPerson, readRoom, withRelayAndBrowser
 } from './fixtures.mjs'
+import { waitFor } from '../js-support/wait.mjs'
 
 const SAVED = 'All changes saved'
 const OFFLINE = 'Offline: changes kept on this device'
@@ -130,10 +131,10 @@ test('two people edit one document: edits appear within a second, with cursors a
     await bob.page.locator('.ql-editor').click()
     await caretToEnd(bob.page)
     await bob.page.keyboard.type('Bob adds that.')
-    await waitUntil(async () => {
+    await waitFor(async () => {
       const [a, b] = [await editorText(alice.page), await editorText(bob.page)]
       return a === b && a.includes('Alice writes this.') && a.includes('Bob adds that.') && a
-    }, { timeout: 5000, message: 'both editors to show the same text' })
+    }, { timeout: 5000, what: 'both editors to show the same text' })
 
     // Bob sees Alice's cursor with her name and colour, Alice sees Bob's.
     const aliceCursor = bob.page.locator('.ql-cursor', { has: bob.page.locator('.ql-cursor-name', { hasText: 'Alice' }) })
@@ -255,10 +256,10 @@ test('offline: edits are kept, the page reloads from the service worker, and bot
     // Back online: both converge and the indicator turns to saved.
     await alice.context.setOffline(false)
     await waitForSaveText(alice.page, SAVED, 30000)
-    await waitUntil(async () => {
+    await waitFor(async () => {
       const [a, b] = [await editorText(alice.page), await editorText(bob.page)]
       return a === b && a.includes('Written offline.') && a.includes('Bob, online.') && a
-    }, { timeout: 10000, message: 'Alice and Bob to converge' })
+    }, { timeout: 10000, what: 'Alice and Bob to converge' })
     const log = await alice.page.evaluate(() => window.__saveLog.map(e => e.value))
     assert.equal(log[0], OFFLINE)
     assert.equal(log[log.length - 1], SAVED)
@@ -336,7 +337,7 @@ test('a document deleted on the relay while open: the pages say so, typing stops
     await alice.page.keyboard.type('Soon gone.')
     await bob.page.waitForFunction(() => document.querySelector('.ql-editor').textContent.includes('Soon gone.'), null, { timeout: 5000 })
     await waitForSaveText(alice.page, SAVED)
-    const database = `relay-client:${relay.wsUrl}/${encodeURIComponent(`docs/${doc}`)}`
+    const database = `relay-client:${relay.url}/${encodeURIComponent(`docs/${doc}`)}`
     const databases = page => page.evaluate(async () => (await indexedDB.databases()).map(d => d.name))
     assert.ok((await databases(alice.page)).includes(database), 'the copy on the device is there')
 
@@ -348,7 +349,7 @@ test('a document deleted on the relay while open: the pages say so, typing stops
       assert.match(await notice.textContent(), /^This document was deleted on the relay\. Its copy on this device has been removed\./)
       await waitForSaveText(page, 'Deleted: nothing here is saved any more')
       assert.equal(await page.locator('.ql-editor').getAttribute('contenteditable'), 'false', 'the editor is disabled')
-      await waitUntil(async () => !(await databases(page)).includes(database), { timeout: 10000, message: 'the copy on the device to be removed' })
+      await waitFor(async () => !(await databases(page)).includes(database), { timeout: 10000, what: 'the copy on the device to be removed' })
     }
     assert.equal((await fetch(`${relay.httpUrl}/api/docs/${encodeURIComponent(`docs/${doc}`)}`)).status, 404, 'the relay did not get it back')
 

@@ -5,7 +5,8 @@
 
 import { test } from 'node:test'
 import assert from 'node:assert/strict'
-import { editorText, openDoc, openPerson, readRoom, waitUntil, withRelayAndBrowser } from './fixtures.mjs'
+import { editorText, openDoc, openPerson, readRoom, withRelayAndBrowser } from './fixtures.mjs'
+import { waitFor } from '../js-support/wait.mjs'
 
 const SAVED = 'All changes saved'
 
@@ -112,10 +113,10 @@ test('a page without WebSocket edits with a WebSocket page over long-polling: li
       alice.page.keyboard.type(' Alice types this.'),
       bob.page.keyboard.type(' Bob types that.')
     ])
-    const text = await waitUntil(async () => {
+    const text = await waitFor(async () => {
       const [a, b] = [await editorText(alice.page), await editorText(bob.page)]
       return a === b && a.includes('Alice types this.') && a.includes('Bob types that.') && a
-    }, { timeout: 5000, message: 'both editors to show the same text' })
+    }, { timeout: 5000, what: 'both editors to show the same text' })
 
     // Each sees the other's cursor with the name.
     await alice.page.locator('.ql-cursor-name', { hasText: 'Bob' }).waitFor({ timeout: 5000 })

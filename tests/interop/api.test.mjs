@@ -4,9 +4,9 @@
 // needs no token.
 
 import assert from 'node:assert/strict'
-import { relayTest } from './relay.mjs'
+import { relayTest } from '../js-support/relay-test.mjs'
 import { attachSaveTracker, v3Client, waitSynced, Y } from './clients.mjs'
-import { waitForEvent } from './helpers.mjs'
+import { waitForEvent } from '../js-support/wait.mjs'
 
 /** GET an API path; returns the response, failing with its body unless it is 200. */
 async function get (relay, path) {

@@ -4,9 +4,9 @@
 // deadline here for a removal is well below 30 s: a removal seen in time came from the network.
 
 import assert from 'node:assert/strict'
-import { relayTest } from './relay.mjs'
+import { relayTest } from '../js-support/relay-test.mjs'
 import { MSG_AWARENESS, MSG_QUERY_AWARENESS, decodeAwareness, encoding, rawClient, v3Client, waitSynced } from './clients.mjs'
-import { waitFor } from './helpers.mjs'
+import { waitFor } from '../js-support/wait.mjs'
 
 const REMOVAL_DEADLINE = 10_000
 

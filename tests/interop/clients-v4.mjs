@@ -6,13 +6,13 @@ import * as Y4 from '@y/y'
 import { WebsocketProvider as WebsocketProvider4 } from '@y/websocket'
 import WebSocket from 'ws'
 import { trackProvider } from './clients.mjs'
-import { waitFor } from './helpers.mjs'
+import { waitFor } from '../js-support/wait.mjs'
 
 export { Y4, WebsocketProvider4 }
 
 /**
  * Creates a stock @y/websocket 4 provider (BroadcastChannel disabled, see v3Client).
- * @param {import('./relay.mjs').Scope} scope
+ * @param {import('../js-support/relay-test.mjs').Scope} scope
  */
 export function v4Client (scope, url, room, { doc = new Y4.Doc(), connect = true, ...opts } = {}) {
   const provider = new WebsocketProvider4(url, room, doc, {

@@ -1,5 +1,6 @@
 // Clients for the tests: the stock y-websocket 3 provider (Yjs 13), a raw client built from
-// y-protocols + lib0 on a plain `ws` socket, and the "saved" extension message (type 100).
+// y-protocols + lib0 on a plain `ws` socket, and the save extension (type 100: save request,
+// saved, save error).
 
 import * as Y from 'yjs'
 import { WebsocketProvider } from 'y-websocket'
@@ -8,7 +9,7 @@ import * as awarenessProtocol from 'y-protocols/awareness'
 import * as encoding from 'lib0/encoding'
 import * as decoding from 'lib0/decoding'
 import WebSocket from 'ws'
-import { withDeadline, waitFor } from './helpers.mjs'
+import { withDeadline, waitFor } from '../js-support/wait.mjs'
 
 export { Y, WebSocket }
 
@@ -16,10 +17,10 @@ export const MSG_SYNC = 0
 export const MSG_AWARENESS = 1
 export const MSG_AUTH = 2
 export const MSG_QUERY_AWARENESS = 3
-export const MSG_SAVED = 100
-export const SAVED_REQUEST = 0
-export const SAVED_OK = 1
-export const SAVED_ERROR = 2
+export const MSG_SAVE = 100
+export const SAVE_REQUEST = 0
+export const SAVED = 1
+export const SAVE_ERROR = 2
 
 /**
  * Records what a provider (v3 or v4, same events) reports: status changes, closes with their
@@ -41,7 +42,7 @@ export function trackProvider (provider) {
 /**
  * Creates a stock y-websocket 3 provider. BroadcastChannel is disabled: in Node every provider
  * of a room in one process would otherwise sync with the others through it, past the relay.
- * @param {import('./relay.mjs').Scope} scope destroys the provider and its document
+ * @param {import('../js-support/relay-test.mjs').Scope} scope destroys the provider and its document
  */
 export function v3Client (scope, url, room, { doc = new Y.Doc(), connect = true, ...opts } = {}) {
   const provider = new WebsocketProvider(url, room, doc, {
@@ -79,8 +80,8 @@ export function waitText (doc, expected, { name = 'text', timeout = 10_000, who 
 
 export function encodeSaveRequest (requestId) {
   const encoder = encoding.createEncoder()
-  encoding.writeVarUint(encoder, MSG_SAVED)
-  encoding.writeVarUint(encoder, SAVED_REQUEST)
+  encoding.writeVarUint(encoder, MSG_SAVE)
+  encoding.writeVarUint(encoder, SAVE_REQUEST)
   encoding.writeVarUint(encoder, requestId)
   return encoding.toUint8Array(encoder)
 }
@@ -121,11 +122,11 @@ export class SaveTracker {
   handle (decoder) {
     const sub = decoding.readVarUint(decoder)
     const id = decoding.readVarUint(decoder)
-    if (sub === SAVED_OK) {
+    if (sub === SAVED) {
       this.answers.push({ kind: 'saved', id })
       const p = this.pending.get(id)
       if (p) { this.pending.delete(id); p.resolve(id) }
-    } else if (sub === SAVED_ERROR) {
+    } else if (sub === SAVE_ERROR) {
       const reason = decoding.readVarString(decoder)
       this.answers.push({ kind: 'error', id, reason })
     } else {
@@ -150,7 +151,7 @@ export function attachSaveTracker (provider) {
     if (!provider.wsconnected || provider.ws === null) throw new Error('provider is not connected')
     provider.ws.send(buf)
   })
-  provider.messageHandlers[MSG_SAVED] = (_encoder, decoder) => tracker.handle(decoder)
+  provider.messageHandlers[MSG_SAVE] = (_encoder, decoder) => tracker.handle(decoder)
   provider.on('connection-close', () => tracker.failAll('connection closed'))
   return tracker
 }
@@ -233,7 +234,7 @@ export class RawClient {
       } else if (type === MSG_AWARENESS) {
         const payload = decoding.readVarUint8Array(decoder)
         this.received.push({ type, payload })
-      } else if (type === MSG_SAVED) {
+      } else if (type === MSG_SAVE) {
         this.received.push({ type })
         this.saves.handle(decoder)
       } else if (type === MSG_AUTH) {

@@ -2,9 +2,9 @@
 // (SIGTERM) and a crash (SIGKILL right after the acknowledgement).
 
 import assert from 'node:assert/strict'
-import { relayTest } from './relay.mjs'
+import { relayTest } from '../js-support/relay-test.mjs'
 import { attachSaveTracker, rawClient, v3Client, waitSynced, waitText, Y } from './clients.mjs'
-import { waitFor } from './helpers.mjs'
+import { waitFor } from '../js-support/wait.mjs'
 
 relayTest('restart: acknowledged edits survive a graceful stop (SIGTERM) and restart', { timeout: 90_000 }, async (t, relay, scope) => {
   const a = v3Client(scope, relay.url, 'restart')
@@ -21,7 +21,7 @@ relayTest('restart: acknowledged edits survive a graceful stop (SIGTERM) and res
   // The relay closed the client's socket with 1001 (going away) while shutting down.
   await waitFor(() => a.log.closes.length > 0, { what: 'the client to see its connection closed' })
   assert.equal(a.log.closes[0]?.code, 1001, `close code on shutdown: ${JSON.stringify(a.log.closes)}`)
-  a.provider.disconnect() // stop reconnecting to the old port
+  a.provider.disconnect() // the test connects anew below
 
   await relay.start()
   const b = v3Client(scope, relay.url, 'restart')

@@ -11,9 +11,9 @@
 
 import assert from 'node:assert/strict'
 import { describe } from 'node:test'
-import { relayTest } from './relay.mjs'
+import { relayTest } from '../js-support/relay-test.mjs'
 import { v3Client, waitSynced } from './clients.mjs'
-import { waitFor } from './helpers.mjs'
+import { waitFor } from '../js-support/wait.mjs'
 
 const OBSERVE_MS = 40_000
 

@@ -1,9 +1,10 @@
 // 100 stock clients in one room, all in this Node process, each with its own document.
 
 import assert from 'node:assert/strict'
-import { relayTest } from './relay.mjs'
+import { relayTest } from '../js-support/relay-test.mjs'
 import { v3Client, waitSynced, Y } from './clients.mjs'
-import { prng, seedFromEnv, waitFor } from './helpers.mjs'
+import { prng, seedFromEnv } from '../js-support/random.mjs'
+import { waitFor } from '../js-support/wait.mjs'
 
 const CLIENTS = 100
 const EDITS_PER_CLIENT = 5

@@ -2,9 +2,9 @@
 // lib0 on a plain `ws` socket.
 
 import assert from 'node:assert/strict'
-import { relayTest } from './relay.mjs'
+import { relayTest } from '../js-support/relay-test.mjs'
 import { MSG_AWARENESS, MSG_SYNC, decodeAwareness, encoding, rawClient, syncProtocol, v3Client, waitSynced, waitText, Y } from './clients.mjs'
-import { waitFor } from './helpers.mjs'
+import { waitFor } from '../js-support/wait.mjs'
 
 /** Does `update` hold client `clientID`'s structs up to `clock`? */
 function updateCovers (update, clientID, clock) {

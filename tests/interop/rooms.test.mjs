@@ -3,7 +3,7 @@
 // parser then percent-encodes spaces and non-ASCII characters, and the relay percent-decodes.
 
 import assert from 'node:assert/strict'
-import { relayTest } from './relay.mjs'
+import { relayTest } from '../js-support/relay-test.mjs'
 import { rawClient, v3Client, waitSynced, waitText } from './clients.mjs'
 
 const ROOMS = [

@@ -2,9 +2,11 @@
 
 import assert from 'node:assert/strict'
 import { isDeepStrictEqual } from 'node:util'
-import { relayTest } from './relay.mjs'
+import { relayTest } from '../js-support/relay-test.mjs'
 import { v3Client, waitSynced, waitText, Y } from './clients.mjs'
-import { MB, prng, randomAscii, seedFromEnv, waitFor } from './helpers.mjs'
+import { MB, randomAscii } from './helpers.mjs'
+import { prng, seedFromEnv } from '../js-support/random.mjs'
+import { waitFor } from '../js-support/wait.mjs'
 
 /** The content of the three shared types these tests use (doc.toJSON() lists only the types a doc has asked for). */
 const content = doc => ({

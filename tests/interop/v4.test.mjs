@@ -2,10 +2,10 @@
 // (Yjs 13) in one room.
 
 import assert from 'node:assert/strict'
-import { relayTest } from './relay.mjs'
+import { relayTest } from '../js-support/relay-test.mjs'
 import { v3Client, waitSynced, waitText, Y } from './clients.mjs'
 import { v4Client, waitText4 } from './clients-v4.mjs'
-import { waitFor } from './helpers.mjs'
+import { waitFor } from '../js-support/wait.mjs'
 
 relayTest('v4: two clients editing concurrently converge', { timeout: 60_000 }, async (t, relay, scope) => {
   const a = v4Client(scope, relay.url, 'v4-concurrent')

@@ -4,20 +4,8 @@
 import * as Y from 'yjs'
 import { WebSocket } from 'ws'
 import { RelayProvider } from '../../src/index.js'
-import { waitFor, waitForEvent, withDeadline } from './wait.mjs'
-
-/** Collects clean-up functions and runs them in reverse order. */
-export class Scope {
-  constructor () { this.fns = [] }
-  defer (fn) { this.fns.push(fn); return fn }
-  async dispose () {
-    const errors = []
-    while (this.fns.length > 0) {
-      try { await this.fns.pop()() } catch (err) { errors.push(err) }
-    }
-    if (errors.length > 0) throw new AggregateError(errors, 'clean-up failed')
-  }
-}
+import { Scope } from '../../../tests/js-support/relay-test.mjs'
+import { waitFor, waitForEvent, withDeadline } from '../../../tests/js-support/wait.mjs'
 
 /**
  * A RelayProvider with a new Doc (unless given), destroyed with the scope.

@@ -90,3 +90,48 @@ export function countingIndexedDB (factory = new IDBFactory()) {
   }
   return state
 }
+
+/**
+ * Timers on a clock that moves only when the test says (`advance`): what a timer does happens at
+ * a known moment, without waiting. `delays` records the delay of every timeout set.
+ */
+export function manualClock () {
+  let now = 0
+  let nextId = 1
+  /** @type {Map<number, {at: number, fn: () => void, every: number | null}>} */
+  const due = new Map()
+  const delays = []
+  const add = (fn, ms, every) => {
+    const id = nextId++
+    due.set(id, { at: now + Math.max(0, ms), fn, every })
+    return id
+  }
+  return {
+    delays,
+    get now () { return now },
+    /** timers and intervals waiting */
+    get pending () { return due.size },
+    timers: {
+      setTimeout: (fn, ms) => { delays.push(ms); return add(fn, ms, null) },
+      clearTimeout: id => { due.delete(id) },
+      setInterval: (fn, ms) => add(fn, ms, Math.max(1, ms)),
+      clearInterval: id => { due.delete(id) },
+      now: () => now
+    },
+    /** Moves the clock `ms` on, running every timer that falls due, in order. */
+    advance (ms) {
+      const end = now + ms
+      for (;;) {
+        let first = null
+        for (const [id, t] of due) if (t.at <= end && (first === null || t.at < due.get(first).at)) first = id
+        if (first === null) break
+        const t = due.get(first)
+        now = t.at
+        if (t.every === null) due.delete(first)
+        else t.at += t.every
+        t.fn()
+      }
+      now = end
+    }
+  }
+}

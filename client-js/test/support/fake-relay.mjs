@@ -58,13 +58,13 @@ export async function fakeYjsServer ({ onSaveRequest } = {}) {
           encoding.writeVarUint(encoder, protocol.MESSAGE_AWARENESS)
           encoding.writeVarUint8Array(encoder, update)
           for (const { ws: other } of server.connections) if (other.readyState === 1) other.send(encoding.toUint8Array(encoder))
-        } else if (type === protocol.MESSAGE_SAVED && onSaveRequest) {
+        } else if (type === protocol.MESSAGE_SAVE && onSaveRequest) {
           decoding.readVarUint(decoder) // sub-type 0
           const id = decoding.readVarUint(decoder)
           saveRequests.push(id)
           onSaveRequest(ws, id)
         } else {
-          if (type === protocol.MESSAGE_SAVED) saveRequests.push(-1)
+          if (type === protocol.MESSAGE_SAVE) saveRequests.push(-1)
           return // stock servers drop what they do not know
         }
       }
