@@ -7,6 +7,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use loadgen::metric::Metric;
 use loadgen::peers::{ExitUsage, PeerKind, Server};
 use loadgen::scenario::{self, Ctx, Launcher, Preset, Size};
 use relay::config::Config;
@@ -100,28 +101,37 @@ async fn every_preset_runs_against_the_relay() {
             | Preset::Fanout1000
             | Preset::BusyRoom
             | Preset::ManyRooms => {
-                let sent = outcome.get("updates_sent").expect("updates sent");
+                let sent = outcome.get(Metric::UpdatesSent).expect("updates sent");
                 assert!(sent > 0.0, "{preset}: nothing sent");
                 assert_eq!(
-                    outcome.get("deliveries"),
-                    outcome.get("deliveries_expected"),
+                    outcome.get(Metric::Deliveries),
+                    outcome.get(Metric::DeliveriesExpected),
                     "{preset}: deliveries"
                 );
                 assert!(outcome.latency.is_some(), "{preset}: no latency");
                 assert_eq!(outcome.converged, Some(true), "{preset}: not checked");
             }
-            Preset::Idle => assert!(outcome.get("kib_per_room").is_some()),
+            Preset::Idle => assert!(outcome.get(Metric::KibPerRoom).is_some()),
             Preset::JoinStorm => {
-                assert_eq!(outcome.get("synced"), outcome.get("clients"));
-                assert_eq!(outcome.get("first_step2_full"), outcome.get("clients"));
+                assert_eq!(outcome.get(Metric::Synced), outcome.get(Metric::Clients));
+                assert_eq!(
+                    outcome.get(Metric::FirstStep2Full),
+                    outcome.get(Metric::Clients)
+                );
             }
             Preset::Durable => {
-                assert!(outcome.get("acked_updates").is_some_and(|n| n > 0.0));
-                assert_eq!(outcome.get("acked_updates"), outcome.get("updates_sent"));
+                assert!(outcome.get(Metric::AckedUpdates).is_some_and(|n| n > 0.0));
+                assert_eq!(
+                    outcome.get(Metric::AckedUpdates),
+                    outcome.get(Metric::UpdatesSent)
+                );
             }
             Preset::LargeDoc => {
-                assert_eq!(outcome.get("edits_applied"), outcome.get("edits"));
-                assert!(outcome.get("reload_ms").is_some());
+                assert_eq!(
+                    outcome.get(Metric::EditsApplied),
+                    outcome.get(Metric::Edits)
+                );
+                assert!(outcome.get(Metric::ReloadMs).is_some());
             }
         }
     }
