@@ -1,8 +1,16 @@
 //! Tokens for relays started with `--secret`, signed the way the relay signs them
 //! ([`relay::auth::Keys::mint`]).
 
+use relay::config::{Config, Secret};
+
 /// A secret for relays started with `--secret` (at least 16 bytes, as the relay requires).
 pub const TEST_SECRET: &str = "integration-test-secret-0123456789";
+
+/// Adjusts a test configuration to require tokens signed with [`TEST_SECRET`] (for
+/// [`TestRelay::start_with`](crate::TestRelay::start_with)).
+pub fn secured(config: &mut Config) {
+    config.secrets = vec![Secret(TEST_SECRET.to_owned())];
+}
 
 /// Claims for a token covering `doc` (or, with `None`, no particular document) with `access`,
 /// expiring at `exp` (seconds since the Unix epoch), for the user `u1` ("Ada").

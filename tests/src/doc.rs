@@ -1,6 +1,7 @@
 //! Test documents: a `yrs` document whose shared text [`TEXT`] the tests edit, and the updates
 //! (v1) that carry those edits.
 
+use crdt::doc::RoomDoc;
 use yrs::updates::decoder::Decode;
 use yrs::updates::encoder::Encode;
 use yrs::{Doc, GetString, ReadTxn, StateVector, Text, Transact, Update};
@@ -55,4 +56,12 @@ pub fn text_of_update(update: &[u8]) -> String {
 /// An update inserting `s` into an empty document of a new client.
 pub fn text_update(s: &str) -> Vec<u8> {
     append(&Doc::new(), s)
+}
+
+/// The document's root types as JSON, the way the relay exports them ([`RoomDoc::to_json`]).
+pub fn exported_json(doc: &Doc) -> serde_json::Value {
+    let mut room = RoomDoc::new();
+    room.apply_update_v1(&full_state(doc))
+        .expect("a client's state applies");
+    room.to_json()
 }

@@ -79,6 +79,17 @@ impl HttpResponse {
     pub fn text(&self) -> String {
         String::from_utf8_lossy(&self.body).into_owned()
     }
+
+    /// The body as JSON; fails the test, with the status and the body, if it is not JSON.
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body).unwrap_or_else(|e| {
+            panic!(
+                "expected a JSON body (status {}), got {:?}: {e}",
+                self.status,
+                self.text()
+            )
+        })
+    }
 }
 
 /// A minimal HTTP/1.1 request with a binary body: sends `method path` with `headers` (plus

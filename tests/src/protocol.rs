@@ -2,7 +2,9 @@
 //! with the relay's own codec ([`crdt::protocol`], [`crdt::awareness`]), never a second one.
 
 use crdt::awareness::{AwarenessEntry, encode_awareness_update, parse_awareness_update};
-use crdt::protocol::{Message, MessageReader, encode_awareness};
+use crdt::protocol::{Message, MessageReader, encode_awareness, encode_update};
+
+use crate::doc::text_update;
 
 /// An owned copy of a decoded [`crdt::protocol::Message`].
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -109,11 +111,38 @@ pub fn awareness_entries(payload: &[u8]) -> Vec<AwarenessState> {
 
 /// An awareness message (type 1) setting one client's state (`None` removes it).
 pub fn awareness_message(client_id: u64, clock: u64, state: Option<&str>) -> Vec<u8> {
-    encode_awareness(&encode_awareness_update([AwarenessEntry {
-        client_id,
-        clock,
-        state,
-    }]))
+    awareness_message_of([(client_id, clock, state)])
+}
+
+/// An awareness message (type 1) with one entry per (client id, clock, state) (a `None` state
+/// removes the client).
+pub fn awareness_message_of<'a>(
+    entries: impl IntoIterator<Item = (u64, u64, Option<&'a str>)>,
+) -> Vec<u8> {
+    encode_awareness(&encode_awareness_update(entries.into_iter().map(
+        |(client_id, clock, state)| AwarenessEntry {
+            client_id,
+            clock,
+            state,
+        },
+    )))
+}
+
+/// An update message (type 0, sync update) of exactly `len` bytes, and the text it inserts into
+/// an empty document (`fill` repeated, its length adjusted until the encoding fits).
+pub fn update_message_of_len(len: usize, fill: &str) -> (Vec<u8>, String) {
+    let mut n = len;
+    for _ in 0..10 {
+        let text: String = fill.chars().cycle().take(n).collect();
+        let message = encode_update(&text_update(&text));
+        if message.len() == len {
+            return (message, text);
+        }
+        n = (n + len)
+            .checked_sub(message.len())
+            .expect("a positive length");
+    }
+    panic!("cannot build an update message of exactly {len} bytes");
 }
 
 /// Concatenates messages into one frame.

@@ -21,18 +21,20 @@ use crate::http::{
 };
 use crate::wait::{DEADLINE, within, within_for};
 
-/// The real relay, running in-process on a loopback port with its own temporary data directory.
+/// The real relay, running in-process on a loopback port, with its own temporary data directory
+/// (or one the caller keeps, [`TestRelay::start_in`]).
 ///
-/// Dropping it cancels the relay (it then shuts down in the background) and deletes the data
-/// directory. [`TestRelay::stop`] shuts it down and checks that [`relay::run`] returned `Ok`.
+/// Dropping it cancels the relay (it then shuts down in the background) and deletes its
+/// temporary data directory. [`TestRelay::stop`] shuts it down and checks that [`relay::run`]
+/// returned `Ok`.
 pub struct TestRelay {
     config: Config,
     addr: SocketAddr,
     shutdown: CancellationToken,
     task: Option<JoinHandle<Result<(), RunError>>>,
     // Held only to delete the directory when the fixture is dropped (after the relay has been
-    // told to stop, as fields drop after `Drop::drop`).
-    _dir: TempDir,
+    // told to stop, as fields drop after `Drop::drop`); `None` for a caller's directory.
+    _dir: Option<TempDir>,
 }
 
 impl TestRelay {
@@ -45,18 +47,32 @@ impl TestRelay {
     /// the listen address are set by the fixture).
     pub async fn start_with(adjust: impl FnOnce(&mut Config)) -> Self {
         let dir = tempfile::tempdir().expect("create a temporary data directory");
+        Self::launch_new(dir.path().join("data"), Some(dir), adjust).await
+    }
+
+    /// Starts a relay on `data_dir`, which the caller keeps (it is not deleted afterwards), with
+    /// the test configuration adjusted by `adjust`.
+    pub async fn start_in(data_dir: &Path, adjust: impl FnOnce(&mut Config)) -> Self {
+        Self::launch_new(data_dir.to_owned(), None, adjust).await
+    }
+
+    async fn launch_new(
+        data_dir: PathBuf,
+        temporary: Option<TempDir>,
+        adjust: impl FnOnce(&mut Config),
+    ) -> Self {
         let mut config = Config {
-            data_dir: dir.path().join("data"),
+            data_dir: data_dir.clone(),
             ..Config::default()
         };
         adjust(&mut config);
-        config.data_dir = dir.path().join("data");
+        config.data_dir = data_dir;
         let mut relay = TestRelay {
             config,
             addr: SocketAddr::from(([127, 0, 0, 1], 0)),
             shutdown: CancellationToken::new(),
             task: None,
-            _dir: dir,
+            _dir: temporary,
         };
         relay.launch().await;
         relay
@@ -285,6 +301,21 @@ impl TestRelay {
             None => format!("/{}", encode_room(room)),
         };
         self.request("GET", &path, &all, b"").await
+    }
+
+    /// Opens a long-polling session: `POST /poll?room=ROOM` (with `&token=` when given) with
+    /// `headers`, and returns the answer as it is.
+    pub async fn open_poll(
+        &self,
+        room: &str,
+        token: Option<&str>,
+        headers: &[(&str, &str)],
+    ) -> HttpResponse {
+        let mut path = format!("/poll?room={}", encode_query_value(room));
+        if let Some(token) = token {
+            path.push_str(&format!("&token={}", encode_query_value(token)));
+        }
+        self.request("POST", &path, headers, b"").await
     }
 
     /// The WebSocket URL of a room with `?token=`.

@@ -36,13 +36,14 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
-use crdt::awareness::{AwarenessEntry, encode_awareness_update};
 use crdt::protocol::{
-    Message as ProtoMessage, MessageReader, encode_awareness, encode_save_request,
-    encode_sync_step1, encode_sync_step2, encode_update,
+    Message as ProtoMessage, MessageReader, encode_save_request, encode_sync_step1,
+    encode_sync_step2, encode_update,
 };
 use futures_util::{SinkExt, StreamExt};
-use relay_tests::{ChildRelay, Rng, http_get, metric_value, relay_bin, vm_rss_bytes, ws_url};
+use relay_tests::{
+    ChildRelay, Rng, awareness_message, http_get, metric_value, relay_bin, vm_rss_bytes, ws_url,
+};
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::Message;
 use yrs::updates::decoder::Decode;
@@ -191,15 +192,9 @@ async fn session(relay: SocketAddr, room: &str, rng: &mut Rng) -> Result<u64, St
         r#"{{"user":{{"name":"soak {client_id}"}},"cursor":{}}}"#,
         rng.below(100)
     );
-    ws.send(send(encode_awareness(&encode_awareness_update([
-        AwarenessEntry {
-            client_id,
-            clock: 1,
-            state: Some(&state),
-        },
-    ]))))
-    .await
-    .map_err(|e| e.to_string())?;
+    ws.send(send(awareness_message(client_id, 1, Some(&state))))
+        .await
+        .map_err(|e| e.to_string())?;
     let text = doc.get_or_insert_text("t");
     let edits = 1 + rng.below(20);
     for _ in 0..edits {
