@@ -5,7 +5,7 @@
 //! cargo build -p relay && cargo run -p relay-tests --bin crashtest -- --kills 100
 //! ```
 //!
-//! Each writer owns a set of keys in its room's `Y.Map` ("w<writer>-<n>" = n). It sends edits
+//! Each writer owns a set of keys in its room's `Y.Map` (`"w<writer>-<n>" = n`). It sends edits
 //! continuously and, every few edits, a save request; when the relay answers *saved* for request
 //! n, every key up to n is acknowledged. After each kill the relay is restarted, a fresh client
 //! reads every room, and every acknowledged key must be there with its value. At the end
