@@ -5,29 +5,13 @@
 use std::time::Duration;
 
 use relay::auth::{Access, Keys, now_secs};
-use relay::config::{Config, Secret};
 use relay_tests::*;
 use yrs::types::ToJson;
 use yrs::updates::decoder::Decode;
 use yrs::{Array, ArrayPrelim, Doc, GetString, Map, MapPrelim, ReadTxn, Text, Transact, Update};
 
-fn secured(config: &mut Config) {
-    config.secrets = vec![Secret(TEST_SECRET.into())];
-}
-
 fn admin() -> String {
     token(None, Access::Admin)
-}
-
-/// Parses a JSON body, failing the test with the body if it is not JSON.
-fn json(response: &HttpResponse) -> serde_json::Value {
-    serde_json::from_slice(&response.body).unwrap_or_else(|e| {
-        panic!(
-            "expected a JSON body (status {}), got {:?}: {e}",
-            response.status,
-            response.text()
-        )
-    })
 }
 
 /// Asserts a JSON error response: the status, and an `error` string containing `needle`.
@@ -38,7 +22,7 @@ fn assert_error(response: &HttpResponse, status: u16, needle: &str, what: &str) 
         "{what}: status (body {:?})",
         response.text()
     );
-    let body = json(response);
+    let body = response.json();
     let message = body["error"]
         .as_str()
         .unwrap_or_else(|| panic!("{what}: no error string in {body}"));
@@ -64,7 +48,7 @@ async fn list_all(
         };
         let response = relay.request_with_token("GET", &path, &admin(), b"").await;
         assert_eq!(response.status, 200, "GET {path}: {}", response.text());
-        let page = json(&response);
+        let page = response.json();
         let listed = page["docs"].as_array().expect("docs is an array").clone();
         assert!(listed.len() <= limit, "a page holds at most limit: {page}");
         docs.extend(listed);
@@ -309,7 +293,7 @@ async fn get_returns_the_state_as_a_binary_update_or_as_json() {
         .request_with_token("GET", &format!("{path}?format=json"), &admin(), b"")
         .await;
     assert_eq!(response.status, 200, "{}", response.text());
-    assert_eq!(json(&response), rich_json(), "the JSON export");
+    assert_eq!(response.json(), rich_json(), "the JSON export");
 
     assert_error(
         &relay
@@ -394,7 +378,7 @@ async fn posted_update_reaches_live_clients_and_is_committed_before_the_200() {
         .request_with_token("POST", &path, &admin(), &first)
         .await;
     assert_eq!(response.status, 200, "{}", response.text());
-    assert_eq!(json(&response), serde_json::json!({"committed": true}));
+    assert_eq!(response.json(), serde_json::json!({"committed": true}));
     // Committed: the store already lists it, with at least the update's bytes.
     let (docs, _) = list_all(&relay, 100).await;
     let listed = find(&docs, room).expect("the document is stored once the POST returns");
@@ -578,7 +562,7 @@ async fn delete_closes_clients_with_4404_and_removes_the_document() {
     let response = relay
         .request_with_token("GET", "/api/docs/del?format=json", &admin(), b"")
         .await;
-    assert_eq!(json(&response), serde_json::json!({"t": "a new start"}));
+    assert_eq!(response.json(), serde_json::json!({"t": "a new start"}));
 
     drop(fresh);
     relay.restart().await;
@@ -586,14 +570,14 @@ async fn delete_closes_clients_with_4404_and_removes_the_document() {
         .request_with_token("GET", "/api/docs/del?format=json", &admin(), b"")
         .await;
     assert_eq!(
-        json(&response),
+        response.json(),
         serde_json::json!({"t": "a new start"}),
         "after a restart: only what came after the deletion"
     );
     let response = relay
         .request_with_token("GET", "/api/docs/keep?format=json", &admin(), b"")
         .await;
-    assert_eq!(json(&response), serde_json::json!({"t": "kept"}));
+    assert_eq!(response.json(), serde_json::json!({"t": "kept"}));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -622,7 +606,7 @@ async fn tokens_minted_through_the_api_open_their_document_and_no_other() {
     )
     .await;
     assert_eq!(response.status, 200, "{}", response.text());
-    let body = json(&response);
+    let body = response.json();
     let minted = body["token"].as_str().expect("a token").to_owned();
     let expires_at = body["expires_at"].as_u64().expect("expires_at");
     assert!(
@@ -647,7 +631,7 @@ async fn tokens_minted_through_the_api_open_their_document_and_no_other() {
         .request_with_token("GET", "/api/docs/minted?format=json", &admin(), b"")
         .await;
     assert_eq!(
-        json(&response),
+        response.json(),
         serde_json::json!({"t": "written with a minted token"})
     );
     // ... and not to another one.
@@ -668,7 +652,7 @@ async fn tokens_minted_through_the_api_open_their_document_and_no_other() {
     // A read token minted the same way is read-only.
     let response = mint(admin(), r#"{"doc":"minted","access":"read"}"#).await;
     assert_eq!(response.status, 200, "{}", response.text());
-    let read = json(&response)["token"].as_str().expect("token").to_owned();
+    let read = response.json()["token"].as_str().expect("token").to_owned();
     let mut reader = relay.join_with_token("minted", &read).await;
     reader.sync().await;
     assert_eq!(reader.text(), "written with a minted token");
@@ -763,7 +747,7 @@ async fn tokens_minted_through_the_api_open_their_document_and_no_other() {
         };
         assert_eq!(response.status, status, "{what}: {}", response.text());
         assert!(
-            json(&response)["error"].is_string(),
+            response.json()["error"].is_string(),
             "{what}: a JSON error, got {}",
             response.text()
         );
@@ -780,7 +764,7 @@ async fn tokens_minted_through_the_api_open_their_document_and_no_other() {
         .request_with_token("GET", "/api/docs/minted?format=json", &admin(), b"")
         .await;
     assert_eq!(
-        json(&response),
+        response.json(),
         serde_json::json!({"t": "written with a minted token"})
     );
 }
@@ -805,7 +789,7 @@ async fn a_minted_token_never_outlives_the_token_that_minted_it() {
                 )
                 .await;
             assert_eq!(response.status, 200, "{}", response.text());
-            let body = json(&response);
+            let body = response.json();
             let minted = body["token"].as_str().expect("a token").to_owned();
             let expires_at = body["expires_at"].as_u64().expect("expires_at");
             let claims = keys.verify(&minted).expect("the minted token verifies");

@@ -12,7 +12,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use yrs::updates::decoder::Decode;
 use yrs::{ReadTxn, StateVector, Text, Transact};
 
-fn secured(secrets: &[&str]) -> impl FnOnce(&mut relay::config::Config) + use<> {
+/// Requires tokens signed with any of `secrets` (the first signs).
+fn secured_by(secrets: &[&str]) -> impl FnOnce(&mut relay::config::Config) + use<> {
     let secrets: Vec<Secret> = secrets.iter().map(|s| Secret((*s).to_owned())).collect();
     move |config| config.secrets = secrets
 }
@@ -88,7 +89,7 @@ fn b64url(bytes: &[u8]) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refused_upgrades_get_401_or_403_with_the_reason_and_change_nothing() {
-    let mut relay = TestRelay::start_with(secured(&[TEST_SECRET])).await;
+    let mut relay = TestRelay::start_with(secured_by(&[TEST_SECRET])).await;
     let mut writer = relay
         .join_with_token("doc", &token(Some("doc"), Access::Write))
         .await;
@@ -287,7 +288,7 @@ async fn refused_upgrades_get_401_or_403_with_the_reason_and_change_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn read_only_connection_receives_everything_but_cannot_change_the_document() {
-    let mut relay = TestRelay::start_with(secured(&[TEST_SECRET])).await;
+    let mut relay = TestRelay::start_with(secured_by(&[TEST_SECRET])).await;
     let write = token(Some("ro"), Access::Write);
     let read = token(Some("ro"), Access::Read);
     let mut writer = relay.join_with_token("ro", &write).await;
@@ -412,7 +413,7 @@ async fn read_only_connection_receives_everything_but_cannot_change_the_document
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn token_that_expires_while_connected_closes_the_socket_with_4401() {
-    let relay = TestRelay::start_with(secured(&[TEST_SECRET])).await;
+    let relay = TestRelay::start_with(secured_by(&[TEST_SECRET])).await;
     let exp = now_secs() + 2;
     let short = sign_token(&[TEST_SECRET], &claims(Some("exp"), Access::Write, exp));
     let mut other = relay
@@ -477,7 +478,7 @@ async fn token_that_expires_while_connected_closes_the_socket_with_4401() {
 async fn rotated_keys_accept_tokens_of_either_key_and_refuse_unknown_key_ids() {
     const NEW: &str = "new:the-new-secret-0123456789";
     const OLD: &str = "old:the-old-secret-0123456789";
-    let relay = TestRelay::start_with(secured(&[NEW, OLD])).await;
+    let relay = TestRelay::start_with(secured_by(&[NEW, OLD])).await;
     let exp = now_secs() + 3600;
     let by_old = sign_token(&[OLD], &claims(Some("rot"), Access::Write, exp));
     let by_new = sign_token(&[NEW], &claims(Some("rot"), Access::Write, exp));
@@ -592,7 +593,7 @@ async fn without_a_secret_the_relay_is_open() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn read_only_client_answering_the_greeting_with_nothing_new_is_not_refused() {
-    let relay = TestRelay::start_with(secured(&[TEST_SECRET])).await;
+    let relay = TestRelay::start_with(secured_by(&[TEST_SECRET])).await;
     let mut writer = relay
         .join_with_token("ro-sync", &token(Some("ro-sync"), Access::Write))
         .await;
@@ -646,7 +647,7 @@ async fn read_only_client_answering_the_greeting_with_nothing_new_is_not_refused
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn token_with_the_largest_expiry_keeps_its_connection_open() {
-    let relay = TestRelay::start_with(secured(&[TEST_SECRET])).await;
+    let relay = TestRelay::start_with(secured_by(&[TEST_SECRET])).await;
     let forever = sign_token(
         &[TEST_SECRET],
         &claims(Some("far"), Access::Write, u64::MAX),

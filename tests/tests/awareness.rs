@@ -214,15 +214,7 @@ async fn a_client_that_reconnects_is_visible_again_at_once() {
 
 /// An awareness message with many client ids, each with the state `{}`.
 fn awareness_for(ids: impl IntoIterator<Item = u64>, clock: u64) -> Vec<u8> {
-    let entries: Vec<_> = ids
-        .into_iter()
-        .map(|client_id| crdt::awareness::AwarenessEntry {
-            client_id,
-            clock,
-            state: Some("{}"),
-        })
-        .collect();
-    crdt::protocol::encode_awareness(&crdt::awareness::encode_awareness_update(entries))
+    awareness_message_of(ids.into_iter().map(|id| (id, clock, Some("{}"))))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -19,27 +19,6 @@ use yrs::{Array, Doc, GetString, Map, ReadTxn, StateVector, Text, Transact, Upda
 
 const SECRET: &str = "cli-test-secret-0123456789";
 
-/// The relay binary built for this profile.
-fn relay_bin() -> PathBuf {
-    if let Some(bin) = std::env::var_os("RELAY_BIN") {
-        return PathBuf::from(bin);
-    }
-    let exe = std::env::current_exe().expect("the test's own path");
-    // target/debug/deps/cli-HASH -> target/debug/relay
-    let bin = exe
-        .parent()
-        .and_then(Path::parent)
-        .map(|dir| dir.join(format!("relay{}", std::env::consts::EXE_SUFFIX)))
-        .expect("the test runs from target/<profile>/deps");
-    assert!(
-        bin.is_file(),
-        "the relay binary is missing at {}: build it with `cargo build -p relay` before running \
-         these tests (or set RELAY_BIN)",
-        bin.display()
-    );
-    bin
-}
-
 #[derive(Debug)]
 struct Output {
     status: ExitStatus,
@@ -478,75 +457,48 @@ async fn docs_commands_refuse_while_a_relay_holds_the_data_directory() {
     );
 }
 
-/// Runs `relay serve` on a free loopback port until it logs "relay starting"; returns the stderr
-/// lines up to that one. The child is killed (by its handle) afterwards.
-fn serve_until_started(extra: &[&str]) -> Vec<String> {
-    use std::io::BufRead;
-    use std::process::Stdio;
-    use std::time::{Duration, Instant};
+/// Runs `relay serve` on a free loopback port without any `RELAY_*` setting or `RUST_LOG` from
+/// the environment, until it listens; returns its standard error lines up to "relay starting"
+/// (logged before the `listening on` line). The child is killed afterwards.
+async fn serve_until_started(extra: &[&str]) -> Vec<String> {
     let dir = tempfile::tempdir().expect("tempdir");
-    let mut command = Command::new(relay_bin());
-    command
-        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
-        .arg(dir.path())
-        .args(extra)
-        .env("NO_COLOR", "1")
-        .env_remove("RUST_LOG")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped());
-    for (key, _) in std::env::vars() {
-        if key.starts_with("RELAY_") {
-            command.env_remove(key);
-        }
-    }
-    let mut child = command.spawn().expect("start relay serve");
-    let stderr = child.stderr.take().expect("piped stderr");
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in std::io::BufReader::new(stderr).lines() {
-            if tx.send(line).is_err() {
-                return;
+    let mut relay = ChildRelay::start(dir.path(), extra, |command| {
+        command.env("NO_COLOR", "1").env_remove("RUST_LOG");
+        for (key, _) in std::env::vars() {
+            if key.starts_with("RELAY_") {
+                command.env_remove(key);
             }
         }
-    });
-    let deadline = Instant::now() + Duration::from_secs(20);
+    })
+    .await
+    .unwrap_or_else(|problem| panic!("relay serve {extra:?}: {problem}"));
+    let log = relay.log();
+    relay.kill().await.expect("kill the relay");
     let mut lines = Vec::new();
-    let outcome = loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        match rx.recv_timeout(left) {
-            Ok(Ok(line)) => {
-                let started = line.contains("relay starting");
-                lines.push(line);
-                if started {
-                    break Ok(());
-                }
-            }
-            Ok(Err(e)) => break Err(format!("reading stderr: {e}")),
-            Err(_) => break Err("no \"relay starting\" line within 20 s".to_owned()),
+    for line in log.lines() {
+        lines.push(line.to_owned());
+        if line.contains("relay starting") {
+            return lines;
         }
-    };
-    let _ = child.kill();
-    let _ = child.wait();
-    if let Err(problem) = outcome {
-        panic!("relay serve {extra:?}: {problem}; stderr so far: {lines:#?}");
     }
-    lines
+    panic!(
+        "relay serve {extra:?}: no \"relay starting\" line before it listened; stderr: {lines:#?}"
+    );
 }
 
-#[test]
-fn serve_without_a_secret_says_loudly_that_the_relay_is_open() {
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_without_a_secret_says_loudly_that_the_relay_is_open() {
     assert!(
         relay::config::Config::default().listen.ip().is_loopback(),
         "listens on loopback by default"
     );
-    let open = serve_until_started(&[]);
+    let open = serve_until_started(&[]).await;
     assert!(
         open.iter()
             .any(|l| l.contains("WARN") && l.contains("OPEN")),
         "a warning that the relay is open: {open:#?}"
     );
-    let secured = serve_until_started(&["--secret", SECRET]);
+    let secured = serve_until_started(&["--secret", SECRET]).await;
     assert!(
         !secured.iter().any(|l| l.contains("OPEN")),
         "no such warning with a secret: {secured:#?}"

@@ -10,7 +10,6 @@
 
 use std::time::Duration;
 
-use crdt::doc::RoomDoc;
 use crdt::protocol::encode_update;
 use futures_util::StreamExt;
 use proptest::prelude::*;
@@ -110,13 +109,6 @@ impl Peer {
     }
 }
 
-fn json(doc: &Doc) -> serde_json::Value {
-    let mut room = RoomDoc::new();
-    room.apply_update_v1(&full_state(doc))
-        .expect("a client's state applies");
-    room.to_json()
-}
-
 async fn run(clients: usize, ops: Vec<Op>) {
     let mut relay = TestRelay::start_with(|c| c.compact_entries = 8).await;
     let mut peers = Vec::new();
@@ -189,7 +181,7 @@ async fn run(clients: usize, ops: Vec<Op>) {
         peer.conn.as_mut().expect("connected").sync().await;
     }
     let first_sv = peers[0].doc.transact().state_vector();
-    let first_json = json(&peers[0].doc);
+    let first_json = exported_json(&peers[0].doc);
     let first_text = doc_text(&peers[0].doc);
     for (i, peer) in peers.iter().enumerate() {
         assert_eq!(
@@ -197,7 +189,11 @@ async fn run(clients: usize, ops: Vec<Op>) {
             first_sv,
             "client {i}'s state vector"
         );
-        assert_eq!(json(&peer.doc), first_json, "client {i}'s document");
+        assert_eq!(
+            exported_json(&peer.doc),
+            first_json,
+            "client {i}'s document"
+        );
     }
     drop(peers);
     // What is stored is the converged document.

@@ -2,24 +2,9 @@
 //! acknowledged as saved must survive. `cargo run -p relay-tests --bin crashtest -- --kills 100`
 //! is the long run.
 
-use std::path::PathBuf;
 use std::process::Command;
 
-/// `target/<profile>/relay`: the test command builds it before running the tests.
-fn relay_bin() -> PathBuf {
-    let exe = std::env::current_exe().expect("test executable");
-    let bin = exe
-        .parent()
-        .and_then(|deps| deps.parent())
-        .map(|profile| profile.join("relay"))
-        .expect("target/<profile>");
-    assert!(
-        bin.exists(),
-        "{} is missing: run `cargo build -p relay` first (tests/run-all.sh does)",
-        bin.display()
-    );
-    bin
-}
+use relay_tests::relay_bin;
 
 #[test]
 fn acknowledged_edits_survive_sigkill() {

@@ -7,17 +7,12 @@
 use std::time::Duration;
 
 use relay::auth::Access;
-use relay::config::{Config, Secret};
 use relay_tests::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 type Headers<'a> = Vec<(&'a str, &'a str)>;
-
-fn secured(config: &mut Config) {
-    config.secrets = vec![Secret(TEST_SECRET.into())];
-}
 
 /// Sends the head of a request that announces a body of `declared` bytes, and then only `sent`
 /// of them; returns the connection, still open on the client's side.
@@ -263,21 +258,6 @@ async fn http_connections_are_bounded() {
     }
 }
 
-async fn open_poll(relay: &TestRelay, room: &str, token: &str) -> HttpResponse {
-    relay
-        .request(
-            "POST",
-            &format!(
-                "/poll?room={}&token={}",
-                encode_query_value(room),
-                encode_query_value(token)
-            ),
-            &[],
-            b"",
-        )
-        .await
-}
-
 fn session_id(response: &HttpResponse) -> String {
     assert_eq!(response.status, 200, "{}", response.text());
     let body: serde_json::Value = serde_json::from_slice(&response.body).expect("JSON");
@@ -292,10 +272,10 @@ async fn one_token_holds_at_most_its_connections() {
     })
     .await;
     let shared = token(Some("doc"), Access::Read);
-    let first = session_id(&open_poll(&relay, "doc", &shared).await);
+    let first = session_id(&relay.open_poll("doc", Some(&shared), &[]).await);
     let mut socket = relay.join_with_token("doc", &shared).await;
     // A third connection with the same token: refused, whichever the transport.
-    let refused = open_poll(&relay, "doc", &shared).await;
+    let refused = relay.open_poll("doc", Some(&shared), &[]).await;
     assert_eq!(refused.status, 429, "{}", refused.text());
     assert!(
         refused
@@ -311,7 +291,7 @@ async fn one_token_holds_at_most_its_connections() {
         &relay_tests::claims(Some("doc"), Access::Read, relay::auth::now_secs() + 7200),
     );
     assert_ne!(other, shared);
-    session_id(&open_poll(&relay, "doc", &other).await);
+    session_id(&relay.open_poll("doc", Some(&other), &[]).await);
     // Closing one gives its slot back.
     let closed = relay
         .request("DELETE", &format!("/poll/{first}"), &[], b"")
@@ -319,7 +299,7 @@ async fn one_token_holds_at_most_its_connections() {
     assert_eq!(closed.status, 204);
     within("the freed slot", async {
         loop {
-            let response = open_poll(&relay, "doc", &shared).await;
+            let response = relay.open_poll("doc", Some(&shared), &[]).await;
             if response.status == 200 {
                 return;
             }
@@ -349,9 +329,9 @@ async fn a_session_that_never_polls_ends_after_the_start_timeout() {
     .await;
     let read = token(Some("doc"), Access::Read);
     let started = Instant::now();
-    let idle = session_id(&open_poll(&relay, "doc", &read).await);
+    let idle = session_id(&relay.open_poll("doc", Some(&read), &[]).await);
     // Its token's only slot is taken...
-    assert_eq!(open_poll(&relay, "doc", &read).await.status, 429);
+    assert_eq!(relay.open_poll("doc", Some(&read), &[]).await.status, 429);
     // ... until the session that never polled ends (the client timeout is 60 s).
     relay
         .wait_metric(r#"relay_disconnects_total{reason="client_timeout"}"#, |v| {
@@ -364,7 +344,7 @@ async fn a_session_that_never_polls_ends_after_the_start_timeout() {
         started.elapsed()
     );
     relay.wait_metric("relay_connections", |v| v == 0.0).await;
-    session_id(&open_poll(&relay, "doc", &read).await);
+    session_id(&relay.open_poll("doc", Some(&read), &[]).await);
     // A late poll gets what was queued (the greeting), then learns why the session ended.
     let late = within("the 410", async {
         let mut ack = 0;

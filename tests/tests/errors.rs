@@ -223,22 +223,6 @@ async fn text_frame_closes_with_1003() {
 
 const LIMIT: usize = 64 << 10;
 
-/// An update message of exactly `len` bytes (the text is adjusted until the encoding fits).
-fn update_message_of_len(len: usize) -> (Vec<u8>, String) {
-    let mut n = len;
-    for _ in 0..10 {
-        let text = "y".repeat(n);
-        let message = encode_update(&text_update(&text));
-        if message.len() == len {
-            return (message, text);
-        }
-        n = (n + len)
-            .checked_sub(message.len())
-            .expect("a positive length");
-    }
-    panic!("cannot build an update message of exactly {len} bytes");
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn size_limit_closes_with_1009_and_accepts_a_message_just_under_it() {
     let relay = TestRelay::start_with(|c| c.max_message_bytes = LIMIT).await;
@@ -246,7 +230,7 @@ async fn size_limit_closes_with_1009_and_accepts_a_message_just_under_it() {
     let mut b = relay.join("big").await;
 
     // Just under the limit: accepted and forwarded.
-    let (message, text) = update_message_of_len(LIMIT - 8);
+    let (message, text) = update_message_of_len(LIMIT - 8, "y");
     a.send(message.clone()).await;
     let forwarded = b.recv_frame().await;
     assert_eq!(
@@ -258,13 +242,13 @@ async fn size_limit_closes_with_1009_and_accepts_a_message_just_under_it() {
     assert_eq!(b.text(), text);
 
     // Exactly at the limit: accepted too.
-    let (message, _) = update_message_of_len(LIMIT);
+    let (message, _) = update_message_of_len(LIMIT, "y");
     a.send(message.clone()).await;
     assert_eq!(b.recv_frame().await.as_ref(), message.as_slice());
 
     // One byte over, in one frame: 1009.
     let mut c = relay.join("big").await;
-    let (message, _) = update_message_of_len(LIMIT + 1);
+    let (message, _) = update_message_of_len(LIMIT + 1, "y");
     c.send(message).await;
     assert_eq!(
         c.expect_close().await,
@@ -274,7 +258,7 @@ async fn size_limit_closes_with_1009_and_accepts_a_message_just_under_it() {
 
     // Over the limit in small fragments: 1009 as well.
     let mut d = relay.join("big").await;
-    let (message, _) = update_message_of_len(LIMIT + 100);
+    let (message, _) = update_message_of_len(LIMIT + 100, "y");
     let chunks: Vec<&[u8]> = message.chunks(16 << 10).collect();
     for (i, chunk) in chunks.iter().enumerate() {
         let opcode = if i == 0 {

@@ -225,7 +225,7 @@ impl Hostile {
         let json: serde_json::Value = serde_json::from_slice(&response.body).expect("JSON");
         assert_eq!(
             json,
-            doc_json(&self.a.doc),
+            exported_json(&self.a.doc),
             "after {case}: the victim document"
         );
         let response = self
@@ -263,7 +263,7 @@ impl Hostile {
         assert_eq!(stored, expected, "the stored rooms");
         let victim = store.load("victim").expect("load the victim room");
         assert_eq!(doc_text(victim.doc.yrs()), victim_text);
-        assert_eq!(victim.doc.to_json(), doc_json(&a_doc));
+        assert_eq!(victim.doc.to_json(), exported_json(&a_doc));
         assert_eq!(
             victim.next_seq - 1,
             self.victim_updates,
@@ -278,14 +278,6 @@ impl Hostile {
         assert!(!victim_text.contains(MARK));
         eprintln!("{} hostile case(s) passed", self.cases);
     }
-}
-
-/// A document's root types as JSON, the way the relay exports them.
-fn doc_json(doc: &Doc) -> serde_json::Value {
-    let mut room = RoomDoc::new();
-    room.apply_update_v1(&full_state(doc))
-        .expect("a client's state applies");
-    room.to_json()
 }
 
 // ------------------------------------------------------------------------------------------------
@@ -630,22 +622,6 @@ async fn text_frames_close_with_1003() {
     assert_ne!(closed, Some(Some(1000)), "not a normal close");
     h.after("text frames").await;
     h.finish().await;
-}
-
-/// An update message of exactly `len` bytes, with the text it inserts (`fill` repeated).
-fn update_message_of_len(len: usize, fill: &str) -> (Vec<u8>, String) {
-    let mut n = len;
-    for _ in 0..10 {
-        let text: String = fill.chars().cycle().take(n).collect();
-        let message = encode_update(&text_update(&text));
-        if message.len() == len {
-            return (message, text);
-        }
-        n = (n + len)
-            .checked_sub(message.len())
-            .expect("a positive length");
-    }
-    panic!("cannot build an update message of exactly {len} bytes");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

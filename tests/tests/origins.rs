@@ -26,17 +26,6 @@ async fn cross_site_update(relay: &TestRelay, origin: &str, room: &str) -> HttpR
         .await
 }
 
-async fn open_poll(relay: &TestRelay, origin: &str, room: &str) -> HttpResponse {
-    relay
-        .request(
-            "POST",
-            &format!("/poll?room={}", encode_query_value(room)),
-            &[("Origin", origin)],
-            b"",
-        )
-        .await
-}
-
 async fn preflight(relay: &TestRelay, origin: &str, path: &str) -> HttpResponse {
     relay
         .request(
@@ -110,7 +99,10 @@ async fn a_default_relay_refuses_pages_of_other_origins_on_every_path() {
             .await,
         "a cross-site API listing",
     );
-    assert_forbidden_origin(&open_poll(&relay, EVIL, "private").await, "a poll session");
+    assert_forbidden_origin(
+        &relay.open_poll("private", None, &[("Origin", EVIL)]).await,
+        "a poll session",
+    );
     assert_forbidden_origin(
         &preflight(&relay, EVIL, "/poll?room=private").await,
         "a CORS preflight",
@@ -126,7 +118,9 @@ async fn a_default_relay_refuses_pages_of_other_origins_on_every_path() {
     // The relay's own page may post through the API, and open a poll session.
     let own = cross_site_update(&relay, &own_origin(&relay), "private").await;
     assert_eq!(own.status, 200, "{}", own.text());
-    let own = open_poll(&relay, &own_origin(&relay), "private").await;
+    let own = relay
+        .open_poll("private", None, &[("Origin", &own_origin(&relay))])
+        .await;
     assert_eq!(own.status, 200, "{}", own.text());
     // Paths no page can abuse stay open to every origin.
     let health = relay
@@ -207,7 +201,7 @@ async fn long_polling_behind_an_allow_list_accepts_the_relays_own_origin_and_ref
         response.header("access-control-allow-origin"),
         Some(own.as_str())
     );
-    let opened = open_poll(&relay, &own, "demo").await;
+    let opened = relay.open_poll("demo", None, &[("Origin", &own)]).await;
     assert_eq!(opened.status, 200, "{}", opened.text());
     // An allowed app: preflight, open, poll; the sequence header is readable by its scripts.
     let response = preflight(&relay, APP, "/poll?room=demo").await;
@@ -220,7 +214,7 @@ async fn long_polling_behind_an_allow_list_accepts_the_relays_own_origin_and_ref
         methods.contains("POST") && methods.contains("GET") && methods.contains("DELETE"),
         "{methods}"
     );
-    let opened = open_poll(&relay, APP, "demo").await;
+    let opened = relay.open_poll("demo", None, &[("Origin", APP)]).await;
     assert_eq!(opened.status, 200, "{}", opened.text());
     assert_eq!(opened.header("access-control-allow-origin"), Some(APP));
     let session: serde_json::Value = serde_json::from_slice(&opened.body).expect("JSON");
@@ -239,7 +233,10 @@ async fn long_polling_behind_an_allow_list_accepts_the_relays_own_origin_and_ref
         &preflight(&relay, EVIL, "/poll?room=demo").await,
         "preflight",
     );
-    assert_forbidden_origin(&open_poll(&relay, EVIL, "demo").await, "open");
+    assert_forbidden_origin(
+        &relay.open_poll("demo", None, &[("Origin", EVIL)]).await,
+        "open",
+    );
     let polled = relay
         .request(
             "GET",
@@ -261,7 +258,9 @@ async fn behind_a_proxy_the_public_url_is_the_relays_own_origin() {
         .try_upgrade("doc", None, &[("Origin", "https://relay.example")])
         .await;
     assert_eq!(response.status, 101, "{}", response.text());
-    let opened = open_poll(&relay, "https://relay.example", "doc").await;
+    let opened = relay
+        .open_poll("doc", None, &[("Origin", "https://relay.example")])
+        .await;
     assert_eq!(opened.status, 200, "{}", opened.text());
     // The public URL replaces the listen address: the loopback origin is another site now.
     let response = relay

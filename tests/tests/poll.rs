@@ -7,7 +7,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crdt::protocol::{Cursor, encode_save_request, encode_sync_step1, encode_update};
 use relay::auth::Access;
-use relay::config::{Config, Secret};
+use relay::config::Config;
 use relay_tests::*;
 
 /// A poll session of one test, spoken to with plain HTTP requests.
@@ -54,17 +54,8 @@ fn split(body: &[u8]) -> Vec<Msg> {
     messages
 }
 
-/// `POST /poll?room=...` (with `?token=` when given).
-async fn open_raw(relay: &TestRelay, room: &str, token: Option<&str>) -> HttpResponse {
-    let mut path = format!("/poll?room={}", encode_query_value(room));
-    if let Some(token) = token {
-        path.push_str(&format!("&token={}", encode_query_value(token)));
-    }
-    relay.request("POST", &path, &[], b"").await
-}
-
 async fn open(relay: &TestRelay, room: &str, token: Option<&str>) -> Session {
-    let response = open_raw(relay, room, token).await;
+    let response = relay.open_poll(room, token, &[]).await;
     assert_eq!(response.status, 200, "open: {:?}", response.text());
     assert_eq!(response.header("cache-control"), Some("no-store"));
     let body: serde_json::Value = serde_json::from_slice(&response.body).expect("JSON");
@@ -347,10 +338,6 @@ async fn oversized_bodies_unknown_sessions_and_a_malformed_message() {
         .await;
 }
 
-fn secured(config: &mut Config) {
-    config.secrets = vec![Secret(TEST_SECRET.to_owned())];
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tokens_are_checked_like_a_websocket_and_read_only_sessions_cannot_write() {
     let relay = TestRelay::start_with(secured).await;
@@ -366,7 +353,7 @@ async fn tokens_are_checked_like_a_websocket_and_read_only_sessions_cannot_write
         ("a bad token", Some("not.a.jwt")),
         ("a token for another document", Some(other_doc.as_str())),
     ] {
-        let polled = open_raw(&relay, "doc", token).await;
+        let polled = relay.open_poll("doc", token, &[]).await;
         let query = token.map(|t| format!("token={}", encode_query_value(t)));
         let upgraded = relay.try_upgrade("doc", query.as_deref(), &[]).await;
         assert!(
@@ -436,7 +423,7 @@ async fn sessions_count_towards_the_room_limit() {
     let relay = TestRelay::start_with(|c| c.max_room_connections = 2).await;
     let _ws = relay.join("full").await;
     let _session = open(&relay, "full", None).await;
-    let refused = open_raw(&relay, "full", None).await;
+    let refused = relay.open_poll("full", None, &[]).await;
     assert_eq!(refused.status, 503, "{:?}", refused.text());
     let upgrade = relay.try_upgrade("full", None, &[]).await;
     assert_eq!(upgrade.status, 503, "a WebSocket too");

@@ -5,7 +5,7 @@
 //!   bare [forwarder](../forwarder/index.html)) pinned to its own core;
 //! - [`client`]: y-websocket clients with real `yrs` updates, and matching each received update
 //!   to the edit that made it;
-//! - [`scenario`]: the named presets and what each measures;
+//! - [`scenario`]: the named presets (one module each) and what each measures, as [`metric`]s;
 //! - [`monitor`] and [`procfs`]: whether the generator kept up, and the server's CPU, memory
 //!   and disk figures;
 //! - [`trace`]: real editing traces replayed into documents;
@@ -18,6 +18,7 @@
 //! ```
 
 pub mod client;
+pub mod metric;
 pub mod monitor;
 pub mod peers;
 pub mod procfs;

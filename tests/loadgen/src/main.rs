@@ -13,6 +13,7 @@ use std::process::Command;
 
 use anyhow::{Context, bail};
 use clap::{Args, Parser, Subcommand};
+use loadgen::metric::Metric;
 use loadgen::peers::{PeerKind, PeerPaths};
 use loadgen::report;
 use loadgen::scenario::{self, Ctx, Outcome, Preset, ProcessLauncher, Size};
@@ -184,7 +185,14 @@ fn loadgen_outcome_from_json(v: &serde_json::Value) -> Option<Outcome> {
     };
     let mut o = Outcome::from_parts(preset, peer, size);
     for (k, x) in v.get("metrics")?.as_object()? {
-        o.metrics.insert(k.clone(), x.as_f64()?);
+        match k.parse::<Metric>() {
+            Ok(metric) => {
+                o.metrics.insert(metric, x.as_f64()?);
+            }
+            // A figure an older build measured and this one no longer knows: the rest of the
+            // line is still worth reporting.
+            Err(unknown) => eprintln!("skipping {unknown} of {preset} / {peer}"),
+        }
     }
     if let Some(l) = v.get("latency").filter(|l| !l.is_null()) {
         o.latency = Some(scenario::Pcts {

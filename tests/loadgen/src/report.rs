@@ -4,22 +4,61 @@
 use std::collections::BTreeMap;
 use std::fmt::Write;
 
+use crate::metric::Metric;
+use crate::metric::Metric as M;
 use crate::peers::PeerKind;
 use crate::scenario::{Outcome, Preset};
+
+/// A percentile of an outcome's latency.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Percentile {
+    /// The median.
+    P50,
+    /// The 95th percentile.
+    P95,
+    /// The 99th percentile.
+    P99,
+    /// The maximum.
+    Max,
+}
+
+/// What a row of the report shows: a measured [`Metric`], a latency percentile, or whether the
+/// rooms converged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Figure {
+    /// A figure the scenario measured.
+    Metric(Metric),
+    /// A percentile of [`Outcome::latency`], in ms.
+    Latency(Percentile),
+    /// [`Outcome::converged`], as 1 or 0.
+    Converged,
+}
+
+impl From<Metric> for Figure {
+    fn from(metric: Metric) -> Self {
+        Figure::Metric(metric)
+    }
+}
+
+const LAT_P50: Figure = Figure::Latency(Percentile::P50);
+const LAT_P95: Figure = Figure::Latency(Percentile::P95);
+const LAT_P99: Figure = Figure::Latency(Percentile::P99);
+const LAT_MAX: Figure = Figure::Latency(Percentile::Max);
+const CONVERGED: Figure = Figure::Converged;
 
 /// One row of a scenario's table.
 struct Row {
     label: &'static str,
-    key: &'static str,
+    figure: Figure,
     decimals: usize,
     /// Whether a relay ÷ peer ratio means something for this row.
     ratio: bool,
 }
 
-const fn row(label: &'static str, key: &'static str, decimals: usize, ratio: bool) -> Row {
+fn row(label: &'static str, figure: impl Into<Figure>, decimals: usize, ratio: bool) -> Row {
     Row {
         label,
-        key,
+        figure: figure.into(),
         decimals,
         ratio,
     }
@@ -32,133 +71,134 @@ fn rows(preset: Preset) -> Vec<Row> {
         | Preset::Fanout1000
         | Preset::BusyRoom
         | Preset::ManyRooms => vec![
-            row("updates sent", "updates_sent", 0, false),
-            row("deliveries received", "deliveries", 0, false),
-            row("deliveries expected", "deliveries_expected", 0, false),
-            row("latency median (ms)", "lat_p50", 2, true),
-            row("latency p95 (ms)", "lat_p95", 2, true),
-            row("latency p99 (ms)", "lat_p99", 2, true),
-            row("latency max (ms)", "lat_max", 1, true),
+            row("updates sent", M::UpdatesSent, 0, false),
+            row("deliveries received", M::Deliveries, 0, false),
+            row("deliveries expected", M::DeliveriesExpected, 0, false),
+            row("latency median (ms)", LAT_P50, 2, true),
+            row("latency p95 (ms)", LAT_P95, 2, true),
+            row("latency p99 (ms)", LAT_P99, 2, true),
+            row("latency max (ms)", LAT_MAX, 1, true),
             row(
                 "server CPU s per 1,000 deliveries",
-                "cpu_s_per_1k_deliveries",
+                M::CpuSPer1kDeliveries,
                 4,
                 true,
             ),
             row(
                 "server CPU s per 1,000 updates",
-                "cpu_s_per_1k_updates",
+                M::CpuSPer1kUpdates,
                 4,
                 true,
             ),
-            row("server CPU s (total)", "server_cpu_s", 2, true),
-            row("peak RSS (MiB)", "rss_peak_mib", 1, true),
-            row("steady RSS (MiB)", "rss_steady_mib", 1, true),
-            row("converged (runs)", "converged", 0, false),
+            row("server CPU s (total)", M::ServerCpuS, 2, true),
+            row("peak RSS (MiB)", M::RssPeakMib, 1, true),
+            row("steady RSS (MiB)", M::RssSteadyMib, 1, true),
+            row("converged (runs)", CONVERGED, 0, false),
             row(
                 "generator CPU (share of a core)",
-                "gen_cpu_fraction",
+                M::GenCpuFraction,
                 2,
                 false,
             ),
         ],
         Preset::Idle => vec![
-            row("connections", "connections", 0, false),
+            row("connections", M::Connections, 0, false),
             row(
                 "KiB per idle room with 1 connection",
-                "kib_per_room",
+                M::KibPerRoom,
                 2,
                 true,
             ),
-            row("RSS before (MiB)", "rss_before_mib", 1, true),
-            row("steady RSS (MiB)", "rss_steady_mib", 1, true),
-            row("peak RSS (MiB)", "rss_peak_mib", 1, true),
-            row("time to connect all (s)", "connect_s", 2, true),
-            row("server CPU s to accept all", "connect_cpu_s", 2, true),
+            row("RSS before (MiB)", M::RssBeforeMib, 1, true),
+            row("steady RSS (MiB)", M::RssSteadyMib, 1, true),
+            row("peak RSS (MiB)", M::RssPeakMib, 1, true),
+            row("time to connect all (s)", M::ConnectS, 2, true),
+            row("server CPU s to accept all", M::ConnectCpuS, 2, true),
         ],
         Preset::JoinStorm => vec![
-            row("document (MiB)", "doc_mib", 1, false),
-            row("joiners synced", "synced", 0, false),
+            row("document (MiB)", M::DocMib, 1, false),
+            row("joiners synced", M::Synced, 0, false),
             row(
                 "first sync step 2 carried the document",
-                "first_step2_full",
+                M::FirstStep2Full,
                 0,
                 false,
             ),
-            row("time to synced, median (s)", "sync_p50_s", 3, true),
-            row("time to synced, max (s)", "sync_max_s", 3, true),
-            row("peak RSS (MiB)", "rss_peak_mib", 1, true),
-            row("RSS after the storm (MiB)", "rss_steady_mib", 1, true),
-            row("server CPU s", "server_cpu_s", 2, true),
-            row("upload time (s)", "upload_s", 2, true),
-            row("read back whole (runs)", "converged", 0, false),
+            row("time to synced, median (s)", M::SyncP50S, 3, true),
+            row("time to synced, max (s)", M::SyncMaxS, 3, true),
+            row("peak RSS (MiB)", M::RssPeakMib, 1, true),
+            row("RSS after the storm (MiB)", M::RssSteadyMib, 1, true),
+            row("server CPU s", M::ServerCpuS, 2, true),
+            row("upload time (s)", M::UploadS, 2, true),
+            row("read back whole (runs)", CONVERGED, 0, false),
             row(
                 "generator CPU (share of a core)",
-                "gen_cpu_fraction",
+                M::GenCpuFraction,
                 2,
                 false,
             ),
         ],
         Preset::Durable => vec![
-            row("updates sent", "updates_sent", 0, false),
-            row("acknowledged updates per second", "acked_per_s", 0, false),
-            row("time to acknowledgement, median (ms)", "lat_p50", 2, true),
-            row("time to acknowledgement, p95 (ms)", "lat_p95", 2, true),
-            row("time to acknowledgement, p99 (ms)", "lat_p99", 2, true),
-            row("time to acknowledgement, max (ms)", "lat_max", 1, true),
+            row("updates sent", M::UpdatesSent, 0, false),
+            row("acknowledged updates per second", M::AckedPerS, 0, false),
+            row("time to acknowledgement, median (ms)", LAT_P50, 2, true),
+            row("time to acknowledgement, p95 (ms)", LAT_P95, 2, true),
+            row("time to acknowledgement, p99 (ms)", LAT_P99, 2, true),
+            row("time to acknowledgement, max (ms)", LAT_MAX, 1, true),
             row(
                 "server CPU s per 1,000 updates",
-                "cpu_s_per_1k_updates",
+                M::CpuSPer1kUpdates,
                 4,
                 true,
             ),
-            row("peak RSS (MiB)", "rss_peak_mib", 1, true),
-            row("converged (runs)", "converged", 0, false),
+            row("peak RSS (MiB)", M::RssPeakMib, 1, true),
+            row("converged (runs)", CONVERGED, 0, false),
         ],
         Preset::LargeDoc => vec![
-            row("edits", "edits", 0, false),
-            row("edits applied", "edits_applied", 0, false),
-            row("ingest rate (edits/s)", "ingest_edits_per_s", 0, false),
-            row("ingest until saved (s)", "ingest_durable_s", 2, false),
-            row("server CPU s for the ingest", "ingest_cpu_s", 2, true),
-            row("document encoded (bytes)", "doc_bytes", 0, false),
-            row("update bytes sent", "update_bytes", 0, false),
+            row("edits", M::Edits, 0, false),
+            row("edits applied", M::EditsApplied, 0, false),
+            row("ingest rate (edits/s)", M::IngestEditsPerS, 0, false),
+            row("ingest until saved (s)", M::IngestDurableS, 2, false),
+            row("server CPU s for the ingest", M::IngestCpuS, 2, true),
+            row("document encoded (bytes)", M::DocBytes, 0, false),
+            row("update bytes sent", M::UpdateBytes, 0, false),
             row(
                 "store after ingest (bytes)",
-                "store_bytes_after_ingest",
+                M::StoreBytesAfterIngest,
                 0,
                 true,
             ),
-            row("store at the end (bytes)", "store_bytes", 0, true),
-            row("store ÷ document", "store_per_doc", 2, true),
+            row("store at the end (bytes)", M::StoreBytes, 0, true),
+            row("store ÷ document", M::StorePerDoc, 2, true),
             row(
                 "bytes written ÷ update bytes",
-                "written_per_update_byte",
+                M::WrittenPerUpdateByte,
                 2,
                 true,
             ),
-            row("reload after restart (ms)", "reload_ms", 1, true),
-            row("peak RSS (MiB)", "rss_peak_mib", 1, true),
+            row("reload after restart (ms)", M::ReloadMs, 1, true),
+            row("peak RSS (MiB)", M::RssPeakMib, 1, true),
         ],
     }
 }
 
-/// A figure of an outcome by key (`lat_*` are the latency percentiles; `converged` is 1 or 0).
-pub fn value(o: &Outcome, key: &str) -> Option<f64> {
-    let lat = o.latency.as_ref();
-    match key {
-        "lat_p50" => lat.map(|l| l.p50),
-        "lat_p95" => lat.map(|l| l.p95),
-        "lat_p99" => lat.map(|l| l.p99),
-        "lat_max" => lat.map(|l| l.max),
-        "converged" => o.converged.map(|c| if c { 1.0 } else { 0.0 }),
-        _ => o.get(key),
+/// A figure of an outcome, if it has it.
+pub fn value(o: &Outcome, figure: Figure) -> Option<f64> {
+    match figure {
+        Figure::Metric(metric) => o.get(metric),
+        Figure::Latency(p) => o.latency.as_ref().map(|l| match p {
+            Percentile::P50 => l.p50,
+            Percentile::P95 => l.p95,
+            Percentile::P99 => l.p99,
+            Percentile::Max => l.max,
+        }),
+        Figure::Converged => o.converged.map(|c| if c { 1.0 } else { 0.0 }),
     }
 }
 
 /// The mean over the successful runs, if any run has the figure.
-pub fn mean(runs: &[&Outcome], key: &str) -> Option<f64> {
-    let values: Vec<f64> = runs.iter().filter_map(|o| value(o, key)).collect();
+pub fn mean(runs: &[&Outcome], figure: Figure) -> Option<f64> {
+    let values: Vec<f64> = runs.iter().filter_map(|o| value(o, figure)).collect();
     if values.is_empty() {
         None
     } else {
@@ -187,7 +227,7 @@ fn cell(runs: &[&Outcome], r: &Row) -> String {
     if runs.is_empty() {
         return "not run".to_owned();
     }
-    if r.key == "converged" {
+    if r.figure == Figure::Converged {
         let checked: Vec<bool> = runs.iter().filter_map(|o| o.converged).collect();
         if checked.is_empty() {
             return "n/a".to_owned();
@@ -195,7 +235,7 @@ fn cell(runs: &[&Outcome], r: &Row) -> String {
         let ok = checked.iter().filter(|c| **c).count();
         return format!("{ok}/{}", checked.len());
     }
-    let values: Vec<f64> = runs.iter().filter_map(|o| value(o, r.key)).collect();
+    let values: Vec<f64> = runs.iter().filter_map(|o| value(o, r.figure)).collect();
     match values.len() {
         0 => "–".to_owned(),
         1 => fmt_num(values[0], r.decimals),
@@ -278,7 +318,7 @@ pub fn tables(outcomes: &[Outcome], peers: &[PeerKind]) -> String {
             for p in &others {
                 let relay: Vec<&Outcome> = ok_runs(by_peer.get(&PeerKind::Relay));
                 let peer: Vec<&Outcome> = ok_runs(by_peer.get(p));
-                let ratio = match (r.ratio, mean(&relay, r.key), mean(&peer, r.key)) {
+                let ratio = match (r.ratio, mean(&relay, r.figure), mean(&peer, r.figure)) {
                     (true, Some(a), Some(b)) if b > 0.0 => format!("{:.2}", a / b),
                     _ => String::new(),
                 };
@@ -326,9 +366,9 @@ fn push_unique(v: &mut Vec<String>, s: String) {
 /// The targets, checked against the means of this run.
 pub fn targets(outcomes: &[Outcome]) -> String {
     let g = group(outcomes);
-    let get = |preset: Preset, peer: PeerKind, key: &str| -> Option<f64> {
+    let get = |preset: Preset, peer: PeerKind, figure: Figure| -> Option<f64> {
         let runs = ok_runs(g.get(&preset).and_then(|m| m.get(&peer)));
-        mean(&runs, key)
+        mean(&runs, figure)
     };
     let mut s = String::from("| target | relay | compared with | met |\n|---|---:|---|:---:|\n");
     let mut line = |target: String, relay: Option<f64>, against: String, met: Option<bool>| {
@@ -347,7 +387,7 @@ pub fn targets(outcomes: &[Outcome]) -> String {
         Preset::BusyRoom,
         Preset::ManyRooms,
     ] {
-        let key = "cpu_s_per_1k_deliveries";
+        let key = M::CpuSPer1kDeliveries.into();
         let relay = get(preset, PeerKind::Relay, key);
         let yws = get(preset, PeerKind::YWebsocketServer, key);
         let fwd = get(preset, PeerKind::Forwarder, key);
@@ -367,12 +407,12 @@ pub fn targets(outcomes: &[Outcome]) -> String {
             ),
             met,
         );
-        let relay_p99 = get(preset, PeerKind::Relay, "lat_p99");
+        let relay_p99 = get(preset, PeerKind::Relay, LAT_P99);
         let mut best: Option<(PeerKind, f64)> = None;
         // The peers are the servers people run; the forwarder (no document, no disk) is the
         // floor, shown beside them but not a peer to beat on latency.
         for p in [PeerKind::YWebsocketServer, PeerKind::YSweet] {
-            if let Some(v) = get(preset, p, "lat_p99")
+            if let Some(v) = get(preset, p, LAT_P99)
                 && best.is_none_or(|(_, b)| v < b)
             {
                 best = Some((p, v));
@@ -384,31 +424,31 @@ pub fn targets(outcomes: &[Outcome]) -> String {
             format!(
                 "{}; forwarder (floor) {}",
                 best.map_or("–".into(), |(p, v)| format!("lowest peer: {p} {v:.2}")),
-                get(preset, PeerKind::Forwarder, "lat_p99")
+                get(preset, PeerKind::Forwarder, LAT_P99)
                     .map_or("–".into(), |v| format!("{v:.2}"))
             ),
             relay_p99.zip(best).map(|(r, (_, b))| r < b),
         );
     }
-    let m = get(Preset::Fanout1000, PeerKind::Relay, "lat_p50");
+    let m = get(Preset::Fanout1000, PeerKind::Relay, LAT_P50);
     line(
         "fanout-1000: median latency under 10 ms".into(),
         m,
         "10 ms".into(),
         m.map(|v| v < 10.0),
     );
-    let idle = get(Preset::Idle, PeerKind::Relay, "kib_per_room");
+    let idle = get(Preset::Idle, PeerKind::Relay, M::KibPerRoom.into());
     line(
         "idle: under 10 KB per idle room with one connection (KiB)".into(),
         idle,
         "10 KB = 9.77 KiB".into(),
         idle.map(|v| v * 1024.0 < 10_000.0),
     );
-    let p50 = get(Preset::JoinStorm, PeerKind::Relay, "sync_p50_s");
-    let max = get(Preset::JoinStorm, PeerKind::Relay, "sync_max_s");
-    let peak = get(Preset::JoinStorm, PeerKind::Relay, "rss_peak_mib");
-    let full = get(Preset::JoinStorm, PeerKind::Relay, "first_step2_full");
-    let clients = get(Preset::JoinStorm, PeerKind::Relay, "clients");
+    let p50 = get(Preset::JoinStorm, PeerKind::Relay, M::SyncP50S.into());
+    let max = get(Preset::JoinStorm, PeerKind::Relay, M::SyncMaxS.into());
+    let peak = get(Preset::JoinStorm, PeerKind::Relay, M::RssPeakMib.into());
+    let full = get(Preset::JoinStorm, PeerKind::Relay, M::FirstStep2Full.into());
+    let clients = get(Preset::JoinStorm, PeerKind::Relay, M::Clients.into());
     line(
         "join-storm: median under 1 s".into(),
         p50,
@@ -433,8 +473,8 @@ pub fn targets(outcomes: &[Outcome]) -> String {
         clients.map_or("–".into(), |c| format!("{c:.0} joiners")),
         full.zip(clients).map(|(f, c)| f >= c),
     );
-    let acked = get(Preset::Durable, PeerKind::Relay, "acked_per_s");
-    let ack99 = get(Preset::Durable, PeerKind::Relay, "lat_p99");
+    let acked = get(Preset::Durable, PeerKind::Relay, M::AckedPerS.into());
+    let ack99 = get(Preset::Durable, PeerKind::Relay, LAT_P99);
     line(
         "durable: ≥ 20,000 acknowledged updates/s".into(),
         acked,
@@ -447,10 +487,14 @@ pub fn targets(outcomes: &[Outcome]) -> String {
         "20 ms".into(),
         ack99.map(|v| v < 20.0),
     );
-    let store = get(Preset::LargeDoc, PeerKind::Relay, "store_per_doc");
-    let written = get(Preset::LargeDoc, PeerKind::Relay, "written_per_update_byte");
-    let rate = get(Preset::LargeDoc, PeerKind::Relay, "ingest_edits_per_s");
-    let reload = get(Preset::LargeDoc, PeerKind::Relay, "reload_ms");
+    let store = get(Preset::LargeDoc, PeerKind::Relay, M::StorePerDoc.into());
+    let written = get(
+        Preset::LargeDoc,
+        PeerKind::Relay,
+        M::WrittenPerUpdateByte.into(),
+    );
+    let rate = get(Preset::LargeDoc, PeerKind::Relay, M::IngestEditsPerS.into());
+    let reload = get(Preset::LargeDoc, PeerKind::Relay, M::ReloadMs.into());
     line(
         "large-doc: store within 1.2 × the document after compaction".into(),
         store,

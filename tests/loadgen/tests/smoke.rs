@@ -3,21 +3,18 @@
 //! that each scenario completes, delivers everything it should and converges; it asserts no
 //! speed (that is what `tests/loadgen/bench.sh` measures, on a quiet machine).
 
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
+use loadgen::metric::Metric;
 use loadgen::peers::{ExitUsage, PeerKind, Server};
 use loadgen::scenario::{self, Ctx, Launcher, Preset, Size};
-use relay::config::Config;
-use tokio::net::TcpListener;
-use tokio::task::JoinHandle;
-use tokio_util::sync::CancellationToken;
+use relay_tests::TestRelay;
 
-/// The relay in this process: "restarting" it cancels `relay::run` and calls it again on the
-/// same data directory.
+/// The relay in this process ([`TestRelay`]): a restart stops `relay::run` and calls it again on
+/// the same data directory.
 struct InProcessRelay {
-    running: Option<(CancellationToken, JoinHandle<Result<(), relay::RunError>>)>,
+    relay: Option<TestRelay>,
 }
 
 impl Launcher for InProcessRelay {
@@ -26,31 +23,21 @@ impl Launcher for InProcessRelay {
     }
 
     async fn start(&mut self, data_dir: &Path) -> anyhow::Result<Server> {
-        assert!(self.running.is_none(), "one relay at a time");
         let started = Instant::now();
-        let listener = TcpListener::bind("127.0.0.1:0").await?;
-        let addr: SocketAddr = listener.local_addr()?;
-        let config = Config {
-            listen: addr,
-            data_dir: data_dir.to_owned(),
-            ..Config::default()
-        };
-        let token = CancellationToken::new();
-        let task = tokio::spawn(relay::run(config, listener, token.clone()));
-        self.running = Some((token, task));
-        let mut server = Server::attach(PeerKind::Relay, addr, std::process::id(), data_dir);
+        match &mut self.relay {
+            Some(relay) if relay.data_dir() == data_dir => relay.restart().await,
+            _ => self.relay = Some(TestRelay::start_in(data_dir, |_| {}).await),
+        }
+        let relay = self.relay.as_ref().expect("started");
+        let mut server =
+            Server::attach(PeerKind::Relay, relay.addr(), std::process::id(), data_dir);
         server.started = started;
         Ok(server)
     }
 
     async fn stop(&mut self, _server: Server) -> ExitUsage {
-        let (token, task) = self.running.take().expect("the relay runs");
-        token.cancel();
-        tokio::time::timeout(Duration::from_secs(30), task)
-            .await
-            .expect("the relay stops within 30 s")
-            .expect("the relay task did not panic")
-            .expect("relay::run returns Ok");
+        // Asserts that `relay::run` returns `Ok`.
+        self.relay.as_mut().expect("the relay runs").stop().await;
         ExitUsage::default()
     }
 
@@ -78,7 +65,7 @@ async fn every_preset_runs_against_the_relay() {
         seconds: Some(1.0),
     };
     std::fs::create_dir_all(&ctx.work_dir).expect("work dir");
-    let mut launcher = InProcessRelay { running: None };
+    let mut launcher = InProcessRelay { relay: None };
     for preset in Preset::ALL {
         if matches!(preset, Preset::JoinStorm | Preset::LargeDoc) && !trace.exists() {
             eprintln!("skipping {preset}: no trace at {}", trace.display());
@@ -100,28 +87,37 @@ async fn every_preset_runs_against_the_relay() {
             | Preset::Fanout1000
             | Preset::BusyRoom
             | Preset::ManyRooms => {
-                let sent = outcome.get("updates_sent").expect("updates sent");
+                let sent = outcome.get(Metric::UpdatesSent).expect("updates sent");
                 assert!(sent > 0.0, "{preset}: nothing sent");
                 assert_eq!(
-                    outcome.get("deliveries"),
-                    outcome.get("deliveries_expected"),
+                    outcome.get(Metric::Deliveries),
+                    outcome.get(Metric::DeliveriesExpected),
                     "{preset}: deliveries"
                 );
                 assert!(outcome.latency.is_some(), "{preset}: no latency");
                 assert_eq!(outcome.converged, Some(true), "{preset}: not checked");
             }
-            Preset::Idle => assert!(outcome.get("kib_per_room").is_some()),
+            Preset::Idle => assert!(outcome.get(Metric::KibPerRoom).is_some()),
             Preset::JoinStorm => {
-                assert_eq!(outcome.get("synced"), outcome.get("clients"));
-                assert_eq!(outcome.get("first_step2_full"), outcome.get("clients"));
+                assert_eq!(outcome.get(Metric::Synced), outcome.get(Metric::Clients));
+                assert_eq!(
+                    outcome.get(Metric::FirstStep2Full),
+                    outcome.get(Metric::Clients)
+                );
             }
             Preset::Durable => {
-                assert!(outcome.get("acked_updates").is_some_and(|n| n > 0.0));
-                assert_eq!(outcome.get("acked_updates"), outcome.get("updates_sent"));
+                assert!(outcome.get(Metric::AckedUpdates).is_some_and(|n| n > 0.0));
+                assert_eq!(
+                    outcome.get(Metric::AckedUpdates),
+                    outcome.get(Metric::UpdatesSent)
+                );
             }
             Preset::LargeDoc => {
-                assert_eq!(outcome.get("edits_applied"), outcome.get("edits"));
-                assert!(outcome.get("reload_ms").is_some());
+                assert_eq!(
+                    outcome.get(Metric::EditsApplied),
+                    outcome.get(Metric::Edits)
+                );
+                assert!(outcome.get(Metric::ReloadMs).is_some());
             }
         }
     }

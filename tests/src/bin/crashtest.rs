@@ -5,13 +5,14 @@
 //! cargo build -p relay && cargo run -p relay-tests --bin crashtest -- --kills 100
 //! ```
 //!
-//! Each writer owns a set of keys in its room's `Y.Map` ("w<writer>-<n>" = n). It sends edits
+//! Each writer owns a set of keys in its room's `Y.Map` (`"w<writer>-<n>" = n`). It sends edits
 //! continuously and, every few edits, a save request; when the relay answers *saved* for request
 //! n, every key up to n is acknowledged. After each kill the relay is restarted, a fresh client
 //! reads every room, and every acknowledged key must be there with its value. At the end
 //! `relay check` must find every stored document loadable. Exits non-zero on any loss.
 
 use std::collections::BTreeMap;
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::sync::Arc;
@@ -23,16 +24,16 @@ use crdt::protocol::{
     encode_sync_step2, encode_update,
 };
 use futures_util::{SinkExt, StreamExt};
-use relay_tests::Rng;
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::{Child, Command};
+use relay_tests::{ChildRelay, Rng, relay_bin, ws_url};
+use tokio::process::Command;
 use tokio_tungstenite::tungstenite::Message;
 use yrs::updates::decoder::Decode;
 use yrs::updates::encoder::Encode;
 use yrs::{Doc, Map, Out, ReadTxn, StateVector, Transact, Update};
 
 struct Options {
-    relay_bin: PathBuf,
+    /// `None`: the relay of this build ([`relay_tests::relay_bin`]).
+    relay_bin: Option<PathBuf>,
     kills: usize,
     rooms: usize,
     writers: usize,
@@ -43,7 +44,7 @@ struct Options {
 
 fn parse_args() -> Result<Options, String> {
     let mut options = Options {
-        relay_bin: default_relay_bin(),
+        relay_bin: None,
         kills: 5,
         rooms: 3,
         writers: 3,
@@ -58,7 +59,7 @@ fn parse_args() -> Result<Options, String> {
         let mut value = || args.next().ok_or(format!("{flag} needs a value"));
         let number = |v: String| v.parse::<u64>().map_err(|e| format!("{flag}: {e}"));
         match flag.as_str() {
-            "--relay-bin" => options.relay_bin = PathBuf::from(value()?),
+            "--relay-bin" => options.relay_bin = Some(PathBuf::from(value()?)),
             "--kills" => options.kills = number(value()?)? as usize,
             "--rooms" => options.rooms = number(value()?)? as usize,
             "--writers" => options.writers = number(value()?)? as usize,
@@ -79,49 +80,6 @@ fn parse_args() -> Result<Options, String> {
         return Err("--max-run-ms must be at least --min-run-ms".into());
     }
     Ok(options)
-}
-
-/// `target/<profile>/relay`, next to this binary.
-fn default_relay_bin() -> PathBuf {
-    let exe = std::env::current_exe().unwrap_or_default();
-    exe.parent()
-        .map(|dir| dir.join("relay"))
-        .unwrap_or_else(|| PathBuf::from("target/debug/relay"))
-}
-
-struct RelayProcess {
-    child: Child,
-    port: u16,
-}
-
-async fn start_relay(bin: &PathBuf, data_dir: &PathBuf, port: u16) -> Result<RelayProcess, String> {
-    let mut child = Command::new(bin)
-        .args([
-            "serve",
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-            "--data-dir",
-        ])
-        .arg(data_dir)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .kill_on_drop(true)
-        .spawn()
-        .map_err(|e| format!("cannot start {}: {e}", bin.display()))?;
-    let stdout = child.stdout.take().ok_or("no stdout")?;
-    let mut lines = BufReader::new(stdout).lines();
-    let line = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
-        .await
-        .map_err(|_| "the relay did not start within 30 s".to_string())?
-        .map_err(|e| e.to_string())?
-        .ok_or("the relay exited before listening")?;
-    let port = line
-        .rsplit(':')
-        .next()
-        .and_then(|p| p.trim().parse().ok())
-        .ok_or(format!("unexpected first line: {line}"))?;
-    Ok(RelayProcess { child, port })
 }
 
 /// One writer: its document, and how far the relay acknowledged its edits.
@@ -151,29 +109,16 @@ impl Writer {
 type Ws =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
-async fn connect(port: u16, room: &str) -> Option<Ws> {
-    let url = format!("ws://127.0.0.1:{port}/{}", percent_encode(room));
-    tokio_tungstenite::connect_async(url)
+async fn connect(relay: SocketAddr, room: &str) -> Option<Ws> {
+    tokio_tungstenite::connect_async(ws_url(relay, room))
         .await
         .ok()
         .map(|(ws, _)| ws)
 }
 
-fn percent_encode(room: &str) -> String {
-    room.bytes()
-        .map(|b| {
-            if b.is_ascii_alphanumeric() || b == b'-' || b == b'_' {
-                (b as char).to_string()
-            } else {
-                format!("%{b:02X}")
-            }
-        })
-        .collect()
-}
-
 /// Runs a writer until its connection fails (the relay was killed) or `stop` is set.
-async fn run_writer(port: u16, writer: &mut Writer, seed: u64) {
-    let Some(ws) = connect(port, &writer.room).await else {
+async fn run_writer(relay: SocketAddr, writer: &mut Writer, seed: u64) {
+    let Some(ws) = connect(relay, &writer.room).await else {
         return;
     };
     let (mut sink, mut stream) = ws.split();
@@ -252,8 +197,8 @@ async fn run_writer(port: u16, writer: &mut Writer, seed: u64) {
 }
 
 /// Reads a room with a fresh client and returns its map.
-async fn read_room(port: u16, room: &str) -> Result<BTreeMap<String, f64>, String> {
-    let mut ws = connect(port, room)
+async fn read_room(relay: SocketAddr, room: &str) -> Result<BTreeMap<String, f64>, String> {
+    let mut ws = connect(relay, room)
         .await
         .ok_or(format!("cannot connect to room {room}"))?;
     ws.send(Message::Binary(encode_sync_step1(&[0]).into()))
@@ -324,16 +269,21 @@ async fn run(options: Options) -> Result<(), String> {
             })
         })
         .collect();
-    let mut port = 0;
+    let bin = options.relay_bin.clone().unwrap_or_else(relay_bin);
     let mut total_acked = 0;
     for round in 0..=options.kills {
-        let mut relay = start_relay(&options.relay_bin, &data_dir, port).await?;
-        port = relay.port;
+        // Each round on a new port: the writers reconnect to wherever the relay listens now.
+        let mut relay = ChildRelay::start_bin(&bin, &data_dir, &[], |command| {
+            // The relay's warnings belong in this tool's output.
+            command.stderr(Stdio::inherit());
+        })
+        .await?;
+        let addr = relay.addr();
         // Everything acknowledged before the last kill must be there.
         let mut rooms: BTreeMap<String, BTreeMap<String, f64>> = BTreeMap::new();
         for writer in &writers {
             if !rooms.contains_key(&writer.room) {
-                rooms.insert(writer.room.clone(), read_room(port, &writer.room).await?);
+                rooms.insert(writer.room.clone(), read_room(addr, &writer.room).await?);
             }
         }
         total_acked = 0;
@@ -351,11 +301,9 @@ async fn run(options: Options) -> Result<(), String> {
             }
             total_acked += acked;
         }
-        println!(
-            "round {round}: relay up on port {port}; {total_acked} acknowledged edits all present"
-        );
+        println!("round {round}: relay up on {addr}; {total_acked} acknowledged edits all present");
         if round == options.kills {
-            relay.child.kill().await.map_err(|e| e.to_string())?;
+            relay.kill().await.map_err(|e| e.to_string())?;
             break;
         }
         // Load, then a kill at a random moment.
@@ -365,16 +313,15 @@ async fn run(options: Options) -> Result<(), String> {
             writers
                 .iter_mut()
                 .zip(seeds)
-                .map(|(writer, seed)| run_writer(port, writer, seed)),
+                .map(|(writer, seed)| run_writer(addr, writer, seed)),
         );
         tokio::select! {
             _ = work => {}
             () = tokio::time::sleep(run_for) => {}
         }
-        relay.child.start_kill().map_err(|e| e.to_string())?;
-        relay.child.wait().await.map_err(|e| e.to_string())?;
+        relay.kill().await.map_err(|e| e.to_string())?;
     }
-    let check = Command::new(&options.relay_bin)
+    let check = Command::new(&bin)
         .args(["check", "--data-dir"])
         .arg(&data_dir)
         .output()

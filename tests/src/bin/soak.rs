@@ -29,28 +29,29 @@
 //! 16 MiB a 10-minute run rose from 93 to 118 MiB while the store grew to 3,000 documents, and
 //! that growth would hide a leak; with 1 MiB it stays level.
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
-use crdt::awareness::{AwarenessEntry, encode_awareness_update};
 use crdt::protocol::{
-    Message as ProtoMessage, MessageReader, encode_awareness, encode_save_request,
-    encode_sync_step1, encode_sync_step2, encode_update,
+    Message as ProtoMessage, MessageReader, encode_save_request, encode_sync_step1,
+    encode_sync_step2, encode_update,
 };
 use futures_util::{SinkExt, StreamExt};
-use relay_tests::Rng;
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::{Child, Command};
+use relay_tests::{
+    ChildRelay, Rng, awareness_message, http_get, metric_value, relay_bin, vm_rss_bytes, ws_url,
+};
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::Message;
 use yrs::updates::decoder::Decode;
 use yrs::{Doc, GetString, ReadTxn, Text, Transact, Update};
 
 struct Options {
-    relay_bin: PathBuf,
+    /// `None`: the relay of this build ([`relay_tests::relay_bin`]).
+    relay_bin: Option<PathBuf>,
     duration: Duration,
     rooms: usize,
     clients: usize,
@@ -69,7 +70,7 @@ const USAGE: &str = "usage: soak [--relay-bin PATH] [--duration-secs N (600)] [-
 
 fn parse_args() -> Result<Options, String> {
     let mut options = Options {
-        relay_bin: relay_tests::relay_bin(),
+        relay_bin: None,
         duration: Duration::from_secs(600),
         rooms: 300,
         clients: 48,
@@ -89,7 +90,7 @@ fn parse_args() -> Result<Options, String> {
         let number = |v: String| v.parse::<u64>().map_err(|e| format!("{flag}: {e}"));
         let float = |v: String| v.parse::<f64>().map_err(|e| format!("{flag}: {e}"));
         match flag.as_str() {
-            "--relay-bin" => options.relay_bin = PathBuf::from(value()?),
+            "--relay-bin" => options.relay_bin = Some(PathBuf::from(value()?)),
             "--duration-secs" => options.duration = Duration::from_secs(number(value()?)?),
             "--rooms" => options.rooms = number(value()?)?.max(1) as usize,
             "--clients" => options.clients = number(value()?)?.max(1) as usize,
@@ -160,11 +161,10 @@ async fn read_until(
 }
 
 /// One session: join a room, sync, edit, wait for *saved*, leave.
-async fn session(port: u16, room: &str, rng: &mut Rng) -> Result<u64, String> {
-    let url = format!("ws://127.0.0.1:{port}/{room}");
+async fn session(relay: SocketAddr, room: &str, rng: &mut Rng) -> Result<u64, String> {
     let (mut ws, _) = tokio::time::timeout(
         Duration::from_secs(10),
-        tokio_tungstenite::connect_async(url),
+        tokio_tungstenite::connect_async(ws_url(relay, room)),
     )
     .await
     .map_err(|_| "connect timed out".to_string())?
@@ -192,15 +192,9 @@ async fn session(port: u16, room: &str, rng: &mut Rng) -> Result<u64, String> {
         r#"{{"user":{{"name":"soak {client_id}"}},"cursor":{}}}"#,
         rng.below(100)
     );
-    ws.send(send(encode_awareness(&encode_awareness_update([
-        AwarenessEntry {
-            client_id,
-            clock: 1,
-            state: Some(&state),
-        },
-    ]))))
-    .await
-    .map_err(|e| e.to_string())?;
+    ws.send(send(awareness_message(client_id, 1, Some(&state))))
+        .await
+        .map_err(|e| e.to_string())?;
     let text = doc.get_or_insert_text("t");
     let edits = 1 + rng.below(20);
     for _ in 0..edits {
@@ -245,43 +239,6 @@ async fn session(port: u16, room: &str, rng: &mut Rng) -> Result<u64, String> {
     Ok(edits)
 }
 
-struct RelayProcess {
-    child: Child,
-    port: u16,
-}
-
-async fn start_relay(
-    options: &Options,
-    data_dir: &std::path::Path,
-) -> Result<RelayProcess, String> {
-    let mut child = Command::new(&options.relay_bin)
-        .args(["serve", "--listen", "127.0.0.1:0", "--idle-unload-secs"])
-        .arg(options.idle_unload_secs.to_string())
-        .arg("--store-cache-mb")
-        .arg(options.store_cache_mb.to_string())
-        .arg("--data-dir")
-        .arg(data_dir)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .kill_on_drop(true)
-        .spawn()
-        .map_err(|e| format!("cannot start {}: {e}", options.relay_bin.display()))?;
-    let stdout = child.stdout.take().ok_or("no stdout")?;
-    let mut lines = BufReader::new(stdout).lines();
-    let line = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
-        .await
-        .map_err(|_| "the relay did not start within 30 s".to_string())?
-        .map_err(|e| e.to_string())?
-        .ok_or("the relay exited before listening")?;
-    let port = line
-        .rsplit(':')
-        .next()
-        .and_then(|p| p.trim().parse().ok())
-        .ok_or(format!("unexpected first line: {line}"))?;
-    Ok(RelayProcess { child, port })
-}
-
 fn mib(bytes: u64) -> f64 {
     bytes as f64 / (1024.0 * 1024.0)
 }
@@ -310,17 +267,30 @@ async fn main() -> std::process::ExitCode {
 
 async fn run(options: Options) -> Result<(), String> {
     let data = tempfile::tempdir().map_err(|e| e.to_string())?;
-    let mut relay = start_relay(&options, data.path()).await?;
-    let pid = relay.child.id().ok_or("the relay has no pid")?;
-    let port = relay.port;
+    let bin = options.relay_bin.clone().unwrap_or_else(relay_bin);
+    let idle_unload_secs = options.idle_unload_secs.to_string();
+    let store_cache_mb = options.store_cache_mb.to_string();
+    let args = [
+        "--idle-unload-secs",
+        idle_unload_secs.as_str(),
+        "--store-cache-mb",
+        store_cache_mb.as_str(),
+    ];
+    let mut relay = ChildRelay::start_bin(&bin, data.path(), &args, |command| {
+        // The relay's warnings belong in this tool's output.
+        command.stderr(Stdio::inherit());
+    })
+    .await?;
+    let pid = relay.pid();
+    let addr = relay.addr();
     println!(
-        "soak: {} s, {} rooms per {} s generation, {} concurrent clients, sample every {} s, relay {} (pid {pid}, port {port}, --store-cache-mb {}), seed {}",
+        "soak: {} s, {} rooms per {} s generation, {} concurrent clients, sample every {} s, relay {} (pid {pid}, {addr}, --store-cache-mb {}), seed {}",
         options.duration.as_secs(),
         options.rooms,
         options.generation.as_secs(),
         options.clients,
         options.sample.as_secs(),
-        options.relay_bin.display(),
+        bin.display(),
         options.store_cache_mb,
         options.seed
     );
@@ -341,7 +311,7 @@ async fn run(options: Options) -> Result<(), String> {
                 let epoch = started.elapsed().as_secs() / generation.as_secs();
                 let room = format!("soak-g{epoch}-{}", rng.below(rooms));
                 counters.sessions.fetch_add(1, Ordering::Relaxed);
-                match session(port, &room, &mut rng).await {
+                match session(addr, &room, &mut rng).await {
                     Ok(edits) => {
                         counters.edits.fetch_add(edits, Ordering::Relaxed);
                         counters.saved.fetch_add(1, Ordering::Relaxed);
@@ -363,17 +333,14 @@ async fn run(options: Options) -> Result<(), String> {
     loop {
         ticks.tick().await;
         let elapsed = started.elapsed();
-        if let Ok(Some(status)) = relay.child.try_wait() {
+        if let Some(status) = relay.exited() {
             stop.store(true, Ordering::Relaxed);
             return Err(format!("the relay exited during the soak: {status}"));
         }
-        let rss = relay_tests::vm_rss_bytes(Some(pid))
-            .ok_or("cannot read the relay's VmRSS from /proc")?;
+        let rss = vm_rss_bytes(Some(pid)).ok_or("cannot read the relay's VmRSS from /proc")?;
         samples.push((elapsed, rss));
-        let (_, metrics) = relay_tests::http_get(([127, 0, 0, 1], port).into(), "/metrics")
-            .await
-            .unwrap_or_default();
-        let gauge = |name: &str| relay_tests::metric_value(&metrics, name).unwrap_or(-1.0);
+        let (_, metrics) = http_get(addr, "/metrics").await.unwrap_or_default();
+        let gauge = |name: &str| metric_value(&metrics, name).unwrap_or(-1.0);
         println!(
             "t={:>5.0}s rss={:>7.1} MiB rooms={} connections={} sessions={} failed={} edits={} saved={}",
             elapsed.as_secs_f64(),
@@ -399,12 +366,11 @@ async fn run(options: Options) -> Result<(), String> {
             errors.push(error);
         }
     }
-    let healthy = relay_tests::http_get(([127, 0, 0, 1], port).into(), "/healthz")
+    let healthy = http_get(addr, "/healthz")
         .await
         .map(|(status, _)| status == 200)
         .unwrap_or(false);
-    relay.child.start_kill().map_err(|e| e.to_string())?;
-    let _ = relay.child.wait().await;
+    relay.kill().await.map_err(|e| e.to_string())?;
 
     println!("\nmemory curve (one sample per minute):");
     println!("{:>8} {:>10}", "minute", "RSS MiB");

@@ -1,0 +1,329 @@
+//! Backward compatibility of the store: `tests/data/store-format-1.redb`, written once by the
+//! format-1 code (`examples/store_format_1.rs`; see `tests/data/README.md`), must load in every
+//! later build with every room exactly as it was written, and stay writable. A build that changes
+//! the format must keep reading this file (migrating it, if need be) and add a file of its own
+//! format beside it.
+//!
+//! The checks below are literal: the content each room holds, its state vector, and the
+//! layout the format-1 writer left (sequence numbers, log entries, snapshot and byte counts,
+//! commit times). Only the content and the layout are checked against a store the generator
+//! writes with this build, as byte counts may change with the `yrs` encoder.
+
+use std::path::{Path, PathBuf};
+
+use bytes::Bytes;
+use crdt::store::{RoomInfo, Store, StoreOptions, StoredRoom, Write};
+use redb::{ReadableDatabase, TableDefinition};
+use serde_json::json;
+use tempfile::TempDir;
+use yrs::types::ToJson;
+use yrs::types::text::YChange;
+use yrs::updates::decoder::Decode;
+use yrs::{Any, Doc, GetString, Out, ReadTxn, StateVector, Text, Transact, Update};
+
+// The generator, to check that this build still writes what the committed file holds.
+#[path = "../examples/store_format_1.rs"]
+#[allow(dead_code)] // its `main`
+#[allow(unreachable_pub)] // The generator is an example binary too: its items are `pub` there.
+mod generator;
+
+use generator::{DELETED, NOTES, PLAIN, SNAPSHOT_ONLY};
+
+/// The committed store of format 1.
+const FIXTURE: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/tests/data/store-format-1.redb"
+);
+
+/// The format the committed file is written in.
+const FIXTURE_FORMAT: u64 = 1;
+
+/// A copy of the committed file in a temporary directory: opening a store may write to it.
+fn fixture_copy() -> (TempDir, PathBuf) {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let path = dir.path().join("relay.redb");
+    std::fs::copy(FIXTURE, &path).expect("copy the committed store");
+    (dir, path)
+}
+
+fn open(path: &Path) -> Store {
+    Store::open(path, &StoreOptions::default())
+        .unwrap_or_else(|e| panic!("open {}: {e}", path.display()))
+}
+
+fn load(store: &Store, room: &str) -> StoredRoom {
+    store
+        .load(room)
+        .unwrap_or_else(|e| panic!("load {room:?}: {e}"))
+}
+
+/// Where a room's updates are: its next sequence number, its log entries after the snapshot,
+/// and whether it has a snapshot.
+#[derive(Debug, PartialEq, Eq)]
+struct Layout {
+    next_seq: u64,
+    log_entries: u64,
+    snapshot: bool,
+}
+
+fn layout(stored: &StoredRoom) -> Layout {
+    Layout {
+        next_seq: stored.next_seq,
+        log_entries: stored.log_entries,
+        snapshot: stored.snapshot_bytes > 0,
+    }
+}
+
+/// Each client's clock in a document.
+fn clocks(doc: &Doc) -> Vec<(u64, u32)> {
+    let sv = doc.transact().state_vector();
+    let mut clocks: Vec<(u64, u32)> = sv.iter().map(|(c, k)| (c.get(), *k)).collect();
+    clocks.sort_unstable();
+    clocks
+}
+
+/// A text as (chunk, bold) pairs: its content with the only formatting the fixture uses.
+fn formatted_text(doc: &Doc, name: &str) -> Vec<(String, bool)> {
+    let text = doc.get_or_insert_text(name);
+    let txn = doc.transact();
+    text.diff(&txn, YChange::identity)
+        .into_iter()
+        .map(|chunk| {
+            let Out::Any(Any::String(s)) = &chunk.insert else {
+                panic!("a text chunk that is not a string: {:?}", chunk.insert);
+            };
+            let bold = match chunk.attributes.as_deref() {
+                None => false,
+                Some(attrs) => {
+                    assert_eq!(attrs.len(), 1, "only bold is used: {attrs:?}");
+                    attrs.get("bold") == Some(&Any::Bool(true))
+                }
+            };
+            (s.to_string(), bold)
+        })
+        .collect()
+}
+
+fn map_json(doc: &Doc, name: &str) -> serde_json::Value {
+    let map = doc.get_or_insert_map(name);
+    let any = map.to_json(&doc.transact());
+    serde_json::to_value(&any).expect("JSON")
+}
+
+fn array_json(doc: &Doc, name: &str) -> serde_json::Value {
+    let array = doc.get_or_insert_array(name);
+    let any = array.to_json(&doc.transact());
+    serde_json::to_value(&any).expect("JSON")
+}
+
+/// Checks every room's content and layout (what any build that writes these rooms must give).
+fn check_rooms(store: &Store) {
+    let notes = load(store, NOTES);
+    assert_eq!(
+        layout(&notes),
+        Layout {
+            next_seq: 7,
+            log_entries: 3,
+            snapshot: true
+        },
+        "{NOTES}: snapshot through 3, log entries 4 to 6"
+    );
+    let doc = notes.doc.yrs();
+    assert_eq!(clocks(doc), [(1, 29), (2, 11)], "{NOTES}: state vector");
+    assert_eq!(
+        formatted_text(doc, "t"),
+        [
+            ("» ".to_owned(), false),
+            ("Hello".to_owned(), true),
+            (", wörld! 👋".to_owned(), false),
+        ],
+        "{NOTES}: text"
+    );
+    assert_eq!(
+        map_json(doc, "m"),
+        json!({"title": "Plan", "count": 4, "done": false, "tags": ["a", "b"], "nested": {"k": "v"}}),
+        "{NOTES}: map"
+    );
+    assert_eq!(
+        array_json(doc, "a"),
+        json!([1, "two", true, null, {"x": 1.5}]),
+        "{NOTES}: array"
+    );
+
+    let plain = load(store, PLAIN);
+    assert_eq!(
+        layout(&plain),
+        Layout {
+            next_seq: 4,
+            log_entries: 3,
+            snapshot: false
+        },
+        "{PLAIN}: log only"
+    );
+    assert_eq!(clocks(plain.doc.yrs()), [(3, 13)], "{PLAIN}: state vector");
+    assert_eq!(
+        formatted_text(plain.doc.yrs(), "t"),
+        [("one two three".to_owned(), false)],
+        "{PLAIN}: text"
+    );
+
+    let snapshot_only = load(store, SNAPSHOT_ONLY);
+    assert_eq!(
+        layout(&snapshot_only),
+        Layout {
+            next_seq: 3,
+            log_entries: 0,
+            snapshot: true
+        },
+        "{SNAPSHOT_ONLY}: snapshot through 2, no log"
+    );
+    let doc = snapshot_only.doc.yrs();
+    assert_eq!(clocks(doc), [(4, 5)], "{SNAPSHOT_ONLY}: state vector");
+    let fragment = doc.get_or_insert_xml_fragment("x");
+    assert_eq!(
+        fragment.get_string(&doc.transact()),
+        "<p>hi</p><hr></hr>",
+        "{SNAPSHOT_ONLY}: XML"
+    );
+
+    let deleted = load(store, DELETED);
+    assert_eq!(
+        layout(&deleted),
+        Layout {
+            next_seq: 1,
+            log_entries: 0,
+            snapshot: false
+        },
+        "{DELETED}: nothing stored"
+    );
+    assert_eq!(
+        deleted
+            .doc
+            .yrs()
+            .transact()
+            .encode_state_as_update_v1(&StateVector::default()),
+        crdt::doc::EMPTY_UPDATE_V1,
+        "{DELETED}: an empty document"
+    );
+    assert_eq!(store.room_info(DELETED).expect("read"), None);
+
+    let names: Vec<String> = store
+        .list_rooms(None, 100)
+        .expect("list")
+        .into_iter()
+        .map(|room| room.name)
+        .collect();
+    assert_eq!(names, [NOTES, PLAIN, SNAPSHOT_ONLY], "the stored rooms");
+}
+
+#[test]
+fn the_committed_store_is_format_1_and_small() {
+    const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+    let (_dir, path) = fixture_copy();
+    let db = redb::Database::open(&path).expect("a redb database");
+    let read = db.begin_read().expect("read");
+    let meta = read.open_table(META).expect("the meta table");
+    let version = meta.get("format_version").expect("read").map(|v| v.value());
+    assert_eq!(version, Some(FIXTURE_FORMAT));
+    // A fixture in the repository must stay small (it is 64 KiB).
+    let size = std::fs::metadata(FIXTURE)
+        .expect("the committed file")
+        .len();
+    assert!(size <= 128 << 10, "{FIXTURE} is {size} bytes");
+}
+
+#[test]
+fn every_room_of_the_format_1_store_loads_exactly() {
+    let (_dir, path) = fixture_copy();
+    let store = open(&path);
+    check_rooms(&store);
+    // What the format-1 writer recorded, to the byte and the millisecond.
+    let room = |name: &str, updated_ms, stored_bytes| RoomInfo {
+        name: name.to_owned(),
+        updated_ms,
+        stored_bytes,
+    };
+    assert_eq!(
+        store.list_rooms(None, 100).expect("list"),
+        [
+            room(NOTES, 1_796_233_794_849, 224),
+            room(PLAIN, 1_796_233_794_860, 41),
+            room(SNAPSHOT_ONLY, 1_796_233_794_865, 31),
+        ]
+    );
+    let bytes = |stored: StoredRoom| (stored.snapshot_bytes, stored.log_bytes);
+    assert_eq!(bytes(load(&store, NOTES)), (121, 103));
+    assert_eq!(bytes(load(&store, PLAIN)), (0, 41));
+    assert_eq!(bytes(load(&store, SNAPSHOT_ONLY)), (31, 0));
+}
+
+#[test]
+fn this_build_keeps_writing_a_format_1_store() {
+    let (_dir, path) = fixture_copy();
+    {
+        let store = open(&path);
+        // Append to a room that has only a log, compact the room with a snapshot and a log, and
+        // delete the room that has only a snapshot, as the relay would.
+        // Client 3 again, with the stored document, appends a word.
+        let more = Doc::with_client_id(3);
+        let text = more.get_or_insert_text("t");
+        let stored = load(&store, PLAIN).doc.encode_state_v1();
+        let stored = Update::decode_v1(&stored).expect("the stored state decodes");
+        more.transact_mut().apply_update(stored).expect("applies");
+        let before = more.transact().state_vector();
+        text.insert(&mut more.transact_mut(), 13, " four");
+        let update = more.transact().encode_diff_v1(&before);
+        let mut notes = load(&store, NOTES);
+        store
+            .commit(&[
+                Write::Append {
+                    room: PLAIN.into(),
+                    seq: 4,
+                    update: Bytes::from(update),
+                },
+                Write::Snapshot {
+                    room: NOTES.into(),
+                    through_seq: 6,
+                    state: notes.doc.encode_state_v1(),
+                },
+                Write::Delete {
+                    room: SNAPSHOT_ONLY.into(),
+                },
+            ])
+            .expect("commit");
+    }
+    // Reopened, it holds what was written.
+    let store = open(&path);
+    let plain = load(&store, PLAIN);
+    assert_eq!(
+        formatted_text(plain.doc.yrs(), "t"),
+        [("one two three four".to_owned(), false)]
+    );
+    assert_eq!(plain.next_seq, 5);
+    let notes = load(&store, NOTES);
+    assert_eq!(
+        layout(&notes),
+        Layout {
+            next_seq: 7,
+            log_entries: 0,
+            snapshot: true
+        }
+    );
+    assert_eq!(
+        formatted_text(notes.doc.yrs(), "t"),
+        [
+            ("» ".to_owned(), false),
+            ("Hello".to_owned(), true),
+            (", wörld! 👋".to_owned(), false),
+        ]
+    );
+    assert_eq!(store.room_info(SNAPSHOT_ONLY).expect("read"), None);
+}
+
+#[test]
+fn the_generator_writes_the_same_rooms_with_this_build() {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let path = dir.path().join("relay.redb");
+    generator::write_store(&path).expect("the generator runs");
+    check_rooms(&open(&path));
+}
