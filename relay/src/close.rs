@@ -70,3 +70,83 @@ impl CloseReason {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every reason in the relay, by variant (a new one fails to compile here until added).
+    fn every_reason() -> Vec<CloseReason> {
+        let all = [
+            CloseReason::Shutdown,
+            CloseReason::ClientTimeout,
+            CloseReason::ClientClosed,
+            CloseReason::TokenExpired,
+            CloseReason::DocumentDeleted,
+            CloseReason::ProtocolError,
+            CloseReason::TextFrame,
+            CloseReason::TooBig,
+            CloseReason::Internal,
+            CloseReason::SlowReader,
+            CloseReason::Overloaded,
+            CloseReason::DocumentTooLarge,
+            CloseReason::AwarenessLimit,
+        ];
+        for reason in all {
+            // Exhaustive: a new variant must be listed above.
+            match reason {
+                CloseReason::Shutdown
+                | CloseReason::ClientTimeout
+                | CloseReason::ClientClosed
+                | CloseReason::TokenExpired
+                | CloseReason::DocumentDeleted
+                | CloseReason::ProtocolError
+                | CloseReason::TextFrame
+                | CloseReason::TooBig
+                | CloseReason::Internal
+                | CloseReason::SlowReader
+                | CloseReason::Overloaded
+                | CloseReason::DocumentTooLarge
+                | CloseReason::AwarenessLimit => {}
+            }
+        }
+        all.to_vec()
+    }
+
+    /// The codes of PROTOCOL.md's "Closing" table, with their row text.
+    fn protocol_table() -> Vec<(u16, String)> {
+        let protocol = include_str!("../../PROTOCOL.md");
+        let section = protocol
+            .split("## Closing")
+            .nth(1)
+            .expect("PROTOCOL.md has a Closing section");
+        section
+            .lines()
+            .take_while(|line| !line.starts_with("## "))
+            .filter_map(|line| {
+                let mut cells = line.split('|').map(str::trim).skip(1);
+                let code = cells.next()?.parse().ok()?;
+                Some((code, line.to_owned()))
+            })
+            .collect()
+    }
+
+    #[test]
+    fn protocol_md_lists_every_close_code_the_relay_sends_and_no_other() {
+        let table = protocol_table();
+        for reason in every_reason() {
+            assert!(
+                table.iter().any(|(code, _)| *code == reason.code()),
+                "PROTOCOL.md's Closing table has no row for {} ({reason:?})",
+                reason.code()
+            );
+        }
+        for (code, row) in &table {
+            let sent = every_reason().iter().any(|r| r.code() == *code);
+            assert!(
+                sent || row.contains("never sent"),
+                "PROTOCOL.md lists {code}, which the relay never sends, without saying so: {row}"
+            );
+        }
+    }
+}
