@@ -32,6 +32,8 @@ pub(crate) enum CloseReason {
     /// An awareness message over a limit: too many entries, a state too large, or more client
     /// ids than one connection may hold (1008).
     AwarenessLimit,
+    /// A Hocuspocus stateless message over `--max-stateless-bytes` (1008).
+    StatelessLimit,
 }
 
 impl CloseReason {
@@ -42,7 +44,7 @@ impl CloseReason {
             CloseReason::Shutdown | CloseReason::ClientTimeout => 1001,
             CloseReason::ProtocolError => 1002,
             CloseReason::TextFrame => 1003,
-            CloseReason::AwarenessLimit => 1008,
+            CloseReason::AwarenessLimit | CloseReason::StatelessLimit => 1008,
             CloseReason::TooBig | CloseReason::DocumentTooLarge => 1009,
             CloseReason::Internal => 1011,
             CloseReason::SlowReader | CloseReason::Overloaded => 1013,
@@ -62,6 +64,7 @@ impl CloseReason {
             CloseReason::TooBig => "too_big",
             CloseReason::DocumentTooLarge => "document_too_large",
             CloseReason::AwarenessLimit => "awareness_limit",
+            CloseReason::StatelessLimit => "stateless_limit",
             CloseReason::Internal => "internal_error",
             CloseReason::SlowReader => "slow_reader",
             CloseReason::Overloaded => "overloaded",
@@ -91,6 +94,7 @@ mod tests {
             CloseReason::Overloaded,
             CloseReason::DocumentTooLarge,
             CloseReason::AwarenessLimit,
+            CloseReason::StatelessLimit,
         ];
         for reason in all {
             // Exhaustive: a new variant must be listed above.
@@ -107,7 +111,8 @@ mod tests {
                 | CloseReason::SlowReader
                 | CloseReason::Overloaded
                 | CloseReason::DocumentTooLarge
-                | CloseReason::AwarenessLimit => {}
+                | CloseReason::AwarenessLimit
+                | CloseReason::StatelessLimit => {}
             }
         }
         all.to_vec()

@@ -94,6 +94,21 @@ pub struct Config {
     #[arg(long, env = "RELAY_MAX_AWARENESS_STATE_BYTES", default_value_t = 32 << 10)]
     pub max_awareness_state_bytes: usize,
 
+    /// Most documents one Hocuspocus connection (a `@hocuspocus/provider` WebSocket at `/`) may
+    /// have open at once; a document past it is refused with PermissionDenied.
+    #[arg(long, env = "RELAY_MAX_DOCUMENTS_PER_CONNECTION", default_value_t = 64)]
+    pub max_documents_per_connection: usize,
+
+    /// Largest Hocuspocus stateless message, in bytes of its payload; a larger one closes the
+    /// connection with 1008.
+    #[arg(long, env = "RELAY_MAX_STATELESS_BYTES", default_value_t = 32 << 10)]
+    pub max_stateless_bytes: usize,
+
+    /// Hocuspocus stateless messages one document of a connection may send per second (and in a
+    /// burst); more are dropped.
+    #[arg(long, env = "RELAY_MAX_STATELESS_PER_SECOND", default_value_t = 30)]
+    pub max_stateless_per_second: u32,
+
     /// How long a long-polling request is held open when there is nothing to send, in seconds
     /// (under the usual 30 to 60 second proxy timeouts).
     #[arg(long, env = "RELAY_POLL_HOLD_SECS", default_value_t = 25)]
@@ -216,6 +231,9 @@ impl Default for Config {
             max_awareness_states: 4096,
             max_awareness_per_connection: 8,
             max_awareness_state_bytes: 32 << 10,
+            max_documents_per_connection: 64,
+            max_stateless_bytes: 32 << 10,
+            max_stateless_per_second: 30,
             poll_hold_secs: 25,
             poll_start_timeout_secs: 10,
             outbound_queue_bytes: 16 << 20,
@@ -299,6 +317,12 @@ impl Config {
         }
         if self.max_awareness_per_connection == 0 {
             return fail("--max-awareness-per-connection", "must be at least 1");
+        }
+        if self.max_documents_per_connection == 0 {
+            return fail("--max-documents-per-connection", "must be at least 1");
+        }
+        if self.max_stateless_per_second == 0 {
+            return fail("--max-stateless-per-second", "must be at least 1");
         }
         if self.max_awareness_state_bytes < 64 {
             return fail("--max-awareness-state-bytes", "must be at least 64");

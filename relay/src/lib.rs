@@ -10,8 +10,9 @@
 //!    `api` (the document API), `demo` and `assets` (the demo apps), reading bodies through
 //!    `body` only once a request is authorized. `edge` holds what every route reads (room
 //!    name, token) and its error answers; `state` what the routes share.
-//! 4. `websocket` (the upgrade at `/<room>` and the socket's pump) or `polling` (HTTP
-//!    long-polling): a transport. Each admits the connection through `admission` (origin,
+//! 4. `websocket` (the upgrade at `/<room>` and the socket's pump), `polling` (HTTP
+//!    long-polling) or `hocuspocus` (Hocuspocus providers at `/`, several documents on one
+//!    socket): a transport. Each admits the connection through `admission` (origin,
 //!    token, limits), creates its outbound queue (`outbound`) and runs it as a `session`.
 //! 5. `session`: one connection's lifecycle, the same for every transport: join, decode each
 //!    frame once into messages (`room::inbound`), token expiry, liveness, close reason, leave.
@@ -50,6 +51,7 @@ pub(crate) mod close;
 pub mod config;
 pub(crate) mod demo;
 pub(crate) mod edge;
+pub(crate) mod hocuspocus;
 pub(crate) mod origin;
 pub(crate) mod outbound;
 pub(crate) mod persist;

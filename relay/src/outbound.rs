@@ -89,6 +89,9 @@ pub(crate) struct ConnHandle {
     pub(crate) backlog: Arc<Backlog>,
     /// Cancelled to drop a connection that fell behind, even in the middle of a blocked write.
     pub(crate) kick: CancellationToken,
+    /// Whether the client speaks Hocuspocus and takes its stateless messages (a y-websocket
+    /// client would log every one as an unknown message).
+    stateless: bool,
 }
 
 impl ConnHandle {
@@ -97,7 +100,19 @@ impl ConnHandle {
             sink,
             backlog: Arc::new(Backlog::default()),
             kick: CancellationToken::new(),
+            stateless: false,
         }
+    }
+
+    /// The handle of a connection that takes Hocuspocus stateless messages.
+    pub(crate) fn taking_stateless(mut self) -> Self {
+        self.stateless = true;
+        self
+    }
+
+    /// Whether the connection takes Hocuspocus stateless messages.
+    pub(crate) fn takes_stateless(&self) -> bool {
+        self.stateless
     }
 
     /// Queues a message (the room does it through [`Delivery::deliver`], which accounts for it).

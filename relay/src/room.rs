@@ -307,6 +307,18 @@ impl Room {
                     self.drop_slow_reader(conn);
                 }
             }
+            Effect::BroadcastStateless { frame, except } => {
+                let slow: Vec<ConnId> = self
+                    .handles
+                    .iter()
+                    .filter(|(id, handle)| **id != except && handle.takes_stateless())
+                    .filter(|(_, handle)| !self.delivery.deliver(handle, frame.clone()))
+                    .map(|(id, _)| *id)
+                    .collect();
+                for conn in slow {
+                    self.drop_slow_reader(conn);
+                }
+            }
             Effect::Close(conn, reason) => {
                 if let Some(handle) = self.handles.remove(&conn) {
                     handle.close(reason);

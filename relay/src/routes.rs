@@ -1,7 +1,8 @@
 //! The routes of the relay and the state they share.
 //!
 //! `GET /<room>` with `Upgrade: websocket` joins the room named by the percent-decoded path, as
-//! the stock y-websocket provider expects (see [`crate::websocket`]). Every other request goes to
+//! the stock y-websocket provider expects (see [`crate::websocket`]); at `/`, whose empty name
+//! is no room, it serves Hocuspocus providers instead (see [`crate::hocuspocus`]). Every other request goes to
 //! the plain HTTP routes, so a room may have any name, `healthz` included.
 //!
 //! Requests to `/api/...` and `/poll/...` from web pages pass an origin gate first (see
@@ -56,7 +57,11 @@ pub(crate) fn routes(
                     peer,
                     local,
                 };
-                upgrade(request, state)
+                if request.path.as_str() == crate::hocuspocus::PATH {
+                    crate::hocuspocus::upgrade(request, state)
+                } else {
+                    upgrade(request, state)
+                }
             },
         );
     let healthz = warp::path!("healthz")

@@ -21,7 +21,7 @@ use crate::auth::Access;
 use crate::close::CloseReason;
 use crate::outbound::ConnHandle;
 use crate::registry::{JoinError, Membership, RoomSender};
-use crate::room::inbound::decode_frame;
+use crate::room::inbound::{Inbound, decode_frame};
 use crate::room::{ConnId, RoomCommand};
 use crate::state::AppState;
 use crate::telemetry::Metrics;
@@ -140,14 +140,8 @@ impl Link {
         self.metrics.bytes_in.inc_by(frame.len() as u64);
         self.touch();
         let decoded = decode_frame(frame);
-        if !decoded.messages.is_empty() {
-            let command = RoomCommand::Messages {
-                conn: self.conn,
-                messages: decoded.messages,
-            };
-            if self.room.send(command).await.is_err() {
-                return Forwarded::RoomGone;
-            }
+        if self.send_messages(decoded.messages).await == Forwarded::RoomGone {
+            return Forwarded::RoomGone;
         }
         match decoded.error {
             None => Forwarded::Taken,
@@ -158,6 +152,30 @@ impl Link {
                 Forwarded::Malformed
             }
         }
+    }
+}
+
+impl Link {
+    /// Hands messages a transport decoded itself to the room (the frame is counted by the
+    /// transport with [`Link::count_frame`]).
+    pub(crate) async fn send_messages(&self, messages: Vec<Inbound>) -> Forwarded {
+        if messages.is_empty() {
+            return Forwarded::Taken;
+        }
+        let command = RoomCommand::Messages {
+            conn: self.conn,
+            messages,
+        };
+        match self.room.send(command).await {
+            Ok(()) => Forwarded::Taken,
+            Err(_) => Forwarded::RoomGone,
+        }
+    }
+
+    /// Counts a client's frame of `len` bytes in the metrics.
+    pub(crate) fn count_frame(&self, len: usize) {
+        self.metrics.frames_in.inc();
+        self.metrics.bytes_in.inc_by(len as u64);
     }
 }
 

@@ -118,31 +118,9 @@ pub(crate) fn upgrade(request: UpgradeRequest, state: Arc<AppState>) -> Response
         Ok(room) => room,
         Err(message) => return error(StatusCode::BAD_REQUEST, message),
     };
-    if !header_has_token(&headers, CONNECTION, "upgrade") {
-        return error(StatusCode::BAD_REQUEST, "missing Connection: upgrade");
-    }
-    if headers
-        .get(SEC_WEBSOCKET_VERSION)
-        .and_then(|v| v.to_str().ok())
-        != Some("13")
-    {
-        let mut response = error(
-            StatusCode::UPGRADE_REQUIRED,
-            "WebSocket version 13 required",
-        );
-        response
-            .headers_mut()
-            .insert(SEC_WEBSOCKET_VERSION, HeaderValue::from_static("13"));
-        return response;
-    }
-    let Some(key) = headers.get(SEC_WEBSOCKET_KEY) else {
-        return error(StatusCode::BAD_REQUEST, "missing Sec-WebSocket-Key");
-    };
-    let Some(on_upgrade) = on_upgrade else {
-        return error(
-            StatusCode::BAD_REQUEST,
-            "this connection cannot be upgraded",
-        );
+    let handshake = match Handshake::check(&headers, on_upgrade) {
+        Ok(handshake) => handshake,
+        Err(refused) => return refused.response(),
     };
     let token = request_token(query.as_deref(), &headers);
     let join = JoinRequest {
@@ -156,41 +134,130 @@ pub(crate) fn upgrade(request: UpgradeRequest, state: Arc<AppState>) -> Response
         Ok(admitted) => admitted,
         Err(refusal) => return refusal.response(),
     };
-    let accept = derive_accept_key(key.as_bytes());
     let conn = state.next_conn_id();
     let peer = peer.map(|p| p.0.to_string()).unwrap_or_default();
     let span = tracing::info_span!("conn", conn_id = conn.0, room = %room, peer = %peer);
     let task_state = state.clone();
-    state.connections.spawn(
-        async move {
-            let upgraded = match on_upgrade.await {
-                Ok(upgraded) => upgraded,
-                Err(error) => {
-                    tracing::debug!(%error, "upgrade failed");
-                    return;
-                }
-            };
-            let config = websocket_config(task_state.config.max_message_bytes);
-            let socket = WebSocketStream::from_raw_socket(
-                TokioIo::new(upgraded),
-                Role::Server,
-                Some(config),
-            )
-            .await;
-            serve_socket(&task_state, conn, &room, admitted, socket).await;
+    handshake.accept(&state, span, move |socket| async move {
+        serve_socket(&task_state, conn, &room, admitted, socket).await;
+    })
+}
+
+/// A checked WebSocket handshake, ready to be accepted.
+pub(crate) struct Handshake {
+    accept: String,
+    on_upgrade: OnUpgrade,
+}
+
+/// Why an upgrade request is no valid WebSocket handshake.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum HandshakeError {
+    /// No `Connection: upgrade`.
+    #[error("missing Connection: upgrade")]
+    NoConnectionUpgrade,
+    /// Not `Sec-WebSocket-Version: 13`.
+    #[error("WebSocket version 13 required")]
+    Version,
+    /// No `Sec-WebSocket-Key`.
+    #[error("missing Sec-WebSocket-Key")]
+    NoKey,
+    /// hyper cannot upgrade this connection.
+    #[error("this connection cannot be upgraded")]
+    NotUpgradable,
+}
+
+impl HandshakeError {
+    /// The HTTP answer: 400, or 426 with the version the relay speaks.
+    pub(crate) fn response(self) -> Response {
+        if self == HandshakeError::Version {
+            let mut response = error(StatusCode::UPGRADE_REQUIRED, &self.to_string());
+            response
+                .headers_mut()
+                .insert(SEC_WEBSOCKET_VERSION, HeaderValue::from_static("13"));
+            return response;
         }
-        .instrument(span),
-    );
-    let mut response = Response::default();
-    *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
-    let headers = response.headers_mut();
-    headers.insert(CONNECTION, HeaderValue::from_static("upgrade"));
-    headers.insert(UPGRADE, HeaderValue::from_static("websocket"));
-    headers.insert(
-        SEC_WEBSOCKET_ACCEPT,
-        HeaderValue::from_str(&accept).expect("base64 is a valid header value"),
-    );
-    response
+        error(StatusCode::BAD_REQUEST, &self.to_string())
+    }
+}
+
+/// The socket of an accepted upgrade.
+pub(crate) type UpgradedSocket = WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>;
+
+impl Handshake {
+    /// Checks the handshake headers of an upgrade request.
+    ///
+    /// # Errors
+    /// [`HandshakeError`] for a request that is no valid WebSocket handshake.
+    pub(crate) fn check(
+        headers: &HeaderMap,
+        on_upgrade: Option<OnUpgrade>,
+    ) -> Result<Handshake, HandshakeError> {
+        if !header_has_token(headers, CONNECTION, "upgrade") {
+            return Err(HandshakeError::NoConnectionUpgrade);
+        }
+        if headers
+            .get(SEC_WEBSOCKET_VERSION)
+            .and_then(|v| v.to_str().ok())
+            != Some("13")
+        {
+            return Err(HandshakeError::Version);
+        }
+        let Some(key) = headers.get(SEC_WEBSOCKET_KEY) else {
+            return Err(HandshakeError::NoKey);
+        };
+        let Some(on_upgrade) = on_upgrade else {
+            return Err(HandshakeError::NotUpgradable);
+        };
+        Ok(Handshake {
+            accept: derive_accept_key(key.as_bytes()),
+            on_upgrade,
+        })
+    }
+
+    /// Answers 101 and serves the socket with `serve` in a task that shutdown waits for, in
+    /// `span`.
+    pub(crate) fn accept<F>(
+        self,
+        state: &AppState,
+        span: tracing::Span,
+        serve: impl FnOnce(UpgradedSocket) -> F + Send + 'static,
+    ) -> Response
+    where
+        F: std::future::Future<Output = ()> + Send + 'static,
+    {
+        let Handshake { accept, on_upgrade } = self;
+        let max_message_bytes = state.config.max_message_bytes;
+        state.connections.spawn(
+            async move {
+                let upgraded = match on_upgrade.await {
+                    Ok(upgraded) => upgraded,
+                    Err(error) => {
+                        tracing::debug!(%error, "upgrade failed");
+                        return;
+                    }
+                };
+                let config = websocket_config(max_message_bytes);
+                let socket = WebSocketStream::from_raw_socket(
+                    TokioIo::new(upgraded),
+                    Role::Server,
+                    Some(config),
+                )
+                .await;
+                serve(socket).await;
+            }
+            .instrument(span),
+        );
+        let mut response = Response::default();
+        *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+        let headers = response.headers_mut();
+        headers.insert(CONNECTION, HeaderValue::from_static("upgrade"));
+        headers.insert(UPGRADE, HeaderValue::from_static("websocket"));
+        headers.insert(
+            SEC_WEBSOCKET_ACCEPT,
+            HeaderValue::from_str(&accept).expect("base64 is a valid header value"),
+        );
+        response
+    }
 }
 
 /// Joins the room for an upgraded socket and runs it until it ends.

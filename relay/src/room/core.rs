@@ -72,6 +72,13 @@ pub(crate) enum Effect {
         /// The connection that does not get it.
         except: Option<ConnId>,
     },
+    /// Queue a Hocuspocus stateless message for every connection that takes them but `except`.
+    BroadcastStateless {
+        /// The message (type and payload).
+        frame: Bytes,
+        /// The sender.
+        except: ConnId,
+    },
     /// Close a connection, which the core has already let go of.
     Close(ConnId, CloseReason),
     /// Start a new commit numbering (after a deletion): commits reported for the old one no
@@ -243,6 +250,14 @@ impl RoomCore {
                 let states = self.awareness.encode_all().unwrap_or_else(|| vec![0]);
                 self.effects
                     .push(Effect::Send(conn, encode_awareness(&states).into()));
+            }
+            Inbound::Stateless(frame) => {
+                // Application messages: not stored, not part of the document, so read-only
+                // connections may send them too (as on a Hocuspocus server).
+                self.effects.push(Effect::BroadcastStateless {
+                    frame,
+                    except: conn,
+                });
             }
             Inbound::SaveRequest(request_id) => {
                 if let Some(answer) = self.ledger.save_request(conn, request_id) {
@@ -824,6 +839,22 @@ mod tests {
                 Effect::Changed,
                 saved(A, 9)
             ]
+        );
+        assert_eq!(core.uncommitted(), 0);
+    }
+
+    #[test]
+    fn a_stateless_message_goes_to_the_others_and_changes_nothing() {
+        let mut core = core();
+        core.join(A, Access::Read, Principal::ANYONE);
+        core.join(B, Access::Write, Principal::ANYONE);
+        effects(&mut core);
+        let frame = Bytes::from_static(&[5, 2, b'h', b'i']);
+        core.receive(A, Inbound::Stateless(frame.clone()), now());
+        assert_eq!(
+            effects(&mut core),
+            vec![Effect::BroadcastStateless { frame, except: A }],
+            "read-only connections may send them too; nothing is stored"
         );
         assert_eq!(core.uncommitted(), 0);
     }

@@ -33,6 +33,9 @@ pub(crate) enum Inbound {
     QueryAwareness,
     /// Extension: a save request with the client's id.
     SaveRequest(u64),
+    /// A Hocuspocus stateless message (type and payload, as forwarded to the room's other
+    /// Hocuspocus connections); only the Hocuspocus edge produces it.
+    Stateless(Bytes),
 }
 
 /// The messages of one frame, and the error that ended it early, if any.
