@@ -8,6 +8,8 @@
 //!   tools that watch it from outside (memory, SIGKILL, resource limits, exit codes);
 //! - `client` ([`Client`]): a WebSocket client (tokio-tungstenite) holding a `yrs` document, so
 //!   the tests send and check real Yjs updates;
+//! - `hocuspocus` ([`HocusClient`]): the same for the Hocuspocus endpoint at `/`, documents
+//!   multiplexed on one socket;
 //! - `protocol` ([`Msg`]): decoded messages, with the relay's own codec ([`crdt::protocol`]);
 //! - `doc` ([`TEXT`], [`append`]): the test document and its updates;
 //! - `http` ([`http_request`]): the one plain HTTP/1.1 client, the routes' URLs and the
@@ -22,6 +24,7 @@ mod auth;
 mod child_relay;
 mod client;
 mod doc;
+mod hocuspocus;
 mod http;
 mod memory;
 mod protocol;
@@ -33,6 +36,7 @@ pub use auth::*;
 pub use child_relay::*;
 pub use client::*;
 pub use doc::*;
+pub use hocuspocus::*;
 pub use http::*;
 pub use memory::*;
 pub use protocol::*;
