@@ -61,7 +61,8 @@ export async function build () {
   const files = new Map()
   const app = await esbuild.build({
     ...common,
-    entryPoints: { app: 'src/app.js' },
+    // The Tiptap demo is a page of its own (tiptap.html), on @hocuspocus/provider.
+    entryPoints: { app: 'src/app.js', tiptap: 'src/tiptap.js' },
     outdir: 'out',
     format: 'esm',
     platform: 'browser',
