@@ -201,6 +201,58 @@ impl Admission {
     }
 }
 
+impl Admission {
+    /// Checks a transport that carries room connections of its own (a Hocuspocus socket, whose
+    /// documents are each admitted with [`Admission::admit`]): the origin, and a connection slot
+    /// of the relay and of its client, so that sockets without documents are bounded too.
+    /// Counts and logs a refusal.
+    ///
+    /// # Errors
+    /// [`Refusal::Origin`], or a limit's refusal.
+    pub(crate) fn admit_carrier(
+        &self,
+        headers: &HeaderMap,
+        token: Option<&str>,
+        peer: Option<SocketAddr>,
+        local: Option<SocketAddr>,
+    ) -> Result<ConnectionSlot, Refusal> {
+        let result = self.check_carrier(headers, token, peer, local);
+        if let Err(refusal) = &result {
+            self.metrics.error(refusal.metric());
+            tracing::warn!(reason = %refusal, "refused a connection");
+        }
+        result
+    }
+
+    fn check_carrier(
+        &self,
+        headers: &HeaderMap,
+        token: Option<&str>,
+        peer: Option<SocketAddr>,
+        local: Option<SocketAddr>,
+    ) -> Result<ConnectionSlot, Refusal> {
+        if !self.origins.check(headers.get(ORIGIN), local).is_allowed() {
+            return Err(Refusal::Origin);
+        }
+        let client = match client_limit(
+            &self.clients,
+            &self.config,
+            self.keys.is_some(),
+            token,
+            peer,
+        ) {
+            Some((key, limit, refusal)) => Some(self.clients.reserve(key, limit).ok_or(refusal)?),
+            None => None,
+        };
+        let global = reserve_slot(&self.open, self.config.max_connections)
+            .ok_or(Refusal::TooManyConnections)?;
+        Ok(ConnectionSlot {
+            _global: global,
+            _client: client,
+        })
+    }
+}
+
 /// An admitted connection: what it may do, and its slots, given back when it is dropped.
 pub(crate) struct Admitted {
     /// The access granted, and until when.

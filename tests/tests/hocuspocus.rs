@@ -291,3 +291,22 @@ async fn pings_go_to_4x_providers_and_empty_awareness_to_3x() {
         .await;
     assert_eq!(keepalive, HMsg::Room(Msg::Awareness(vec![0])));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_socket_and_each_of_its_documents_count_as_connections() {
+    let relay = TestRelay::start_with(|c| c.max_connections = 2).await;
+    let mut h = HocusClient::connect(relay.addr()).await;
+    h.open("one", "").await;
+    // The socket and its document hold both slots: no second socket, no second document.
+    let refused = relay.try_upgrade("", None, &[]).await;
+    assert_eq!(refused.status, 503, "{}", refused.text());
+    h.send(hocus_auth("two", "", None)).await;
+    let denied = h
+        .recv_until("the second document's answer", |name, _| name == "two")
+        .await;
+    assert_eq!(denied, HMsg::Denied("too many connections".into()));
+    // Closing the document gives its slot back.
+    h.send(hocus_frame("one", &[7])).await;
+    relay.wait_metric("relay_connections", |v| v == 0.0).await;
+    h.open("two", "").await;
+}

@@ -16,10 +16,8 @@ mod socket;
 
 use std::sync::Arc;
 
-use http::header::ORIGIN;
 use warp::reply::Response;
 
-use crate::admission::Refusal;
 use crate::edge::request_token;
 use crate::state::AppState;
 use crate::websocket::{Handshake, UpgradeRequest};
@@ -27,7 +25,8 @@ use crate::websocket::{Handshake, UpgradeRequest};
 /// The path Hocuspocus providers connect to (their `url` is the relay's address).
 pub(crate) const PATH: &str = "/";
 
-/// Answers an upgrade request at [`PATH`]: 101 and a Hocuspocus socket, or an HTTP error.
+/// Answers an upgrade request at [`PATH`]: 101 and a Hocuspocus socket, or an HTTP error (403
+/// for an origin that is not allowed, 429/503 at a connection limit, 400 for a bad handshake).
 pub(crate) fn upgrade(request: UpgradeRequest, state: Arc<AppState>) -> Response {
     let UpgradeRequest {
         path: _,
@@ -39,23 +38,22 @@ pub(crate) fn upgrade(request: UpgradeRequest, state: Arc<AppState>) -> Response
     } = request;
     let peer = peer.map(|p| p.0);
     let local = local.map(|l| l.0);
-    if !state
+    let url_token = request_token(query.as_deref(), &headers);
+    // The socket itself takes a connection slot (besides one per open document), so that sockets
+    // without documents cannot pile up.
+    let slot = match state
         .admission
-        .origins()
-        .check(headers.get(ORIGIN), local)
-        .is_allowed()
+        .admit_carrier(&headers, url_token.as_deref(), peer, local)
     {
-        let refusal = Refusal::Origin;
-        state.metrics.error(refusal.metric());
-        tracing::warn!(reason = %refusal, "refused a Hocuspocus connection");
-        return refusal.response();
-    }
+        Ok(slot) => slot,
+        Err(refusal) => return refusal.response(),
+    };
     let handshake = match Handshake::check(&headers, on_upgrade) {
         Ok(handshake) => handshake,
         Err(refused) => return refused.response(),
     };
     let client = socket::Client {
-        url_token: request_token(query.as_deref(), &headers),
+        url_token,
         headers,
         peer,
         local,
@@ -67,5 +65,6 @@ pub(crate) fn upgrade(request: UpgradeRequest, state: Arc<AppState>) -> Response
     let task_state = state.clone();
     handshake.accept(&state, span, move |ws| async move {
         socket::serve(task_state, client, ws).await;
+        drop(slot);
     })
 }
