@@ -180,3 +180,19 @@ for (const version of Object.keys(VERSIONS)) {
     assert.equal(b.doc.getText('text').toString(), 'after restart, before restart')
   })
 }
+
+relayTest('hocuspocus 4.x: sessionAwareness puts two providers of one document on one websocket', { timeout: 60_000 }, async (t, relay, scope) => {
+  const socket = hocusSocket(scope, '4.x', relay.url)
+  const a = hocusClient(scope, '4.x', relay.url, 'sessions', { websocketProvider: socket, sessionAwareness: true })
+  const b = hocusClient(scope, '4.x', relay.url, 'sessions', { websocketProvider: socket, sessionAwareness: true })
+  await Promise.all([waitHocusSynced(a.provider), waitHocusSynced(b.provider)])
+  a.doc.getText('text').insert(0, 'from session a')
+  await waitFor(() => b.doc.getText('text').toString() === 'from session a', { what: 'b to get a\'s edit' })
+  a.awareness.setLocalStateField('user', { name: 'a' })
+  await waitFor(() => b.awareness.getStates().get(a.awareness.clientID)?.user?.name === 'a', { what: 'b to see a' })
+  await waitAllSaved(a.provider)
+  // The room is the name before the session id.
+  const reader = v3Client(scope, relay.url, 'sessions')
+  await waitSynced(reader.provider)
+  assert.equal(reader.doc.getText('text').toString(), 'from session a')
+})
