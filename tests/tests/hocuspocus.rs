@@ -310,3 +310,17 @@ async fn a_socket_and_each_of_its_documents_count_as_connections() {
     relay.wait_metric("relay_connections", |v| v == 0.0).await;
     h.open("two", "").await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_document_reaches_a_hocuspocus_client_whole() {
+    // Past the copy limit, a message goes out as fragments: the name, then slices of the
+    // room's bytes, which the client reassembles into one message.
+    let relay = TestRelay::start().await;
+    let mut y = relay.join("big").await;
+    let text = "0123456789".repeat(60_000);
+    y.edit(&text).await;
+    y.save(1).await;
+    let mut h = HocusClient::connect(relay.addr()).await;
+    h.open("big", "").await;
+    assert_eq!(h.text("big"), text);
+}
