@@ -324,3 +324,39 @@ async fn a_large_document_reaches_a_hocuspocus_client_whole() {
     h.open("big", "").await;
     assert_eq!(h.text("big"), text);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deleted_document_is_refused_without_closing_the_socket() {
+    // A provider ignores close codes and would reconnect at once and send the deleted content
+    // back: the relay refuses the document instead, and the socket's other documents go on.
+    let relay = TestRelay::start().await;
+    let mut h = HocusClient::connect(relay.addr()).await;
+    h.open("doomed", "").await;
+    h.open("kept", "").await;
+    h.edit("doomed", "old content").await;
+    let mut y = relay.join("doomed").await;
+    y.sync().await;
+    assert_eq!(y.text(), "old content");
+    let response = relay.request("DELETE", "/api/docs/doomed", &[], b"").await;
+    assert_eq!(response.status, 200, "{}", response.text());
+    assert_eq!(y.expect_close().await, Some(4404));
+    let denied = h
+        .recv_until("the deleted document's answer", |name, m| {
+            name == "doomed" && matches!(m, HMsg::Denied(_))
+        })
+        .await;
+    assert_eq!(denied, HMsg::Denied("the document was deleted".into()));
+    // Its leftovers are ignored; the other document still works.
+    h.edit("doomed", " and more").await;
+    let mut yk = relay.join("kept").await;
+    h.edit("kept", "still here").await;
+    yk.wait_for_text("still here").await;
+    relay.wait_metric("relay_connections", |v| v == 2.0).await;
+    let mut reader = relay.join("doomed").await;
+    reader.sync().await;
+    assert_eq!(
+        reader.text(),
+        "",
+        "nothing of the deleted document came back"
+    );
+}

@@ -219,10 +219,9 @@ pub(crate) fn encode_authenticated(prefix: &[u8], scope: Scope) -> Bytes {
     out.into()
 }
 
-/// `PermissionDenied` with `reason`, for the document named `key`.
-pub(crate) fn encode_permission_denied(key: &str, reason: &str) -> Bytes {
-    let mut out = Vec::with_capacity(key.len() + reason.len() + 6);
-    write_var_bytes(&mut out, key.as_bytes());
+/// `PermissionDenied` with `reason`, for the document of `prefix`.
+pub(crate) fn encode_permission_denied(prefix: &[u8], reason: &str) -> Bytes {
+    let mut out = prefix.to_vec();
     write_var_u64(&mut out, MSG_AUTH);
     write_var_u64(&mut out, AUTH_PERMISSION_DENIED);
     write_var_bytes(&mut out, reason.as_bytes());
@@ -462,7 +461,7 @@ mod tests {
             )
         );
         assert_eq!(
-            encode_permission_denied("d", "no"),
+            encode_permission_denied(&prefix, "no"),
             with_name("d", &[2, 1, 2, b'n', b'o'])
         );
     }

@@ -46,6 +46,8 @@ const CLOSE_GRACE: Duration = Duration::from_secs(1);
 /// Messages longer than this go out as two or more frames (the name, then the room's bytes),
 /// so a large sync step 2 is not copied to put a name in front of it.
 const COPY_LIMIT: usize = 64 * 1024;
+/// The PermissionDenied reason for a document deleted through the API.
+const DELETED: &str = "the document was deleted";
 /// Fragments of a long message, as on the y-websocket endpoint.
 const FRAGMENT_BYTES: usize = 256 * 1024;
 
@@ -153,14 +155,16 @@ where
         ended: OnceLock::new(),
     });
     let (to_writer, from_reader) = mpsc::unbounded_channel();
+    let (deleted_tx, deleted) = mpsc::unbounded_channel();
     let mut reader = Reader {
         state: state.clone(),
         client,
         docs: HashMap::new(),
         to_writer,
+        deleted,
         end: end.clone(),
     };
-    let writer = write_loop(sink, from_reader, &state, &end);
+    let writer = write_loop(sink, from_reader, &deleted_tx, &state, &end);
     let reading = reader.read_loop(stream);
     tokio::pin!(writer, reading);
     let ended = tokio::select! {
@@ -184,6 +188,8 @@ struct Reader {
     /// Open documents by the key the client uses.
     docs: HashMap<String, OpenDoc>,
     to_writer: mpsc::UnboundedSender<ToWriter>,
+    /// Documents the writer found deleted (by connection id): no longer open.
+    deleted: mpsc::UnboundedReceiver<u64>,
     end: Arc<SocketEnd>,
 }
 
@@ -199,6 +205,16 @@ impl Reader {
             let next = tokio::select! {
                 next = tokio::time::timeout(silence, stream.next()) => next,
                 () = self.end.token.cancelled() => return None,
+                Some(id) = self.deleted.recv() => {
+                    // Its session leaves the room (which has let go of it already).
+                    self.docs.retain(|_, doc| {
+                        if doc.id == id {
+                            doc.leave.cancel();
+                        }
+                        doc.id != id
+                    });
+                    continue;
+                }
             };
             let reason = match next {
                 Err(_) => Some(CloseReason::ClientTimeout),
@@ -340,7 +356,8 @@ impl Reader {
     fn deny(&self, key: &DocKey, reason: &str) {
         tracing::info!(room = %key.room, reason, "document refused");
         self.send(ToWriter::Send(codec::encode_permission_denied(
-            &key.key, reason,
+            &key.prefix(),
+            reason,
         )));
     }
 
@@ -477,6 +494,7 @@ fn doc_stream(id: u64, mut rx: mpsc::UnboundedReceiver<Outbound>) -> DocStream {
 async fn write_loop<Si>(
     mut sink: Si,
     mut from_reader: mpsc::UnboundedReceiver<ToWriter>,
+    deleted: &mpsc::UnboundedSender<u64>,
     state: &AppState,
     end: &SocketEnd,
 ) -> Ended
@@ -524,6 +542,16 @@ where
                     continue;
                 };
                 match item {
+                    Outbound::Close(CloseReason::DocumentDeleted) => {
+                        // Closing the socket would not stop a provider: it ignores close codes,
+                        // reconnects at once and its sync step 2 would bring the deleted content
+                        // back. Refusing the document leaves it unauthenticated instead (until it
+                        // reconnects for another reason); the socket's other documents go on.
+                        let denied = codec::encode_permission_denied(&doc.prefix, DELETED);
+                        docs.remove(&id);
+                        let _ = deleted.send(id);
+                        write(&mut sink, Message::Binary(denied), grace).await
+                    }
                     Outbound::Close(reason) => return close(&mut sink, reason).await,
                     Outbound::Frame(message) => {
                         let len = message.len();
