@@ -360,3 +360,39 @@ async fn a_deleted_document_is_refused_without_closing_the_socket() {
         "nothing of the deleted document came back"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hocuspocus_client_that_stops_reading_is_dropped_and_the_room_goes_on() {
+    let relay = TestRelay::start_with(|c| {
+        c.outbound_queue_bytes = 256 << 10;
+        c.slow_reader_grace_ms = 1000;
+    })
+    .await;
+    // A small receive buffer: the socket fills up quickly once the client stops reading.
+    let ws = Client::try_connect(&format!("ws://{}/", relay.addr()), Some(4096))
+        .await
+        .expect("connect");
+    let mut stalled = HocusClient {
+        ws,
+        docs: Default::default(),
+    };
+    stalled.open("slow", "").await;
+    let mut writer = relay.join("slow").await;
+    // More than the kernel's socket buffers hold, each update from a document of its own
+    // (appending to one growing text is slow in a debug build of yrs).
+    let updates: Vec<Vec<u8>> = (0..120)
+        .map(|i| encode_update(&text_update(&format!("{i:03}{}", "x".repeat(64 << 10)))))
+        .collect();
+    for update in updates {
+        writer.send(update).await;
+    }
+    writer.save(1).await;
+    relay
+        .wait_metric(r#"relay_disconnects_total{reason="slow_reader"}"#, |v| {
+            v >= 1.0
+        })
+        .await;
+    relay.wait_metric("relay_connections", |v| v == 1.0).await;
+    writer.edit("still going").await;
+    writer.save(2).await;
+}
