@@ -1,0 +1,279 @@
+//! Writers that know which of their edits the relay acknowledged as *saved*, for the fault tests
+//! and the crash tool: each writer owns keys `"<name>-<n>" = n` of its room's `Y.Map`
+//! [`EDITS`], sends a save request numbered `n` after edit `n`, and counts key `n` acknowledged
+//! once `saved n` arrives. A writer keeps its document across connections, so its unacknowledged
+//! edits reach the relay after a reconnect (it answers the relay's sync step 1 with what the
+//! relay lacks, as the stock client does).
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use crdt::protocol::{
+    Message, MessageReader, encode_save_request, encode_sync_step1, encode_sync_step2,
+    encode_update,
+};
+use futures_util::{SinkExt, StreamExt};
+use tokio_tungstenite::tungstenite::Message as WsMessage;
+use tokio_util::sync::CancellationToken;
+use yrs::updates::decoder::Decode;
+use yrs::updates::encoder::Encode;
+use yrs::{Doc, Map, Out, ReadTxn, StateVector, Transact, Update};
+
+/// The shared map the writers edit.
+pub const EDITS: &str = "edits";
+
+/// How a writer's connection ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WriterEnd {
+    /// The test stopped it.
+    Stopped,
+    /// The relay closed the connection with this code.
+    Closed(Option<u16>),
+    /// The connection failed or could not be made.
+    Failed(String),
+}
+
+/// One writer of a room.
+pub struct AckedWriter {
+    /// Its room.
+    pub room: String,
+    /// Its key prefix.
+    pub name: String,
+    /// Its document (every edit it made, acknowledged or not).
+    pub doc: Doc,
+    next: u64,
+    acked: u64,
+    /// How many times each save request was answered (a retried publish must not answer twice).
+    saved_answers: BTreeMap<u64, u32>,
+}
+
+impl AckedWriter {
+    /// A writer of `room` with keys `"<name>-<n>"`.
+    pub fn new(room: &str, name: &str) -> AckedWriter {
+        AckedWriter {
+            room: room.to_owned(),
+            name: name.to_owned(),
+            doc: Doc::new(),
+            next: 0,
+            acked: 0,
+            saved_answers: BTreeMap::new(),
+        }
+    }
+
+    /// How many edits it made (keys `0..sent`).
+    pub fn sent(&self) -> u64 {
+        self.next
+    }
+
+    /// How many edits the relay acknowledged as saved (keys `0..acked`).
+    pub fn acked(&self) -> u64 {
+        self.acked
+    }
+
+    /// Save requests answered more than once, with the count.
+    pub fn repeated_answers(&self) -> Vec<(u64, u32)> {
+        self.saved_answers
+            .iter()
+            .filter(|(_, n)| **n > 1)
+            .map(|(id, n)| (*id, *n))
+            .collect()
+    }
+
+    /// The key of edit `n`.
+    pub fn key(&self, n: u64) -> String {
+        format!("{}-{n}", self.name)
+    }
+
+    /// The first key in `0..upto` that `content` lacks or holds with another value.
+    pub fn first_missing(&self, content: &BTreeMap<String, f64>, upto: u64) -> Option<u64> {
+        (0..upto).find(|&n| content.get(&self.key(n)).copied() != Some(n as f64))
+    }
+
+    fn edit(&mut self) -> Vec<u8> {
+        let map = self.doc.get_or_insert_map(EDITS);
+        let before = self.doc.transact().state_vector();
+        let n = self.next;
+        self.next += 1;
+        map.insert(&mut self.doc.transact_mut(), self.key(n), n as f64);
+        self.doc.transact().encode_diff_v1(&before)
+    }
+
+    fn on_saved(&mut self, id: u64) {
+        *self.saved_answers.entry(id).or_default() += 1;
+        // Request n answers for keys 0..=n.
+        self.acked = self.acked.max(id + 1);
+    }
+
+    /// Connects to `url` and edits every `pace` (each edit followed by its save request) until
+    /// `stop` is cancelled or the connection ends.
+    pub async fn run(&mut self, url: &str, pace: Duration, stop: &CancellationToken) -> WriterEnd {
+        self.session(url, Some(pace), None, stop).await
+    }
+
+    /// Connects to `url`, syncs (sending the relay whatever it lacks), asks for a save of
+    /// everything and waits for the answer: afterwards every edit is acknowledged. Retries on a
+    /// new connection when the relay closes it (a lease moving), until `limit`.
+    ///
+    /// # Errors
+    /// When it is not acknowledged within `limit`; the last connection's end.
+    pub async fn settle(&mut self, url: &str, limit: Duration) -> Result<(), String> {
+        let deadline = tokio::time::Instant::now() + limit;
+        let stop = CancellationToken::new();
+        let mut last = WriterEnd::Stopped;
+        while tokio::time::Instant::now() < deadline {
+            if self.next == 0 {
+                return Ok(());
+            }
+            let target = self.next - 1;
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let session = self.session(url, None, Some(target), &stop);
+            match tokio::time::timeout(left, session).await {
+                Ok(WriterEnd::Stopped) if self.acked == self.next => return Ok(()),
+                Ok(end) => last = end,
+                Err(_) => break,
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        Err(format!(
+            "writer {} of room {:?}: {} of {} edits acknowledged after {limit:?} (last connection: {last:?})",
+            self.name, self.room, self.acked, self.next
+        ))
+    }
+
+    /// One connection: edits every `pace` if given; returns `Stopped` once `saved target`
+    /// arrives, if given.
+    async fn session(
+        &mut self,
+        url: &str,
+        pace: Option<Duration>,
+        target: Option<u64>,
+        stop: &CancellationToken,
+    ) -> WriterEnd {
+        let connect = tokio::time::timeout(
+            Duration::from_secs(5),
+            tokio_tungstenite::connect_async(url),
+        );
+        let ws = match connect.await {
+            Ok(Ok((ws, _))) => ws,
+            Ok(Err(e)) => return WriterEnd::Failed(e.to_string()),
+            Err(_) => return WriterEnd::Failed("connect timed out".into()),
+        };
+        let (mut sink, mut stream) = ws.split();
+        let sv = self.doc.transact().state_vector().encode_v1();
+        let mut outgoing = vec![encode_sync_step1(&sv)];
+        if let Some(target) = target {
+            outgoing.push(encode_save_request(target));
+        }
+        for frame in outgoing {
+            if let Err(e) = sink.send(WsMessage::Binary(frame.into())).await {
+                return WriterEnd::Failed(e.to_string());
+            }
+        }
+        let mut ticker = tokio::time::interval(pace.unwrap_or(Duration::from_secs(3600)));
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            let frame = tokio::select! {
+                () = stop.cancelled() => return WriterEnd::Stopped,
+                _ = ticker.tick(), if pace.is_some() => {
+                    let update = self.edit();
+                    let request = self.next - 1;
+                    for frame in [encode_update(&update), encode_save_request(request)] {
+                        if let Err(e) = sink.send(WsMessage::Binary(frame.into())).await {
+                            return WriterEnd::Failed(e.to_string());
+                        }
+                    }
+                    continue;
+                }
+                message = stream.next() => message,
+            };
+            let frame = match frame {
+                Some(Ok(WsMessage::Binary(frame))) => frame,
+                Some(Ok(WsMessage::Close(close))) => {
+                    return WriterEnd::Closed(close.map(|c| u16::from(c.code)));
+                }
+                Some(Ok(_)) => continue,
+                Some(Err(e)) => return WriterEnd::Failed(e.to_string()),
+                None => return WriterEnd::Failed("end of stream".into()),
+            };
+            let mut answer = Vec::new();
+            for item in MessageReader::new(&frame) {
+                match item {
+                    Ok((Message::Saved(id), _)) => self.on_saved(id),
+                    Ok((Message::SyncStep1(sv), _)) => {
+                        if let Ok(sv) = StateVector::decode_v1(sv) {
+                            let diff = self.doc.transact().encode_diff_v1(&sv);
+                            answer.push(encode_sync_step2(&diff));
+                        }
+                    }
+                    Ok((Message::SyncStep2(u) | Message::Update(u), _)) => {
+                        if let Ok(update) = Update::decode_v1(u) {
+                            let _ = self.doc.transact_mut().apply_update(update);
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            for frame in answer {
+                if let Err(e) = sink.send(WsMessage::Binary(frame.into())).await {
+                    return WriterEnd::Failed(e.to_string());
+                }
+            }
+            if target.is_some_and(|t| self.acked > t) {
+                let _ = sink.send(WsMessage::Close(None)).await;
+                return WriterEnd::Stopped;
+            }
+        }
+    }
+}
+
+/// The [`EDITS`] map of a document.
+pub fn edits_of(doc: &Doc) -> BTreeMap<String, f64> {
+    let map = doc.get_or_insert_map(EDITS);
+    let txn = doc.transact();
+    map.iter(&txn)
+        .filter_map(|(k, v)| match v {
+            Out::Any(yrs::Any::Number(n)) => n.as_f64().map(|n| (k.to_owned(), n)),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Reads a room through `url` with a fresh client (sync step 1 from an empty document, then the
+/// relay's sync step 2) and returns its [`EDITS`] map.
+///
+/// # Errors
+/// When it cannot connect, or no sync step 2 arrives within `limit`.
+pub async fn read_edits(url: &str, limit: Duration) -> Result<BTreeMap<String, f64>, String> {
+    let read = async {
+        let (ws, _) = tokio_tungstenite::connect_async(url)
+            .await
+            .map_err(|e| format!("connect to {url}: {e}"))?;
+        let (mut sink, mut stream) = ws.split();
+        sink.send(WsMessage::Binary(encode_sync_step1(&[0]).into()))
+            .await
+            .map_err(|e| e.to_string())?;
+        let doc = Doc::new();
+        loop {
+            let frame = match stream.next().await {
+                Some(Ok(WsMessage::Binary(frame))) => frame,
+                Some(Ok(WsMessage::Close(close))) => {
+                    return Err(format!("{url}: closed before sync step 2: {close:?}"));
+                }
+                Some(Ok(_)) => continue,
+                Some(Err(e)) => return Err(format!("{url}: {e}")),
+                None => return Err(format!("{url}: ended before sync step 2")),
+            };
+            if let Some(Ok((Message::SyncStep2(update), _))) = MessageReader::new(&frame).next() {
+                let update = Update::decode_v1(update).map_err(|e| e.to_string())?;
+                doc.transact_mut()
+                    .apply_update(update)
+                    .map_err(|e| e.to_string())?;
+                let _ = sink.send(WsMessage::Close(None)).await;
+                return Ok(edits_of(&doc));
+            }
+        }
+    };
+    tokio::time::timeout(limit, read)
+        .await
+        .map_err(|_| format!("{url}: no sync step 2 within {limit:?}"))?
+}
