@@ -6,7 +6,14 @@
 //! relay lacks, as the stock client does).
 
 use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
+
+use async_nats::jetstream;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
 
 use crdt::protocol::{
     Message, MessageReader, encode_save_request, encode_sync_step1, encode_sync_step2,
@@ -42,7 +49,8 @@ pub struct AckedWriter {
     /// Its document (every edit it made, acknowledged or not).
     pub doc: Doc,
     next: u64,
-    acked: u64,
+    /// Shared, so that a test reads it while the writer runs in a task.
+    acked: Arc<AtomicU64>,
     /// How many times each save request was answered (a retried publish must not answer twice).
     saved_answers: BTreeMap<u64, u32>,
 }
@@ -55,7 +63,7 @@ impl AckedWriter {
             name: name.to_owned(),
             doc: Doc::new(),
             next: 0,
-            acked: 0,
+            acked: Arc::new(AtomicU64::new(0)),
             saved_answers: BTreeMap::new(),
         }
     }
@@ -67,7 +75,12 @@ impl AckedWriter {
 
     /// How many edits the relay acknowledged as saved (keys `0..acked`).
     pub fn acked(&self) -> u64 {
-        self.acked
+        self.acked.load(Ordering::Acquire)
+    }
+
+    /// The acknowledged count, to read while the writer runs elsewhere.
+    pub fn acked_handle(&self) -> Arc<AtomicU64> {
+        self.acked.clone()
     }
 
     /// Save requests answered more than once, with the count.
@@ -86,10 +99,12 @@ impl AckedWriter {
 
     /// The first key in `0..upto` that `content` lacks or holds with another value.
     pub fn first_missing(&self, content: &BTreeMap<String, f64>, upto: u64) -> Option<u64> {
-        (0..upto).find(|&n| content.get(&self.key(n)).copied() != Some(n as f64))
+        first_missing(&self.name, content, upto)
     }
 
-    fn edit(&mut self) -> Vec<u8> {
+    /// Makes the next edit in the writer's document only (the relay gets it on the next sync);
+    /// returns its update.
+    pub fn edit(&mut self) -> Vec<u8> {
         let map = self.doc.get_or_insert_map(EDITS);
         let before = self.doc.transact().state_vector();
         let n = self.next;
@@ -101,7 +116,7 @@ impl AckedWriter {
     fn on_saved(&mut self, id: u64) {
         *self.saved_answers.entry(id).or_default() += 1;
         // Request n answers for keys 0..=n.
-        self.acked = self.acked.max(id + 1);
+        self.acked.fetch_max(id + 1, Ordering::AcqRel);
     }
 
     /// Connects to `url` and edits every `pace` (each edit followed by its save request) until
@@ -128,7 +143,7 @@ impl AckedWriter {
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());
             let session = self.session(url, None, Some(target), &stop);
             match tokio::time::timeout(left, session).await {
-                Ok(WriterEnd::Stopped) if self.acked == self.next => return Ok(()),
+                Ok(WriterEnd::Stopped) if self.acked() == self.next => return Ok(()),
                 Ok(end) => last = end,
                 Err(_) => break,
             }
@@ -136,7 +151,10 @@ impl AckedWriter {
         }
         Err(format!(
             "writer {} of room {:?}: {} of {} edits acknowledged after {limit:?} (last connection: {last:?})",
-            self.name, self.room, self.acked, self.next
+            self.name,
+            self.room,
+            self.acked(),
+            self.next
         ))
     }
 
@@ -218,12 +236,189 @@ impl AckedWriter {
                     return WriterEnd::Failed(e.to_string());
                 }
             }
-            if target.is_some_and(|t| self.acked > t) {
+            if target.is_some_and(|t| self.acked() > t) {
                 let _ = sink.send(WsMessage::Close(None)).await;
                 return WriterEnd::Stopped;
             }
         }
     }
+}
+
+/// The first key `"<name>-<n>"`, `n` in `0..upto`, that `content` lacks or holds with another
+/// value.
+pub fn first_missing(name: &str, content: &BTreeMap<String, f64>, upto: u64) -> Option<u64> {
+    (0..upto).find(|&n| content.get(&format!("{name}-{n}")).copied() != Some(n as f64))
+}
+
+/// Each relay's current address, `None` while it is down: where a [`WriterPool`]'s writers
+/// connect. The test updates it as it kills and restarts relays.
+pub type RelayAddrs = watch::Sender<Vec<Option<SocketAddr>>>;
+
+/// Writers editing in background tasks, each reconnecting (to its preferred relay, else the next
+/// one up) whenever its connection ends, until stopped.
+pub struct WriterPool {
+    stop: CancellationToken,
+    tasks: Vec<JoinHandle<AckedWriter>>,
+    /// Each writer's room and name, in order.
+    pub members: Vec<(String, String)>,
+    acked: Vec<Arc<AtomicU64>>,
+    /// Every connection end other than a stop, with the writer's name.
+    pub ends: Arc<std::sync::Mutex<Vec<(String, WriterEnd)>>>,
+}
+
+impl WriterPool {
+    /// Starts each writer on its preferred relay (an index into `addrs`), editing every `pace`.
+    pub fn start(
+        writers: Vec<(AckedWriter, usize)>,
+        addrs: &RelayAddrs,
+        pace: Duration,
+    ) -> WriterPool {
+        let stop = CancellationToken::new();
+        let ends = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let mut pool = WriterPool {
+            stop: stop.clone(),
+            tasks: Vec::new(),
+            members: Vec::new(),
+            acked: Vec::new(),
+            ends: ends.clone(),
+        };
+        for (mut writer, preferred) in writers {
+            pool.members
+                .push((writer.room.clone(), writer.name.clone()));
+            pool.acked.push(writer.acked_handle());
+            let mut addrs = addrs.subscribe();
+            let stop = stop.clone();
+            let ends = ends.clone();
+            pool.tasks.push(tokio::spawn(async move {
+                while !stop.is_cancelled() {
+                    let addr = {
+                        let current = addrs.borrow_and_update();
+                        let n = current.len();
+                        (0..n).find_map(|k| current[(preferred + k) % n])
+                    };
+                    let Some(addr) = addr else {
+                        tokio::select! {
+                            () = stop.cancelled() => break,
+                            _ = addrs.changed() => continue,
+                        }
+                    };
+                    let url = crate::http::ws_url(addr, &writer.room);
+                    let end = writer.run(&url, pace, &stop).await;
+                    if end == WriterEnd::Stopped {
+                        break;
+                    }
+                    ends.lock()
+                        .expect("not poisoned")
+                        .push((writer.name.clone(), end));
+                    // A client's reconnect delay, not a wait for a condition.
+                    tokio::select! {
+                        () = stop.cancelled() => break,
+                        () = tokio::time::sleep(Duration::from_millis(100)) => {}
+                    }
+                }
+                writer
+            }));
+        }
+        pool
+    }
+
+    /// Each writer's acknowledged count now.
+    pub fn acked(&self) -> Vec<u64> {
+        self.acked
+            .iter()
+            .map(|a| a.load(Ordering::Acquire))
+            .collect()
+    }
+
+    /// The sum of [`WriterPool::acked`].
+    pub fn total_acked(&self) -> u64 {
+        self.acked().iter().sum()
+    }
+
+    /// Waits up to `limit` until every writer has `more` acknowledgements beyond its count now;
+    /// how long it took.
+    ///
+    /// # Errors
+    /// When some writer does not get there in time (which one, and the counts).
+    pub async fn wait_progress(&self, more: u64, limit: Duration) -> Result<Duration, String> {
+        self.wait_progress_of(|_| true, more, limit).await
+    }
+
+    /// Like [`WriterPool::wait_progress`], for the writers (by index) that `which` selects.
+    ///
+    /// # Errors
+    /// As [`WriterPool::wait_progress`].
+    pub async fn wait_progress_of(
+        &self,
+        which: impl Fn(usize) -> bool,
+        more: u64,
+        limit: Duration,
+    ) -> Result<Duration, String> {
+        let start = tokio::time::Instant::now();
+        let goal: Vec<u64> = self.acked().iter().map(|a| a + more).collect();
+        loop {
+            let now = self.acked();
+            if (0..now.len()).all(|i| !which(i) || now[i] >= goal[i]) {
+                return Ok(start.elapsed());
+            }
+            if start.elapsed() > limit {
+                return Err(format!(
+                    "no progress within {limit:?}: acknowledged {now:?}, wanted {goal:?}; connection ends: {:?}",
+                    self.ends.lock().expect("not poisoned")
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Checks that every edit acknowledged so far is in its room's subject, replayed straight
+    /// from JetStream; returns how many were checked.
+    ///
+    /// # Errors
+    /// The first acknowledged edit missing, with `when`.
+    pub async fn check_stored(&self, js: &jetstream::Context, when: &str) -> Result<u64, String> {
+        // Read the counts first: everything acknowledged before the replay starts must be in it.
+        let acked = self.acked();
+        check_stored(js, &self.members, &acked, when).await
+    }
+
+    /// Stops every writer and returns them.
+    pub async fn stop(self) -> Vec<AckedWriter> {
+        self.stop.cancel();
+        let mut writers = Vec::new();
+        for task in self.tasks {
+            writers.push(task.await.expect("a writer task panicked"));
+        }
+        writers
+    }
+}
+
+/// Checks that, for each (room, name) of `members`, keys `0..acked[i]` are in the room's subject
+/// replayed from JetStream; returns the number checked.
+///
+/// # Errors
+/// The first one missing, with `when`.
+pub async fn check_stored(
+    js: &jetstream::Context,
+    members: &[(String, String)],
+    acked: &[u64],
+    when: &str,
+) -> Result<u64, String> {
+    let mut replays: BTreeMap<&str, BTreeMap<String, f64>> = BTreeMap::new();
+    for (room, _) in members {
+        if !replays.contains_key(room.as_str()) {
+            let replay = crate::jetstream::replay_room(js, room).await;
+            replays.insert(room, edits_of(&replay.doc));
+        }
+    }
+    for ((room, name), &upto) in members.iter().zip(acked) {
+        if let Some(n) = first_missing(name, &replays[room.as_str()], upto) {
+            return Err(format!(
+                "{when}: {name}-{n} of room {room:?} was acknowledged as saved ({upto} keys) but is not in the stream"
+            ));
+        }
+    }
+    Ok(acked.iter().sum())
 }
 
 /// The [`EDITS`] map of a document.

@@ -12,9 +12,12 @@ use std::time::Duration;
 use async_nats::jetstream;
 use tempfile::TempDir;
 
+use tokio::sync::watch;
+
+use crate::acked::{AckedWriter, RelayAddrs, edits_of, read_edits};
 use crate::child_relay::ChildRelay;
 use crate::http::ws_url;
-use crate::jetstream::lease_owner;
+use crate::jetstream::{lease_owner, replay_room};
 use crate::nats::NatsCluster;
 use crate::proxy::{Link, TcpProxy};
 use crate::wait::within_for;
@@ -273,6 +276,100 @@ impl RelayCluster {
         .await
     }
 
+    /// The running relays' addresses, for a [`WriterPool`]; update it on kills and restarts.
+    pub fn addrs(&self) -> RelayAddrs {
+        watch::Sender::new(
+            self.relays
+                .iter()
+                .map(|r| r.is_running().then(|| r.addr()))
+                .collect(),
+        )
+    }
+
+    /// Publishes the running relays' addresses to `addrs`.
+    pub fn update_addrs(&self, addrs: &RelayAddrs) {
+        addrs.send_replace(
+            self.relays
+                .iter()
+                .map(|r| r.is_running().then(|| r.addr()))
+                .collect(),
+        );
+    }
+
+    /// The end of every fault test: each writer reconnects (to a running relay), sends what the
+    /// relay lacks and waits for *saved* of everything; then each room's subject, replayed from
+    /// JetStream, must hold every writer's every edit, no message twice (by `Nats-Msg-Id` or by
+    /// payload), each message naming its room; and a fresh client on every running relay must
+    /// see exactly that.
+    ///
+    /// # Errors
+    /// What differs, with `when`.
+    pub async fn settle_and_verify(
+        &self,
+        writers: &mut [AckedWriter],
+        when: &str,
+    ) -> Result<(), String> {
+        let running: Vec<&RelayNode> = self.relays.iter().filter(|r| r.is_running()).collect();
+        assert!(!running.is_empty(), "{when}: no relay is running");
+        let limit = self.lease() * 2 + Duration::from_secs(20);
+        let settles = writers.iter_mut().enumerate().map(|(i, writer)| {
+            let url = running[i % running.len()].ws_url(&writer.room);
+            async move { writer.settle(&url, limit).await }
+        });
+        for result in futures_util::future::join_all(settles).await {
+            result.map_err(|e| format!("{when}: {e}"))?;
+        }
+        let mut rooms: Vec<&str> = writers.iter().map(|w| w.room.as_str()).collect();
+        rooms.sort_unstable();
+        rooms.dedup();
+        for room in rooms {
+            let replay = replay_room(&self.js, room).await;
+            let stored = edits_of(&replay.doc);
+            for writer in writers.iter().filter(|w| w.room == room) {
+                if let Some(n) = writer.first_missing(&stored, writer.sent()) {
+                    return Err(format!(
+                        "{when}: {} was acknowledged as saved but is not in the stream of room {room:?}",
+                        writer.key(n)
+                    ));
+                }
+            }
+            let twice = replay.duplicate_msg_ids();
+            if !twice.is_empty() {
+                return Err(format!(
+                    "{when}: room {room:?}: message ids stored twice: {twice:?}"
+                ));
+            }
+            let twice = replay.duplicate_payloads();
+            if !twice.is_empty() {
+                return Err(format!(
+                    "{when}: room {room:?}: the same update stored again at sequences {twice:?}"
+                ));
+            }
+            if let Some(m) = replay
+                .messages
+                .iter()
+                .find(|m| m.room.as_deref() != Some(room))
+            {
+                return Err(format!(
+                    "{when}: room {room:?}: message {} has Relay-Room {:?}",
+                    m.seq, m.room
+                ));
+            }
+            for relay in &running {
+                let seen = read_edits(&relay.ws_url(room), Duration::from_secs(20)).await?;
+                if seen != stored {
+                    return Err(format!(
+                        "{when}: room {room:?}: relay {} serves {} keys, the stream holds {} (divergence)",
+                        relay.name,
+                        seen.len(),
+                        stored.len()
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Every relay's log, for a failure message.
     pub fn logs(&self) -> String {
         self.relays
@@ -280,4 +377,11 @@ impl RelayCluster {
             .map(|r| format!("--- relay {} ---\n{}", r.name, r.log()))
             .collect()
     }
+}
+
+/// Serialises the cluster tests of one test binary: each starts 3 nats-servers and 3 relays with
+/// lease timers, which two at once on a 2-core machine would starve into flaky takeovers.
+pub async fn one_cluster_at_a_time() -> tokio::sync::MutexGuard<'static, ()> {
+    static LOCK: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+    LOCK.lock().await
 }
