@@ -477,6 +477,21 @@ impl RoomDoc {
     }
 }
 
+/// Merges updates (v1) into one update (v1) holding all of them, in the way a group commit needs:
+/// the relay's cluster log publishes several updates, already applied to a room, as one message.
+///
+/// # Errors
+/// [`DocError`] when an update does not decode or `yrs` panics; the caller then publishes them
+/// one by one instead.
+pub fn merge_updates_v1<B: AsRef<[u8]>>(updates: &[B]) -> Result<Vec<u8>, DocError> {
+    if let [single] = updates {
+        return Ok(single.as_ref().to_vec());
+    }
+    Ok(guarded("merging updates", || {
+        yrs::merge_updates_v1(updates.iter().map(AsRef::as_ref))
+    })??)
+}
+
 /// Runs a `yrs` operation, turning a panic inside it (a bug a crafted update can reach) into an
 /// error, so one document cannot take the relay down.
 fn guarded<T>(what: &str, operation: impl FnOnce() -> T) -> Result<T, DocError> {

@@ -27,6 +27,9 @@ pub(crate) enum CloseReason {
     /// The relay or the document is at a limit (`--max-rooms`, `--max-room-connections`) after
     /// the connection was accepted (1013): try again later.
     Overloaded,
+    /// Cluster mode: this relay no longer owns the document (its lease was lost or taken, or a
+    /// forwarded connection's link to the owner broke) (1013): reconnect and resync.
+    OwnerChanged,
     /// An update would grow the document past its size limit (1009).
     DocumentTooLarge,
     /// An awareness message over a limit: too many entries, a state too large, or more client
@@ -45,7 +48,7 @@ impl CloseReason {
             CloseReason::AwarenessLimit => 1008,
             CloseReason::TooBig | CloseReason::DocumentTooLarge => 1009,
             CloseReason::Internal => 1011,
-            CloseReason::SlowReader | CloseReason::Overloaded => 1013,
+            CloseReason::SlowReader | CloseReason::Overloaded | CloseReason::OwnerChanged => 1013,
             CloseReason::TokenExpired => 4401,
             CloseReason::DocumentDeleted => 4404,
         }
@@ -65,6 +68,7 @@ impl CloseReason {
             CloseReason::Internal => "internal_error",
             CloseReason::SlowReader => "slow_reader",
             CloseReason::Overloaded => "overloaded",
+            CloseReason::OwnerChanged => "owner_changed",
             CloseReason::TokenExpired => "token_expired",
             CloseReason::DocumentDeleted => "document_deleted",
         }
@@ -89,6 +93,7 @@ mod tests {
             CloseReason::Internal,
             CloseReason::SlowReader,
             CloseReason::Overloaded,
+            CloseReason::OwnerChanged,
             CloseReason::DocumentTooLarge,
             CloseReason::AwarenessLimit,
         ];
@@ -106,6 +111,7 @@ mod tests {
                 | CloseReason::Internal
                 | CloseReason::SlowReader
                 | CloseReason::Overloaded
+                | CloseReason::OwnerChanged
                 | CloseReason::DocumentTooLarge
                 | CloseReason::AwarenessLimit => {}
             }

