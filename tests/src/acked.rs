@@ -189,10 +189,13 @@ impl AckedWriter {
         }
         let mut ticker = tokio::time::interval(pace.unwrap_or(Duration::from_secs(3600)));
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // No edit before the relay's sync step 1 is answered: an incremental update sent
+        // earlier may depend on edits the relay has not got yet (they come in our sync step 2).
+        let mut synced = false;
         loop {
             let frame = tokio::select! {
                 () = stop.cancelled() => return WriterEnd::Stopped,
-                _ = ticker.tick(), if pace.is_some() => {
+                _ = ticker.tick(), if pace.is_some() && synced => {
                     let update = self.edit();
                     let request = self.next - 1;
                     for frame in [encode_update(&update), encode_save_request(request)] {
@@ -221,6 +224,7 @@ impl AckedWriter {
                         if let Ok(sv) = StateVector::decode_v1(sv) {
                             let diff = self.doc.transact().encode_diff_v1(&sv);
                             answer.push(encode_sync_step2(&diff));
+                            synced = true;
                         }
                     }
                     Ok((Message::SyncStep2(u) | Message::Update(u), _)) => {
@@ -433,42 +437,77 @@ pub fn edits_of(doc: &Doc) -> BTreeMap<String, f64> {
         .collect()
 }
 
+/// The close code that asks a client to come back (a lease moving, an overloaded relay).
+pub const TRY_AGAIN: u16 = 1013;
+
 /// Reads a room through `url` with a fresh client (sync step 1 from an empty document, then the
-/// relay's sync step 2) and returns its [`EDITS`] map.
+/// relay's sync step 2) and returns its [`EDITS`] map. A close with [`TRY_AGAIN`] is retried, as
+/// a client would, until `limit`.
 ///
 /// # Errors
-/// When it cannot connect, or no sync step 2 arrives within `limit`.
+/// When it cannot connect, is closed otherwise, or no sync step 2 arrives within `limit`.
 pub async fn read_edits(url: &str, limit: Duration) -> Result<BTreeMap<String, f64>, String> {
-    let read = async {
-        let (ws, _) = tokio_tungstenite::connect_async(url)
-            .await
-            .map_err(|e| format!("connect to {url}: {e}"))?;
-        let (mut sink, mut stream) = ws.split();
-        sink.send(WsMessage::Binary(encode_sync_step1(&[0]).into()))
-            .await
-            .map_err(|e| e.to_string())?;
-        let doc = Doc::new();
+    let mut last = String::from("no attempt");
+    let attempts = async {
         loop {
-            let frame = match stream.next().await {
-                Some(Ok(WsMessage::Binary(frame))) => frame,
-                Some(Ok(WsMessage::Close(close))) => {
-                    return Err(format!("{url}: closed before sync step 2: {close:?}"));
+            match read_edits_once(url).await {
+                // A client reconnects after these; so does the reader.
+                Err(ReadEnd::TryAgain(e)) => {
+                    last = e;
+                    tokio::time::sleep(Duration::from_millis(100)).await;
                 }
-                Some(Ok(_)) => continue,
-                Some(Err(e)) => return Err(format!("{url}: {e}")),
-                None => return Err(format!("{url}: ended before sync step 2")),
-            };
-            if let Some(Ok((Message::SyncStep2(update), _))) = MessageReader::new(&frame).next() {
-                let update = Update::decode_v1(update).map_err(|e| e.to_string())?;
-                doc.transact_mut()
-                    .apply_update(update)
-                    .map_err(|e| e.to_string())?;
-                let _ = sink.send(WsMessage::Close(None)).await;
-                return Ok(edits_of(&doc));
+                Err(ReadEnd::Failed(e)) => return Err(e),
+                Ok(edits) => return Ok(edits),
             }
         }
     };
-    tokio::time::timeout(limit, read)
+    match tokio::time::timeout(limit, attempts).await {
+        Ok(result) => result,
+        Err(_) => Err(format!(
+            "{url}: no sync step 2 within {limit:?}; last attempt: {last}"
+        )),
+    }
+}
+
+enum ReadEnd {
+    /// Closed with [`TRY_AGAIN`], or the connection failed or ended.
+    TryAgain(String),
+    /// Closed with another code.
+    Failed(String),
+}
+
+async fn read_edits_once(url: &str) -> Result<BTreeMap<String, f64>, ReadEnd> {
+    let failed = ReadEnd::TryAgain;
+    let (ws, _) = tokio_tungstenite::connect_async(url)
         .await
-        .map_err(|_| format!("{url}: no sync step 2 within {limit:?}"))?
+        .map_err(|e| failed(format!("connect to {url}: {e}")))?;
+    let (mut sink, mut stream) = ws.split();
+    sink.send(WsMessage::Binary(encode_sync_step1(&[0]).into()))
+        .await
+        .map_err(|e| failed(e.to_string()))?;
+    let doc = Doc::new();
+    loop {
+        let frame = match stream.next().await {
+            Some(Ok(WsMessage::Binary(frame))) => frame,
+            Some(Ok(WsMessage::Close(Some(close)))) if u16::from(close.code) == TRY_AGAIN => {
+                return Err(ReadEnd::TryAgain(format!("closed: {close:?}")));
+            }
+            Some(Ok(WsMessage::Close(close))) => {
+                return Err(ReadEnd::Failed(format!(
+                    "{url}: closed before sync step 2: {close:?}"
+                )));
+            }
+            Some(Ok(_)) => continue,
+            Some(Err(e)) => return Err(failed(format!("{url}: {e}"))),
+            None => return Err(failed(format!("{url}: ended before sync step 2"))),
+        };
+        if let Some(Ok((Message::SyncStep2(update), _))) = MessageReader::new(&frame).next() {
+            let update = Update::decode_v1(update).map_err(|e| failed(e.to_string()))?;
+            doc.transact_mut()
+                .apply_update(update)
+                .map_err(|e| failed(e.to_string()))?;
+            let _ = sink.send(WsMessage::Close(None)).await;
+            return Ok(edits_of(&doc));
+        }
+    }
 }
