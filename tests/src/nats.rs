@@ -265,6 +265,22 @@ impl NatsCluster {
         node.stopped = false;
     }
 
+    /// Stops server `i` with SIGTERM (a clean shutdown: it closes its client connections) and
+    /// waits for it to exit.
+    pub async fn stop(&mut self, i: usize) {
+        let node = &mut self.nodes[i];
+        node.signal(libc::SIGTERM);
+        let mut child = node.child.take().expect("the node is running");
+        within_for(
+            NATS_READY_LIMIT,
+            "nats-server to exit after SIGTERM",
+            child.wait(),
+        )
+        .await
+        .expect("wait for nats-server");
+        node.stopped = false;
+    }
+
     /// Starts server `i` again on its ports and store, and waits until the cluster is ready.
     pub async fn restart(&mut self, i: usize) {
         assert!(!self.nodes[i].is_running(), "restart a killed node");

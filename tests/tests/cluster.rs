@@ -288,3 +288,33 @@ async fn start_up_refuses_unreachable_nats_and_servers_without_sync_always() {
         "the refusal must name the sync setting: {message}"
     );
 }
+
+/// A relay told to stop (SIGTERM) while every nats-server is gone (stopped cleanly, or killed)
+/// still exits, within its drain timeout: an operator stopping a cluster in the wrong order must
+/// not be left with a hung process.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_exits_even_when_nats_is_gone() {
+    let _one = one_cluster_at_a_time().await;
+    for (with_room, graceful) in [(false, true), (true, true), (true, false)] {
+        let mut cluster = RelayCluster::start(1, NatsPath::Direct, ClusterOptions::default()).await;
+        if with_room {
+            let room = "cluster/stop without nats";
+            let mut writer = AckedWriter::new(room, "w");
+            writer.edit();
+            writer
+                .settle(&cluster.relays[0].ws_url(room), Duration::from_secs(20))
+                .await
+                .unwrap_or_else(|e| panic!("{e}\n{}", cluster.logs()));
+        }
+        for i in 0..3 {
+            if graceful {
+                cluster.nats.stop(i).await;
+            } else {
+                cluster.nats.kill(i).await;
+            }
+        }
+        // `stop` fails the test when the relay has not exited within its drain timeout and
+        // DEADLINE.
+        cluster.relays[0].stop().await;
+    }
+}
