@@ -237,3 +237,44 @@ async fn a_restarted_owner_loads_from_its_cache_and_the_stream() {
     let fresh = join_with_text(&a, "cached", "one two", Duration::from_secs(20)).await;
     fresh.close().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_on_a_relay_that_does_not_own_the_room_are_forwarded_to_the_owner() {
+    let nats = Nats::start().await;
+    let data = tempfile::tempdir().expect("tempdir");
+    let a = nats.relay("a", &data.path().join("a"), 5).await;
+    let b = nats.relay("b", &data.path().join("b"), 5).await;
+    // a loads the room first and owns it; b forwards.
+    let mut on_a = Client::join(&ws_url(a.addr(), "shared")).await;
+    on_a.edit("a1").await;
+    on_a.save(1).await;
+    let mut on_b = join_with_text(&b, "shared", "a1", Duration::from_secs(10)).await;
+    on_b.edit(" b1").await;
+    on_b.save(1).await;
+    on_a.wait_for_text("a1 b1").await;
+    on_a.edit(" a2").await;
+    on_b.wait_for_text("a1 b1 a2").await;
+
+    // Awareness set through b reaches a.
+    on_b.send(relay_tests::awareness_message(
+        on_b.client_id(),
+        1,
+        Some("{\"user\":\"b\"}"),
+    ))
+    .await;
+    let id = on_b.client_id();
+    on_a.recv_until("b's awareness state", |m| {
+        matches!(m, relay_tests::Msg::Awareness(p)
+            if relay_tests::awareness_entries(p).iter().any(|e| e.client_id == id && e.state.is_some()))
+    })
+    .await;
+
+    // The document API works through b.
+    let (status, body) = http_get(b.addr(), "/api/docs/shared?format=json")
+        .await
+        .expect("GET the document through b");
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("a1 b1 a2"), "{body}");
+    on_a.close().await;
+    on_b.close().await;
+}

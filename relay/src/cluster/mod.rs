@@ -150,6 +150,10 @@ pub(crate) struct Cluster {
     pub(crate) lease: Duration,
     /// The owners' log tasks and forwarding tasks: shutdown waits for them (leases released).
     pub(crate) tasks: TaskTracker,
+    /// Cancelled once the relay's shutdown has drained its rooms: the node service stops.
+    pub(crate) stopped: tokio_util::sync::CancellationToken,
+    /// Cancelled when the relay starts shutting down.
+    pub(crate) shutdown: std::sync::OnceLock<tokio_util::sync::CancellationToken>,
 }
 
 impl Cluster {
@@ -213,12 +217,19 @@ impl Cluster {
             objects,
             lease: settings.lease,
             tasks: TaskTracker::new(),
+            stopped: tokio_util::sync::CancellationToken::new(),
+            shutdown: std::sync::OnceLock::new(),
         }))
     }
 
     /// The stream holding `key`'s room.
     pub(crate) fn stream(&self, key: &RoomKey) -> &stream::Stream {
         &self.streams[key.shard as usize]
+    }
+
+    /// Whether the relay is shutting down (rooms then unload without delay).
+    pub(crate) fn shutdown_started(&self) -> bool {
+        self.shutdown.get().is_some_and(|t| t.is_cancelled())
     }
 
     /// The lease bucket's stream.
