@@ -38,7 +38,7 @@ struct Nats {
     servers: Vec<Child>,
     client_ports: Vec<u16>,
     monitor_ports: Vec<u16>,
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
 }
 
 impl Nats {
@@ -52,7 +52,6 @@ impl Nats {
             .map(|p| format!("nats-route://127.0.0.1:{p}"))
             .collect::<Vec<_>>()
             .join(", ");
-        let mut servers = Vec::new();
         for i in 0..3 {
             let config = format!(
                 "server_name: n{i}\nlisten: 127.0.0.1:{}\nhttp: 127.0.0.1:{}\n\
@@ -65,11 +64,30 @@ impl Nats {
             );
             let path = dir.path().join(format!("n{i}.conf"));
             std::fs::write(&path, config).expect("write the config");
-            let log = std::fs::File::create(dir.path().join(format!("n{i}.log"))).expect("log");
-            servers.push(
+        }
+        let mut nats = Nats {
+            servers: Vec::new(),
+            client_ports,
+            monitor_ports,
+            dir,
+        };
+        nats.spawn().await;
+        nats
+    }
+
+    /// Starts the three servers from their configurations and waits until they are healthy.
+    async fn spawn(&mut self) {
+        for i in 0..3 {
+            let dir = self.dir.path();
+            let log = std::fs::File::options()
+                .create(true)
+                .append(true)
+                .open(dir.join(format!("n{i}.log")))
+                .expect("log");
+            self.servers.push(
                 Command::new(nats_bin())
                     .arg("-c")
-                    .arg(&path)
+                    .arg(dir.join(format!("n{i}.conf")))
                     .stdout(Stdio::null())
                     .stderr(log)
                     .kill_on_drop(true)
@@ -77,14 +95,8 @@ impl Nats {
                     .expect("start nats-server"),
             );
         }
-        let nats = Nats {
-            servers,
-            client_ports,
-            monitor_ports,
-            _dir: dir,
-        };
         // Healthy means JetStream is up and current on that server.
-        for port in &nats.monitor_ports {
+        for port in &self.monitor_ports {
             let addr = ([127, 0, 0, 1], *port).into();
             within_for(
                 Duration::from_secs(30),
@@ -100,7 +112,18 @@ impl Nats {
             )
             .await;
         }
-        nats
+    }
+
+    /// Kills every server, deletes everything JetStream stored, and starts them again: a
+    /// stream that lost acknowledged data.
+    async fn restart_wiped(&mut self) {
+        for mut server in self.servers.drain(..) {
+            let _ = server.kill().await;
+        }
+        for i in 0..3 {
+            let _ = std::fs::remove_dir_all(self.dir.path().join(format!("js{i}")));
+        }
+        self.spawn().await;
     }
 
     fn urls(&self) -> String {
@@ -276,5 +299,29 @@ async fn clients_on_a_relay_that_does_not_own_the_room_are_forwarded_to_the_owne
     assert_eq!(status, 200, "{body}");
     assert!(body.contains("a1 b1 a2"), "{body}");
     on_a.close().await;
+    on_b.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_edit_only_the_cache_still_holds_is_published_again() {
+    let mut nats = Nats::start().await;
+    let data = tempfile::tempdir().expect("tempdir");
+    let mut a = nats.relay("a", &data.path().join("a"), 2).await;
+    let mut client = Client::join(&ws_url(a.addr(), "lost")).await;
+    client.edit("kept").await;
+    client.save(1).await;
+    client.close().await;
+    assert!(a.stop().await.success(), "a exits cleanly: {}", a.log());
+
+    // The stream loses everything; a's cache still has the edit.
+    nats.restart_wiped().await;
+    let mut a = nats.relay("a", &data.path().join("a"), 2).await;
+    let on_a = join_with_text(&a, "lost", "kept", Duration::from_secs(10)).await;
+    on_a.close().await;
+    assert!(a.stop().await.success(), "a exits cleanly: {}", a.log());
+
+    // A relay with no cache at all reads it from the stream.
+    let b = nats.relay("b", &data.path().join("b"), 2).await;
+    let on_b = join_with_text(&b, "lost", "kept", Duration::from_secs(10)).await;
     on_b.close().await;
 }
