@@ -145,6 +145,16 @@ impl Nats {
     }
 
     async fn relay(&self, node: &str, data: &Path, lease_secs: u32) -> ChildRelay {
+        self.relay_with(node, data, lease_secs, &[]).await
+    }
+
+    async fn relay_with(
+        &self,
+        node: &str,
+        data: &Path,
+        lease_secs: u32,
+        extra: &[&str],
+    ) -> ChildRelay {
         let lease = lease_secs.to_string();
         let (urls, monitors) = (self.urls(), self.monitors());
         let args = [
@@ -157,9 +167,13 @@ impl Nats {
             "--lease-secs",
             lease.as_str(),
         ];
-        ChildRelay::start(data, &args, |_| {})
-            .await
-            .unwrap_or_else(|e| panic!("relay {node}: {e}"))
+        let args: Vec<&str> = args.iter().chain(extra).copied().collect();
+        // Info logs, so that a test can see what the relay did (compaction, loading).
+        ChildRelay::start(data, &args, |command| {
+            command.env("RUST_LOG", "warn,relay=info");
+        })
+        .await
+        .unwrap_or_else(|e| panic!("relay {node}: {e}"))
     }
 }
 
@@ -324,4 +338,44 @@ async fn an_edit_only_the_cache_still_holds_is_published_again() {
     let b = nats.relay("b", &data.path().join("b"), 2).await;
     let on_b = join_with_text(&b, "lost", "kept", Duration::from_secs(10)).await;
     on_b.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_update_larger_than_a_message_goes_through_the_object_store() {
+    let nats = Nats::start().await;
+    let data = tempfile::tempdir().expect("tempdir");
+    let mut a = nats.relay("a", &data.path().join("a"), 2).await;
+    let mut client = Client::join(&ws_url(a.addr(), "large")).await;
+    let large = "x".repeat(1_500_000);
+    client.edit(&large).await;
+    client.save(1).await;
+    client.edit("!").await;
+    client.save(2).await;
+    a.kill().await.expect("kill -9 the owner");
+    let b = nats.relay("b", &data.path().join("b"), 2).await;
+    let fresh = join_with_text(&b, "large", &format!("{large}!"), Duration::from_secs(20)).await;
+    fresh.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compaction_rolls_the_subject_up_without_losing_an_edit() {
+    let nats = Nats::start().await;
+    let data = tempfile::tempdir().expect("tempdir");
+    let compact = ["--compact-entries", "2", "--compact-bytes", "64"];
+    let mut a = nats
+        .relay_with("a", &data.path().join("a"), 2, &compact)
+        .await;
+    let mut client = Client::join(&ws_url(a.addr(), "rolled")).await;
+    let mut expected = String::new();
+    for i in 0..7 {
+        let word = format!("w{i} ");
+        client.edit(&word).await;
+        client.save(i).await;
+        expected.push_str(&word);
+    }
+    assert!(a.log().contains("compacting"), "a compacted: {}", a.log());
+    a.kill().await.expect("kill -9 the owner");
+    let b = nats.relay("b", &data.path().join("b"), 2).await;
+    let fresh = join_with_text(&b, "rolled", &expected, Duration::from_secs(20)).await;
+    fresh.close().await;
 }
