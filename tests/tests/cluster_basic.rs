@@ -379,3 +379,71 @@ async fn compaction_rolls_the_subject_up_without_losing_an_edit() {
     let fresh = join_with_text(&b, "rolled", &expected, Duration::from_secs(20)).await;
     fresh.close().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_relay_with_the_same_node_name_is_refused() {
+    let nats = Nats::start().await;
+    let data = tempfile::tempdir().expect("tempdir");
+    let _a = nats.relay("same", &data.path().join("a"), 5).await;
+    let (urls, monitors) = (nats.urls(), nats.monitors());
+    let args = [
+        "--nats",
+        urls.as_str(),
+        "--nats-monitor",
+        monitors.as_str(),
+        "--node-name",
+        "same",
+    ];
+    let refused = ChildRelay::start(&data.path().join("b"), &args, |_| {}).await;
+    let error = refused.err().expect("the second relay is refused");
+    assert!(error.contains("node name \"same\""), "{error}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relay_refuses_to_start_without_a_reachable_nats_server() {
+    let data = tempfile::tempdir().expect("tempdir");
+    let url = format!("nats://127.0.0.1:{}", free_port());
+    let refused = ChildRelay::start(data.path(), &["--nats", url.as_str()], |_| {}).await;
+    let error = refused.err().expect("refused");
+    assert!(error.contains("cannot reach any NATS server"), "{error}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relay_refuses_a_nats_server_without_sync_always() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (port, monitor) = (free_port(), free_port());
+    let _server = Command::new(nats_bin())
+        .args([
+            "-js",
+            "-a",
+            "127.0.0.1",
+            "-p",
+            &port.to_string(),
+            "-m",
+            &monitor.to_string(),
+        ])
+        .arg("-sd")
+        .arg(dir.path().join("js"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start nats-server");
+    let addr = ([127, 0, 0, 1], monitor).into();
+    within_for(
+        Duration::from_secs(30),
+        "nats-server to be healthy",
+        async {
+            while !matches!(http_get(addr, "/healthz").await, Ok((200, _))) {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        },
+    )
+    .await;
+    let url = format!("nats://127.0.0.1:{port}");
+    let monitor = format!("http://127.0.0.1:{monitor}");
+    let args = ["--nats", url.as_str(), "--nats-monitor", monitor.as_str()];
+    let refused = ChildRelay::start(&dir.path().join("relay"), &args, |_| {}).await;
+    let error = refused.err().expect("refused");
+    assert!(error.contains("sync_interval: always"), "{error}");
+}
