@@ -708,6 +708,30 @@ mod tests {
     }
 
     #[test]
+    fn merged_updates_apply_as_all_of_them() {
+        let updates = [
+            text_update(1, "a"),
+            text_update(2, "b"),
+            text_update(3, "c"),
+        ];
+        let merged = merge_updates_v1(&updates).expect("merges");
+        let mut doc = RoomDoc::new();
+        doc.apply_update_v1(&merged).expect("applies");
+        let mut each = RoomDoc::new();
+        for update in &updates {
+            each.apply_update_v1(update).expect("applies");
+        }
+        assert_eq!(text_of(&doc).len(), 3);
+        assert_eq!(text_of(&doc), text_of(&each));
+        assert_eq!(merge_updates_v1(&updates[..1]).expect("one"), updates[0]);
+        assert!(
+            merge_updates_v1(&[vec![0xff, 0xff, 0xff]]).is_ok(),
+            "one update is passed through"
+        );
+        assert!(merge_updates_v1(&[vec![0xff, 0xff], vec![1]]).is_err());
+    }
+
+    #[test]
     fn applies_once_and_reports_duplicates_as_unchanged() {
         let mut doc = RoomDoc::new();
         let update = text_update(1, "hello");

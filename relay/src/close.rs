@@ -54,6 +54,28 @@ impl CloseReason {
         }
     }
 
+    /// The reason whose [`CloseReason::as_str`] is `name` (a close forwarded between relays).
+    pub(crate) fn from_name(name: &str) -> Option<CloseReason> {
+        [
+            CloseReason::Shutdown,
+            CloseReason::ClientTimeout,
+            CloseReason::ClientClosed,
+            CloseReason::TokenExpired,
+            CloseReason::DocumentDeleted,
+            CloseReason::ProtocolError,
+            CloseReason::TextFrame,
+            CloseReason::TooBig,
+            CloseReason::Internal,
+            CloseReason::SlowReader,
+            CloseReason::Overloaded,
+            CloseReason::OwnerChanged,
+            CloseReason::DocumentTooLarge,
+            CloseReason::AwarenessLimit,
+        ]
+        .into_iter()
+        .find(|reason| reason.as_str() == name)
+    }
+
     /// The close frame's reason text, and the metric label.
     pub(crate) fn as_str(self) -> &'static str {
         match self {
@@ -135,6 +157,14 @@ mod tests {
                 Some((code, line.to_owned()))
             })
             .collect()
+    }
+
+    #[test]
+    fn every_reason_is_found_by_its_name() {
+        for reason in every_reason() {
+            assert_eq!(CloseReason::from_name(reason.as_str()), Some(reason));
+        }
+        assert_eq!(CloseReason::from_name("nonsense"), None);
     }
 
     #[test]

@@ -313,6 +313,7 @@ pub async fn run_with_ready(
     let http_tasks = TaskTracker::new();
 
     if let Some(cluster) = &cluster {
+        let _ = cluster.shutdown.set(shutdown.clone());
         cluster::forward::start(cluster.clone(), registry.clone(), shutdown.clone());
     }
     if let Ok(addr) = listener.local_addr() {
@@ -339,6 +340,7 @@ pub async fn run_with_ready(
     .await;
     if let Some(cluster) = &cluster {
         // The owners' log tasks give their leases up as their rooms unload.
+        cluster.stopped.cancel();
         cluster.tasks.close();
         let _ =
             tokio::time::timeout_at(deadline + Duration::from_secs(2), cluster.tasks.wait()).await;

@@ -125,6 +125,11 @@ impl RoomRegistry {
         })
     }
 
+    /// The limits and timings every room applies.
+    pub(crate) fn room_settings(&self) -> &crate::room::RoomSettings {
+        &self.ctx.settings
+    }
+
     /// The store the rooms load from.
     pub(crate) fn store(&self) -> &Arc<crdt::store::Store> {
         &self.ctx.store
@@ -281,7 +286,7 @@ impl RoomRegistry {
     }
 
     /// Removes the room's entry if no command is on its way to it.
-    fn remove_if_idle(&self, room: &str, entry_id: u64, pending: &AtomicUsize) -> bool {
+    pub(crate) fn remove_if_idle(&self, room: &str, entry_id: u64, pending: &AtomicUsize) -> bool {
         let mut rooms = self.rooms.lock().expect("registry lock is never poisoned");
         if pending.load(Ordering::Acquire) != 0 {
             return false;
@@ -293,7 +298,7 @@ impl RoomRegistry {
     }
 
     /// Removes the room's entry unconditionally (after a failed load, or a panic).
-    fn remove(&self, room: &str, entry_id: u64) {
+    pub(crate) fn remove(&self, room: &str, entry_id: u64) {
         let mut rooms = self.rooms.lock().expect("registry lock is never poisoned");
         if rooms.get(room).is_some_and(|e| e.id == entry_id) {
             rooms.remove(room);
@@ -326,8 +331,17 @@ async fn run_entry(
     let mut room = match Room::load(name.clone(), registry.ctx.clone(), status).await {
         Ok(room) => room,
         Err(LoadFailure::Remote(owner)) => {
-            // TODO(#13): forward the connections to the owner; until then they retry (1013).
-            tracing::info!(%owner, "another relay owns the room");
+            let cluster = registry
+                .ctx
+                .cluster
+                .clone()
+                .expect("only cluster mode has owners");
+            let idle = registry.ctx.settings.idle_unload;
+            crate::cluster::forward::serve_remote(
+                cluster, &registry, &name, entry_id, owner, &mut rx, &pending, idle,
+            )
+            .await;
+            // Leaving the registry happened in there; whoever is still queued retries.
             refuse_all(&registry, &name, entry_id, rx, CloseReason::OwnerChanged).await;
             return;
         }

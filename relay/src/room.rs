@@ -101,7 +101,7 @@ pub(crate) enum RoomCommand {
 impl RoomCommand {
     /// Whether the registry counted this command as pending when it was sent (everything but a
     /// connection's messages and its leaving, which only come from joined connections).
-    fn was_counted(&self) -> bool {
+    pub(crate) fn was_counted(&self) -> bool {
         !matches!(
             self,
             RoomCommand::Messages { .. } | RoomCommand::Leave { .. }

@@ -38,7 +38,7 @@ struct Nats {
     servers: Vec<Child>,
     client_ports: Vec<u16>,
     monitor_ports: Vec<u16>,
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
 }
 
 impl Nats {
@@ -52,7 +52,6 @@ impl Nats {
             .map(|p| format!("nats-route://127.0.0.1:{p}"))
             .collect::<Vec<_>>()
             .join(", ");
-        let mut servers = Vec::new();
         for i in 0..3 {
             let config = format!(
                 "server_name: n{i}\nlisten: 127.0.0.1:{}\nhttp: 127.0.0.1:{}\n\
@@ -65,11 +64,30 @@ impl Nats {
             );
             let path = dir.path().join(format!("n{i}.conf"));
             std::fs::write(&path, config).expect("write the config");
-            let log = std::fs::File::create(dir.path().join(format!("n{i}.log"))).expect("log");
-            servers.push(
+        }
+        let mut nats = Nats {
+            servers: Vec::new(),
+            client_ports,
+            monitor_ports,
+            dir,
+        };
+        nats.spawn().await;
+        nats
+    }
+
+    /// Starts the three servers from their configurations and waits until they are healthy.
+    async fn spawn(&mut self) {
+        for i in 0..3 {
+            let dir = self.dir.path();
+            let log = std::fs::File::options()
+                .create(true)
+                .append(true)
+                .open(dir.join(format!("n{i}.log")))
+                .expect("log");
+            self.servers.push(
                 Command::new(nats_bin())
                     .arg("-c")
-                    .arg(&path)
+                    .arg(dir.join(format!("n{i}.conf")))
                     .stdout(Stdio::null())
                     .stderr(log)
                     .kill_on_drop(true)
@@ -77,14 +95,8 @@ impl Nats {
                     .expect("start nats-server"),
             );
         }
-        let nats = Nats {
-            servers,
-            client_ports,
-            monitor_ports,
-            _dir: dir,
-        };
         // Healthy means JetStream is up and current on that server.
-        for port in &nats.monitor_ports {
+        for port in &self.monitor_ports {
             let addr = ([127, 0, 0, 1], *port).into();
             within_for(
                 Duration::from_secs(30),
@@ -100,7 +112,18 @@ impl Nats {
             )
             .await;
         }
-        nats
+    }
+
+    /// Kills every server, deletes everything JetStream stored, and starts them again: a
+    /// stream that lost acknowledged data.
+    async fn restart_wiped(&mut self) {
+        for mut server in self.servers.drain(..) {
+            let _ = server.kill().await;
+        }
+        for i in 0..3 {
+            let _ = std::fs::remove_dir_all(self.dir.path().join(format!("js{i}")));
+        }
+        self.spawn().await;
     }
 
     fn urls(&self) -> String {
@@ -122,6 +145,16 @@ impl Nats {
     }
 
     async fn relay(&self, node: &str, data: &Path, lease_secs: u32) -> ChildRelay {
+        self.relay_with(node, data, lease_secs, &[]).await
+    }
+
+    async fn relay_with(
+        &self,
+        node: &str,
+        data: &Path,
+        lease_secs: u32,
+        extra: &[&str],
+    ) -> ChildRelay {
         let lease = lease_secs.to_string();
         let (urls, monitors) = (self.urls(), self.monitors());
         let args = [
@@ -134,9 +167,13 @@ impl Nats {
             "--lease-secs",
             lease.as_str(),
         ];
-        ChildRelay::start(data, &args, |_| {})
-            .await
-            .unwrap_or_else(|e| panic!("relay {node}: {e}"))
+        let args: Vec<&str> = args.iter().chain(extra).copied().collect();
+        // Info logs, so that a test can see what the relay did (compaction, loading).
+        ChildRelay::start(data, &args, |command| {
+            command.env("RUST_LOG", "warn,relay=info");
+        })
+        .await
+        .unwrap_or_else(|e| panic!("relay {node}: {e}"))
     }
 }
 
@@ -236,4 +273,177 @@ async fn a_restarted_owner_loads_from_its_cache_and_the_stream() {
     let a = nats.relay("a", &data.path().join("a"), 2).await;
     let fresh = join_with_text(&a, "cached", "one two", Duration::from_secs(20)).await;
     fresh.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_on_a_relay_that_does_not_own_the_room_are_forwarded_to_the_owner() {
+    let nats = Nats::start().await;
+    let data = tempfile::tempdir().expect("tempdir");
+    let a = nats.relay("a", &data.path().join("a"), 5).await;
+    let b = nats.relay("b", &data.path().join("b"), 5).await;
+    // a loads the room first and owns it; b forwards.
+    let mut on_a = Client::join(&ws_url(a.addr(), "shared")).await;
+    on_a.edit("a1").await;
+    on_a.save(1).await;
+    let mut on_b = join_with_text(&b, "shared", "a1", Duration::from_secs(10)).await;
+    on_b.edit(" b1").await;
+    on_b.save(1).await;
+    on_a.wait_for_text("a1 b1").await;
+    on_a.edit(" a2").await;
+    on_b.wait_for_text("a1 b1 a2").await;
+
+    // Awareness set through b reaches a.
+    on_b.send(relay_tests::awareness_message(
+        on_b.client_id(),
+        1,
+        Some("{\"user\":\"b\"}"),
+    ))
+    .await;
+    let id = on_b.client_id();
+    on_a.recv_until("b's awareness state", |m| {
+        matches!(m, relay_tests::Msg::Awareness(p)
+            if relay_tests::awareness_entries(p).iter().any(|e| e.client_id == id && e.state.is_some()))
+    })
+    .await;
+
+    // The document API works through b.
+    let (status, body) = http_get(b.addr(), "/api/docs/shared?format=json")
+        .await
+        .expect("GET the document through b");
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("a1 b1 a2"), "{body}");
+    on_a.close().await;
+    on_b.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_edit_only_the_cache_still_holds_is_published_again() {
+    let mut nats = Nats::start().await;
+    let data = tempfile::tempdir().expect("tempdir");
+    let mut a = nats.relay("a", &data.path().join("a"), 2).await;
+    let mut client = Client::join(&ws_url(a.addr(), "lost")).await;
+    client.edit("kept").await;
+    client.save(1).await;
+    client.close().await;
+    assert!(a.stop().await.success(), "a exits cleanly: {}", a.log());
+
+    // The stream loses everything; a's cache still has the edit.
+    nats.restart_wiped().await;
+    let mut a = nats.relay("a", &data.path().join("a"), 2).await;
+    let on_a = join_with_text(&a, "lost", "kept", Duration::from_secs(10)).await;
+    on_a.close().await;
+    assert!(a.stop().await.success(), "a exits cleanly: {}", a.log());
+
+    // A relay with no cache at all reads it from the stream.
+    let b = nats.relay("b", &data.path().join("b"), 2).await;
+    let on_b = join_with_text(&b, "lost", "kept", Duration::from_secs(10)).await;
+    on_b.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_update_larger_than_a_message_goes_through_the_object_store() {
+    let nats = Nats::start().await;
+    let data = tempfile::tempdir().expect("tempdir");
+    let mut a = nats.relay("a", &data.path().join("a"), 2).await;
+    let mut client = Client::join(&ws_url(a.addr(), "large")).await;
+    let large = "x".repeat(1_500_000);
+    client.edit(&large).await;
+    client.save(1).await;
+    client.edit("!").await;
+    client.save(2).await;
+    a.kill().await.expect("kill -9 the owner");
+    let b = nats.relay("b", &data.path().join("b"), 2).await;
+    let fresh = join_with_text(&b, "large", &format!("{large}!"), Duration::from_secs(20)).await;
+    fresh.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compaction_rolls_the_subject_up_without_losing_an_edit() {
+    let nats = Nats::start().await;
+    let data = tempfile::tempdir().expect("tempdir");
+    let compact = ["--compact-entries", "2", "--compact-bytes", "64"];
+    let mut a = nats
+        .relay_with("a", &data.path().join("a"), 2, &compact)
+        .await;
+    let mut client = Client::join(&ws_url(a.addr(), "rolled")).await;
+    let mut expected = String::new();
+    for i in 0..7 {
+        let word = format!("w{i} ");
+        client.edit(&word).await;
+        client.save(i).await;
+        expected.push_str(&word);
+    }
+    assert!(a.log().contains("compacting"), "a compacted: {}", a.log());
+    a.kill().await.expect("kill -9 the owner");
+    let b = nats.relay("b", &data.path().join("b"), 2).await;
+    let fresh = join_with_text(&b, "rolled", &expected, Duration::from_secs(20)).await;
+    fresh.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_relay_with_the_same_node_name_is_refused() {
+    let nats = Nats::start().await;
+    let data = tempfile::tempdir().expect("tempdir");
+    let _a = nats.relay("same", &data.path().join("a"), 5).await;
+    let (urls, monitors) = (nats.urls(), nats.monitors());
+    let args = [
+        "--nats",
+        urls.as_str(),
+        "--nats-monitor",
+        monitors.as_str(),
+        "--node-name",
+        "same",
+    ];
+    let refused = ChildRelay::start(&data.path().join("b"), &args, |_| {}).await;
+    let error = refused.err().expect("the second relay is refused");
+    assert!(error.contains("node name \"same\""), "{error}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relay_refuses_to_start_without_a_reachable_nats_server() {
+    let data = tempfile::tempdir().expect("tempdir");
+    let url = format!("nats://127.0.0.1:{}", free_port());
+    let refused = ChildRelay::start(data.path(), &["--nats", url.as_str()], |_| {}).await;
+    let error = refused.err().expect("refused");
+    assert!(error.contains("cannot reach any NATS server"), "{error}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relay_refuses_a_nats_server_without_sync_always() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (port, monitor) = (free_port(), free_port());
+    let _server = Command::new(nats_bin())
+        .args([
+            "-js",
+            "-a",
+            "127.0.0.1",
+            "-p",
+            &port.to_string(),
+            "-m",
+            &monitor.to_string(),
+        ])
+        .arg("-sd")
+        .arg(dir.path().join("js"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start nats-server");
+    let addr = ([127, 0, 0, 1], monitor).into();
+    within_for(
+        Duration::from_secs(30),
+        "nats-server to be healthy",
+        async {
+            while !matches!(http_get(addr, "/healthz").await, Ok((200, _))) {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        },
+    )
+    .await;
+    let url = format!("nats://127.0.0.1:{port}");
+    let monitor = format!("http://127.0.0.1:{monitor}");
+    let args = ["--nats", url.as_str(), "--nats-monitor", monitor.as_str()];
+    let refused = ChildRelay::start(&dir.path().join("relay"), &args, |_| {}).await;
+    let error = refused.err().expect("refused");
+    assert!(error.contains("sync_interval: always"), "{error}");
 }

@@ -296,96 +296,14 @@ impl LogTask {
         Instant::now() < self.renewed_at + self.cluster.lease * 2 / 3
     }
 
-    /// The next publish from the queued writes: a rollup if a compaction or deletion is queued
-    /// (it covers everything before it), else the queued updates merged.
+    /// The next publish from the queued writes (see [`take_batch`]).
     fn next_batch(&mut self) -> Option<Batch> {
         if self.pending.is_empty() {
             return None;
         }
         self.counter += 1;
         let msg_id = format!("{}.{}.{}", self.key.key, self.lease.epoch, self.counter);
-        let last_reset = self
-            .pending
-            .iter()
-            .rposition(|job| matches!(job.write, Write::Snapshot { .. } | Write::Delete { .. }));
-        if let Some(index) = last_reset {
-            let mut covers = Vec::new();
-            let mut drained: Vec<LogJob> = self.pending.drain(..=index).collect();
-            let reset = drained.pop().expect("drained through the index");
-            // Updates before a compaction are in its snapshot: they are committed with it.
-            for job in drained {
-                if let Some(seq) = job.seq {
-                    covers.push((job.notify, seq));
-                }
-            }
-            let (payload, deletion, seq) = match reset.write {
-                Write::Snapshot {
-                    through_seq, state, ..
-                } => (Bytes::from_owner(state), false, Some(through_seq)),
-                Write::Delete { .. } => (Bytes::from_static(EMPTY_STATE_V1), true, reset.seq),
-                Write::Append { .. } => unreachable!("found as a snapshot or deletion"),
-            };
-            if let Some(seq) = seq.or(reset.seq) {
-                covers.push((reset.notify, seq));
-            }
-            return Some(Batch {
-                payload,
-                rollup: true,
-                deletion,
-                msg_id,
-                covers,
-                attempts: 0,
-            });
-        }
-        let mut updates = Vec::new();
-        let mut bytes = 0;
-        let mut covers = Vec::new();
-        while let Some(job) = self.pending.front() {
-            let Write::Append { update, .. } = &job.write else {
-                break;
-            };
-            if !updates.is_empty()
-                && (bytes + update.len() > MAX_INLINE_PAYLOAD || updates.len() >= MAX_BATCH_WRITES)
-            {
-                break;
-            }
-            bytes += update.len();
-            updates.push(update.clone());
-            let job = self.pending.pop_front().expect("peeked");
-            if let Some(seq) = job.seq {
-                covers.push((job.notify, seq));
-            }
-        }
-        let payload = match crdt::doc::merge_updates_v1(&updates) {
-            Ok(merged) => Bytes::from(merged),
-            Err(error) => {
-                // Publish them one at a time instead: put all but the first back.
-                tracing::warn!(%error, "cannot merge updates; publishing them one by one");
-                let first = updates[0].clone();
-                let first_cover = covers.first().cloned();
-                for (update, cover) in updates.into_iter().zip(covers).skip(1).rev() {
-                    self.pending.push_front(LogJob {
-                        write: Write::Append {
-                            room: self.room.clone(),
-                            seq: cover.1,
-                            update,
-                        },
-                        seq: Some(cover.1),
-                        notify: cover.0,
-                    });
-                }
-                covers = first_cover.into_iter().collect();
-                first
-            }
-        };
-        Some(Batch {
-            payload,
-            rollup: false,
-            deletion: false,
-            msg_id,
-            covers,
-            attempts: 0,
-        })
+        take_batch(&mut self.pending, &self.room, msg_id)
     }
 
     /// The publish of `batch` (object upload first when it is large), as a future.
@@ -521,6 +439,96 @@ impl LogTask {
     }
 }
 
+/// Takes the next publish from the queued writes: a rollup if a compaction or deletion is
+/// queued (it covers everything before it), else the queued updates merged (up to the inline
+/// payload size). Updates that cannot be merged are published one by one.
+fn take_batch(pending: &mut VecDeque<LogJob>, room: &Arc<str>, msg_id: String) -> Option<Batch> {
+    if pending.is_empty() {
+        return None;
+    }
+    let last_reset = pending
+        .iter()
+        .rposition(|job| matches!(job.write, Write::Snapshot { .. } | Write::Delete { .. }));
+    if let Some(index) = last_reset {
+        let mut covers = Vec::new();
+        let mut drained: Vec<LogJob> = pending.drain(..=index).collect();
+        let reset = drained.pop().expect("drained through the index");
+        // Updates before a compaction are in its snapshot: they are committed with it.
+        for job in drained {
+            if let Some(seq) = job.seq {
+                covers.push((job.notify, seq));
+            }
+        }
+        let (payload, deletion, seq) = match reset.write {
+            Write::Snapshot {
+                through_seq, state, ..
+            } => (Bytes::from_owner(state), false, Some(through_seq)),
+            Write::Delete { .. } => (Bytes::from_static(EMPTY_STATE_V1), true, reset.seq),
+            Write::Append { .. } => unreachable!("found as a snapshot or deletion"),
+        };
+        if let Some(seq) = seq.or(reset.seq) {
+            covers.push((reset.notify, seq));
+        }
+        return Some(Batch {
+            payload,
+            rollup: true,
+            deletion,
+            msg_id,
+            covers,
+            attempts: 0,
+        });
+    }
+    let mut updates = Vec::new();
+    let mut bytes = 0;
+    let mut covers = Vec::new();
+    while let Some(job) = pending.front() {
+        let Write::Append { update, .. } = &job.write else {
+            break;
+        };
+        if !updates.is_empty()
+            && (bytes + update.len() > MAX_INLINE_PAYLOAD || updates.len() >= MAX_BATCH_WRITES)
+        {
+            break;
+        }
+        bytes += update.len();
+        updates.push(update.clone());
+        let job = pending.pop_front().expect("peeked");
+        if let Some(seq) = job.seq {
+            covers.push((job.notify, seq));
+        }
+    }
+    let payload = match crdt::doc::merge_updates_v1(&updates) {
+        Ok(merged) => Bytes::from(merged),
+        Err(error) => {
+            // Publish them one at a time instead: put all but the first back.
+            tracing::warn!(%error, "cannot merge updates; publishing them one by one");
+            let first = updates[0].clone();
+            let first_cover = covers.first().cloned();
+            for (update, cover) in updates.into_iter().zip(covers).skip(1).rev() {
+                pending.push_front(LogJob {
+                    write: Write::Append {
+                        room: room.clone(),
+                        seq: cover.1,
+                        update,
+                    },
+                    seq: Some(cover.1),
+                    notify: cover.0,
+                });
+            }
+            covers = first_cover.into_iter().collect();
+            first
+        }
+    };
+    Some(Batch {
+        payload,
+        rollup: false,
+        deletion: false,
+        msg_id,
+        covers,
+        attempts: 0,
+    })
+}
+
 /// Reports room sequence `seq` as committed.
 fn report(notify: &watch::Sender<CommitState>, seq: u64) {
     notify.send_if_modified(|state| {
@@ -535,5 +543,153 @@ async fn sleep_until_opt(deadline: Option<Instant>) {
     match deadline {
         Some(deadline) => tokio::time::sleep_until(deadline).await,
         None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crdt::doc::RoomDoc;
+    use yrs::{GetString, ReadTxn, Text, Transact};
+
+    fn room() -> Arc<str> {
+        "room".into()
+    }
+
+    fn append(notify: &Arc<watch::Sender<CommitState>>, seq: u64, update: Bytes) -> LogJob {
+        LogJob {
+            write: Write::Append {
+                room: room(),
+                seq,
+                update,
+            },
+            seq: Some(seq),
+            notify: notify.clone(),
+        }
+    }
+
+    /// Edits of one client, each as its own update.
+    fn edits(words: &[&str]) -> (yrs::Doc, Vec<Bytes>) {
+        let doc = yrs::Doc::with_client_id(1);
+        let text = doc.get_or_insert_text("t");
+        let updates = words
+            .iter()
+            .map(|word| {
+                let mut txn = doc.transact_mut();
+                let len = text.len(&txn);
+                text.insert(&mut txn, len, word);
+                Bytes::from(txn.encode_update_v1())
+            })
+            .collect();
+        (doc, updates)
+    }
+
+    fn text_of(update: &[u8]) -> String {
+        let mut doc = RoomDoc::new();
+        doc.apply_update_v1(update).expect("applies");
+        doc.yrs()
+            .get_or_insert_text("t")
+            .get_string(&doc.yrs().transact())
+    }
+
+    #[test]
+    fn queued_updates_become_one_merged_publish_that_covers_the_last_sequence() {
+        let notify = Arc::new(watch::channel(CommitState::default()).0);
+        let (_, updates) = edits(&["a", "b", "c"]);
+        let mut pending: VecDeque<LogJob> = (1..=3)
+            .map(|seq| append(&notify, seq, updates[seq as usize - 1].clone()))
+            .collect();
+        let batch = take_batch(&mut pending, &room(), "id".into()).expect("a batch");
+        assert!(pending.is_empty());
+        assert!(!batch.rollup);
+        assert_eq!(text_of(&batch.payload), "abc");
+        let covered: Vec<u64> = batch.covers.iter().map(|(_, seq)| *seq).collect();
+        assert_eq!(covered, vec![1, 2, 3]);
+    }
+
+    #[test]
+    fn a_queued_compaction_replaces_the_updates_before_it_with_a_rollup() {
+        let notify = Arc::new(watch::channel(CommitState::default()).0);
+        let (doc, updates) = edits(&["a", "b", "c"]);
+        let state: Arc<[u8]> = doc
+            .transact()
+            .encode_state_as_update_v1(&yrs::StateVector::default())
+            .into();
+        let mut pending = VecDeque::from([
+            append(&notify, 1, updates[0].clone()),
+            append(&notify, 2, updates[1].clone()),
+            LogJob {
+                write: Write::Snapshot {
+                    room: room(),
+                    through_seq: 2,
+                    state,
+                },
+                seq: None,
+                notify: notify.clone(),
+            },
+            append(&notify, 3, updates[2].clone()),
+        ]);
+        let rollup = take_batch(&mut pending, &room(), "one".into()).expect("a rollup");
+        assert!(rollup.rollup && !rollup.deletion);
+        assert_eq!(text_of(&rollup.payload), "abc", "the snapshot's state");
+        assert_eq!(rollup.covers.last().map(|(_, seq)| *seq), Some(2));
+        let rest = take_batch(&mut pending, &room(), "two".into()).expect("the update after");
+        assert!(!rest.rollup);
+        assert_eq!(
+            rest.covers.iter().map(|(_, s)| *s).collect::<Vec<_>>(),
+            vec![3]
+        );
+        assert!(take_batch(&mut pending, &room(), "three".into()).is_none());
+    }
+
+    #[test]
+    fn a_deletion_rolls_up_to_an_empty_document_in_the_new_numbering() {
+        let old = Arc::new(watch::channel(CommitState::default()).0);
+        let new = Arc::new(watch::channel(CommitState::default()).0);
+        let (_, updates) = edits(&["gone"]);
+        let mut pending = VecDeque::from([
+            append(&old, 5, updates[0].clone()),
+            LogJob {
+                write: Write::Delete { room: room() },
+                seq: Some(1),
+                notify: new.clone(),
+            },
+        ]);
+        let batch = take_batch(&mut pending, &room(), "id".into()).expect("a rollup");
+        assert!(batch.rollup && batch.deletion);
+        assert_eq!(&batch.payload[..], EMPTY_STATE_V1);
+        let (notify, seq) = batch.covers.last().expect("covers the deletion");
+        assert!(Arc::ptr_eq(notify, &new));
+        assert_eq!(*seq, 1);
+    }
+
+    #[test]
+    fn a_batch_stops_at_the_inline_payload_size() {
+        let notify = Arc::new(watch::channel(CommitState::default()).0);
+        let big = "x".repeat(MAX_INLINE_PAYLOAD / 2 + 1);
+        let (_, updates) = edits(&[&big, &big, "y"]);
+        let mut pending: VecDeque<LogJob> = (1..=3)
+            .map(|seq| append(&notify, seq, updates[seq as usize - 1].clone()))
+            .collect();
+        let first = take_batch(&mut pending, &room(), "a".into()).expect("a batch");
+        assert_eq!(first.covers.len(), 1);
+        let second = take_batch(&mut pending, &room(), "b".into()).expect("a batch");
+        assert_eq!(
+            second.covers.iter().map(|(_, s)| *s).collect::<Vec<_>>(),
+            vec![2, 3]
+        );
+    }
+
+    #[test]
+    fn a_commit_report_only_moves_forward_and_clears_a_failure() {
+        let (notify, state) = watch::channel(CommitState {
+            committed_seq: 4,
+            failure: Some("down".into()),
+        });
+        report(&notify, 3);
+        assert_eq!(state.borrow().committed_seq, 4);
+        assert!(state.borrow().failure.is_none());
+        report(&notify, 9);
+        assert_eq!(state.borrow().committed_seq, 9);
     }
 }

@@ -150,6 +150,10 @@ pub(crate) struct Cluster {
     pub(crate) lease: Duration,
     /// The owners' log tasks and forwarding tasks: shutdown waits for them (leases released).
     pub(crate) tasks: TaskTracker,
+    /// Cancelled once the relay's shutdown has drained its rooms: the node service stops.
+    pub(crate) stopped: tokio_util::sync::CancellationToken,
+    /// Cancelled when the relay starts shutting down.
+    pub(crate) shutdown: std::sync::OnceLock<tokio_util::sync::CancellationToken>,
 }
 
 impl Cluster {
@@ -191,10 +195,10 @@ impl Cluster {
 
         let mut streams = Vec::with_capacity(SHARDS as usize);
         for shard in 0..SHARDS {
-            streams.push(room_stream(&js, shard).await?);
+            streams.push(retry_setup(|| room_stream(&js, shard)).await?);
         }
-        let lease_stream = lease_bucket(&js, settings.lease).await?;
-        let objects = snapshot_bucket(&js).await?;
+        let lease_stream = retry_setup(|| lease_bucket(&js, settings.lease)).await?;
+        let objects = retry_setup(|| snapshot_bucket(&js)).await?;
         check_node_name(&client, &settings.node).await?;
 
         tracing::info!(
@@ -213,6 +217,8 @@ impl Cluster {
             objects,
             lease: settings.lease,
             tasks: TaskTracker::new(),
+            stopped: tokio_util::sync::CancellationToken::new(),
+            shutdown: std::sync::OnceLock::new(),
         }))
     }
 
@@ -221,10 +227,53 @@ impl Cluster {
         &self.streams[key.shard as usize]
     }
 
+    /// Whether the relay is shutting down (rooms then unload without delay).
+    pub(crate) fn shutdown_started(&self) -> bool {
+        self.shutdown.get().is_some_and(|t| t.is_cancelled())
+    }
+
     /// The lease bucket's stream.
     pub(crate) fn lease_stream(&self) -> &stream::Stream {
         &self.lease_stream
     }
+}
+
+/// How long start-up keeps retrying a setup step that timed out (a cluster that has just
+/// started may not have elected its JetStream leaders yet).
+const SETUP_PATIENCE: Duration = Duration::from_secs(30);
+
+/// Runs a setup step, retrying while it fails for want of a JetStream leader (timeouts, no
+/// responders); any other error is final.
+async fn retry_setup<T, F, Fut>(mut step: F) -> Result<T, ClusterError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, ClusterError>>,
+{
+    let deadline = tokio::time::Instant::now() + SETUP_PATIENCE;
+    loop {
+        match step().await {
+            Err(ClusterError::Setup { name, reason })
+                if tokio::time::Instant::now() < deadline && is_transient(&reason) =>
+            {
+                tracing::info!(%name, %reason, "JetStream is not ready yet; retrying");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            other => return other,
+        }
+    }
+}
+
+fn is_transient(reason: &str) -> bool {
+    let reason = reason.to_ascii_lowercase();
+    [
+        "timed out",
+        "no responders",
+        "unavailable",
+        "leader",
+        "peer",
+    ]
+    .iter()
+    .any(|word| reason.contains(word))
 }
 
 /// Parses `major.minor.patch` (any suffix after a `-` ignored).
