@@ -66,6 +66,9 @@ test('stock y-websocket 3 clients work through a relay that does not own their r
     for (const c of [owner, x, y, z]) {
       assert.deepEqual(c.log.closes.filter(e => e !== null && e.code !== 1000), [], 'no client was closed')
     }
+    // The premise: B did not own the room but forwarded it (relay/src/cluster/forward.rs logs
+    // this line at info; update it here if that message changes).
+    assert.match(b.stderr, /another relay owns the room; forwarding to it/, 'relay B forwarded the room to A')
   })
 })
 
