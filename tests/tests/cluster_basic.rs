@@ -188,12 +188,13 @@ impl Drop for Nats {
 /// Joins `room` on `relay`, retrying while the room's old owner still holds it (the relay then
 /// closes with 1013), until the client's text is `expected`.
 async fn join_with_text(relay: &ChildRelay, room: &str, expected: &str, limit: Duration) -> Client {
-    within_for(limit, &format!("{room} to serve {expected:?}"), async {
+    let joined = tokio::time::timeout(limit, async {
         loop {
             // Not `Client::join`: a relay that cannot serve the room yet closes at once.
             let mut client = Client::connect(&ws_url(relay.addr(), room)).await;
             client.send_step1().await;
-            let reached = tokio::time::timeout(DEADLINE, async {
+            // Shorter than `next_event`'s own deadline, which fails the test.
+            let reached = tokio::time::timeout(DEADLINE * 3 / 4, async {
                 loop {
                     match client.next_event().await {
                         relay_tests::Event::Frame(frame) => {
@@ -214,7 +215,13 @@ async fn join_with_text(relay: &ChildRelay, room: &str, expected: &str, limit: D
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
     })
-    .await
+    .await;
+    joined.unwrap_or_else(|_| {
+        panic!(
+            "{room} did not serve {expected:?} within {limit:?}; the relay's log:\n{}",
+            relay.log()
+        )
+    })
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -446,4 +453,53 @@ async fn a_relay_refuses_a_nats_server_without_sync_always() {
     let refused = ChildRelay::start(&dir.path().join("relay"), &args, |_| {}).await;
     let error = refused.err().expect("refused");
     assert!(error.contains("sync_interval: always"), "{error}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_owner_paused_past_its_lease_stops_and_never_acknowledges_again() {
+    let nats = Nats::start().await;
+    let data = tempfile::tempdir().expect("tempdir");
+    let mut a = nats.relay("a", &data.path().join("a"), 2).await;
+    let b = nats.relay("b", &data.path().join("b"), 2).await;
+    let mut on_a = Client::join(&ws_url(a.addr(), "paused")).await;
+    on_a.edit("x").await;
+    on_a.save(1).await;
+
+    let signal = |sig| {
+        // SAFETY: kill(2) on a child process this test started and has not reaped.
+        unsafe { libc::kill(a.pid() as libc::pid_t, sig) }
+    };
+    assert_eq!(signal(libc::SIGSTOP), 0);
+    // Sent while a is paused: a must never acknowledge it once it wakes up without its lease.
+    on_a.edit("z").await;
+    on_a.request_save(2).await;
+    let mut on_b = join_with_text(&b, "paused", "x", Duration::from_secs(30)).await;
+    eprintln!("b serves the room");
+    on_b.edit(" y").await;
+    on_b.save(1).await;
+    assert_eq!(signal(libc::SIGCONT), 0);
+    eprintln!("a resumed");
+
+    let code = within_for(Duration::from_secs(20), "a to close its client", async {
+        loop {
+            match on_a.next_event().await {
+                relay_tests::Event::Frame(frame) => {
+                    let message = relay_tests::decode_one(&frame);
+                    assert_ne!(
+                        message,
+                        relay_tests::Msg::Saved(2),
+                        "a acknowledged without its lease"
+                    );
+                }
+                relay_tests::Event::Close(code) => return code,
+                other => panic!("unexpected {other:?}; a's log:\n{}", a.log()),
+            }
+        }
+    })
+    .await;
+    assert_eq!(code, Some(1013));
+    a.assert_running("after the pause");
+    let fresh = join_with_text(&b, "paused", "x y", Duration::from_secs(10)).await;
+    fresh.close().await;
+    on_b.close().await;
 }
