@@ -235,10 +235,6 @@ impl LogTask {
                     self.lose();
                     return;
                 }
-                job = rx.recv(), if open => match job {
-                    Some(job) => self.pending.push_back(job),
-                    None => open = false,
-                },
                 result = async { publishing.as_mut().expect("guarded").await }, if publishing.is_some() => {
                     publishing = None;
                     let mut done = batch.take().expect("a publish has its batch");
@@ -286,6 +282,12 @@ impl LogTask {
                         }
                     }
                 }
+                // Last: with `biased`, a flood of writes must not starve the acknowledgements and
+                // renewals above.
+                job = rx.recv(), if open => match job {
+                    Some(job) => self.pending.push_back(job),
+                    None => open = false,
+                },
             }
         }
         // The room unloaded with everything acknowledged: hand the room over at once.
