@@ -28,12 +28,11 @@ fn nats_bin() -> PathBuf {
 
 /// One cluster at a time: each test starts three nats-servers and two or three relays, which is
 /// all a 2-core machine runs reliably at once (and ports picked by different tests cannot clash).
-static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+/// (A tokio mutex: it is held across awaits, and a test that fails does not poison it.)
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
-fn serial() -> std::sync::MutexGuard<'static, ()> {
-    SERIAL
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
+async fn serial() -> tokio::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().await
 }
 
 fn free_port() -> u16 {
@@ -236,7 +235,7 @@ async fn join_with_text(relay: &ChildRelay, room: &str, expected: &str, limit: D
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_acknowledged_edit_survives_kill_9_of_its_owner() {
-    let _serial = serial();
+    let _serial = serial().await;
     let nats = Nats::start().await;
     let data = tempfile::tempdir().expect("tempdir");
     let mut a = nats.relay("a", &data.path().join("a"), 2).await;
@@ -259,7 +258,7 @@ async fn an_acknowledged_edit_survives_kill_9_of_its_owner() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_graceful_shutdown_hands_the_room_over_at_once() {
-    let _serial = serial();
+    let _serial = serial().await;
     let nats = Nats::start().await;
     let data = tempfile::tempdir().expect("tempdir");
     // A lease far longer than the test's patience: only a release lets b take the room.
@@ -275,7 +274,7 @@ async fn a_graceful_shutdown_hands_the_room_over_at_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restarted_owner_loads_from_its_cache_and_the_stream() {
-    let _serial = serial();
+    let _serial = serial().await;
     let nats = Nats::start().await;
     let data = tempfile::tempdir().expect("tempdir");
     let mut a = nats.relay("a", &data.path().join("a"), 2).await;
@@ -297,7 +296,7 @@ async fn a_restarted_owner_loads_from_its_cache_and_the_stream() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn clients_on_a_relay_that_does_not_own_the_room_are_forwarded_to_the_owner() {
-    let _serial = serial();
+    let _serial = serial().await;
     let nats = Nats::start().await;
     let data = tempfile::tempdir().expect("tempdir");
     let a = nats.relay("a", &data.path().join("a"), 5).await;
@@ -339,7 +338,7 @@ async fn clients_on_a_relay_that_does_not_own_the_room_are_forwarded_to_the_owne
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_edit_only_the_cache_still_holds_is_published_again() {
-    let _serial = serial();
+    let _serial = serial().await;
     let mut nats = Nats::start().await;
     let data = tempfile::tempdir().expect("tempdir");
     let mut a = nats.relay("a", &data.path().join("a"), 2).await;
@@ -364,7 +363,7 @@ async fn an_edit_only_the_cache_still_holds_is_published_again() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_update_larger_than_a_message_goes_through_the_object_store() {
-    let _serial = serial();
+    let _serial = serial().await;
     let nats = Nats::start().await;
     let data = tempfile::tempdir().expect("tempdir");
     let mut a = nats.relay("a", &data.path().join("a"), 2).await;
@@ -382,7 +381,7 @@ async fn an_update_larger_than_a_message_goes_through_the_object_store() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn compaction_rolls_the_subject_up_without_losing_an_edit() {
-    let _serial = serial();
+    let _serial = serial().await;
     let nats = Nats::start().await;
     let data = tempfile::tempdir().expect("tempdir");
     let compact = ["--compact-entries", "2", "--compact-bytes", "64"];
@@ -406,7 +405,7 @@ async fn compaction_rolls_the_subject_up_without_losing_an_edit() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_relay_with_the_same_node_name_is_refused() {
-    let _serial = serial();
+    let _serial = serial().await;
     let nats = Nats::start().await;
     let data = tempfile::tempdir().expect("tempdir");
     let _a = nats.relay("same", &data.path().join("a"), 5).await;
@@ -426,7 +425,7 @@ async fn a_second_relay_with_the_same_node_name_is_refused() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_relay_refuses_to_start_without_a_reachable_nats_server() {
-    let _serial = serial();
+    let _serial = serial().await;
     let data = tempfile::tempdir().expect("tempdir");
     let url = format!("nats://127.0.0.1:{}", free_port());
     let refused = ChildRelay::start(data.path(), &["--nats", url.as_str()], |_| {}).await;
@@ -436,7 +435,7 @@ async fn a_relay_refuses_to_start_without_a_reachable_nats_server() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_relay_refuses_a_nats_server_without_sync_always() {
-    let _serial = serial();
+    let _serial = serial().await;
     let dir = tempfile::tempdir().expect("tempdir");
     let (port, monitor) = (free_port(), free_port());
     let _server = Command::new(nats_bin())
@@ -477,7 +476,7 @@ async fn a_relay_refuses_a_nats_server_without_sync_always() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_owner_paused_past_its_lease_stops_and_never_acknowledges_again() {
-    let _serial = serial();
+    let _serial = serial().await;
     let nats = Nats::start().await;
     let data = tempfile::tempdir().expect("tempdir");
     let mut a = nats.relay("a", &data.path().join("a"), 2).await;
