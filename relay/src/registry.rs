@@ -349,6 +349,10 @@ async fn run_entry(
             refuse_all(&registry, &name, entry_id, rx, CloseReason::Internal).await;
             return;
         }
+        Err(LoadFailure::Unavailable) => {
+            refuse_all(&registry, &name, entry_id, rx, CloseReason::Overloaded).await;
+            return;
+        }
     };
     // If anything in the room panics, its task ends: take it out of the registry, so the next
     // connection loads the document again instead of finding a dead queue forever.

@@ -432,6 +432,8 @@ pub(crate) enum LoadFailure {
     Remote(String),
     /// It cannot be loaded now (logged and counted).
     Failed,
+    /// Cluster mode: NATS did not answer in time; the clients should retry (1013).
+    Unavailable,
 }
 
 impl Room {
@@ -454,6 +456,11 @@ impl Room {
                     Ok(Room::new(name, ctx, owned.stored, status, Some(log)))
                 }
                 Err(LoadError::OwnedBy(owner)) => Err(LoadFailure::Remote(owner)),
+                Err(error @ LoadError::Nats(_)) => {
+                    tracing::warn!(%error, "cannot load the room from the cluster now; its connections retry");
+                    ctx.metrics.error("room_load_unavailable");
+                    Err(LoadFailure::Unavailable)
+                }
                 Err(error) => {
                     tracing::error!(%error, "cannot load the room from the cluster; refusing its connections");
                     ctx.metrics.error("room_load_failed");
@@ -497,6 +504,10 @@ impl Room {
         loop {
             let unload_at = self.unload_deadline();
             let sweep_at = self.core.next_sweep().map(Instant::from_std);
+            // A lost room stops at once, before taking anything more in.
+            if lost.as_ref().is_some_and(CancellationToken::is_cancelled) {
+                return Exit::Lost;
+            }
             tokio::select! {
                 command = rx.recv() => {
                     let Some(command) = command else { return Exit::QueueClosed };

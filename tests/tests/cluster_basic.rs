@@ -26,6 +26,15 @@ fn nats_bin() -> PathBuf {
     bin
 }
 
+/// One cluster at a time: each test starts three nats-servers and two or three relays, which is
+/// all a 2-core machine runs reliably at once (and ports picked by different tests cannot clash).
+/// (A tokio mutex: it is held across awaits, and a test that fails does not poison it.)
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+async fn serial() -> tokio::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().await
+}
+
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
@@ -188,12 +197,13 @@ impl Drop for Nats {
 /// Joins `room` on `relay`, retrying while the room's old owner still holds it (the relay then
 /// closes with 1013), until the client's text is `expected`.
 async fn join_with_text(relay: &ChildRelay, room: &str, expected: &str, limit: Duration) -> Client {
-    within_for(limit, &format!("{room} to serve {expected:?}"), async {
+    let joined = tokio::time::timeout(limit, async {
         loop {
             // Not `Client::join`: a relay that cannot serve the room yet closes at once.
             let mut client = Client::connect(&ws_url(relay.addr(), room)).await;
             client.send_step1().await;
-            let reached = tokio::time::timeout(DEADLINE, async {
+            // Shorter than `next_event`'s own deadline, which fails the test.
+            let reached = tokio::time::timeout(DEADLINE * 3 / 4, async {
                 loop {
                     match client.next_event().await {
                         relay_tests::Event::Frame(frame) => {
@@ -214,11 +224,18 @@ async fn join_with_text(relay: &ChildRelay, room: &str, expected: &str, limit: D
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
     })
-    .await
+    .await;
+    joined.unwrap_or_else(|_| {
+        panic!(
+            "{room} did not serve {expected:?} within {limit:?}; the relay's log:\n{}",
+            relay.log()
+        )
+    })
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_acknowledged_edit_survives_kill_9_of_its_owner() {
+    let _serial = serial().await;
     let nats = Nats::start().await;
     let data = tempfile::tempdir().expect("tempdir");
     let mut a = nats.relay("a", &data.path().join("a"), 2).await;
@@ -241,6 +258,7 @@ async fn an_acknowledged_edit_survives_kill_9_of_its_owner() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_graceful_shutdown_hands_the_room_over_at_once() {
+    let _serial = serial().await;
     let nats = Nats::start().await;
     let data = tempfile::tempdir().expect("tempdir");
     // A lease far longer than the test's patience: only a release lets b take the room.
@@ -256,6 +274,7 @@ async fn a_graceful_shutdown_hands_the_room_over_at_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restarted_owner_loads_from_its_cache_and_the_stream() {
+    let _serial = serial().await;
     let nats = Nats::start().await;
     let data = tempfile::tempdir().expect("tempdir");
     let mut a = nats.relay("a", &data.path().join("a"), 2).await;
@@ -277,6 +296,7 @@ async fn a_restarted_owner_loads_from_its_cache_and_the_stream() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn clients_on_a_relay_that_does_not_own_the_room_are_forwarded_to_the_owner() {
+    let _serial = serial().await;
     let nats = Nats::start().await;
     let data = tempfile::tempdir().expect("tempdir");
     let a = nats.relay("a", &data.path().join("a"), 5).await;
@@ -318,6 +338,7 @@ async fn clients_on_a_relay_that_does_not_own_the_room_are_forwarded_to_the_owne
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_edit_only_the_cache_still_holds_is_published_again() {
+    let _serial = serial().await;
     let mut nats = Nats::start().await;
     let data = tempfile::tempdir().expect("tempdir");
     let mut a = nats.relay("a", &data.path().join("a"), 2).await;
@@ -342,6 +363,7 @@ async fn an_edit_only_the_cache_still_holds_is_published_again() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_update_larger_than_a_message_goes_through_the_object_store() {
+    let _serial = serial().await;
     let nats = Nats::start().await;
     let data = tempfile::tempdir().expect("tempdir");
     let mut a = nats.relay("a", &data.path().join("a"), 2).await;
@@ -359,6 +381,7 @@ async fn an_update_larger_than_a_message_goes_through_the_object_store() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn compaction_rolls_the_subject_up_without_losing_an_edit() {
+    let _serial = serial().await;
     let nats = Nats::start().await;
     let data = tempfile::tempdir().expect("tempdir");
     let compact = ["--compact-entries", "2", "--compact-bytes", "64"];
@@ -382,6 +405,7 @@ async fn compaction_rolls_the_subject_up_without_losing_an_edit() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_relay_with_the_same_node_name_is_refused() {
+    let _serial = serial().await;
     let nats = Nats::start().await;
     let data = tempfile::tempdir().expect("tempdir");
     let _a = nats.relay("same", &data.path().join("a"), 5).await;
@@ -401,6 +425,7 @@ async fn a_second_relay_with_the_same_node_name_is_refused() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_relay_refuses_to_start_without_a_reachable_nats_server() {
+    let _serial = serial().await;
     let data = tempfile::tempdir().expect("tempdir");
     let url = format!("nats://127.0.0.1:{}", free_port());
     let refused = ChildRelay::start(data.path(), &["--nats", url.as_str()], |_| {}).await;
@@ -410,6 +435,7 @@ async fn a_relay_refuses_to_start_without_a_reachable_nats_server() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_relay_refuses_a_nats_server_without_sync_always() {
+    let _serial = serial().await;
     let dir = tempfile::tempdir().expect("tempdir");
     let (port, monitor) = (free_port(), free_port());
     let _server = Command::new(nats_bin())
@@ -446,4 +472,68 @@ async fn a_relay_refuses_a_nats_server_without_sync_always() {
     let refused = ChildRelay::start(&dir.path().join("relay"), &args, |_| {}).await;
     let error = refused.err().expect("refused");
     assert!(error.contains("sync_interval: always"), "{error}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_owner_paused_past_its_lease_stops_and_never_acknowledges_again() {
+    let _serial = serial().await;
+    let nats = Nats::start().await;
+    let data = tempfile::tempdir().expect("tempdir");
+    let mut a = nats.relay("a", &data.path().join("a"), 2).await;
+    let b = nats.relay("b", &data.path().join("b"), 2).await;
+    let mut on_a = Client::join(&ws_url(a.addr(), "paused")).await;
+    on_a.edit("x").await;
+    on_a.save(1).await;
+
+    let signal = |sig| {
+        // SAFETY: kill(2) on a child process this test started and has not reaped.
+        unsafe { libc::kill(a.pid() as libc::pid_t, sig) }
+    };
+    assert_eq!(signal(libc::SIGSTOP), 0);
+    // kill(2) returns before the process has stopped: wait until it is (state T), so that the
+    // edit below cannot reach a still running a.
+    let stat = format!("/proc/{}/stat", a.pid());
+    within_for(Duration::from_secs(5), "a to stop", async {
+        while !std::fs::read_to_string(&stat)
+            .unwrap_or_default()
+            .rsplit(") ")
+            .next()
+            .is_some_and(|rest| rest.starts_with('T'))
+        {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    // Sent while a is paused: a must never acknowledge it once it wakes up without its lease.
+    on_a.edit("z").await;
+    on_a.request_save(2).await;
+    let mut on_b = join_with_text(&b, "paused", "x", Duration::from_secs(30)).await;
+    eprintln!("b serves the room");
+    on_b.edit(" y").await;
+    on_b.save(1).await;
+    assert_eq!(signal(libc::SIGCONT), 0);
+    eprintln!("a resumed");
+
+    let code = within_for(Duration::from_secs(20), "a to close its client", async {
+        loop {
+            match on_a.next_event().await {
+                relay_tests::Event::Frame(frame) => {
+                    let message = relay_tests::decode_one(&frame);
+                    assert_ne!(
+                        message,
+                        relay_tests::Msg::Saved(2),
+                        "a acknowledged without its lease"
+                    );
+                }
+                relay_tests::Event::Close(code) => return code,
+                other => panic!("unexpected {other:?}; a's log:\n{}", a.log()),
+            }
+        }
+    })
+    .await;
+    assert_eq!(code, Some(1013));
+    a.assert_running("after the pause");
+    let fresh = join_with_text(&b, "paused", "x y", Duration::from_secs(10)).await;
+    fresh.close().await;
+    on_b.close().await;
 }

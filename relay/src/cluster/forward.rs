@@ -49,7 +49,7 @@ const PING_INTERVAL: Duration = Duration::from_secs(3);
 /// A link silent this long is dead: its client is closed (1013), or, on the owner, it leaves.
 pub(crate) const LINK_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long opening a link or an API request may take.
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 
 const H_ROOM: &str = "Relay-Room";
 const H_LINK: &str = "Relay-Link";

@@ -85,15 +85,35 @@ pub(crate) async fn load(
     room: &Arc<str>,
 ) -> Result<Owned, LoadError> {
     let key = RoomKey::of(room);
-    let lease_since = Instant::now();
-    let lease = lease::acquire(cluster, &key).await?;
+    // A busy or recovering cluster may time a request out: try a few times before giving up.
+    let mut attempt = 0;
+    let (lease, lease_since) = loop {
+        let since = Instant::now();
+        match lease::acquire(cluster, &key).await {
+            Ok(lease) => break (lease, since),
+            Err(LeaseError::Nats(reason)) if attempt < 2 => {
+                attempt += 1;
+                tracing::debug!(%reason, attempt, "taking the lease failed; trying again");
+                tokio::time::sleep(Duration::from_millis(200 * attempt)).await;
+            }
+            Err(error) => return Err(error.into()),
+        }
+    };
     match tokio::time::timeout(
         REPLAY_TIMEOUT,
         load_owned(cluster, store, room, &key, lease, lease_since),
     )
     .await
     {
-        Ok(Ok(owned)) => Ok(owned),
+        Ok(Ok(mut owned)) => {
+            // A long replay used part of the lease: renew it before the log starts counting.
+            if owned.log.lease_since.elapsed() > cluster.lease / 3 {
+                let sent = Instant::now();
+                owned.log.lease = lease::renew(cluster, &key, owned.log.lease).await?;
+                owned.log.lease_since = sent;
+            }
+            Ok(owned)
+        }
         failed => {
             let error = match failed {
                 Ok(Err(error)) => error,

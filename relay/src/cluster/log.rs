@@ -208,6 +208,13 @@ impl LogTask {
         let mut renew_at = self.renewed_at + lease_time / 3;
         let mut open = true;
         loop {
+            // Checked before anything else (a process that was paused past its lease wakes up
+            // with timers and jobs all ready): never start a publish on an expired lease.
+            if Instant::now() >= self.renewed_at + lease_time {
+                tracing::warn!("the lease expired without a renewal");
+                self.lose();
+                return;
+            }
             if batch.is_none() {
                 batch = self.next_batch();
             }
@@ -222,10 +229,12 @@ impl LogTask {
             }
             let expires_at = self.renewed_at + lease_time;
             tokio::select! {
-                job = rx.recv(), if open => match job {
-                    Some(job) => self.pending.push_back(job),
-                    None => open = false,
-                },
+                biased;
+                () = tokio::time::sleep_until(expires_at) => {
+                    tracing::warn!("the lease expired without a renewal");
+                    self.lose();
+                    return;
+                }
                 result = async { publishing.as_mut().expect("guarded").await }, if publishing.is_some() => {
                     publishing = None;
                     let mut done = batch.take().expect("a publish has its batch");
@@ -273,11 +282,12 @@ impl LogTask {
                         }
                     }
                 }
-                () = tokio::time::sleep_until(expires_at) => {
-                    tracing::warn!("the lease expired without a renewal");
-                    self.lose();
-                    return;
-                }
+                // Last: with `biased`, a flood of writes must not starve the acknowledgements and
+                // renewals above.
+                job = rx.recv(), if open => match job {
+                    Some(job) => self.pending.push_back(job),
+                    None => open = false,
+                },
             }
         }
         // The room unloaded with everything acknowledged: hand the room over at once.
