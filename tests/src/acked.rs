@@ -366,9 +366,12 @@ impl WriterPool {
                 return Ok(start.elapsed());
             }
             if start.elapsed() > limit {
+                let ends = self.ends.lock().expect("not poisoned");
+                let recent = &ends[ends.len().saturating_sub(20)..];
                 return Err(format!(
-                    "no progress within {limit:?}: acknowledged {now:?}, wanted {goal:?}; connection ends: {:?}",
-                    self.ends.lock().expect("not poisoned")
+                    "no progress within {limit:?}: acknowledged {now:?}, wanted {goal:?}; the last {} of {} connection ends: {recent:?}",
+                    recent.len(),
+                    ends.len()
                 ));
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
