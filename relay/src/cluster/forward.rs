@@ -459,6 +459,16 @@ async fn serve_node(
             }
             Some(open) = opens.next() => {
                 let Some(link) = header(&open.headers, H_LINK).map(str::to_owned) else { continue };
+                if shutdown.is_cancelled() {
+                    // Handing rooms over: never load one again here; the forwarding relay
+                    // looks at the lease again (released as the rooms unload).
+                    if let Some(reply) = open.reply {
+                        let mut answer = HeaderMap::new();
+                        answer.insert(H_ERROR, "shutting down");
+                        let _ = client.publish_with_headers(reply, answer, Bytes::new()).await;
+                    }
+                    continue;
+                }
                 let (tx, inbox) = mpsc::unbounded_channel();
                 links.insert(link.clone(), tx);
                 let task = OwnerLink {
@@ -479,7 +489,7 @@ async fn serve_node(
                     let _ = tx.send(frame);
                 }
             }
-            Some(api) = apis.next() => {
+            Some(api) = apis.next(), if !shutdown.is_cancelled() => {
                 let (cluster, registry) = (cluster.clone(), registry.clone());
                 tokio::spawn(async move { answer_api(&cluster, &registry, api).await });
             }
