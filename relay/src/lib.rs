@@ -124,8 +124,18 @@ fn open_store(
     options: &StoreOptions,
     is_cache: bool,
 ) -> Result<Store, crdt::error::OpenError> {
+    use crdt::error::OpenError;
+    // Only an unreadable file is a cache to start afresh; one that another relay has open, a
+    // foreign database or a newer format is refused as in single-node mode.
+    let unreadable = |error: &OpenError| match error {
+        OpenError::Database { source, .. } => {
+            !matches!(source, redb::DatabaseError::DatabaseAlreadyOpen)
+        }
+        OpenError::Storage(_) => true,
+        _ => false,
+    };
     match Store::open(path, options) {
-        Err(error) if is_cache && path.exists() => {
+        Err(error) if is_cache && path.exists() && unreadable(&error) => {
             let aside = path.with_extension(format!(
                 "redb.unreadable-{}",
                 std::time::SystemTime::now()
