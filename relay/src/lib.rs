@@ -201,11 +201,12 @@ pub async fn run_with_ready(
         path: config.data_dir.clone(),
         source,
     })?;
+    let metrics = Arc::new(Metrics::new());
     let port = listener
         .local_addr()
         .map_or(config.listen.port(), |a| a.port());
     let cluster = match cluster::ClusterSettings::from_config(&config, port) {
-        Some(settings) => Some(cluster::Cluster::start(settings).await?),
+        Some(settings) => Some(cluster::Cluster::start(settings, metrics.clone()).await?),
         None => None,
     };
     let store_path = config.store_path();
@@ -234,7 +235,6 @@ pub async fn run_with_ready(
         "relay starting"
     );
 
-    let metrics = Arc::new(Metrics::new());
     let (persist, writer) = persist::start(
         store.clone(),
         metrics.clone(),

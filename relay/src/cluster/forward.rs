@@ -316,6 +316,7 @@ impl ForwarderLink {
                             let seq = header(&message.headers, H_SEQ).and_then(|s| s.parse::<u64>().ok());
                             if seq != Some(expected) {
                                 tracing::warn!(?seq, expected, "gap in the owner's frames; closing the connection to resync");
+                                self.cluster.metrics.error("cluster_link_gap");
                                 self.handle.close(CloseReason::OwnerChanged);
                                 break LinkEnd::Normal;
                             }
@@ -345,6 +346,7 @@ impl ForwarderLink {
                 _ = ping.tick() => {
                     if heard.elapsed() > LINK_TIMEOUT {
                         tracing::warn!("the owner went silent; closing the connection to resync");
+                        self.cluster.metrics.error("cluster_link_timeout");
                         self.handle.close(CloseReason::OwnerChanged);
                         break LinkEnd::OwnerGone;
                     }
@@ -583,6 +585,7 @@ impl OwnerLink {
                                 let seq = header(&message.headers, H_SEQ).and_then(|s| s.parse::<u64>().ok());
                                 if seq != Some(expected) {
                                     tracing::warn!(?seq, expected, "gap in a forwarded connection's frames; closing it to resync");
+                                    self.cluster.metrics.error("cluster_link_gap");
                                     let _ = send(CTL_CLOSE, None, Some(CloseReason::OwnerChanged), Bytes::new()).await;
                                     break;
                                 }
@@ -629,6 +632,7 @@ impl OwnerLink {
                     _ = ping.tick() => {
                         if heard.elapsed() > LINK_TIMEOUT {
                             tracing::info!("the forwarding relay went silent; the connection leaves");
+                            self.cluster.metrics.error("cluster_link_timeout");
                             break;
                         }
                         let _ = send(CTL_PING, None, None, Bytes::new()).await;
