@@ -292,6 +292,12 @@ impl LogTask {
                 },
             }
         }
+        // A renewal in flight changes the revision the release must expect.
+        if let Some(renewing) = renewing
+            && let (_, Ok(lease)) = renewing.await
+        {
+            self.lease = lease;
+        }
         // The room unloaded with everything acknowledged: hand the room over at once.
         match lease::release(&self.cluster, &self.key, self.lease).await {
             Ok(()) => tracing::debug!("lease released"),
