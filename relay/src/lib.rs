@@ -124,8 +124,18 @@ fn open_store(
     options: &StoreOptions,
     is_cache: bool,
 ) -> Result<Store, crdt::error::OpenError> {
+    use crdt::error::OpenError;
+    // Only an unreadable file is a cache to start afresh; one that another relay has open, a
+    // foreign database or a newer format is refused as in single-node mode.
+    let unreadable = |error: &OpenError| match error {
+        OpenError::Database { source, .. } => {
+            !matches!(source, redb::DatabaseError::DatabaseAlreadyOpen)
+        }
+        OpenError::Storage(_) => true,
+        _ => false,
+    };
     match Store::open(path, options) {
-        Err(error) if is_cache && path.exists() => {
+        Err(error) if is_cache && path.exists() && unreadable(&error) => {
             let aside = path.with_extension(format!(
                 "redb.unreadable-{}",
                 std::time::SystemTime::now()
@@ -191,11 +201,12 @@ pub async fn run_with_ready(
         path: config.data_dir.clone(),
         source,
     })?;
+    let metrics = Arc::new(Metrics::new());
     let port = listener
         .local_addr()
         .map_or(config.listen.port(), |a| a.port());
     let cluster = match cluster::ClusterSettings::from_config(&config, port) {
-        Some(settings) => Some(cluster::Cluster::start(settings).await?),
+        Some(settings) => Some(cluster::Cluster::start(settings, metrics.clone()).await?),
         None => None,
     };
     let store_path = config.store_path();
@@ -224,7 +235,6 @@ pub async fn run_with_ready(
         "relay starting"
     );
 
-    let metrics = Arc::new(Metrics::new());
     let (persist, writer) = persist::start(
         store.clone(),
         metrics.clone(),

@@ -537,3 +537,47 @@ async fn an_owner_paused_past_its_lease_stops_and_never_acknowledges_again() {
     fresh.close().await;
     on_b.close().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_owner_shutting_down_closes_forwarded_clients_with_1013_and_hands_over() {
+    let _serial = serial().await;
+    let nats = Nats::start().await;
+    let data = tempfile::tempdir().expect("tempdir");
+    let mut a = nats.relay("a", &data.path().join("a"), 60).await;
+    let b = nats.relay("b", &data.path().join("b"), 60).await;
+    let mut on_a = Client::join(&ws_url(a.addr(), "rolling")).await;
+    on_a.edit("k").await;
+    on_a.save(1).await;
+    let mut on_b = join_with_text(&b, "rolling", "k", Duration::from_secs(10)).await;
+    assert!(a.stop().await.success(), "a exits cleanly: {}", a.log());
+    assert_eq!(on_b.expect_close().await, Some(1013));
+    // The lease (60 s) was released: b takes the room at once.
+    let mut again = join_with_text(&b, "rolling", "k", Duration::from_secs(10)).await;
+    again.edit("!").await;
+    again.save(1).await;
+    again.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_corrupted_cache_is_set_aside_and_the_room_reloads_from_the_stream() {
+    let _serial = serial().await;
+    let nats = Nats::start().await;
+    let data = tempfile::tempdir().expect("tempdir");
+    let dir = data.path().join("a");
+    let mut a = nats.relay("a", &dir, 2).await;
+    let mut client = Client::join(&ws_url(a.addr(), "corrupt")).await;
+    client.edit("from the stream").await;
+    client.save(1).await;
+    client.close().await;
+    assert!(a.stop().await.success(), "a exits cleanly: {}", a.log());
+    let store = dir.join("relay.redb");
+    std::fs::write(&store, vec![0x5a; 64 << 10]).expect("corrupt the cache");
+    let a = nats.relay("a", &dir, 2).await;
+    let fresh = join_with_text(&a, "corrupt", "from the stream", Duration::from_secs(10)).await;
+    fresh.close().await;
+    let aside = std::fs::read_dir(&dir)
+        .expect("data dir")
+        .filter_map(Result::ok)
+        .any(|e| e.file_name().to_string_lossy().contains("unreadable"));
+    assert!(aside, "the unreadable cache was kept aside: {}", a.log());
+}

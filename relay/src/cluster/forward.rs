@@ -316,6 +316,7 @@ impl ForwarderLink {
                             let seq = header(&message.headers, H_SEQ).and_then(|s| s.parse::<u64>().ok());
                             if seq != Some(expected) {
                                 tracing::warn!(?seq, expected, "gap in the owner's frames; closing the connection to resync");
+                                self.cluster.metrics.error("cluster_link_gap");
                                 self.handle.close(CloseReason::OwnerChanged);
                                 break LinkEnd::Normal;
                             }
@@ -345,6 +346,7 @@ impl ForwarderLink {
                 _ = ping.tick() => {
                     if heard.elapsed() > LINK_TIMEOUT {
                         tracing::warn!("the owner went silent; closing the connection to resync");
+                        self.cluster.metrics.error("cluster_link_timeout");
                         self.handle.close(CloseReason::OwnerChanged);
                         break LinkEnd::OwnerGone;
                     }
@@ -459,6 +461,16 @@ async fn serve_node(
             }
             Some(open) = opens.next() => {
                 let Some(link) = header(&open.headers, H_LINK).map(str::to_owned) else { continue };
+                if shutdown.is_cancelled() {
+                    // Handing rooms over: never load one again here; the forwarding relay
+                    // looks at the lease again (released as the rooms unload).
+                    if let Some(reply) = open.reply {
+                        let mut answer = HeaderMap::new();
+                        answer.insert(H_ERROR, "shutting down");
+                        let _ = client.publish_with_headers(reply, answer, Bytes::new()).await;
+                    }
+                    continue;
+                }
                 let (tx, inbox) = mpsc::unbounded_channel();
                 links.insert(link.clone(), tx);
                 let task = OwnerLink {
@@ -479,7 +491,7 @@ async fn serve_node(
                     let _ = tx.send(frame);
                 }
             }
-            Some(api) = apis.next() => {
+            Some(api) = apis.next(), if !shutdown.is_cancelled() => {
                 let (cluster, registry) = (cluster.clone(), registry.clone());
                 tokio::spawn(async move { answer_api(&cluster, &registry, api).await });
             }
@@ -573,6 +585,7 @@ impl OwnerLink {
                                 let seq = header(&message.headers, H_SEQ).and_then(|s| s.parse::<u64>().ok());
                                 if seq != Some(expected) {
                                     tracing::warn!(?seq, expected, "gap in a forwarded connection's frames; closing it to resync");
+                                    self.cluster.metrics.error("cluster_link_gap");
                                     let _ = send(CTL_CLOSE, None, Some(CloseReason::OwnerChanged), Bytes::new()).await;
                                     break;
                                 }
@@ -619,6 +632,7 @@ impl OwnerLink {
                     _ = ping.tick() => {
                         if heard.elapsed() > LINK_TIMEOUT {
                             tracing::info!("the forwarding relay went silent; the connection leaves");
+                            self.cluster.metrics.error("cluster_link_timeout");
                             break;
                         }
                         let _ = send(CTL_PING, None, None, Bytes::new()).await;

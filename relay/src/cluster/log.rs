@@ -251,6 +251,7 @@ impl LogTask {
                                 .saturating_mul(1 << done.attempts.min(5))
                                 .min(MAX_RETRY_DELAY);
                             tracing::warn!(%reason, attempts = done.attempts, "publish failed; retrying it unchanged");
+                            self.cluster.metrics.error("cluster_publish_retry");
                             retry_at = Some(Instant::now() + delay);
                             batch = Some(done);
                         }
@@ -273,6 +274,7 @@ impl LogTask {
                         }
                         Err(LeaseError::Nats(reason)) => {
                             tracing::warn!(%reason, "cannot renew the lease; retrying");
+                            self.cluster.metrics.error("cluster_lease_renewal_failed");
                             renew_at = Instant::now() + RENEW_RETRY_DELAY;
                         }
                         Err(_) => {
@@ -290,6 +292,12 @@ impl LogTask {
                 },
             }
         }
+        // A renewal in flight changes the revision the release must expect.
+        if let Some(renewing) = renewing
+            && let (_, Ok(lease)) = renewing.await
+        {
+            self.lease = lease;
+        }
         // The room unloaded with everything acknowledged: hand the room over at once.
         match lease::release(&self.cluster, &self.key, self.lease).await {
             Ok(()) => tracing::debug!("lease released"),
@@ -298,6 +306,7 @@ impl LogTask {
     }
 
     fn lose(&mut self) {
+        self.cluster.metrics.error("cluster_room_lost");
         self.lost.cancel();
     }
 

@@ -154,6 +154,8 @@ pub(crate) struct Cluster {
     pub(crate) stopped: tokio_util::sync::CancellationToken,
     /// Cancelled when the relay starts shutting down.
     pub(crate) shutdown: std::sync::OnceLock<tokio_util::sync::CancellationToken>,
+    /// Cluster faults are counted under `relay_errors_total{reason="cluster_..."}`.
+    pub(crate) metrics: Arc<crate::telemetry::Metrics>,
 }
 
 impl Cluster {
@@ -161,7 +163,10 @@ impl Cluster {
     ///
     /// # Errors
     /// [`ClusterError`] naming the first problem found; nothing is left running.
-    pub(crate) async fn start(settings: ClusterSettings) -> Result<Arc<Cluster>, ClusterError> {
+    pub(crate) async fn start(
+        settings: ClusterSettings,
+        metrics: Arc<crate::telemetry::Metrics>,
+    ) -> Result<Arc<Cluster>, ClusterError> {
         let servers = settings.servers.join(",");
         let unreachable = |reason: String| ClusterError::Unreachable {
             servers: servers.clone(),
@@ -219,6 +224,7 @@ impl Cluster {
             tasks: TaskTracker::new(),
             stopped: tokio_util::sync::CancellationToken::new(),
             shutdown: std::sync::OnceLock::new(),
+            metrics,
         }))
     }
 
