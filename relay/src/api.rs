@@ -209,6 +209,12 @@ async fn exists(state: &AppState, name: &str) -> Result<bool, Response> {
     if state.registry.unsaved_updates(name) > 0 {
         return Ok(true);
     }
+    if state.config.nats.iter().any(|s| !s.is_empty()) {
+        // Cluster mode: the local store is only this relay's cache. The room (here or at its
+        // owner) knows: a document exists when its state is not empty.
+        let state_update = ask(state, name, |reply| RoomCommand::Export { reply }).await?;
+        return Ok(*state_update != *crdt::doc::EMPTY_UPDATE_V1);
+    }
     let store = state.registry.store().clone();
     let owned = name.to_owned();
     match tokio::task::spawn_blocking(move || store.room_info(&owned)).await {

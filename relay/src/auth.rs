@@ -286,6 +286,25 @@ impl Principal {
     /// Everyone, on a relay without tokens.
     pub const ANYONE: Principal = Principal(0);
 
+    /// Its value, for forwarding to the room's owner in cluster mode.
+    pub(crate) fn raw(self) -> u64 {
+        self.0
+    }
+
+    /// The principal of a connection forwarded by relay `node`, which knew it as `raw`: the same
+    /// user through the same relay keeps one principal; everyone stays everyone.
+    pub(crate) fn forwarded(node: &str, raw: u64) -> Principal {
+        use std::hash::{BuildHasher, Hasher};
+        if raw == 0 {
+            return Principal::ANYONE;
+        }
+        static KEY: std::sync::OnceLock<std::hash::RandomState> = std::sync::OnceLock::new();
+        let mut hasher = KEY.get_or_init(std::hash::RandomState::new).build_hasher();
+        hasher.write(node.as_bytes());
+        hasher.write_u64(raw);
+        Principal(hasher.finish() | 1)
+    }
+
     fn of(claims: &Claims, token: &str) -> Principal {
         use std::hash::{BuildHasher, Hasher};
         // Random per process, so nobody can make two principals collide on purpose.

@@ -27,6 +27,9 @@ pub(crate) enum CloseReason {
     /// The relay or the document is at a limit (`--max-rooms`, `--max-room-connections`) after
     /// the connection was accepted (1013): try again later.
     Overloaded,
+    /// Cluster mode: this relay no longer owns the document (its lease was lost or taken, or a
+    /// forwarded connection's link to the owner broke) (1013): reconnect and resync.
+    OwnerChanged,
     /// An update would grow the document past its size limit (1009).
     DocumentTooLarge,
     /// An awareness message over a limit: too many entries, a state too large, or more client
@@ -47,10 +50,32 @@ impl CloseReason {
             CloseReason::AwarenessLimit | CloseReason::StatelessLimit => 1008,
             CloseReason::TooBig | CloseReason::DocumentTooLarge => 1009,
             CloseReason::Internal => 1011,
-            CloseReason::SlowReader | CloseReason::Overloaded => 1013,
+            CloseReason::SlowReader | CloseReason::Overloaded | CloseReason::OwnerChanged => 1013,
             CloseReason::TokenExpired => 4401,
             CloseReason::DocumentDeleted => 4404,
         }
+    }
+
+    /// The reason whose [`CloseReason::as_str`] is `name` (a close forwarded between relays).
+    pub(crate) fn from_name(name: &str) -> Option<CloseReason> {
+        [
+            CloseReason::Shutdown,
+            CloseReason::ClientTimeout,
+            CloseReason::ClientClosed,
+            CloseReason::TokenExpired,
+            CloseReason::DocumentDeleted,
+            CloseReason::ProtocolError,
+            CloseReason::TextFrame,
+            CloseReason::TooBig,
+            CloseReason::Internal,
+            CloseReason::SlowReader,
+            CloseReason::Overloaded,
+            CloseReason::OwnerChanged,
+            CloseReason::DocumentTooLarge,
+            CloseReason::AwarenessLimit,
+        ]
+        .into_iter()
+        .find(|reason| reason.as_str() == name)
     }
 
     /// The close frame's reason text, and the metric label.
@@ -68,6 +93,7 @@ impl CloseReason {
             CloseReason::Internal => "internal_error",
             CloseReason::SlowReader => "slow_reader",
             CloseReason::Overloaded => "overloaded",
+            CloseReason::OwnerChanged => "owner_changed",
             CloseReason::TokenExpired => "token_expired",
             CloseReason::DocumentDeleted => "document_deleted",
         }
@@ -92,6 +118,7 @@ mod tests {
             CloseReason::Internal,
             CloseReason::SlowReader,
             CloseReason::Overloaded,
+            CloseReason::OwnerChanged,
             CloseReason::DocumentTooLarge,
             CloseReason::AwarenessLimit,
             CloseReason::StatelessLimit,
@@ -110,6 +137,7 @@ mod tests {
                 | CloseReason::Internal
                 | CloseReason::SlowReader
                 | CloseReason::Overloaded
+                | CloseReason::OwnerChanged
                 | CloseReason::DocumentTooLarge
                 | CloseReason::AwarenessLimit
                 | CloseReason::StatelessLimit => {}
@@ -134,6 +162,14 @@ mod tests {
                 Some((code, line.to_owned()))
             })
             .collect()
+    }
+
+    #[test]
+    fn every_reason_is_found_by_its_name() {
+        for reason in every_reason() {
+            assert_eq!(CloseReason::from_name(reason.as_str()), Some(reason));
+        }
+        assert_eq!(CloseReason::from_name("nonsense"), None);
     }
 
     #[test]

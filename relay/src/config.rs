@@ -212,6 +212,30 @@ pub struct Config {
     /// anyone. For demos only; never on by default.
     #[arg(long, env = "RELAY_DEMO_SIGN_ON")]
     pub demo_sign_on: bool,
+
+    /// Cluster mode: the NATS servers (with JetStream) every relay of the cluster shares, like
+    /// `nats://127.0.0.1:4222,nats://127.0.0.1:4223`. Without it the relay runs alone and its
+    /// store is the authority; with it the JetStream log is, and the store is a cache.
+    #[arg(long = "nats", env = "RELAY_NATS", value_delimiter = ',')]
+    pub nats: Vec<String>,
+
+    /// Cluster mode: each NATS server's monitoring address (`http://127.0.0.1:8222`), checked at
+    /// start-up for `sync_interval: always`. Without it the relay warns that it cannot check.
+    #[arg(
+        long = "nats-monitor",
+        env = "RELAY_NATS_MONITOR",
+        value_delimiter = ','
+    )]
+    pub nats_monitor: Vec<String>,
+
+    /// Cluster mode: this relay's name, unique in the cluster (default: host name and port).
+    #[arg(long, env = "RELAY_NODE_NAME")]
+    pub node_name: Option<String>,
+
+    /// Cluster mode: seconds a room's ownership lease lasts without renewal. The owner renews
+    /// every third of it and stops answering *saved* once two thirds pass without a renewal.
+    #[arg(long, env = "RELAY_LEASE_SECS", default_value_t = 10)]
+    pub lease_secs: u64,
 }
 
 impl Default for Config {
@@ -253,6 +277,10 @@ impl Default for Config {
             webhook_url: None,
             webhook_secret: None,
             demo_sign_on: false,
+            nats: Vec::new(),
+            nats_monitor: Vec::new(),
+            node_name: None,
+            lease_secs: 10,
         }
     }
 }
@@ -365,6 +393,12 @@ impl Config {
             && !(url.starts_with("http://") || url.starts_with("https://"))
         {
             return fail("--webhook-url", "must be an http:// or https:// URL");
+        }
+        if self.lease_secs < 2 {
+            return fail("--lease-secs", "must be at least 2");
+        }
+        if !self.nats.is_empty() && self.nats.iter().any(|url| url.trim().is_empty()) {
+            return fail("--nats", "each server is a URL like nats://127.0.0.1:4222");
         }
         if self.client_timeout_secs <= self.keepalive_secs {
             return fail(

@@ -48,6 +48,7 @@ pub mod auth;
 pub(crate) mod body;
 pub mod cli;
 pub(crate) mod close;
+pub(crate) mod cluster;
 pub mod config;
 pub(crate) mod demo;
 pub(crate) mod edge;
@@ -107,12 +108,51 @@ pub enum RunError {
     /// The store cannot be opened.
     #[error(transparent)]
     Store(#[from] crdt::error::OpenError),
+    /// Cluster mode cannot start (NATS unreachable, too old, misconfigured).
+    #[error(transparent)]
+    Cluster(#[from] cluster::ClusterError),
     /// A thread or task could not be started.
     #[error("cannot start: {0}")]
     Spawn(String),
     /// The shutdown ran out of time with rooms still holding uncommitted updates.
     #[error("shutdown timed out with unsaved rooms: {}", describe(.0))]
     Unsaved(Vec<LoadedRoom>),
+}
+
+/// Opens the store. In cluster mode it is only a cache of the stream: one that cannot be opened
+/// is moved aside and started afresh (rooms then load from the stream).
+fn open_store(
+    path: &std::path::Path,
+    options: &StoreOptions,
+    is_cache: bool,
+) -> Result<Store, crdt::error::OpenError> {
+    use crdt::error::OpenError;
+    // Only an unreadable file is a cache to start afresh; one that another relay has open, a
+    // foreign database or a newer format is refused as in single-node mode.
+    let unreadable = |error: &OpenError| match error {
+        OpenError::Database { source, .. } => {
+            !matches!(source, redb::DatabaseError::DatabaseAlreadyOpen)
+        }
+        OpenError::Storage(_) => true,
+        _ => false,
+    };
+    match Store::open(path, options) {
+        Err(error) if is_cache && path.exists() && unreadable(&error) => {
+            let aside = path.with_extension(format!(
+                "redb.unreadable-{}",
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_secs())
+            ));
+            tracing::warn!(%error, aside = %aside.display(), "the cache store cannot be opened; moving it aside and loading rooms from the stream");
+            if let Err(rename) = std::fs::rename(path, &aside) {
+                tracing::error!(%rename, "cannot move the unreadable store aside");
+                return Err(error);
+            }
+            Store::open(path, options)
+        }
+        other => other,
+    }
 }
 
 fn describe(rooms: &[LoadedRoom]) -> String {
@@ -163,11 +203,20 @@ pub async fn run_with_ready(
         path: config.data_dir.clone(),
         source,
     })?;
+    let metrics = Arc::new(Metrics::new());
+    let port = listener
+        .local_addr()
+        .map_or(config.listen.port(), |a| a.port());
+    let cluster = match cluster::ClusterSettings::from_config(&config, port) {
+        Some(settings) => Some(cluster::Cluster::start(settings, metrics.clone()).await?),
+        None => None,
+    };
     let store_path = config.store_path();
     let options = StoreOptions {
         cache_bytes: config.store_cache_mb << 20,
     };
-    let store = tokio::task::spawn_blocking(move || Store::open(&store_path, &options))
+    let is_cache = cluster.is_some();
+    let store = tokio::task::spawn_blocking(move || open_store(&store_path, &options, is_cache))
         .await
         .map_err(|e| RunError::Spawn(e.to_string()))??;
     let store = Arc::new(store);
@@ -188,7 +237,6 @@ pub async fn run_with_ready(
         "relay starting"
     );
 
-    let metrics = Arc::new(Metrics::new());
     let (persist, writer) = persist::start(
         store.clone(),
         metrics.clone(),
@@ -243,6 +291,7 @@ pub async fn run_with_ready(
         },
         shutdown: shutdown.clone(),
         webhooks,
+        cluster: cluster.clone(),
     });
     let registry = RoomRegistry::new(
         ctx,
@@ -275,6 +324,10 @@ pub async fn run_with_ready(
     );
     let http_tasks = TaskTracker::new();
 
+    if let Some(cluster) = &cluster {
+        let _ = cluster.shutdown.set(shutdown.clone());
+        cluster::forward::start(cluster.clone(), registry.clone(), shutdown.clone());
+    }
     if let Ok(addr) = listener.local_addr() {
         ready(addr);
     }
@@ -297,6 +350,13 @@ pub async fn run_with_ready(
         registry.tasks().wait().await;
     })
     .await;
+    if let Some(cluster) = &cluster {
+        // The owners' log tasks give their leases up as their rooms unload.
+        cluster.stopped.cancel();
+        cluster.tasks.close();
+        let _ =
+            tokio::time::timeout_at(deadline + Duration::from_secs(2), cluster.tasks.wait()).await;
+    }
     // HTTP requests in flight get what is left of the drain time, but never hold up the exit.
     let _ = tokio::time::timeout_at(deadline, http_tasks.wait()).await;
     if drained.is_err() {

@@ -17,7 +17,7 @@ use tracing::Instrument;
 use crate::auth::Grant;
 use crate::close::CloseReason;
 use crate::outbound::ConnHandle;
-use crate::room::{ConnId, Exit, Room, RoomCommand, RoomContext, RoomStatus};
+use crate::room::{ConnId, Exit, LoadFailure, Room, RoomCommand, RoomContext, RoomStatus};
 
 /// The queue of a loaded room.
 pub(crate) type RoomSender = mpsc::Sender<RoomCommand>;
@@ -123,6 +123,11 @@ impl RoomRegistry {
             next_entry: AtomicU64::new(1),
             tasks: TaskTracker::new(),
         })
+    }
+
+    /// The limits and timings every room applies.
+    pub(crate) fn room_settings(&self) -> &crate::room::RoomSettings {
+        &self.ctx.settings
     }
 
     /// The store the rooms load from.
@@ -281,7 +286,7 @@ impl RoomRegistry {
     }
 
     /// Removes the room's entry if no command is on its way to it.
-    fn remove_if_idle(&self, room: &str, entry_id: u64, pending: &AtomicUsize) -> bool {
+    pub(crate) fn remove_if_idle(&self, room: &str, entry_id: u64, pending: &AtomicUsize) -> bool {
         let mut rooms = self.rooms.lock().expect("registry lock is never poisoned");
         if pending.load(Ordering::Acquire) != 0 {
             return false;
@@ -293,7 +298,7 @@ impl RoomRegistry {
     }
 
     /// Removes the room's entry unconditionally (after a failed load, or a panic).
-    fn remove(&self, room: &str, entry_id: u64) {
+    pub(crate) fn remove(&self, room: &str, entry_id: u64) {
         let mut rooms = self.rooms.lock().expect("registry lock is never poisoned");
         if rooms.get(room).is_some_and(|e| e.id == entry_id) {
             rooms.remove(room);
@@ -325,8 +330,27 @@ async fn run_entry(
 ) {
     let mut room = match Room::load(name.clone(), registry.ctx.clone(), status).await {
         Ok(room) => room,
-        Err(()) => {
-            refuse_all(&registry, &name, entry_id, rx).await;
+        Err(LoadFailure::Remote(owner)) => {
+            let cluster = registry
+                .ctx
+                .cluster
+                .clone()
+                .expect("only cluster mode has owners");
+            let idle = registry.ctx.settings.idle_unload;
+            crate::cluster::forward::serve_remote(
+                cluster, &registry, &name, entry_id, owner, &mut rx, &pending, idle,
+            )
+            .await;
+            // Leaving the registry happened in there; whoever is still queued retries.
+            refuse_all(&registry, &name, entry_id, rx, CloseReason::OwnerChanged).await;
+            return;
+        }
+        Err(LoadFailure::Failed) => {
+            refuse_all(&registry, &name, entry_id, rx, CloseReason::Internal).await;
+            return;
+        }
+        Err(LoadFailure::Unavailable) => {
+            refuse_all(&registry, &name, entry_id, rx, CloseReason::Overloaded).await;
             return;
         }
     };
@@ -338,13 +362,26 @@ async fn run_entry(
         entry_id,
         armed: true,
     };
-    while let Exit::Idle = room.serve(&mut rx, &pending).await {
-        if registry.remove_if_idle(&name, entry_id, &pending) {
-            rx.close();
-            break;
+    loop {
+        match room.serve(&mut rx, &pending).await {
+            Exit::Idle => {
+                if registry.remove_if_idle(&name, entry_id, &pending) {
+                    rx.close();
+                    break;
+                }
+                // A command is on its way; it will arrive through the queue.
+                room.stay();
+            }
+            Exit::QueueClosed => break,
+            Exit::Lost => {
+                tracing::warn!("the room is no longer ours; closing its connections (1013)");
+                room.close_all_moved();
+                unregister.armed = false;
+                room.unloaded();
+                refuse_all(&registry, &name, entry_id, rx, CloseReason::OwnerChanged).await;
+                return;
+            }
         }
-        // A command is on its way; it will arrive through the queue.
-        room.stay();
     }
     unregister.armed = false;
     room.unloaded();
@@ -367,19 +404,21 @@ impl Drop for UnregisterOnPanic<'_> {
     }
 }
 
-/// After a failed load: leave the registry, then close every connection that tried to join.
+/// After a failed load (or a lost room): leave the registry, then close every connection that
+/// tried to join with `reason`.
 async fn refuse_all(
     registry: &RoomRegistry,
     name: &str,
     entry_id: u64,
     mut rx: mpsc::Receiver<RoomCommand>,
+    reason: CloseReason,
 ) {
     registry.remove(name, entry_id);
     rx.close();
     while let Some(command) = rx.recv().await {
         if let RoomCommand::Join { handle, .. } = command {
             // Counted in the metrics by the connection when it ends.
-            handle.close(CloseReason::Internal);
+            handle.close(reason);
         }
     }
 }

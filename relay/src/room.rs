@@ -28,6 +28,9 @@ use self::inbound::Inbound;
 use self::ledger::RequestId;
 use crate::auth::{Access, Principal};
 use crate::close::CloseReason;
+use crate::cluster::Cluster;
+use crate::cluster::load::LoadError;
+use crate::cluster::log::{LogJob, OwnerLog};
 use crate::outbound::{ConnHandle, Delivery};
 use crate::persist::{CommitState, PersistJob, PersistMsg, PersistSender};
 use crate::telemetry::Metrics;
@@ -98,7 +101,7 @@ pub(crate) enum RoomCommand {
 impl RoomCommand {
     /// Whether the registry counted this command as pending when it was sent (everything but a
     /// connection's messages and its leaving, which only come from joined connections).
-    fn was_counted(&self) -> bool {
+    pub(crate) fn was_counted(&self) -> bool {
         !matches!(
             self,
             RoomCommand::Messages { .. } | RoomCommand::Leave { .. }
@@ -134,6 +137,8 @@ pub(crate) struct RoomContext {
     pub(crate) shutdown: CancellationToken,
     /// Where document events go, with `--webhook-url`.
     pub(crate) webhooks: Option<Webhooks>,
+    /// Cluster mode (`--nats`): the JetStream log is the authority and the store a cache.
+    pub(crate) cluster: Option<Arc<Cluster>>,
 }
 
 /// What the registry can see of a running room.
@@ -170,6 +175,8 @@ pub(crate) struct Room {
     status: Arc<RoomStatus>,
     /// Effects being carried out (kept to reuse its allocation).
     effects: Vec<Effect>,
+    /// Cluster mode: the owner's log, which takes the room's writes instead of the store writer.
+    log: Option<OwnerLog>,
 }
 
 impl Room {
@@ -178,6 +185,7 @@ impl Room {
         ctx: Arc<RoomContext>,
         stored: StoredRoom,
         status: Arc<RoomStatus>,
+        log: Option<OwnerLog>,
     ) -> Self {
         let (notify, commits) = watch::channel(CommitState {
             committed_seq: stored.next_seq - 1,
@@ -197,6 +205,7 @@ impl Room {
             empty_since: Some(Instant::now()),
             status,
             effects: Vec::new(),
+            log,
             ctx,
         }
     }
@@ -332,6 +341,18 @@ impl Room {
                 // starts with a fresh flag, so its first change is reported.
                 self.change_flag = ChangeFlag::default();
             }
+            Effect::Persist { write, seq } if self.log.is_some() => {
+                let log = self.log.as_ref().expect("guarded");
+                let job = LogJob {
+                    write,
+                    seq,
+                    notify: self.commit_notify.clone(),
+                };
+                if log.send(job).await.is_err() {
+                    // The log task ended: the room is lost, and `serve` ends it next.
+                    tracing::debug!("the room's log has ended; this change is not saved here");
+                }
+            }
             Effect::Persist { write, seq } => {
                 let job = PersistJob {
                     write,
@@ -368,6 +389,15 @@ impl Room {
                 metrics.update_bytes_in.inc_by(bytes as u64);
             }
             Effect::Count(label) => metrics.error(label),
+            Effect::Rebuild if self.log.is_some() => {
+                // In cluster mode the stream is the authority: give the room up, and let the
+                // next connection load it again from the stream (clients resend what is not
+                // acknowledged).
+                tracing::error!("yrs failed on the document; reloading the room from the stream");
+                if let Some(log) = &self.log {
+                    log.lost().cancel();
+                }
+            }
             Effect::Rebuild => self.rebuild().await,
         }
     }
@@ -403,18 +433,53 @@ pub(crate) enum Exit {
     Idle,
     /// Its queue is closed: nothing more can arrive.
     QueueClosed,
+    /// Cluster mode: the room is no longer ours (lease lost, append fenced): close its
+    /// connections (1013) and unload at once.
+    Lost,
+}
+
+/// Why a room did not load.
+pub(crate) enum LoadFailure {
+    /// Cluster mode: another live relay owns it.
+    Remote(String),
+    /// It cannot be loaded now (logged and counted).
+    Failed,
+    /// Cluster mode: NATS did not answer in time; the clients should retry (1013).
+    Unavailable,
 }
 
 impl Room {
     /// Loads a room's document from the store.
     ///
     /// # Errors
-    /// When the store cannot load it (logged and counted here).
+    /// When the store cannot load it (logged and counted here), or, in cluster mode, when
+    /// another relay owns it.
     pub(crate) async fn load(
         name: Arc<str>,
         ctx: Arc<RoomContext>,
         status: Arc<RoomStatus>,
-    ) -> Result<Room, ()> {
+    ) -> Result<Room, LoadFailure> {
+        if let Some(cluster) = ctx.cluster.clone() {
+            return match crate::cluster::load::load(&cluster, &ctx.store, &name).await {
+                Ok(owned) => {
+                    let log =
+                        OwnerLog::start(cluster, ctx.persist.clone(), name.clone(), owned.log);
+                    ctx.metrics.rooms_loaded.inc();
+                    Ok(Room::new(name, ctx, owned.stored, status, Some(log)))
+                }
+                Err(LoadError::OwnedBy(owner)) => Err(LoadFailure::Remote(owner)),
+                Err(error @ LoadError::Nats(_)) => {
+                    tracing::warn!(%error, "cannot load the room from the cluster now; its connections retry");
+                    ctx.metrics.error("room_load_unavailable");
+                    Err(LoadFailure::Unavailable)
+                }
+                Err(error) => {
+                    tracing::error!(%error, "cannot load the room from the cluster; refusing its connections");
+                    ctx.metrics.error("room_load_failed");
+                    Err(LoadFailure::Failed)
+                }
+            };
+        }
         let store = ctx.store.clone();
         let load_name = name.clone();
         let stored = match tokio::task::spawn_blocking(move || store.load(&load_name)).await {
@@ -422,12 +487,12 @@ impl Room {
             Ok(Err(error)) => {
                 tracing::error!(%error, "cannot load the room; refusing its connections");
                 ctx.metrics.error("room_load_failed");
-                return Err(());
+                return Err(LoadFailure::Failed);
             }
             Err(error) => {
                 tracing::error!(%error, "room loading panicked; refusing its connections");
                 ctx.metrics.error("room_load_failed");
-                return Err(());
+                return Err(LoadFailure::Failed);
             }
         };
         tracing::info!(
@@ -437,7 +502,7 @@ impl Room {
             "room loaded"
         );
         ctx.metrics.rooms_loaded.inc();
-        Ok(Room::new(name, ctx, stored, status))
+        Ok(Room::new(name, ctx, stored, status, None))
     }
 
     /// Serves the room's commands, commit reports and timers until it is idle. `pending` counts
@@ -447,9 +512,14 @@ impl Room {
         rx: &mut mpsc::Receiver<RoomCommand>,
         pending: &AtomicUsize,
     ) -> Exit {
+        let lost = self.log.as_ref().map(|log| log.lost().clone());
         loop {
             let unload_at = self.unload_deadline();
             let sweep_at = self.core.next_sweep().map(Instant::from_std);
+            // A lost room stops at once, before taking anything more in.
+            if lost.as_ref().is_some_and(CancellationToken::is_cancelled) {
+                return Exit::Lost;
+            }
             tokio::select! {
                 command = rx.recv() => {
                     let Some(command) = command else { return Exit::QueueClosed };
@@ -469,6 +539,7 @@ impl Room {
                 }
                 () = sleep_until_opt(unload_at), if unload_at.is_some() => return Exit::Idle,
                 () = self.ctx.shutdown.cancelled(), if !self.ctx.shutdown.is_cancelled() => {}
+                () = cancelled_opt(lost.as_ref()), if lost.is_some() => return Exit::Lost,
             }
             self.execute().await;
             if self.delivery.take_lagging() {
@@ -484,10 +555,25 @@ impl Room {
         self.empty_since = Some(Instant::now());
     }
 
+    /// The room is no longer ours (cluster mode): every connection is closed with 1013, so its
+    /// client reconnects and reaches the new owner.
+    pub(crate) fn close_all_moved(&mut self) {
+        for (_, handle) in self.handles.drain() {
+            handle.close(CloseReason::OwnerChanged);
+        }
+    }
+
     /// The room is out of the registry and its queue is closed.
     pub(crate) fn unloaded(self) {
         self.ctx.metrics.rooms_loaded.dec();
         tracing::info!("room unloaded");
+    }
+}
+
+async fn cancelled_opt(token: Option<&CancellationToken>) {
+    match token {
+        Some(token) => token.cancelled().await,
+        None => std::future::pending().await,
     }
 }
 

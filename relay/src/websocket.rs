@@ -345,7 +345,10 @@ where
         match next {
             Some(Ok(Message::Binary(frame))) => match link.forward(&frame).await {
                 Forwarded::Taken => {}
-                Forwarded::RoomGone => return None,
+                // The room ended under the connection. In cluster mode it was lost and queued
+                // a 1013 close before going: let the writer send it. Otherwise (a room task that
+                // panicked) the close it gets is this 1011.
+                Forwarded::RoomGone => return close(CloseReason::Internal),
                 Forwarded::Malformed => return Some(CloseReason::ProtocolError),
             },
             Some(Ok(Message::Text(_))) => {

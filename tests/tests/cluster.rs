@@ -1,0 +1,320 @@
+//! Cluster mode (issue 13) when nothing fails: 3 nats-servers and 3 relays on loopback ports
+//! (tests 1, 7, 8 and 9 of the issue, and the start-up checks). The faults are in
+//! `cluster_faults.rs`. Needs `tests/install-nats.sh` and `cargo build -p relay` first.
+//!
+//! Tests run one at a time ([`one_cluster_at_a_time`]); each is bounded by its waits.
+
+use std::time::Duration;
+
+use relay_tests::*;
+
+/// Reads until the client's text is `len` bytes long.
+async fn wait_text_len(client: &mut Client, len: usize) {
+    if client.text().len() >= len {
+        return;
+    }
+    let doc = client.doc.clone();
+    client
+        .recv_until(&format!("a text of {len} bytes"), |_| {
+            doc_text(&doc).len() >= len
+        })
+        .await;
+}
+
+/// Test 1: clients on three relays edit one room, then 150 writers edit 50 rooms; everyone
+/// converges, and the subject replayed from JetStream gives the same document.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_on_three_relays_converge_on_one_room_and_on_fifty() {
+    let _one = one_cluster_at_a_time().await;
+    let cluster = RelayCluster::start(3, NatsPath::Direct, ClusterOptions::default()).await;
+
+    let room = "cluster/one room";
+    let mut clients = Vec::new();
+    for relay in &cluster.relays {
+        clients.push(Client::join(&relay.ws_url(room)).await);
+    }
+    let mut total = 0;
+    for round in 0..5 {
+        for (i, client) in clients.iter_mut().enumerate() {
+            let s = format!("[{i}.{round}]");
+            total += s.len();
+            client.edit(&s).await;
+        }
+    }
+    for client in &mut clients {
+        client.save(1).await;
+    }
+    for client in &mut clients {
+        wait_text_len(client, total).await;
+    }
+    let text = clients[0].text();
+    for (i, client) in clients.iter().enumerate() {
+        assert_eq!(client.text(), text, "the client on relay r{i} diverged");
+    }
+    let replay = replay_room(&cluster.js, room).await;
+    assert_eq!(doc_text(&replay.doc), text, "the replayed subject differs");
+    assert!(
+        replay
+            .messages
+            .iter()
+            .all(|m| m.room.as_deref() == Some(room)),
+        "every message names its room in Relay-Room"
+    );
+
+    // 50 rooms, a writer on each relay in each.
+    let mut writers = Vec::new();
+    for r in 0..50 {
+        for w in 0..3 {
+            let mut writer = AckedWriter::new(&format!("cluster/room {r}"), &format!("w{w}"));
+            for _ in 0..3 {
+                writer.edit();
+            }
+            writers.push(writer);
+        }
+    }
+    cluster
+        .settle_and_verify(&mut writers, "fifty rooms")
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", cluster.logs()));
+}
+
+/// Test 9: awareness set through one relay is seen through another, and killing a relay removes
+/// its clients' states.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn awareness_crosses_relays_and_a_killed_relays_clients_are_removed() {
+    let _one = one_cluster_at_a_time().await;
+    let mut cluster = RelayCluster::start(3, NatsPath::Direct, ClusterOptions::default()).await;
+    let room = "cluster/awareness";
+    let a_relay = 0;
+    let mut a = Client::join(&cluster.relays[a_relay].ws_url(room)).await;
+    let owner = cluster
+        .wait_owner(room, Duration::from_secs(10), |_| true)
+        .await;
+    // B on a relay that neither owns the room nor serves A, so that killing it tests the
+    // removal of a forwarded connection's states, not a takeover.
+    let b_relay = (0..3)
+        .find(|&i| i != owner && i != a_relay)
+        .expect("a third relay");
+    let mut b = Client::join(&cluster.relays[b_relay].ws_url(room)).await;
+
+    let a_id = a.client_id();
+    a.send(awareness_message(a_id, 1, Some(r#"{"user":"a"}"#)))
+        .await;
+    b.recv_until("A's awareness on B", |m| has_state(m, a_id))
+        .await;
+    let b_id = b.client_id();
+    b.send(awareness_message(b_id, 1, Some(r#"{"user":"b"}"#)))
+        .await;
+    a.recv_until("B's awareness on A", |m| has_state(m, b_id))
+        .await;
+
+    cluster.relays[b_relay].kill().await;
+    // y-protocols drops a state after 30 s without renewal; the relay must not be slower.
+    within_for(
+        Duration::from_secs(35),
+        "B's awareness state to be removed on A",
+        async {
+            while a.awareness.contains_key(&b_id) {
+                match next_event(&mut a.stream, Duration::from_secs(35)).await {
+                    Event::Frame(frame) => {
+                        let message = decode_one(&frame);
+                        a.absorb(&message);
+                    }
+                    other => panic!("A's connection ended: {other:?}\n{}", cluster.logs()),
+                }
+            }
+        },
+    )
+    .await;
+}
+
+/// Whether `message` is an awareness update carrying `id`'s state.
+fn has_state(message: &Msg, id: u64) -> bool {
+    match message {
+        Msg::Awareness(payload) => awareness_entries(payload)
+            .iter()
+            .any(|e| e.client_id == id && e.state.is_some()),
+        _ => false,
+    }
+}
+
+/// Test 7: a relay whose redb cache was deleted or corrupted reloads the room from the stream;
+/// a cache holding edits the stream lost republishes them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_cache_reloads_from_the_stream_and_a_cache_republishes_what_the_stream_lost() {
+    let _one = one_cluster_at_a_time().await;
+    let mut cluster = RelayCluster::start(3, NatsPath::Direct, ClusterOptions::default()).await;
+    let room = "cluster/cache";
+    let mut writer = AckedWriter::new(room, "w");
+    for _ in 0..5 {
+        writer.edit();
+    }
+    let url = cluster.relays[0].ws_url(room);
+    writer
+        .settle(&url, Duration::from_secs(20))
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", cluster.logs()));
+    let store = cluster.relays[0].data_dir().join(relay::config::STORE_FILE);
+
+    // Deleted, then corrupted: each time relay r0 must serve every edit, read from the stream.
+    for damage in ["deleted", "corrupted"] {
+        assert!(cluster.relays[0].stop().await, "r0 exits cleanly");
+        match damage {
+            "deleted" => std::fs::remove_file(&store).expect("delete the cache"),
+            _ => {
+                let len = std::fs::metadata(&store).map_or(4096, |m| m.len() as usize);
+                std::fs::write(&store, vec![0xA5; len.max(4096)]).expect("corrupt the cache");
+            }
+        }
+        cluster.relays[0]
+            .restart()
+            .await
+            .unwrap_or_else(|e| panic!("r0 with its cache {damage}: {e}"));
+        let seen = read_edits(&cluster.relays[0].ws_url(room), Duration::from_secs(20))
+            .await
+            .unwrap_or_else(|e| panic!("cache {damage}: {e}\n{}", cluster.logs()));
+        assert_eq!(
+            writer.first_missing(&seen, writer.sent()),
+            None,
+            "cache {damage}: r0 serves {seen:?}"
+        );
+    }
+
+    // The stream loses the room (purged while r0, holding it in its cache, is down).
+    assert!(cluster.relays[0].stop().await, "r0 exits cleanly");
+    let subject = RoomSubject::of(room);
+    let stream = cluster
+        .js
+        .get_stream(subject.stream())
+        .await
+        .expect("the room's stream");
+    stream
+        .purge()
+        .filter(subject.subject())
+        .await
+        .expect("purge the room's subject");
+    assert!(replay_room(&cluster.js, room).await.messages.is_empty());
+    cluster.relays[0].restart().await.expect("restart r0");
+    let seen = read_edits(&cluster.relays[0].ws_url(room), Duration::from_secs(20))
+        .await
+        .expect("r0 serves the room");
+    assert_eq!(writer.first_missing(&seen, writer.sent()), None);
+    within_for(
+        Duration::from_secs(20),
+        "r0 to republish what the stream lost",
+        async {
+            loop {
+                let stored = edits_of(&replay_room(&cluster.js, room).await.doc);
+                if writer.first_missing(&stored, writer.sent()).is_none() {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        },
+    )
+    .await;
+}
+
+/// Test 8: every relay restarted (SIGTERM, start), one at a time, while writers edit 6 rooms
+/// through all three: nothing acknowledged is lost and every room converges.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rolling_restart_under_load_loses_nothing() {
+    let _one = one_cluster_at_a_time().await;
+    let mut cluster = RelayCluster::start(3, NatsPath::Direct, ClusterOptions::default()).await;
+    let addrs = cluster.addrs();
+    let mut writers = Vec::new();
+    for r in 0..6 {
+        for w in 0..3 {
+            writers.push((
+                AckedWriter::new(&format!("cluster/rolling {r}"), &format!("w{w}")),
+                w,
+            ));
+        }
+    }
+    let pool = WriterPool::start(writers, &addrs, Duration::from_millis(20));
+    let progress = cluster.lease() + Duration::from_secs(10);
+    pool.wait_progress(3, progress)
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", cluster.logs()));
+    for k in 0..cluster.relays.len() {
+        assert!(cluster.relays[k].stop().await, "r{k} exits cleanly");
+        cluster.update_addrs(&addrs);
+        cluster.relays[k].restart().await.expect("restart");
+        cluster.update_addrs(&addrs);
+        pool.wait_progress(2, progress)
+            .await
+            .unwrap_or_else(|e| panic!("after restarting r{k}: {e}\n{}", cluster.logs()));
+        pool.check_stored(&cluster.js, &format!("after restarting r{k}"))
+            .await
+            .unwrap_or_else(|e| panic!("{e}\n{}", cluster.logs()));
+    }
+    let mut writers = pool.stop().await;
+    cluster
+        .settle_and_verify(&mut writers, "after the rolling restart")
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", cluster.logs()));
+}
+
+/// Start-up refuses, exit code non-zero and a message on standard error, when no NATS server
+/// is reachable, and when a server does not fsync every write (`sync_interval: always`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn start_up_refuses_unreachable_nats_and_servers_without_sync_always() {
+    let _one = one_cluster_at_a_time().await;
+    let data = tempfile::tempdir().unwrap();
+    let nowhere = format!("nats://127.0.0.1:{}", free_ports(1)[0]);
+    let refused = ChildRelay::start(data.path(), &["--nats", &nowhere], |_| {}).await;
+    let Err(message) = refused else {
+        panic!("the relay started without a reachable NATS server");
+    };
+    assert!(message.contains("exited"), "{message}");
+
+    let nats = NatsCluster::start_with(SyncInterval::Default).await;
+    let refused = ChildRelay::start(
+        data.path(),
+        &[
+            "--nats",
+            &nats.urls(),
+            "--nats-monitor",
+            &nats.monitor_urls(),
+        ],
+        |_| {},
+    )
+    .await;
+    let Err(message) = refused else {
+        panic!("the relay started on servers without sync_interval: always");
+    };
+    assert!(
+        message.contains("exited") && message.to_lowercase().contains("sync"),
+        "the refusal must name the sync setting: {message}"
+    );
+}
+
+/// A relay told to stop (SIGTERM) while every nats-server is gone (stopped cleanly, or killed)
+/// still exits, within its drain timeout: an operator stopping a cluster in the wrong order must
+/// not be left with a hung process.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_exits_even_when_nats_is_gone() {
+    let _one = one_cluster_at_a_time().await;
+    for (with_room, graceful) in [(false, true), (true, true), (true, false)] {
+        let mut cluster = RelayCluster::start(1, NatsPath::Direct, ClusterOptions::default()).await;
+        if with_room {
+            let room = "cluster/stop without nats";
+            let mut writer = AckedWriter::new(room, "w");
+            writer.edit();
+            writer
+                .settle(&cluster.relays[0].ws_url(room), Duration::from_secs(20))
+                .await
+                .unwrap_or_else(|e| panic!("{e}\n{}", cluster.logs()));
+        }
+        for i in 0..3 {
+            if graceful {
+                cluster.nats.stop(i).await;
+            } else {
+                cluster.nats.kill(i).await;
+            }
+        }
+        // `stop` fails the test when the relay has not exited within its drain timeout and
+        // DEADLINE.
+        cluster.relays[0].stop().await;
+    }
+}
