@@ -88,6 +88,12 @@ fn encode_messages(messages: &[Inbound]) -> Bytes {
             }
             Inbound::QueryAwareness => frame.extend_from_slice(&encode_query_awareness()),
             Inbound::SaveRequest(id) => frame.extend_from_slice(&encode_save_request(*id)),
+            // The link carries y-websocket frames, which have no stateless message: a Hocuspocus
+            // client's stateless broadcast does not cross the cluster hop (a known limitation,
+            // stated in the README), so it is left out rather than misencoded.
+            Inbound::Stateless(_) => {
+                tracing::debug!("stateless message not forwarded to the owning relay");
+            }
         }
     }
     frame.freeze()
