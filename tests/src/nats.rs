@@ -288,6 +288,21 @@ impl NatsCluster {
         self.wait_ready().await;
     }
 
+    /// Kills every server, deletes everything JetStream stored, and starts them again on the
+    /// same ports: a stream that lost acknowledged data.
+    pub async fn restart_wiped(&mut self) {
+        for i in 0..self.nodes.len() {
+            if self.nodes[i].is_running() {
+                self.kill(i).await;
+            }
+            let _ = std::fs::remove_dir_all(self.dir.path().join(&self.nodes[i].name));
+        }
+        for node in &mut self.nodes {
+            node.spawn().await;
+        }
+        self.wait_ready().await;
+    }
+
     /// Pauses server `i` (SIGSTOP): its sockets stay open but it answers nothing.
     pub fn pause(&mut self, i: usize) {
         self.nodes[i].signal(libc::SIGSTOP);

