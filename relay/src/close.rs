@@ -73,6 +73,7 @@ impl CloseReason {
             CloseReason::OwnerChanged,
             CloseReason::DocumentTooLarge,
             CloseReason::AwarenessLimit,
+            CloseReason::StatelessLimit,
         ]
         .into_iter()
         .find(|reason| reason.as_str() == name)

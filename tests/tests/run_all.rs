@@ -84,6 +84,10 @@ fn run_all(fail: &[(&str, &str)]) -> Run {
         "#!/usr/bin/env bash\necho \"browser RELAY_BIN=$RELAY_BIN\" >> \"$STUB_LOG\"\n",
     );
     write_executable(
+        &root.join("tests/install-nats.sh"),
+        "#!/usr/bin/env bash\necho install-nats >> \"$STUB_LOG\"\n",
+    );
+    write_executable(
         &root.join("crdt/fuzz/asan-regressions.sh"),
         "#!/usr/bin/env bash\necho asan >> \"$STUB_LOG\"\n",
     );
@@ -120,6 +124,7 @@ fn every_step_passes_and_the_command_succeeds() {
         "fmt",
         "clippy",
         "relay-build",
+        "nats-install",
         "cargo-test",
         "asan",
         "interop",
@@ -138,6 +143,11 @@ fn every_step_passes_and_the_command_succeeds() {
     let browser = format!("browser RELAY_BIN={root}/target/debug/relay");
     assert!(run.calls.contains(&browser), "{:?}", run.calls);
     assert!(run.calls.contains(&"asan".to_owned()), "{:?}", run.calls);
+    assert!(
+        run.calls.contains(&"install-nats".to_owned()),
+        "{:?}",
+        run.calls
+    );
 }
 
 #[test]
