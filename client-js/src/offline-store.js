@@ -112,6 +112,13 @@ export class OfflineStore {
     this.entries = 0
     /** @type {Uint8Array[]} updates made before the database was open */
     this._queue = []
+    /**
+     * Updates handed to this store whose IndexedDB transaction has not completed (or failed) yet:
+     * until it drops to 0, a reload could lose them.
+     */
+    this.pendingWrites = 0
+    /** @type {(() => void) | null} called each time {@link OfflineStore#pendingWrites} drops to 0 */
+    this.onWritesSettled = null
     this._compacting = false
     /** whether the document had content before this store saw it: it is written at load */
     this._preexisting = doc.store.clients.size > 0
@@ -120,7 +127,9 @@ export class OfflineStore {
      * @param {any} origin
      */
     this._onUpdate = (update, origin) => {
-      if (origin !== this) this._append(update)
+      if (origin === this) return
+      this.pendingWrites++
+      this._append(update)
     }
     doc.on('update', this._onUpdate)
 
@@ -191,12 +200,27 @@ export class OfflineStore {
   _giveUp () {
     this.unavailable = true
     this.db = null
+    const dropped = this._queue.length
     this._queue = []
+    this._settled(dropped)
   }
 
-  /** @param {Uint8Array} update */
+  /**
+   * `count` pending writes ended (committed, failed, or dropped).
+   * @param {number} count
+   */
+  _settled (count) {
+    if (count === 0 || this.pendingWrites === 0) return
+    this.pendingWrites = Math.max(0, this.pendingWrites - count)
+    if (this.pendingWrites === 0 && !this.destroyed) this.onWritesSettled?.()
+  }
+
+  /**
+   * Writes one update counted in {@link OfflineStore#pendingWrites}; settles it exactly once.
+   * @param {Uint8Array} update
+   */
   _append (update) {
-    if (this.destroyed || this.unavailable) return
+    if (this.destroyed || this.unavailable) return this._settled(1)
     if (this.db === null) {
       this._queue.push(update)
       return
@@ -204,10 +228,15 @@ export class OfflineStore {
     try {
       const tx = this.db.transaction([UPDATES], 'readwrite')
       tx.objectStore(UPDATES).add(update)
-      completion(tx).catch(err => console.warn('relay-client: could not store an update in IndexedDB', err))
+      completion(tx)
+        .catch(err => console.warn('relay-client: could not store an update in IndexedDB', err))
+        .finally(() => this._settled(1))
+      // Ask for the commit now rather than at the end of the task: the sooner it is on disk, the
+      // smaller the window in which a reload or a closed tab loses it.
+      if (typeof tx.commit === 'function') tx.commit()
     } catch (err) {
       console.warn('relay-client: could not store an update in IndexedDB', err)
-      return
+      return this._settled(1)
     }
     if (++this.entries >= this.compactAfter) this.compact()
   }
@@ -282,6 +311,7 @@ export class OfflineStore {
     this.destroyed = true
     this.doc.off('update', this._onUpdate)
     this._queue = []
+    this.pendingWrites = 0
     if (this.db !== null) {
       this.db.close()
       this.db = null

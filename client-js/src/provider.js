@@ -54,8 +54,10 @@ import { SocketTransport } from './transport.js'
  *   The socket reported an error (a close follows).
  * @property {(event: {status: SaveStatus, error?: string}) => void} save-status
  *   The save status changed: 'saved' (the relay acknowledged every local edit as durable),
- *   'saving' (connected, waiting for the acknowledgement), 'offline-unsaved' (local edits the relay
- *   has not acknowledged, and no connection), 'error' (the relay reported a failed commit, with its
+ *   'saving' (connected, waiting for the acknowledgement; or, with no connection, while local edits
+ *   are still being written to IndexedDB), 'offline-unsaved' (local edits the relay has not
+ *   acknowledged, no connection, and every one of them committed to IndexedDB when offline storage
+ *   is on), 'error' (the relay reported a failed commit, with its
  *   reason in `error`; it retries, and 'saved' follows once a retry commits), 'deleted' (the relay
  *   deleted the document: nothing is saved any more, and what was saved is gone; final).
  * @property {(event: {unsaved: boolean}) => void} deleted
@@ -236,7 +238,6 @@ export class RelayProvider extends ObservableV2 {
       this._crossTab?.postAwareness([id])
     }
     this._onDocDestroy = () => this.destroy()
-    doc.on('update', this._onDocUpdate)
     doc.on('destroy', this._onDocDestroy)
     this.awareness.on('update', this._onAwarenessUpdate)
 
@@ -247,6 +248,11 @@ export class RelayProvider extends ObservableV2 {
     this._store = (opts.offline ?? true) && env.indexedDB !== null
       ? new OfflineStore(name, doc, { indexedDB: env.indexedDB, compactAfter: opts.compactAfter })
       : null
+    // After the store's own listener: when _docUpdated judges the save status, the store already
+    // counts the update among its pending writes, so 'offline-unsaved' ("kept on this device") is
+    // never claimed before IndexedDB has committed it.
+    doc.on('update', this._onDocUpdate)
+    if (this._store !== null) this._store.onWritesSettled = () => this._updateSaveStatus()
     /** @type {Promise<void>} the content kept in IndexedDB is in the document */
     this.whenLoaded = (this._store !== null ? this._store.whenLoaded : Promise.resolve(null)).then(result => {
       if (this.destroyed) return
@@ -613,6 +619,7 @@ export class RelayProvider extends ObservableV2 {
   }
 
   _updateSaveStatus () {
+    this._tracker.storing = this._store !== null && this._store.pendingWrites > 0
     const status = this._tracker.status
     this.saveError = status === 'error' ? this._tracker.error : null
     if (status !== this.saveStatus) {

@@ -31,6 +31,8 @@ export class SaveTracker {
     this.pending = new Map()
     /** whether a connection to the relay is open */
     this.online = false
+    /** whether some local change is still being written to this device's offline storage */
+    this.storing = false
     /**
      * Reason of the last save error, until a later *saved*.
      * @type {string | null}
@@ -50,7 +52,8 @@ export class SaveTracker {
   get status () {
     if (this.deleted) return 'deleted'
     if (!this.unsaved) return 'saved'
-    if (!this.online) return 'offline-unsaved'
+    // 'offline-unsaved' tells the user the edits are kept on this device: only once they are.
+    if (!this.online) return this.storing ? 'saving' : 'offline-unsaved'
     if (this.error !== null) return 'error'
     return 'saving'
   }

@@ -92,3 +92,21 @@ test('rooms and servers have separate databases', async () => {
   await reload(idb, 'two', {}, p => assert.equal(p.doc.getText('t').length, 0))
   await reload(idb, 'one', {}, p => assert.equal(p.doc.getText('t').toString(), 'one'))
 })
+
+test('offline, "kept on this device" is claimed only once IndexedDB has committed the edit', async () => {
+  const idb = new IDBFactory()
+  await reload(idb, 'kept', {}, async p => {
+    const seen = []
+    p.on('save-status', ({ status }) => {
+      // Read the log the moment the status changes: what the status claims must be stored.
+      seen.push(logStats(idb, dbName('kept')).then(stats => ({ status, entries: stats.entries })))
+    })
+    p.doc.getText('t').insert(0, 'typed offline')
+    assert.equal(p.saveStatus, 'saving', 'still being written to IndexedDB')
+    await waitFor(() => p.saveStatus === 'offline-unsaved', { what: 'the write to IndexedDB' })
+    const states = await Promise.all(seen)
+    assert.deepEqual(states.map(s => s.status), ['saving', 'offline-unsaved'])
+    assert.equal(states[1].entries, 1, 'the edit is in IndexedDB when offline-unsaved is claimed')
+  })
+  await reload(idb, 'kept', {}, p => assert.equal(p.doc.getText('t').toString(), 'typed offline'))
+})

@@ -150,7 +150,7 @@ relayTest('the unsaved marker survives a reload while the relay is down; a reloa
   await relay.stop()
   await waitFor(() => first.status === 'disconnected')
   first.doc.getText('text').insert(10, ', offline part')
-  assert.equal(first.saveStatus, 'offline-unsaved')
+  await saveStatusIs(first, 'offline-unsaved') // once IndexedDB has it
   first.destroy()
 
   // Reload with the relay down: the content is there and still unsaved.
@@ -170,7 +170,7 @@ relayTest('the unsaved marker survives a reload while the relay is down; a reloa
   await relay.stop()
   await waitFor(() => third.status === 'disconnected')
   third.doc.getText('text').delete(0, 6) // "part, offline part"
-  assert.equal(third.saveStatus, 'offline-unsaved')
+  await saveStatusIs(third, 'offline-unsaved')
   third.destroy()
 
   const fourth = provider(scope, relay.url, room, opts)
