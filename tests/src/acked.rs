@@ -1,7 +1,8 @@
 //! Writers that know which of their edits the relay acknowledged as *saved*, for the fault tests
 //! and the crash tool: each writer owns keys `"<name>-<n>" = n` of its room's `Y.Map`
-//! [`EDITS`], sends a save request numbered `n` after edit `n`, and counts key `n` acknowledged
-//! once `saved n` arrives. A writer keeps its document across connections, so its unacknowledged
+//! [`EDITS`], sends a save request numbered `n` after edit `n` (after every edit, or every k-th:
+//! its [`Schedule`]), and counts keys `0..=n` acknowledged once `saved n` arrives. The fault
+//! tests, `crashtest` and `crashtest --cluster` all write with it, over the tests' [`Client`]. A writer keeps its document across connections, so its unacknowledged
 //! edits reach the relay after a reconnect (it answers the relay's sync step 1 with what the
 //! relay lacks, as the stock client does).
 
@@ -19,12 +20,13 @@ use crdt::protocol::{
     Message, MessageReader, encode_save_request, encode_sync_step1, encode_sync_step2,
     encode_update,
 };
-use futures_util::{SinkExt, StreamExt};
-use tokio_tungstenite::tungstenite::Message as WsMessage;
 use tokio_util::sync::CancellationToken;
 use yrs::updates::decoder::Decode;
 use yrs::updates::encoder::Encode;
 use yrs::{Doc, Map, Out, ReadTxn, StateVector, Transact, Update};
+
+use crate::client::{Client, Event, read_event};
+use crate::rng::Rng;
 
 /// The shared map the writers edit.
 pub const EDITS: &str = "edits";
@@ -122,7 +124,18 @@ impl AckedWriter {
     /// Connects to `url` and edits every `pace` (each edit followed by its save request) until
     /// `stop` is cancelled or the connection ends.
     pub async fn run(&mut self, url: &str, pace: Duration, stop: &CancellationToken) -> WriterEnd {
-        self.session(url, Some(pace), None, stop).await
+        self.run_on(url, &mut Schedule::every(pace), stop).await
+    }
+
+    /// Connects to `url` and edits on `schedule` (once the relay's sync step 1 is answered)
+    /// until `stop` is cancelled or the connection ends.
+    pub async fn run_on(
+        &mut self,
+        url: &str,
+        schedule: &mut Schedule,
+        stop: &CancellationToken,
+    ) -> WriterEnd {
+        self.session(url, Some(schedule), None, stop).await
     }
 
     /// Connects to `url`, syncs (sending the relay whatever it lacks), asks for a save of
@@ -158,63 +171,59 @@ impl AckedWriter {
         ))
     }
 
-    /// One connection: edits every `pace` if given; returns `Stopped` once `saved target`
+    /// One connection: edits on `schedule` if given; returns `Stopped` once `saved target`
     /// arrives, if given.
     async fn session(
         &mut self,
         url: &str,
-        pace: Option<Duration>,
+        mut schedule: Option<&mut Schedule>,
         target: Option<u64>,
         stop: &CancellationToken,
     ) -> WriterEnd {
-        let connect = tokio::time::timeout(
-            Duration::from_secs(5),
-            tokio_tungstenite::connect_async(url),
-        );
-        let ws = match connect.await {
-            Ok(Ok((ws, _))) => ws,
-            Ok(Err(e)) => return WriterEnd::Failed(e.to_string()),
-            Err(_) => return WriterEnd::Failed("connect timed out".into()),
+        let mut client = match Client::connect_for(url, Duration::from_secs(5)).await {
+            Ok(client) => client,
+            Err(e) => return WriterEnd::Failed(e),
         };
-        let (mut sink, mut stream) = ws.split();
         let sv = self.doc.transact().state_vector().encode_v1();
         let mut outgoing = vec![encode_sync_step1(&sv)];
         if let Some(target) = target {
             outgoing.push(encode_save_request(target));
         }
         for frame in outgoing {
-            if let Err(e) = sink.send(WsMessage::Binary(frame.into())).await {
+            if let Err(e) = client.try_send(frame).await {
                 return WriterEnd::Failed(e.to_string());
             }
         }
-        let mut ticker = tokio::time::interval(pace.unwrap_or(Duration::from_secs(3600)));
-        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut next_edit = tokio::time::Instant::now();
         // No edit before the relay's sync step 1 is answered: an incremental update sent
         // earlier may depend on edits the relay has not got yet (they come in our sync step 2).
         let mut synced = false;
         loop {
-            let frame = tokio::select! {
+            let event = tokio::select! {
                 () = stop.cancelled() => return WriterEnd::Stopped,
-                _ = ticker.tick(), if pace.is_some() && synced => {
+                () = tokio::time::sleep_until(next_edit), if schedule.is_some() && synced => {
+                    let schedule = schedule.as_deref_mut().expect("guarded by is_some");
+                    next_edit = tokio::time::Instant::now() + schedule.pause();
                     let update = self.edit();
-                    let request = self.next - 1;
-                    for frame in [encode_update(&update), encode_save_request(request)] {
-                        if let Err(e) = sink.send(WsMessage::Binary(frame.into())).await {
+                    let mut frames = vec![encode_update(&update)];
+                    if self.next.is_multiple_of(schedule.save_every) {
+                        // The request is numbered after the last key sent before it.
+                        frames.push(encode_save_request(self.next - 1));
+                    }
+                    for frame in frames {
+                        if let Err(e) = client.try_send(frame).await {
                             return WriterEnd::Failed(e.to_string());
                         }
                     }
                     continue;
                 }
-                message = stream.next() => message,
+                event = read_event(&mut client.stream) => event,
             };
-            let frame = match frame {
-                Some(Ok(WsMessage::Binary(frame))) => frame,
-                Some(Ok(WsMessage::Close(close))) => {
-                    return WriterEnd::Closed(close.map(|c| u16::from(c.code)));
-                }
-                Some(Ok(_)) => continue,
-                Some(Err(e)) => return WriterEnd::Failed(e.to_string()),
-                None => return WriterEnd::Failed("end of stream".into()),
+            let frame = match event {
+                Event::Frame(frame) => frame,
+                Event::Close(code) => return WriterEnd::Closed(code),
+                Event::Text(_) => continue,
+                Event::Ended(e) => return WriterEnd::Failed(e),
             };
             let mut answer = Vec::new();
             for item in MessageReader::new(&frame) {
@@ -236,14 +245,72 @@ impl AckedWriter {
                 }
             }
             for frame in answer {
-                if let Err(e) = sink.send(WsMessage::Binary(frame.into())).await {
+                if let Err(e) = client.try_send(frame).await {
                     return WriterEnd::Failed(e.to_string());
                 }
             }
             if target.is_some_and(|t| self.acked() > t) {
-                let _ = sink.send(WsMessage::Close(None)).await;
+                let _ = client.try_send_close().await;
                 return WriterEnd::Stopped;
             }
+        }
+    }
+}
+
+/// When an [`AckedWriter`] edits and how often it asks for a save.
+pub struct Schedule {
+    pace: Pace,
+    save_every: u64,
+}
+
+enum Pace {
+    Every(Duration),
+    /// A seeded random pause, so that a tool's run replays with its seed.
+    Random {
+        rng: Rng,
+        min_ms: u64,
+        max_ms: u64,
+    },
+}
+
+impl Schedule {
+    /// An edit every `pace`, each followed by its save request.
+    pub fn every(pace: Duration) -> Schedule {
+        Schedule {
+            pace: Pace::Every(pace),
+            save_every: 1,
+        }
+    }
+
+    /// An edit at once, then one after each random pause of `min_ms` to `max_ms` (both
+    /// included) drawn from `rng`; each followed by its save request.
+    pub fn random(rng: Rng, min_ms: u64, max_ms: u64) -> Schedule {
+        Schedule {
+            pace: Pace::Random {
+                rng,
+                min_ms,
+                max_ms,
+            },
+            save_every: 1,
+        }
+    }
+
+    /// A save request after every `n`th edit only (edit `n - 1`, `2n - 1`, ...), the others
+    /// acknowledged with it.
+    pub fn save_every(mut self, n: u64) -> Schedule {
+        self.save_every = n.max(1);
+        self
+    }
+
+    /// The pause before the next edit.
+    fn pause(&mut self) -> Duration {
+        match &mut self.pace {
+            Pace::Every(pace) => *pace,
+            Pace::Random {
+                rng,
+                min_ms,
+                max_ms,
+            } => Duration::from_millis(rng.between(*min_ms, *max_ms)),
         }
     }
 }
@@ -481,36 +548,36 @@ enum ReadEnd {
 
 async fn read_edits_once(url: &str) -> Result<BTreeMap<String, f64>, ReadEnd> {
     let failed = ReadEnd::TryAgain;
-    let (ws, _) = tokio_tungstenite::connect_async(url)
+    let mut client = Client::connect_for(url, Duration::from_secs(5))
         .await
-        .map_err(|e| failed(format!("connect to {url}: {e}")))?;
-    let (mut sink, mut stream) = ws.split();
-    sink.send(WsMessage::Binary(encode_sync_step1(&[0]).into()))
+        .map_err(failed)?;
+    client
+        .try_send(encode_sync_step1(&[0]))
         .await
         .map_err(|e| failed(e.to_string()))?;
-    let doc = Doc::new();
     loop {
-        let frame = match stream.next().await {
-            Some(Ok(WsMessage::Binary(frame))) => frame,
-            Some(Ok(WsMessage::Close(Some(close)))) if u16::from(close.code) == TRY_AGAIN => {
-                return Err(ReadEnd::TryAgain(format!("closed: {close:?}")));
+        let frame = match read_event(&mut client.stream).await {
+            Event::Frame(frame) => frame,
+            Event::Close(Some(TRY_AGAIN)) => {
+                return Err(ReadEnd::TryAgain(format!("closed with {TRY_AGAIN}")));
             }
-            Some(Ok(WsMessage::Close(close))) => {
+            Event::Close(code) => {
                 return Err(ReadEnd::Failed(format!(
-                    "{url}: closed before sync step 2: {close:?}"
+                    "{url}: closed before sync step 2: {code:?}"
                 )));
             }
-            Some(Ok(_)) => continue,
-            Some(Err(e)) => return Err(failed(format!("{url}: {e}"))),
-            None => return Err(failed(format!("{url}: ended before sync step 2"))),
+            Event::Text(_) => continue,
+            Event::Ended(e) => return Err(failed(format!("{url}: {e}"))),
         };
         if let Some(Ok((Message::SyncStep2(update), _))) = MessageReader::new(&frame).next() {
             let update = Update::decode_v1(update).map_err(|e| failed(e.to_string()))?;
-            doc.transact_mut()
+            client
+                .doc
+                .transact_mut()
                 .apply_update(update)
                 .map_err(|e| failed(e.to_string()))?;
-            let _ = sink.send(WsMessage::Close(None)).await;
-            return Ok(edits_of(&doc));
+            let _ = client.try_send_close().await;
+            return Ok(edits_of(&client.doc));
         }
     }
 }

@@ -38,21 +38,25 @@ pub enum Event {
 /// Reads the next event from a client stream (pings and pongs are skipped). Fails the test
 /// after `limit`.
 pub async fn next_event(stream: &mut SplitStream<Ws>, limit: Duration) -> Event {
-    within_for(limit, "a message from the relay", async {
-        loop {
-            match stream.next().await {
-                Some(Ok(WsMessage::Binary(frame))) => return Event::Frame(frame),
-                Some(Ok(WsMessage::Text(text))) => return Event::Text(text.to_string()),
-                Some(Ok(WsMessage::Close(frame))) => {
-                    return Event::Close(frame.map(|f| u16::from(f.code)));
-                }
-                Some(Ok(WsMessage::Ping(_) | WsMessage::Pong(_) | WsMessage::Frame(_))) => {}
-                Some(Err(error)) => return Event::Ended(error.to_string()),
-                None => return Event::Ended("end of stream".into()),
+    within_for(limit, "a message from the relay", read_event(stream)).await
+}
+
+/// Reads the next event from a client stream (pings and pongs are skipped), without a limit:
+/// for writers and tools that expect relays to die and bound their waits themselves. Cancel
+/// safe (a `select!` branch loses nothing).
+pub async fn read_event(stream: &mut SplitStream<Ws>) -> Event {
+    loop {
+        match stream.next().await {
+            Some(Ok(WsMessage::Binary(frame))) => return Event::Frame(frame),
+            Some(Ok(WsMessage::Text(text))) => return Event::Text(text.to_string()),
+            Some(Ok(WsMessage::Close(frame))) => {
+                return Event::Close(frame.map(|f| u16::from(f.code)));
             }
+            Some(Ok(WsMessage::Ping(_) | WsMessage::Pong(_) | WsMessage::Frame(_))) => {}
+            Some(Err(error)) => return Event::Ended(error.to_string()),
+            None => return Event::Ended("end of stream".into()),
         }
-    })
-    .await
+    }
 }
 
 /// A WebSocket client with a `yrs` document.
@@ -90,8 +94,37 @@ impl Client {
         Client::handshake(tcp, url).await
     }
 
-    /// The WebSocket handshake on a connected socket (no Nagle delay, generous size limits).
+    /// Connects to a WebSocket URL of the relay without failing the test: an error (with the
+    /// URL) when the connection or the handshake fails or takes longer than `limit`. For the
+    /// writers and tools that kill relays on purpose.
+    ///
+    /// # Errors
+    /// The connection's or the handshake's error, or the timeout.
+    pub async fn connect_for(url: &str, limit: Duration) -> Result<Client, String> {
+        let attempt = async {
+            let tcp = TcpStream::connect(ws_addr(url)).await?;
+            Client::handshake_unbounded(tcp, url).await
+        };
+        match tokio::time::timeout(limit, attempt).await {
+            Ok(connected) => connected.map_err(|e| format!("connect to {url}: {e}")),
+            Err(_) => Err(format!("connect to {url}: timed out after {limit:?}")),
+        }
+    }
+
+    /// The WebSocket handshake on a connected socket, failing the test after [`DEADLINE`].
     async fn handshake(
+        tcp: TcpStream,
+        request: impl tokio_tungstenite::tungstenite::client::IntoClientRequest + Unpin,
+    ) -> Result<Client, tokio_tungstenite::tungstenite::Error> {
+        within(
+            "the WebSocket handshake",
+            Client::handshake_unbounded(tcp, request),
+        )
+        .await
+    }
+
+    /// The WebSocket handshake on a connected socket (no Nagle delay, generous size limits).
+    async fn handshake_unbounded(
         tcp: TcpStream,
         request: impl tokio_tungstenite::tungstenite::client::IntoClientRequest + Unpin,
     ) -> Result<Client, tokio_tungstenite::tungstenite::Error> {
@@ -99,11 +132,8 @@ impl Client {
         let config = WebSocketConfig::default()
             .max_message_size(Some(256 << 20))
             .max_frame_size(Some(256 << 20));
-        let (ws, _response) = within(
-            "the WebSocket handshake",
-            tokio_tungstenite::client_async_with_config(request, tcp, Some(config)),
-        )
-        .await?;
+        let (ws, _response) =
+            tokio_tungstenite::client_async_with_config(request, tcp, Some(config)).await?;
         let (sink, stream) = ws.split();
         Ok(Client {
             sink,
@@ -174,6 +204,25 @@ impl Client {
         )
         .await
         .expect("send a frame");
+    }
+
+    /// Sends one binary frame without failing the test (a writer whose relay was killed).
+    ///
+    /// # Errors
+    /// The socket's error.
+    pub async fn try_send(
+        &mut self,
+        frame: impl Into<Bytes>,
+    ) -> Result<(), tokio_tungstenite::tungstenite::Error> {
+        self.sink.send(WsMessage::Binary(frame.into())).await
+    }
+
+    /// Sends a close frame without failing the test (and without waiting for the answer).
+    ///
+    /// # Errors
+    /// The socket's error.
+    pub async fn try_send_close(&mut self) -> Result<(), tokio_tungstenite::tungstenite::Error> {
+        self.sink.send(WsMessage::Close(None)).await
     }
 
     /// Sends any WebSocket message.

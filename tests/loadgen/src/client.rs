@@ -20,8 +20,7 @@ use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use yrs::updates::decoder::Decode;
-use yrs::updates::encoder::Encode;
-use yrs::{Doc, Map, MapRef, ReadTxn, StateVector, Transact, Update};
+use yrs::{Doc, Map, MapRef, Transact, Update};
 
 /// A client WebSocket.
 pub type Ws = WebSocketStream<TcpStream>;
@@ -335,16 +334,9 @@ pub fn doc_from_update(update: &[u8]) -> anyhow::Result<Doc> {
     Ok(doc)
 }
 
-/// The full state of `doc` as one update (v1).
-pub fn full_state(doc: &Doc) -> Vec<u8> {
-    doc.transact()
-        .encode_state_as_update_v1(&StateVector::default())
-}
-
-/// The state vector of `doc`, encoded (v1).
-pub fn state_vector(doc: &Doc) -> Vec<u8> {
-    doc.transact().state_vector().encode_v1()
-}
+/// The full state of a document as one update, and its state vector (v1): the tests' own
+/// helpers, not a second copy.
+pub use relay_tests::{full_state, state_vector};
 
 #[cfg(test)]
 mod tests {

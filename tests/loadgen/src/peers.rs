@@ -13,7 +13,6 @@ use std::str::FromStr;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::procfs;
@@ -303,9 +302,22 @@ impl Server {
             return Ok(());
         }
         let body = format!("{{\"docId\":\"{room}\"}}");
-        let (status, reply) = http_request(self.addr, "POST", "/doc/new", &body).await?;
-        if status != 200 {
-            bail!("POST /doc/new {room}: HTTP {status}: {reply}");
+        // The tests' one HTTP client (relay_tests::http_request), not a second one here.
+        let reply = relay_tests::http_request(
+            self.addr,
+            "POST",
+            "/doc/new",
+            &[("Content-Type", "application/json")],
+            body.as_bytes(),
+        )
+        .await
+        .with_context(|| format!("POST /doc/new {room}"))?;
+        if reply.status != 200 {
+            bail!(
+                "POST /doc/new {room}: HTTP {}: {}",
+                reply.status,
+                reply.text()
+            );
         }
         Ok(())
     }
@@ -408,32 +420,4 @@ pub async fn run_to_end(mut cmd: Command) -> anyhow::Result<ExitUsage> {
         }
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-}
-
-/// A minimal HTTP/1.1 request: the status code and the body.
-///
-/// # Errors
-/// When the connection fails or the answer does not parse.
-pub async fn http_request(
-    addr: SocketAddr,
-    method: &str,
-    path: &str,
-    body: &str,
-) -> anyhow::Result<(u16, String)> {
-    let mut stream = TcpStream::connect(addr).await?;
-    let request = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    );
-    stream.write_all(request.as_bytes()).await?;
-    let mut response = Vec::new();
-    stream.read_to_end(&mut response).await?;
-    let text = String::from_utf8_lossy(&response);
-    let (head, rest) = text.split_once("\r\n\r\n").context("no end of headers")?;
-    let status = head
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .context("no status code")?;
-    Ok((status, rest.to_owned()))
 }

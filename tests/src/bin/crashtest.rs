@@ -32,21 +32,11 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::Stdio;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use crdt::protocol::{
-    Message as ProtoMessage, MessageReader, encode_save_request, encode_sync_step1,
-    encode_sync_step2, encode_update,
-};
-use futures_util::{SinkExt, StreamExt};
-use relay_tests::{ChildRelay, Rng, relay_bin, ws_url};
+use relay_tests::{AckedWriter, ChildRelay, Rng, Schedule, read_edits, relay_bin, ws_url};
 use tokio::process::Command;
-use tokio_tungstenite::tungstenite::Message;
-use yrs::updates::decoder::Decode;
-use yrs::updates::encoder::Encode;
-use yrs::{Doc, Map, Out, ReadTxn, StateVector, Transact, Update};
+use tokio_util::sync::CancellationToken;
 
 struct Options {
     /// `--cluster`: relays on a NATS cluster, killing owners and nats-servers.
@@ -112,154 +102,17 @@ fn parse_args() -> Result<Options, String> {
     Ok(options)
 }
 
-/// One writer: its document, and how far the relay acknowledged its edits.
-struct Writer {
-    room: String,
-    name: String,
-    doc: Doc,
-    next: u64,
-    acked: Arc<AtomicU64>,
-}
+/// How long a fresh client may take to read a room after a restart.
+const READ_LIMIT: Duration = Duration::from_secs(30);
 
-impl Writer {
-    fn edit(&mut self) -> Vec<u8> {
-        let map = self.doc.get_or_insert_map("edits");
-        let before = self.doc.transact().state_vector();
-        let n = self.next;
-        self.next += 1;
-        map.insert(
-            &mut self.doc.transact_mut(),
-            format!("{}-{n}", self.name),
-            n as f64,
-        );
-        self.doc.transact().encode_diff_v1(&before)
-    }
-}
-
-type Ws =
-    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
-
-async fn connect(relay: SocketAddr, room: &str) -> Option<Ws> {
-    tokio_tungstenite::connect_async(ws_url(relay, room))
-        .await
-        .ok()
-        .map(|(ws, _)| ws)
-}
-
-/// Runs a writer until its connection fails (the relay was killed) or `stop` is set.
-async fn run_writer(relay: SocketAddr, writer: &mut Writer, seed: u64) {
-    let Some(ws) = connect(relay, &writer.room).await else {
-        return;
-    };
-    let (mut sink, mut stream) = ws.split();
-    // Like a real client: say what we have and send what the relay lacks once it says what it has.
-    let sv = writer.doc.transact().state_vector().encode_v1();
-    if sink
-        .send(Message::Binary(encode_sync_step1(&sv).into()))
-        .await
-        .is_err()
-    {
-        return;
-    }
-    let acked = writer.acked.clone();
-    let doc_reader = writer.doc.clone();
-    let (step2_tx, mut step2_rx) = tokio::sync::mpsc::unbounded_channel::<Vec<u8>>();
-    let reader = tokio::spawn(async move {
-        while let Some(Ok(message)) = stream.next().await {
-            let Message::Binary(frame) = message else {
-                continue;
-            };
-            for item in MessageReader::new(&frame) {
-                match item {
-                    Ok((ProtoMessage::Saved(id), _)) => {
-                        // Request id k answers for keys 0..=k: k + 1 keys are saved.
-                        acked.fetch_max(id + 1, Ordering::AcqRel);
-                    }
-                    Ok((ProtoMessage::SyncStep1(sv), _)) => {
-                        if let Ok(sv) = StateVector::decode_v1(sv) {
-                            let diff = doc_reader.transact().encode_diff_v1(&sv);
-                            let _ = step2_tx.send(encode_sync_step2(&diff));
-                        }
-                    }
-                    Ok((ProtoMessage::SyncStep2(u) | ProtoMessage::Update(u), _)) => {
-                        if let Ok(update) = Update::decode_v1(u) {
-                            let _ = doc_reader.transact_mut().apply_update(update);
-                        }
-                    }
-                    _ => {}
-                }
-            }
-        }
-    });
-    let mut rng = Rng(seed | 1);
-    loop {
-        while let Ok(step2) = step2_rx.try_recv() {
-            if sink.send(Message::Binary(step2.into())).await.is_err() {
-                reader.abort();
-                return;
-            }
-        }
-        let update = writer.edit();
-        if sink
-            .send(Message::Binary(encode_update(&update).into()))
-            .await
-            .is_err()
-        {
-            break;
-        }
-        if writer.next.is_multiple_of(4) {
-            // The request is numbered after the last key sent before it.
-            let request = writer.next - 1;
-            if sink
-                .send(Message::Binary(encode_save_request(request).into()))
-                .await
-                .is_err()
-            {
-                break;
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(rng.between(1, 10))).await;
-        if reader.is_finished() {
-            break;
-        }
-    }
-    reader.abort();
-}
-
-/// Reads a room with a fresh client and returns its map.
-async fn read_room(relay: SocketAddr, room: &str) -> Result<BTreeMap<String, f64>, String> {
-    let mut ws = connect(relay, room)
-        .await
-        .ok_or(format!("cannot connect to room {room}"))?;
-    ws.send(Message::Binary(encode_sync_step1(&[0]).into()))
-        .await
-        .map_err(|e| e.to_string())?;
-    let doc = Doc::new();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        let message = tokio::time::timeout_at(deadline, ws.next())
-            .await
-            .map_err(|_| format!("room {room}: no sync step 2 within 30 s"))?;
-        let Some(Ok(Message::Binary(frame))) = message else {
-            return Err(format!("room {room}: connection ended before sync step 2"));
-        };
-        if let Some(Ok((ProtoMessage::SyncStep2(update), _))) = MessageReader::new(&frame).next() {
-            let update = Update::decode_v1(update).map_err(|e| format!("room {room}: {e}"))?;
-            doc.transact_mut()
-                .apply_update(update)
-                .map_err(|e| format!("room {room}: {e}"))?;
-            break;
-        }
-    }
-    let map = doc.get_or_insert_map("edits");
-    let txn = doc.transact();
-    Ok(map
-        .iter(&txn)
-        .filter_map(|(k, v)| match v {
-            Out::Any(yrs::Any::Number(n)) => n.as_f64().map(|n| (k.to_owned(), n)),
-            _ => None,
-        })
-        .collect())
+/// Runs a writer until its connection fails (the relay was killed): an edit at once, then one
+/// after each random pause of 1 to 10 ms (seeded), a save request after every 4th.
+async fn run_writer(relay: SocketAddr, writer: &mut AckedWriter, seed: u64) {
+    let url = ws_url(relay, &writer.room);
+    let mut schedule = Schedule::random(Rng(seed | 1), 1, 10).save_every(4);
+    // Never cancelled: the round ends by dropping this future and killing the relay.
+    let never = CancellationToken::new();
+    writer.run_on(&url, &mut schedule, &never).await;
 }
 
 #[tokio::main]
@@ -293,15 +146,10 @@ async fn run(options: Options) -> Result<(), String> {
     let data = tempfile::tempdir().map_err(|e| e.to_string())?;
     let data_dir = data.path().to_path_buf();
     let mut rng = Rng(options.seed | 1);
-    let mut writers: Vec<Writer> = (0..options.rooms)
+    let mut writers: Vec<AckedWriter> = (0..options.rooms)
         .flat_map(|r| {
-            (0..options.writers).map(move |w| Writer {
-                room: format!("crash/room {r}"),
-                name: format!("w{r}.{w}"),
-                doc: Doc::new(),
-                next: 0,
-                acked: Arc::new(AtomicU64::new(0)),
-            })
+            (0..options.writers)
+                .map(move |w| AckedWriter::new(&format!("crash/room {r}"), &format!("w{r}.{w}")))
         })
         .collect();
     let bin = options.relay_bin.clone().unwrap_or_else(relay_bin);
@@ -318,17 +166,17 @@ async fn run(options: Options) -> Result<(), String> {
         let mut rooms: BTreeMap<String, BTreeMap<String, f64>> = BTreeMap::new();
         for writer in &writers {
             if !rooms.contains_key(&writer.room) {
-                rooms.insert(writer.room.clone(), read_room(addr, &writer.room).await?);
+                let edits = read_edits(&ws_url(addr, &writer.room), READ_LIMIT)
+                    .await
+                    .map_err(|e| format!("room {}: {e}", writer.room))?;
+                rooms.insert(writer.room.clone(), edits);
             }
         }
         total_acked = 0;
         for writer in &writers {
-            let acked = writer.acked.load(Ordering::Acquire);
-            let content = &rooms[&writer.room];
-            let present =
-                |n: u64| content.get(&format!("{}-{n}", writer.name)).copied() == Some(n as f64);
             // `acked` counts the keys 0..acked that the relay answered *saved* for.
-            if let Some(missing) = (0..acked).find(|&n| !present(n)) {
+            let acked = writer.acked();
+            if let Some(missing) = writer.first_missing(&rooms[&writer.room], acked) {
                 return Err(format!(
                     "round {round}: {}-{missing} was acknowledged as saved ({acked} keys) but is missing after the kill (seed {})",
                     writer.name, options.seed

@@ -40,14 +40,13 @@ use crdt::protocol::{
     Message as ProtoMessage, MessageReader, encode_save_request, encode_sync_step1,
     encode_sync_step2, encode_update,
 };
-use futures_util::{SinkExt, StreamExt};
 use relay_tests::{
-    ChildRelay, Rng, awareness_message, http_get, metric_value, relay_bin, vm_rss_bytes, ws_url,
+    ChildRelay, Client, Event, Rng, awareness_message, http_get, metric_value, read_event,
+    relay_bin, vm_rss_bytes, ws_url,
 };
 use tokio::time::Instant;
-use tokio_tungstenite::tungstenite::Message;
 use yrs::updates::decoder::Decode;
-use yrs::{Doc, GetString, ReadTxn, Text, Transact, Update};
+use yrs::{GetString, ReadTxn, Text, Transact, Update};
 
 struct Options {
     /// `None`: the relay of this build ([`relay_tests::relay_bin`]).
@@ -122,27 +121,25 @@ struct Counters {
     saved: AtomicU64,
 }
 
-type Ws =
-    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
-
-/// Reads frames until one holds a message `wanted` accepts, applying sync updates to `doc`.
+/// Reads frames until one holds a message `wanted` accepts, applying sync updates to the
+/// client's document. An error, not a failed test, on a close or after `limit`: the soak counts
+/// failed sessions.
 async fn read_until(
-    ws: &mut Ws,
-    doc: &Doc,
+    client: &mut Client,
     limit: Duration,
     mut wanted: impl FnMut(&ProtoMessage<'_>) -> bool,
 ) -> Result<(), String> {
     let deadline = Instant::now() + limit;
+    let doc = client.doc.clone();
     loop {
-        let next = tokio::time::timeout_at(deadline, ws.next())
+        let next = tokio::time::timeout_at(deadline, read_event(&mut client.stream))
             .await
             .map_err(|_| "timed out".to_string())?;
         let frame = match next {
-            Some(Ok(Message::Binary(frame))) => frame,
-            Some(Ok(Message::Close(frame))) => return Err(format!("closed: {frame:?}")),
-            Some(Ok(_)) => continue,
-            Some(Err(e)) => return Err(e.to_string()),
-            None => return Err("connection ended".into()),
+            Event::Frame(frame) => frame,
+            Event::Close(code) => return Err(format!("closed: {code:?}")),
+            Event::Text(_) => continue,
+            Event::Ended(e) => return Err(e),
         };
         for item in MessageReader::new(&frame) {
             let (message, _) =
@@ -160,30 +157,24 @@ async fn read_until(
     }
 }
 
+/// Sends one frame; the socket's error as text.
+async fn send(client: &mut Client, frame: Vec<u8>) -> Result<(), String> {
+    client.try_send(frame).await.map_err(|e| e.to_string())
+}
+
 /// One session: join a room, sync, edit, wait for *saved*, leave.
 async fn session(relay: SocketAddr, room: &str, rng: &mut Rng) -> Result<u64, String> {
-    let (mut ws, _) = tokio::time::timeout(
-        Duration::from_secs(10),
-        tokio_tungstenite::connect_async(ws_url(relay, room)),
-    )
-    .await
-    .map_err(|_| "connect timed out".to_string())?
-    .map_err(|e| format!("connect: {e}"))?;
-    let doc = Doc::new();
+    let mut client = Client::connect_for(&ws_url(relay, room), Duration::from_secs(10)).await?;
+    let doc = client.doc.clone();
     let limit = Duration::from_secs(20);
     // The greeting's step 1, answered with our (empty) step 2; then our step 1 for the content.
-    read_until(&mut ws, &doc, limit, |m| {
+    read_until(&mut client, limit, |m| {
         matches!(m, ProtoMessage::SyncStep1(_))
     })
     .await?;
-    let send = |m: Vec<u8>| Message::Binary(m.into());
-    ws.send(send(encode_sync_step2(&[0, 0])))
-        .await
-        .map_err(|e| e.to_string())?;
-    ws.send(send(encode_sync_step1(&[0])))
-        .await
-        .map_err(|e| e.to_string())?;
-    read_until(&mut ws, &doc, limit, |m| {
+    send(&mut client, encode_sync_step2(&[0, 0])).await?;
+    send(&mut client, encode_sync_step1(&[0])).await?;
+    read_until(&mut client, limit, |m| {
         matches!(m, ProtoMessage::SyncStep2(_))
     })
     .await?;
@@ -192,9 +183,7 @@ async fn session(relay: SocketAddr, room: &str, rng: &mut Rng) -> Result<u64, St
         r#"{{"user":{{"name":"soak {client_id}"}},"cursor":{}}}"#,
         rng.below(100)
     );
-    ws.send(send(awareness_message(client_id, 1, Some(&state))))
-        .await
-        .map_err(|e| e.to_string())?;
+    send(&mut client, awareness_message(client_id, 1, Some(&state))).await?;
     let text = doc.get_or_insert_text("t");
     let edits = 1 + rng.below(20);
     for _ in 0..edits {
@@ -216,25 +205,18 @@ async fn session(relay: SocketAddr, room: &str, rng: &mut Rng) -> Result<u64, St
             }
         }
         let update = doc.transact().encode_diff_v1(&before);
-        ws.send(send(encode_update(&update)))
-            .await
-            .map_err(|e| e.to_string())?;
+        send(&mut client, encode_update(&update)).await?;
         tokio::time::sleep(Duration::from_millis(1 + rng.below(20))).await;
     }
-    ws.send(send(encode_save_request(7)))
-        .await
-        .map_err(|e| e.to_string())?;
-    read_until(&mut ws, &doc, limit, |m| {
-        matches!(m, ProtoMessage::Saved(7))
-    })
-    .await?;
+    send(&mut client, encode_save_request(7)).await?;
+    read_until(&mut client, limit, |m| matches!(m, ProtoMessage::Saved(7))).await?;
     // Read the document once, so the client also works as a reader.
     let _ = text.get_string(&doc.transact());
     if rng.below(4) == 0 {
         // Leave without a close frame: the relay notices the dropped TCP connection.
-        drop(ws);
+        drop(client);
     } else {
-        let _ = tokio::time::timeout(Duration::from_secs(5), ws.close(None)).await;
+        let _ = tokio::time::timeout(Duration::from_secs(5), client.try_send_close()).await;
     }
     Ok(edits)
 }
