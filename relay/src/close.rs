@@ -40,6 +40,26 @@ pub(crate) enum CloseReason {
 }
 
 impl CloseReason {
+    /// Every reason, once. The test `every_variant_is_in_all` fails to compile when a variant
+    /// is added, as a reminder to list it here too.
+    pub(crate) const ALL: [CloseReason; 15] = [
+        CloseReason::Shutdown,
+        CloseReason::ClientTimeout,
+        CloseReason::ClientClosed,
+        CloseReason::TokenExpired,
+        CloseReason::DocumentDeleted,
+        CloseReason::ProtocolError,
+        CloseReason::TextFrame,
+        CloseReason::TooBig,
+        CloseReason::Internal,
+        CloseReason::SlowReader,
+        CloseReason::Overloaded,
+        CloseReason::OwnerChanged,
+        CloseReason::DocumentTooLarge,
+        CloseReason::AwarenessLimit,
+        CloseReason::StatelessLimit,
+    ];
+
     /// The WebSocket close code.
     pub(crate) fn code(self) -> u16 {
         match self {
@@ -58,25 +78,7 @@ impl CloseReason {
 
     /// The reason whose [`CloseReason::as_str`] is `name` (a close forwarded between relays).
     pub(crate) fn from_name(name: &str) -> Option<CloseReason> {
-        [
-            CloseReason::Shutdown,
-            CloseReason::ClientTimeout,
-            CloseReason::ClientClosed,
-            CloseReason::TokenExpired,
-            CloseReason::DocumentDeleted,
-            CloseReason::ProtocolError,
-            CloseReason::TextFrame,
-            CloseReason::TooBig,
-            CloseReason::Internal,
-            CloseReason::SlowReader,
-            CloseReason::Overloaded,
-            CloseReason::OwnerChanged,
-            CloseReason::DocumentTooLarge,
-            CloseReason::AwarenessLimit,
-            CloseReason::StatelessLimit,
-        ]
-        .into_iter()
-        .find(|reason| reason.as_str() == name)
+        Self::ALL.into_iter().find(|reason| reason.as_str() == name)
     }
 
     /// The close frame's reason text, and the metric label.
@@ -105,27 +107,11 @@ impl CloseReason {
 mod tests {
     use super::*;
 
-    /// Every reason in the relay, by variant (a new one fails to compile here until added).
-    fn every_reason() -> Vec<CloseReason> {
-        let all = [
-            CloseReason::Shutdown,
-            CloseReason::ClientTimeout,
-            CloseReason::ClientClosed,
-            CloseReason::TokenExpired,
-            CloseReason::DocumentDeleted,
-            CloseReason::ProtocolError,
-            CloseReason::TextFrame,
-            CloseReason::TooBig,
-            CloseReason::Internal,
-            CloseReason::SlowReader,
-            CloseReason::Overloaded,
-            CloseReason::OwnerChanged,
-            CloseReason::DocumentTooLarge,
-            CloseReason::AwarenessLimit,
-            CloseReason::StatelessLimit,
-        ];
-        for reason in all {
-            // Exhaustive: a new variant must be listed above.
+    #[test]
+    fn every_variant_is_in_all() {
+        for reason in CloseReason::ALL {
+            // Exhaustive: a new variant stops this from compiling until it is added here and
+            // to `ALL`.
             match reason {
                 CloseReason::Shutdown
                 | CloseReason::ClientTimeout
@@ -144,7 +130,14 @@ mod tests {
                 | CloseReason::StatelessLimit => {}
             }
         }
-        all.to_vec()
+        let mut names: Vec<_> = CloseReason::ALL.iter().map(|r| r.as_str()).collect();
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(
+            names.len(),
+            CloseReason::ALL.len(),
+            "each reason once, with its own name"
+        );
     }
 
     /// The codes of PROTOCOL.md's "Closing" table, with their row text.
@@ -167,7 +160,7 @@ mod tests {
 
     #[test]
     fn every_reason_is_found_by_its_name() {
-        for reason in every_reason() {
+        for reason in CloseReason::ALL {
             assert_eq!(CloseReason::from_name(reason.as_str()), Some(reason));
         }
         assert_eq!(CloseReason::from_name("nonsense"), None);
@@ -176,7 +169,7 @@ mod tests {
     #[test]
     fn protocol_md_lists_every_close_code_the_relay_sends_and_no_other() {
         let table = protocol_table();
-        for reason in every_reason() {
+        for reason in CloseReason::ALL {
             assert!(
                 table.iter().any(|(code, _)| *code == reason.code()),
                 "PROTOCOL.md's Closing table has no row for {} ({reason:?})",
@@ -184,7 +177,7 @@ mod tests {
             );
         }
         for (code, row) in &table {
-            let sent = every_reason().iter().any(|r| r.code() == *code);
+            let sent = CloseReason::ALL.iter().any(|r| r.code() == *code);
             assert!(
                 sent || row.contains("never sent"),
                 "PROTOCOL.md lists {code}, which the relay never sends, without saying so: {row}"

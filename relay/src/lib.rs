@@ -47,8 +47,11 @@ pub(crate) mod assets;
 pub mod auth;
 pub(crate) mod body;
 pub mod cli;
+pub(crate) mod clock;
 pub(crate) mod close;
 pub(crate) mod cluster;
+pub(crate) mod cluster_owner;
+pub(crate) mod cluster_remote;
 pub mod config;
 pub(crate) mod demo;
 pub(crate) mod edge;
@@ -326,7 +329,7 @@ pub async fn run_with_ready(
 
     if let Some(cluster) = &cluster {
         let _ = cluster.shutdown.set(shutdown.clone());
-        cluster::forward::start(cluster.clone(), registry.clone(), shutdown.clone());
+        cluster_owner::start(cluster.clone(), registry.clone(), shutdown.clone());
     }
     if let Ok(addr) = listener.local_addr() {
         ready(addr);

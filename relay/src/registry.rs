@@ -125,11 +125,6 @@ impl RoomRegistry {
         })
     }
 
-    /// The limits and timings every room applies.
-    pub(crate) fn room_settings(&self) -> &crate::room::RoomSettings {
-        &self.ctx.settings
-    }
-
     /// The store the rooms load from.
     pub(crate) fn store(&self) -> &Arc<crdt::store::Store> {
         &self.ctx.store
@@ -318,6 +313,25 @@ impl RoomRegistry {
     }
 }
 
+/// One entry of the registry, as a remote room (served by [`crate::cluster_remote`]) sees it.
+struct Entry<'a> {
+    registry: &'a RoomRegistry,
+    name: &'a str,
+    entry_id: u64,
+    pending: &'a AtomicUsize,
+}
+
+impl crate::cluster_remote::RegistryEntry for Entry<'_> {
+    fn remove_if_idle(&self) -> bool {
+        self.registry
+            .remove_if_idle(self.name, self.entry_id, self.pending)
+    }
+
+    fn remove(&self) {
+        self.registry.remove(self.name, self.entry_id);
+    }
+}
+
 /// A room's entry, from loading to unloading: serves the room until it is idle, then takes it
 /// out of the registry unless a command is on its way (then it serves on).
 async fn run_entry(
@@ -336,9 +350,15 @@ async fn run_entry(
                 .cluster
                 .clone()
                 .expect("only cluster mode has owners");
-            let idle = registry.ctx.settings.idle_unload;
-            crate::cluster::forward::serve_remote(
-                cluster, &registry, &name, entry_id, owner, &mut rx, &pending, idle,
+            let entry = Entry {
+                registry: &registry,
+                name: &name,
+                entry_id,
+                pending: &pending,
+            };
+            let settings = &registry.ctx.settings;
+            crate::cluster_remote::serve_remote(
+                cluster, settings, &entry, &name, owner, &mut rx, &pending,
             )
             .await;
             // Leaving the registry happened in there; whoever is still queued retries.

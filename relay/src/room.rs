@@ -27,6 +27,7 @@ use self::core::{ApiUpdateError, CoreSettings, Effect, RoomCore};
 use self::inbound::Inbound;
 use self::ledger::RequestId;
 use crate::auth::{Access, Principal};
+use crate::clock::sleep_until_opt;
 use crate::close::CloseReason;
 use crate::cluster::Cluster;
 use crate::cluster::load::LoadError;
@@ -573,13 +574,6 @@ impl Room {
 async fn cancelled_opt(token: Option<&CancellationToken>) {
     match token {
         Some(token) => token.cancelled().await,
-        None => std::future::pending().await,
-    }
-}
-
-async fn sleep_until_opt(deadline: Option<Instant>) {
-    match deadline {
-        Some(deadline) => tokio::time::sleep_until(deadline).await,
         None => std::future::pending().await,
     }
 }

@@ -204,10 +204,18 @@ pub(crate) async fn join(
     timeouts: Timeouts,
 ) -> Result<Session, JoinError> {
     let Admitted { grant, slot } = admitted;
-    let joined = state
+    let joined = match state
         .registry
         .join(room, conn, &grant, handle.clone())
-        .await?;
+        .await
+    {
+        Ok(joined) => joined,
+        Err(error) => {
+            // Counted here, once for every transport, like every other way a session ends.
+            state.metrics.disconnect("room_unavailable");
+            return Err(error);
+        }
+    };
     let metrics = state.metrics.clone();
     metrics.connections.inc();
     metrics.connections_total.inc();

@@ -22,6 +22,7 @@ use sha2::Sha256;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
+use crate::clock::sleep_until_opt;
 use crate::telemetry::Metrics;
 
 /// The signature header.
@@ -224,12 +225,7 @@ async fn dispatch(
     let mut due: HashMap<Arc<str>, (Instant, Option<ChangeFlag>)> = HashMap::new();
     loop {
         let next = due.values().map(|(at, _)| *at).min();
-        let sleep = async {
-            match next {
-                Some(at) => tokio::time::sleep_until(at).await,
-                None => std::future::pending().await,
-            }
-        };
+        let sleep = sleep_until_opt(next);
         tokio::select! {
             event = rx.recv() => match event {
                 Some((EventKind::Changed, document, flag)) => {

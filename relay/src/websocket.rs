@@ -287,7 +287,6 @@ async fn serve_socket<S>(
             };
             let _ =
                 tokio::time::timeout(CLOSE_GRACE, socket.send(Message::Close(Some(frame)))).await;
-            state.metrics.disconnect("room_unavailable");
             return;
         }
     };

@@ -176,7 +176,8 @@ async fn a_lost_cache_reloads_from_the_stream_and_a_cache_republishes_what_the_s
         assert_eq!(
             writer.first_missing(&seen, writer.sent()),
             None,
-            "cache {damage}: r0 serves {seen:?}"
+            "cache {damage}: r0 serves {seen:?}\n{}",
+            cluster.logs()
         );
     }
 

@@ -430,6 +430,39 @@ async fn sessions_count_towards_the_room_limit() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_storm_holds_the_room_limit_and_counts_each_refused_join() {
+    // Sessions opened at once: the room limit holds whether the check before the join or the
+    // join itself refuses them, and each refusal is counted once, in either place (a refused
+    // join is counted by the session, for every transport).
+    const LIMIT: usize = 2;
+    const STORM: usize = 16;
+    let relay = TestRelay::start_with(|c| c.max_room_connections = LIMIT).await;
+    let answers =
+        futures_util::future::join_all((0..STORM).map(|_| relay.open_poll("storm", None, &[])))
+            .await;
+    let opened = answers.iter().filter(|a| a.status == 200).count();
+    let refused = answers.iter().filter(|a| a.status == 503).count();
+    assert_eq!(opened + refused, STORM, "only 200 or 503");
+    assert!(
+        (1..=LIMIT).contains(&opened),
+        "{opened} sessions opened in a room limited to {LIMIT}"
+    );
+    let at_join = relay
+        .metric(r#"relay_disconnects_total{reason="room_unavailable"}"#)
+        .await
+        .unwrap_or(0.0);
+    let before_join = relay
+        .metric(r#"relay_errors_total{reason="room_full"}"#)
+        .await
+        .unwrap_or(0.0);
+    assert_eq!(
+        at_join + before_join,
+        refused as f64,
+        "every refused session is counted once, before or at the join"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_session_that_stops_polling_expires_and_its_awareness_is_removed() {
     let relay = TestRelay::start_with(quick_expiry).await;
     let session = open(&relay, "expiry", None).await;

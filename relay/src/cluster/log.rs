@@ -39,6 +39,7 @@ use super::lease::{self, Lease, LeaseError};
 use super::names::{
     HEADER_DELETED, HEADER_OBJECT, HEADER_ROLLUP, HEADER_ROOM, MAX_INLINE_PAYLOAD, RoomKey,
 };
+use crate::clock::sleep_until_opt;
 use crate::persist::{CommitState, PersistJob, PersistMsg, PersistSender};
 
 /// Most room writes merged into one publish.
@@ -556,13 +557,6 @@ fn report(notify: &watch::Sender<CommitState>, seq: u64) {
         state.failure = None;
         before != (state.committed_seq, false)
     });
-}
-
-async fn sleep_until_opt(deadline: Option<Instant>) {
-    match deadline {
-        Some(deadline) => tokio::time::sleep_until(deadline).await,
-        None => std::future::pending().await,
-    }
 }
 
 #[cfg(test)]

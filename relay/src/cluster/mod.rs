@@ -13,13 +13,15 @@
 //! 5. [`log`]: the owner's log task publishes the room's group commits with the expected last
 //!    subject sequence (the fence against an old owner) and reports "committed through N" only
 //!    after JetStream acknowledged; it renews the lease and gives it up on unload.
-//! 6. [`forward`]: a relay that does not own a room forwards its connections to the owner.
+//! 6. [`link`]: the contract of the hop by which a relay that does not own a room forwards its
+//!    connections to the owner ([`crate::cluster_remote`] on that relay, [`crate::cluster_owner`]
+//!    on the owner; both live outside this module, which knows neither rooms nor the registry).
 //!
 //! The store (`relay.redb`) is each relay's cache and second copy: entries are keyed by stream
 //! sequence, so its `next_seq - 1` is the last stream sequence the cache covers.
 
-pub(crate) mod forward;
 pub(crate) mod lease;
+pub(crate) mod link;
 pub(crate) mod load;
 pub(crate) mod log;
 pub(crate) mod names;

@@ -1,0 +1,72 @@
+//! The cluster hop's contract: how a relay that does not own a room reaches the owner, over core
+//! NATS subjects under `yrelay.node.<node>.` (node names made into subject tokens). Both sides
+//! use these names: [`crate::cluster_remote`] (the forwarding relay) and
+//! [`crate::cluster_owner`] (the owner).
+//!
+//! Subjects of node `N` (`P` = `yrelay.node.<N>`):
+//! - `P.ping`: answered with the node name (start-up refuses a second relay with the same name).
+//! - `P.open`: a forwarding relay opens a link (headers: room, link id, its node, access,
+//!   principal); answered once the connection joined the room, or with `Relay-Error`.
+//! - `P.in.<link>`: frames of the client, in order (`Relay-Seq` 1, 2, ...), its leaving, pings.
+//! - `P.link.<link>`: frames of the room for the client, in order, the close, pings (on the
+//!   forwarding relay's prefix).
+//! - `P.api`: a document API request for a room `N` owns.
+//!
+//! A gap in either direction's sequence, or a link silent past [`LINK_TIMEOUT`], closes the
+//! client's connection with 1013 so that it resyncs on reconnect: a frame is never dropped
+//! silently.
+
+use std::time::Duration;
+
+use async_nats::HeaderMap;
+
+use super::names::node_prefix;
+
+/// How often each side of a link says it is alive.
+pub(crate) const PING_INTERVAL: Duration = Duration::from_secs(3);
+/// A link silent this long is dead: its client is closed (1013), or, on the owner, it leaves.
+pub(crate) const LINK_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long opening a link or an API request may take.
+pub(crate) const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+
+pub(crate) const H_ROOM: &str = "Relay-Room";
+pub(crate) const H_LINK: &str = "Relay-Link";
+pub(crate) const H_FROM: &str = "Relay-From";
+pub(crate) const H_ACCESS: &str = "Relay-Access";
+pub(crate) const H_PRINCIPAL: &str = "Relay-Principal";
+pub(crate) const H_SEQ: &str = "Relay-Seq";
+pub(crate) const H_CTL: &str = "Relay-Ctl";
+pub(crate) const H_CLOSE: &str = "Relay-Close";
+pub(crate) const H_API: &str = "Relay-Api";
+pub(crate) const H_ERROR: &str = "Relay-Error";
+
+/// What a link message is (header [`H_CTL`]).
+pub(crate) const CTL_FRAME: &str = "frame";
+pub(crate) const CTL_LEAVE: &str = "leave";
+pub(crate) const CTL_CLOSE: &str = "close";
+pub(crate) const CTL_PING: &str = "ping";
+
+/// A header's value, if the message has it.
+pub(crate) fn header<'a>(headers: &'a Option<HeaderMap>, name: &str) -> Option<&'a str> {
+    headers.as_ref()?.get(name).map(|v| v.as_str())
+}
+
+/// Where a forwarding relay asks node `owner` to open a link.
+pub(crate) fn open_subject(owner: &str) -> String {
+    format!("{}.open", node_prefix(owner))
+}
+
+/// Where the client's frames of `link` go, on the owner `owner`.
+pub(crate) fn to_owner_subject(owner: &str, link: &str) -> String {
+    format!("{}.in.{link}", node_prefix(owner))
+}
+
+/// Where the room's frames of `link` go, on the forwarding relay `forwarder`.
+pub(crate) fn to_forwarder_subject(forwarder: &str, link: &str) -> String {
+    format!("{}.link.{link}", node_prefix(forwarder))
+}
+
+/// Where document API requests for rooms of `owner` go.
+pub(crate) fn api_subject(owner: &str) -> String {
+    format!("{}.api", node_prefix(owner))
+}
