@@ -58,6 +58,11 @@ npm_test() {
   (cd "$1" && npm ci --no-audit --no-fund --loglevel=error && npm test)
 }
 
+# tests/interop imports client-js/src/wire.js, which needs client-js's lib0: install it first.
+interop_test() {
+  (cd client-js && npm ci --no-audit --no-fund --loglevel=error) && npm_test tests/interop
+}
+
 step fmt cargo fmt --all -- --check
 step clippy cargo clippy --workspace --all-targets --locked -- -D warnings
 step relay-build cargo build --locked -p relay
@@ -65,7 +70,7 @@ step nats-install tests/install-nats.sh
 # Without it the cluster tests fail, saying so; the others still run.
 step cargo-test cargo test --workspace --locked
 step asan crdt/fuzz/asan-regressions.sh
-step interop --needs relay-build npm_test tests/interop
+step interop --needs relay-build interop_test
 step client-js --needs relay-build npm_test client-js
 step browser --needs relay-build env RELAY_BIN="$PWD/target/debug/relay" tests/browser/run.sh
 

@@ -10,7 +10,7 @@
  *   replaces stays until the caller says the new connection has synced (`synced()`), so that the
  *   relay never sees this client gone in between;
  * - reconnecting with backoff (reset by an open), and the close codes after which it waits for
- *   `connect()` (see `closeAction` in protocol.js).
+ *   `connect()` (see `closeAction` in wire.js).
  *
  * It tells its owner (the provider) through handlers, synchronously, like a transport does.
  * Transports come from a factory, so that tests can drive the connector with fakes.
@@ -19,7 +19,7 @@
  */
 
 import { Backoff } from './backoff.js'
-import { CLOSE_ABNORMAL, CLOSE_NORMAL, closeAction } from './protocol.js'
+import { CLOSE_ABNORMAL, CLOSE_NORMAL, closeAction } from './wire.js'
 
 /** @typedef {'websocket' | 'polling'} TransportKind */
 /** @typedef {import('./transport.js').CloseInfo} CloseInfo */

@@ -5,7 +5,8 @@
  * - `provider.js`: {@link RelayProvider}, the public API and the Yjs side (sync, awareness, save
  *   status, IndexedDB and the other tabs);
  * - `protocol.js`: the y-protocols messages, the relay's save extension (type 100) and the close
- *   codes with what the client does after each;
+ *   codes with what the client does after each (the numbers and the messages that need no Yjs
+ *   document are in `wire.js`, which it re-exports);
  * - `connector.js`: one connection at a time: WebSocket first, long-polling when it cannot open,
  *   back to a WebSocket when one opens, reconnects with backoff;
  * - `transport.js`: the WebSocket and its liveness check;

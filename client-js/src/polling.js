@@ -29,7 +29,7 @@
  */
 
 import * as decoding from 'lib0/decoding'
-import { CLOSE_ABNORMAL, CLOSE_FORBIDDEN, CLOSE_TOO_BIG, CLOSE_UNAUTHORIZED } from './protocol.js'
+import { CLOSE_ABNORMAL, CLOSE_FORBIDDEN, CLOSE_TOO_BIG, CLOSE_UNAUTHORIZED } from './wire.js'
 
 /** The response header with the sequence number of the last message in the body. */
 export const LAST_SEQ_HEADER = 'x-relay-last-seq'

@@ -2,7 +2,8 @@
  * The messages the client speaks: y-protocols sync and awareness as y-websocket frames them, the
  * relay's save extension (type 100: *save request*, *saved*, *save error*, see PROTOCOL.md), and
  * the close codes with what the client does after each. Every message type, sub-type and close
- * code is defined here once.
+ * code is defined once, in `wire.js`, and re-exported here; this module adds the messages that
+ * need a Yjs document (sync steps, updates, awareness states) and the reader of incoming frames.
  *
  * @module protocol
  */
@@ -11,77 +12,14 @@ import * as encoding from 'lib0/encoding'
 import * as decoding from 'lib0/decoding'
 import * as syncProtocol from 'y-protocols/sync'
 import * as awarenessProtocol from 'y-protocols/awareness'
+import {
+  MESSAGE_AUTH, MESSAGE_AWARENESS, MESSAGE_QUERY_AWARENESS, MESSAGE_SAVE, MESSAGE_SYNC,
+  encodeAwarenessMessage, readSaveMessage
+} from './wire.js'
 
-export const MESSAGE_SYNC = 0
-export const MESSAGE_AWARENESS = 1
-export const MESSAGE_AUTH = 2
-export const MESSAGE_QUERY_AWARENESS = 3
-/** The relay's save extension: save requests and their answers (PROTOCOL.md, type 100). */
-export const MESSAGE_SAVE = 100
-
-/** Save sub-type, client → relay: *save request*, tell me when everything I sent before this is committed. */
-export const SAVE_REQUEST = 0
-/** Save sub-type, relay → client: *saved*, everything sent before the request with this id is committed. */
-export const SAVED = 1
-/** Save sub-type, relay → client: *save error*, a commit failed; the relay retries and sends *saved* later. */
-export const SAVE_ERROR = 2
-
-// Close codes the client acts on or reports itself (for a connection that ended without a close
-// frame, or for an HTTP answer of long-polling). PROTOCOL.md's "Closing" table lists every code;
-// after those not named here the client reconnects.
-
-/** The client ended the connection (`disconnect()`), or its long-polling session. */
-export const CLOSE_NORMAL = 1000
-/**
- * Not sent by anyone: the connection ended without a close frame. The client reports it when it
- * gives up on a connection itself (liveness timeout, the `offline` event, a WebSocket that does
- * not open in time) and for a long-polling session that failed or that the relay no longer knows.
- */
-export const CLOSE_ABNORMAL = 1006
-/** A frame or message over the size limit (over long-polling: the relay answered 413). */
-export const CLOSE_TOO_BIG = 1009
-/**
- * The token expired (over long-polling also: the relay refused to open a session with HTTP 401).
- * The client does not reconnect until `connect()`, e.g. with a new token in `params`.
- */
-export const CLOSE_UNAUTHORIZED = 4401
-/**
- * Not sent by the relay over a WebSocket (a refused upgrade is an HTTP 403 that browsers report as
- * 1006): the client reports it when the relay refuses to open a long-polling session with HTTP 403
- * (the token does not give access to the document, or the page's origin is not allowed). The
- * client does not reconnect until `connect()`.
- */
-export const CLOSE_FORBIDDEN = 4403
-/**
- * The relay deleted the document (`DELETE /api/docs/NAME`; over long-polling the 410 answer
- * carries this code). The client never connects to that document again: its local copy would
- * bring the deleted content back.
- */
-export const CLOSE_DOCUMENT_DELETED = 4404
-
-/**
- * What the client does after a close: 'reconnect' (after the backoff delay, and resync),
- * 'reconnect with new credentials' (nothing until `connect()` is called, e.g. with a new token),
- * 'do not reconnect' (never again, for this document). The words are those of the "client"
- * column of PROTOCOL.md's "Closing" table, which a test compares with {@link closeAction}.
- * @typedef {'reconnect' | 'reconnect with new credentials' | 'do not reconnect'} CloseAction
- */
-
-/** @type {ReadonlyMap<number, CloseAction>} the codes after which the client does not simply reconnect */
-const CLOSE_ACTIONS = new Map([
-  [CLOSE_UNAUTHORIZED, 'reconnect with new credentials'],
-  [CLOSE_FORBIDDEN, 'reconnect with new credentials'],
-  [CLOSE_DOCUMENT_DELETED, 'do not reconnect']
-])
-
-/**
- * What the client does after a connection closed with `code`.
- * @param {number} code
- * @returns {CloseAction}
- */
-export function closeAction (code) {
-  return CLOSE_ACTIONS.get(code) ?? 'reconnect'
-}
+// The numbers of the protocol and the messages that need no document live in wire.js (no Yjs
+// there, for the test suites that bring their own); they are part of this module's interface.
+export * from './wire.js'
 
 /**
  * @param {import('yjs').Doc} doc
@@ -123,57 +61,7 @@ export function encodeUpdate (update) {
  * @returns {Uint8Array} an awareness message
  */
 export function encodeAwareness (awareness, clients) {
-  const encoder = encoding.createEncoder()
-  encoding.writeVarUint(encoder, MESSAGE_AWARENESS)
-  encoding.writeVarUint8Array(encoder, awarenessProtocol.encodeAwarenessUpdate(awareness, clients))
-  return encoding.toUint8Array(encoder)
-}
-
-/** @returns {Uint8Array} a query awareness message */
-export function encodeQueryAwareness () {
-  const encoder = encoding.createEncoder()
-  encoding.writeVarUint(encoder, MESSAGE_QUERY_AWARENESS)
-  return encoding.toUint8Array(encoder)
-}
-
-/**
- * @param {number} id request id, chosen by the client
- * @returns {Uint8Array} a *save request* `[100, 0, id]`
- */
-export function encodeSaveRequest (id) {
-  const encoder = encoding.createEncoder()
-  encoding.writeVarUint(encoder, MESSAGE_SAVE)
-  encoding.writeVarUint(encoder, SAVE_REQUEST)
-  encoding.writeVarUint(encoder, id)
-  return encoding.toUint8Array(encoder)
-}
-
-/**
- * A *saved* answer, as the relay sends it (for tests and fakes).
- * @param {number} id the id of the save request it answers
- * @returns {Uint8Array} `[100, 1, id]`
- */
-export function encodeSaved (id) {
-  const encoder = encoding.createEncoder()
-  encoding.writeVarUint(encoder, MESSAGE_SAVE)
-  encoding.writeVarUint(encoder, SAVED)
-  encoding.writeVarUint(encoder, id)
-  return encoding.toUint8Array(encoder)
-}
-
-/**
- * A *save error* answer, as the relay sends it (for tests and fakes).
- * @param {number} id the id of the save request it answers
- * @param {string} reason
- * @returns {Uint8Array} `[100, 2, id, reason]`
- */
-export function encodeSaveError (id, reason) {
-  const encoder = encoding.createEncoder()
-  encoding.writeVarUint(encoder, MESSAGE_SAVE)
-  encoding.writeVarUint(encoder, SAVE_ERROR)
-  encoding.writeVarUint(encoder, id)
-  encoding.writeVarString(encoder, reason)
-  return encoding.toUint8Array(encoder)
+  return encodeAwarenessMessage(awarenessProtocol.encodeAwarenessUpdate(awareness, clients))
 }
 
 /**
@@ -236,17 +124,10 @@ export function readMessages (frame, doc, origin, onMessage) {
         break
       }
       case MESSAGE_SAVE: {
-        const sub = decoding.readVarUint(decoder)
-        if (sub === SAVED) {
-          onMessage({ type: 'saved', id: decoding.readVarUint(decoder) })
-        } else if (sub === SAVE_ERROR) {
-          const id = decoding.readVarUint(decoder)
-          onMessage({ type: 'save-error', id, reason: decoding.readVarString(decoder) })
-        } else if (sub === SAVE_REQUEST) {
-          decoding.readVarUint(decoder) // a request sent to us: not ours to answer
-        } else {
-          return
-        }
+        const msg = readSaveMessage(decoder)
+        if (msg === null) return
+        // A request sent to us is not ours to answer.
+        if (msg.type !== 'save-request') onMessage(msg)
         break
       }
       default:

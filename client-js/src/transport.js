@@ -8,7 +8,7 @@
  * @module transport
  */
 
-import { CLOSE_ABNORMAL, CLOSE_NORMAL } from './protocol.js'
+import { CLOSE_ABNORMAL, CLOSE_NORMAL } from './wire.js'
 
 /**
  * The part of the WebSocket API the transport uses; browsers' WebSocket and the `ws` package fit.

@@ -3,6 +3,7 @@ import { test } from 'node:test'
 import assert from 'node:assert/strict'
 import * as Y from 'yjs'
 import * as encoding from 'lib0/encoding'
+import * as decoding from 'lib0/decoding'
 import { protocol } from '../src/index.js'
 
 function concat (...parts) {
@@ -25,6 +26,16 @@ test('save requests and answers have the layout of PROTOCOL.md', () => {
   assert.deepEqual([...protocol.encodeSaveError(7, 'no')], [100, 2, 7, 2, 110, 111])
   assert.deepEqual(read(protocol.encodeSaved(300)), [{ type: 'saved', id: 300 }])
   assert.deepEqual(read(protocol.encodeSaveError(1, 'disk full')), [{ type: 'save-error', id: 1, reason: 'disk full' }])
+  // readSaveMessage, which the fake relay and tests/interop use, reads all three after the type.
+  const body = frame => {
+    const decoder = decoding.createDecoder(frame)
+    assert.equal(decoding.readVarUint(decoder), protocol.MESSAGE_SAVE)
+    return protocol.readSaveMessage(decoder)
+  }
+  assert.deepEqual(body(protocol.encodeSaveRequest(300)), { type: 'save-request', id: 300 })
+  assert.deepEqual(body(protocol.encodeSaved(7)), { type: 'saved', id: 7 })
+  assert.deepEqual(body(protocol.encodeSaveError(7, 'no')), { type: 'save-error', id: 7, reason: 'no' })
+  assert.equal(body(new Uint8Array([100, 9, 7])), null, 'an unknown sub-type')
 })
 
 test('every message of a frame is read, updates applied with the origin', () => {

@@ -5,7 +5,8 @@ import { test } from 'node:test'
 import assert from 'node:assert/strict'
 import { mkdir } from 'node:fs/promises'
 import { join } from 'node:path'
-import { ARTIFACTS, openDoc, openPerson, withRelayAndBrowser } from './fixtures.mjs'
+import { ARTIFACTS, SAVED, openDoc, openPerson, waitForSaveText, withRelayAndBrowser } from './fixtures.mjs'
+import { getJson } from '../js-support/http.mjs'
 
 test('sign on, create a document by name, find it in the list, open it by its address', { timeout: 120000 }, async () => {
   await withRelayAndBrowser('doc list', async ({ relay, browser }) => {
@@ -26,10 +27,10 @@ test('sign on, create a document by name, find it in the list, open it by its ad
     await page.locator('.ql-editor[contenteditable="true"]').waitFor()
     assert.equal(await page.locator('h1.doc-title').textContent(), name)
     await page.keyboard.type('Goals for the quarter.')
-    await page.locator('#save-status', { hasText: 'All changes saved' }).waitFor({ timeout: 10000 })
+    await waitForSaveText(page, SAVED, 10000)
 
     // The relay lists it (room `docs/<name>`), and so does the app.
-    const api = await (await fetch(`${relay.httpUrl}/api/docs`)).json()
+    const api = await getJson(`${relay.httpUrl}/api/docs`)
     assert.ok(api.docs.some(d => d.name === `docs/${name}`), `GET /api/docs lists it: ${JSON.stringify(api)}`)
     await page.getByRole('link', { name: '← Documents' }).click()
     const item = page.locator(`#doc-list .item[data-name="${name}"]`)
@@ -69,7 +70,7 @@ test('on a phone: the editor and the chat fit the screen', { timeout: 120000 }, 
     await openDoc(page, 'Groceries')
     await page.locator('.ql-editor').click()
     await page.keyboard.type('Milk, eggs, and a very long line of text that has to wrap on a narrow screen.')
-    await page.locator('#save-status', { hasText: 'All changes saved' }).waitFor({ timeout: 10000 })
+    await waitForSaveText(page, SAVED, 10000)
     const overflow = () => page.evaluate(() => document.documentElement.scrollWidth - document.documentElement.clientWidth)
     assert.equal(await overflow(), 0, 'the editor page does not scroll sideways')
     await mkdir(ARTIFACTS, { recursive: true })

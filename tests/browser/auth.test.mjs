@@ -8,18 +8,14 @@ import { test } from 'node:test'
 import assert from 'node:assert/strict'
 import * as Y from 'yjs'
 import {
-  editorText, mintToken, openDoc, openPerson, randomSecret, readRoom, withRelayAndBrowser
+  OFFLINE, SAVED, editorText, openDoc, openPerson, readRoom, waitForSaveText, withRelayAndBrowser
 } from './fixtures.mjs'
+import { getJson } from '../js-support/http.mjs'
+import { mintToken, randomSecret } from '../js-support/token.mjs'
 import { waitFor } from '../js-support/wait.mjs'
 
-const SAVED = 'All changes saved'
-const OFFLINE = 'Offline: changes kept on this device'
+// The app writes this one itself (examples/src/views/editor.js), not through saveStatusText.
 const READ_ONLY_TEXT = 'Read only: you can read this document, not edit it'
-
-/** Waits until the page's autosave indicator shows exactly `text`. */
-function waitForSaveText (page, text, timeout = 15000) {
-  return page.waitForFunction(t => document.querySelector('#save-status')?.textContent === t, text, { timeout })
-}
 
 /** Every WebSocket the page opens: `{url, room, token}`, in order. */
 function watchSockets (page) {
@@ -50,12 +46,6 @@ function watchConsole (page) {
 /** The claims of a JWT (not verified: the relay does that). */
 function claims (token) {
   return JSON.parse(Buffer.from(token.split('.')[1], 'base64url').toString('utf8'))
-}
-
-async function getJson (url) {
-  const res = await fetch(url)
-  assert.equal(res.status, 200, `GET ${url.replace(/token=[^&]+/, 'token=…')}: HTTP ${res.status}`)
-  return res.json()
 }
 
 /** `docs/a/b` as one path segment of the document API. */
@@ -129,7 +119,7 @@ test('demo sign-on: sign on, create a document, edit it together, "All changes s
     await page.locator('#message:not([disabled])').waitFor({ timeout: 10000 })
     await page.locator('#message').fill('Hello with a token')
     await page.getByRole('button', { name: 'Send' }).click()
-    await page.locator('#save-status', { hasText: SAVED }).waitFor({ timeout: 10000 })
+    await waitForSaveText(page, SAVED, 10000)
     await page.goto('/chat')
     await page.locator('#chat-list .item[data-name="general"]').waitFor({ timeout: 5000 })
     assert.ok(sockets.some(s => s.room === 'chat/general' && claims(s.token).doc === 'chat/general'))

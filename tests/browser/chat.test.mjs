@@ -2,7 +2,7 @@
 
 import { test } from 'node:test'
 import assert from 'node:assert/strict'
-import { openPerson, readRoom, withRelayAndBrowser } from './fixtures.mjs'
+import { SAVED, openPerson, readRoom, waitForSaveText, withRelayAndBrowser } from './fixtures.mjs'
 
 /** The names in the online list of a page. */
 function onlineNames (page) {
@@ -53,8 +53,8 @@ test('chat: messages, who is online, and who is typing', { timeout: 120000 }, as
     assert.equal(await alice.page.locator('#messages .message.mine').count(), 1, 'Alice\'s own message is marked as hers')
 
     // Both messages are saved on the relay.
-    await bob.page.locator('#save-status', { hasText: 'All changes saved' }).waitFor({ timeout: 10000 })
-    await alice.page.locator('#save-status', { hasText: 'All changes saved' }).waitFor({ timeout: 10000 })
+    await waitForSaveText(bob.page, SAVED, 10000)
+    await waitForSaveText(alice.page, SAVED, 10000)
     const reader = await readRoom(relay, `chat/${room}`)
     try {
       assert.deepEqual(reader.doc.getArray('messages').toArray().map(m => `${m.author}: ${m.text}`), expected)

@@ -6,17 +6,10 @@ import assert from 'node:assert/strict'
 import { copyFile, mkdir } from 'node:fs/promises'
 import { join } from 'node:path'
 import {
-  ARTIFACTS, REPO, editorText, openDoc, openPerson, readRoom, withRelayAndBrowser
+  ARTIFACTS, OFFLINE, REPO, SAVED, caretToEnd, editorText, openDoc, openPerson, readRoom, waitForSaveText,
+  withRelayAndBrowser
 } from './fixtures.mjs'
 import { waitFor } from '../js-support/wait.mjs'
-
-const SAVED = 'All changes saved'
-const OFFLINE = 'Offline: changes kept on this device'
-
-/** Waits until the page's autosave indicator shows exactly `text`. */
-function waitForSaveText (page, text, timeout = 15000) {
-  return page.waitForFunction(t => document.querySelector('#save-status')?.textContent === t, text, { timeout })
-}
 
 /**
  * Records, with the time, every text the autosave indicator shows (window.__saveLog) and every
@@ -71,20 +64,6 @@ async function selectText (page, text, { collapse } = {}) {
  */
 function canReachRelay (page) {
   return page.evaluate(() => fetch('/healthz', { cache: 'no-store' }).then(res => res.ok, () => false))
-}
-
-/** Moves the caret to the end of the editor's text. */
-async function caretToEnd (page) {
-  await page.evaluate(() => {
-    const editor = document.querySelector('.ql-editor')
-    editor.focus()
-    const range = document.createRange()
-    range.selectNodeContents(editor.lastElementChild ?? editor)
-    range.collapse(false)
-    const sel = window.getSelection()
-    sel.removeAllRanges()
-    sel.addRange(range)
-  })
 }
 
 test('two people edit one document: edits appear within a second, with cursors and presence', { timeout: 120000 }, async () => {

@@ -1,13 +1,12 @@
 // Fixtures of the browser tests: Debian's Chromium through playwright-core, people (browser
-// contexts) signed on to the demo app, a plain Node client to read what the relay stored, and
-// tokens. The relay process and the waits with deadlines are the fixtures every JS suite shares
-// (../js-support); the relay starts again on the same port, so that the pages keep their origin.
+// contexts) signed on to the demo app, a plain Node client to read what the relay stored, and the
+// app's autosave texts. The relay process, tokens and the waits with deadlines are the fixtures
+// every JS suite shares (../js-support); the relay starts again on the same port, so that the
+// pages keep their origin.
 //
 // The relay binary comes from $RELAY_BIN, or target/debug/relay. It serves the demo app from the
 // examples/dist it was compiled with: rebuild it (`cargo build -p relay`) after `npm run build`.
 
-import { execFile } from 'node:child_process'
-import { randomBytes } from 'node:crypto'
 import { existsSync } from 'node:fs'
 import { mkdir } from 'node:fs/promises'
 import { dirname, join, resolve } from 'node:path'
@@ -16,7 +15,8 @@ import { chromium } from 'playwright-core'
 import WebSocket from 'ws'
 import * as Y from 'yjs'
 import { WebsocketProvider } from 'y-websocket'
-import { RELAY_BIN, startRelay } from '../js-support/relay.mjs'
+import { saveStatusText } from '../../examples/src/ui.js'
+import { startRelay } from '../js-support/relay.mjs'
 import { withDeadline } from '../js-support/wait.mjs'
 
 const here = dirname(fileURLToPath(import.meta.url))
@@ -82,6 +82,40 @@ export async function openDoc (page, name) {
   await page.locator('.ql-editor[contenteditable="true"]').waitFor({ timeout: 15000 })
 }
 
+// The autosave indicator's texts, from the app's own mapping (examples/src/ui.js has no imports,
+// so Node loads it as it is), so that a reworded status fails here only if the app changed it.
+/** `#save-status` once the relay has committed every edit. */
+export const SAVED = saveStatusText('saved')
+/** `#save-status` while edits are kept only on this device (offline, or the relay is down). */
+export const OFFLINE = saveStatusText('offline-unsaved')
+
+/**
+ * Waits until the page's autosave indicator (`#save-status`) shows exactly `text`.
+ * @param {import('playwright-core').Page} page
+ * @param {string} text
+ * @param {number} [timeout] ms
+ */
+export function waitForSaveText (page, text, timeout = 15000) {
+  return page.waitForFunction(t => document.querySelector('#save-status')?.textContent === t, text, { timeout })
+}
+
+/**
+ * Moves the caret to the end of the editor's text.
+ * @param {import('playwright-core').Page} page
+ */
+export async function caretToEnd (page) {
+  await page.evaluate(() => {
+    const editor = document.querySelector('.ql-editor')
+    editor.focus()
+    const range = document.createRange()
+    range.selectNodeContents(editor.lastElementChild ?? editor)
+    range.collapse(false)
+    const sel = window.getSelection()
+    sel.removeAllRanges()
+    sel.addRange(range)
+  })
+}
+
 /** The text of the editor (Quill's own view of it, without the trailing newline). */
 export function editorText (page) {
   return page.evaluate(() => document.querySelector('.ql-editor').innerText.replace(/\n+$/, ''))
@@ -142,26 +176,4 @@ export async function withRelayAndBrowser (label, fn, { args = [] } = {}) {
     await browser?.close().catch(() => {})
     await relay.dispose()
   }
-}
-
-/** A random relay secret: 32 hex digits. */
-export function randomSecret () {
-  return randomBytes(16).toString('hex')
-}
-
-/**
- * Mints a token with the relay binary (`relay token`), e.g. an admin token for the document API.
- * @param {string} secret the relay's --secret
- * @param {{ access?: 'read' | 'write' | 'admin', ttl?: string, doc?: string }} [opts]
- * @returns {Promise<string>}
- */
-export function mintToken (secret, { access = 'admin', ttl = '10m', doc } = {}) {
-  const args = ['token', '--access', access, '--ttl', ttl, ...(doc ? ['--doc', doc] : [])]
-  return new Promise((resolve, reject) => {
-    // The secret goes through the environment, not the command line.
-    execFile(RELAY_BIN, args, { env: { ...process.env, RELAY_SECRET: secret }, timeout: 10000 }, (err, stdout, stderr) => {
-      if (err) reject(new Error(`relay token failed: ${err.message}\n${stderr}`))
-      else resolve(stdout.trim())
-    })
-  })
 }

@@ -5,29 +5,10 @@
 
 import { test } from 'node:test'
 import assert from 'node:assert/strict'
-import { editorText, openDoc, openPerson, readRoom, withRelayAndBrowser } from './fixtures.mjs'
+import {
+  SAVED, caretToEnd, editorText, openDoc, openPerson, readRoom, waitForSaveText, withRelayAndBrowser
+} from './fixtures.mjs'
 import { waitFor } from '../js-support/wait.mjs'
-
-const SAVED = 'All changes saved'
-
-/** Waits until the page's autosave indicator shows exactly `text`. */
-function waitForSaveText (page, text, timeout = 15000) {
-  return page.waitForFunction(t => document.querySelector('#save-status')?.textContent === t, text, { timeout })
-}
-
-/** Moves the caret to the end of the editor's text. */
-async function caretToEnd (page) {
-  await page.evaluate(() => {
-    const editor = document.querySelector('.ql-editor')
-    editor.focus()
-    const range = document.createRange()
-    range.selectNodeContents(editor.lastElementChild ?? editor)
-    range.collapse(false)
-    const sel = window.getSelection()
-    sel.removeAllRanges()
-    sel.addRange(range)
-  })
-}
 
 /**
  * Types `marker` in `from` and returns how long until `to` shows it (both pages read the same

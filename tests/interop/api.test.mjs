@@ -6,20 +6,12 @@
 import assert from 'node:assert/strict'
 import { relayTest } from '../js-support/relay-test.mjs'
 import { attachSaveTracker, v3Client, waitSynced, Y } from './clients.mjs'
-import { waitForEvent } from '../js-support/wait.mjs'
-
-/** GET an API path; returns the response, failing with its body unless it is 200. */
-async function get (relay, path) {
-  const response = await fetch(`${relay.httpUrl}${path}`, { signal: AbortSignal.timeout(10_000) })
-  if (response.status !== 200) {
-    assert.fail(`GET ${path}: HTTP ${response.status}: ${await response.text()}`)
-  }
-  return response
-}
+import { getJson, request, requestOk } from '../js-support/http.mjs'
+import { waitFor, waitForEvent } from '../js-support/wait.mjs'
 
 /** The state of a document from the API, applied to a fresh Y.Doc. */
 async function fetchDoc (relay, name) {
-  const response = await get(relay, `/api/docs/${encodeURIComponent(name)}`)
+  const response = await requestOk(`${relay.httpUrl}/api/docs/${encodeURIComponent(name)}`)
   assert.equal(response.headers.get('content-type'), 'application/octet-stream')
   const update = new Uint8Array(await response.arrayBuffer())
   const copy = new Y.Doc()
@@ -84,7 +76,7 @@ relayTest('API: a document written by a stock client comes back identical, as bi
   assert.deepEqual(Y.encodeStateAsUpdate(writer.doc, Y.encodeStateVector(copy)), Y.encodeStateAsUpdate(copy, Y.encodeStateVector(writer.doc)))
 
   // JSON: the root types as doc.toJSON() gives them.
-  const response = await get(relay, `/api/docs/${room}?format=json`)
+  const response = await requestOk(`${relay.httpUrl}/api/docs/${room}?format=json`)
   assert.match(response.headers.get('content-type') ?? '', /^application\/json/)
   assert.deepEqual(await response.json(), expected)
 
@@ -93,13 +85,13 @@ relayTest('API: a document written by a stock client comes back identical, as bi
     doc.getText('text').insert(0, 'under a prefix')
     doc.getMap('map').set('owner', 'team')
   })
-  const jsonSlashed = await (await get(relay, `/api/docs/${encodeURIComponent('team/notes')}?format=json`)).json()
+  const jsonSlashed = await getJson(`${relay.httpUrl}/api/docs/${encodeURIComponent('team/notes')}?format=json`)
   assert.deepEqual(jsonSlashed, slashed.doc.toJSON())
   const copySlashed = await fetchDoc(relay, 'team/notes')
   assert.equal(copySlashed.getText('text').toString(), 'under a prefix')
 
   // The listing has both, with their sizes.
-  const list = await (await get(relay, '/api/docs')).json()
+  const list = await getJson(`${relay.httpUrl}/api/docs`)
   assert.deepEqual(list.docs.map(d => d.name), ['api-roundtrip', 'team/notes'])
   for (const doc of list.docs) assert.ok(doc.size_bytes > 0, JSON.stringify(doc))
 })
@@ -111,27 +103,21 @@ relayTest('API: an update posted to the API reaches a stock client, and the clie
   const source = new Y.Doc()
   source.getText('text').insert(0, 'from the backend')
   source.getMap('map').set('by', 'api')
-  const response = await fetch(`${relay.httpUrl}/api/docs/${room}/update`, {
+  const response = await requestOk(`${relay.httpUrl}/api/docs/${room}/update`, {
     method: 'POST',
     headers: { 'content-type': 'application/octet-stream' },
-    body: Y.encodeStateAsUpdate(source),
-    signal: AbortSignal.timeout(10_000)
+    body: Y.encodeStateAsUpdate(source)
   })
-  assert.equal(response.status, 200, await response.clone().text())
   assert.deepEqual(await response.json(), { committed: true })
   // The live stock client receives it.
   const text = reader.doc.getText('text')
-  const deadline = Date.now() + 10_000
-  while (text.toString() !== 'from the backend') {
-    if (Date.now() > deadline) assert.fail(`the client did not receive the posted update: ${JSON.stringify(text.toString())}`)
-    await new Promise(resolve => setTimeout(resolve, 10))
-  }
+  await waitFor(() => text.toString() === 'from the backend', { what: () => `the client to receive the posted update (has ${JSON.stringify(text.toString())})` })
   assert.equal(reader.doc.getMap('map').get('by'), 'api')
   // And its own edit comes back through the API.
   const saves = attachSaveTracker(reader.provider)
   text.insert(text.length, ', edited by a client')
   await saves.save()
-  const json = await (await get(relay, `/api/docs/${room}?format=json`)).json()
+  const json = await getJson(`${relay.httpUrl}/api/docs/${room}?format=json`)
   assert.deepEqual(json, reader.doc.toJSON())
   assert.equal(json.text, 'from the backend, edited by a client')
 })
@@ -157,7 +143,7 @@ relayTest('API: formatted text and XML come back as doc.toJSON() gives them', { 
   const copy = await fetchDoc(relay, room)
   assert.deepEqual(copy.getText('text').toDelta(), writer.doc.getText('text').toDelta(), 'formatting survives the binary export')
   assert.equal(copy.getXmlFragment('xml').toString(), writer.doc.getXmlFragment('xml').toString())
-  const json = await (await get(relay, `/api/docs/${room}?format=json`)).json()
+  const json = await getJson(`${relay.httpUrl}/api/docs/${room}?format=json`)
   assert.deepEqual(json, expected)
 })
 
@@ -165,14 +151,13 @@ relayTest('API: DELETE closes stock clients with 4404, and they stay away instea
   const room = 'api-delete'
   const a = await writeAndSave(relay, scope, room, doc => doc.getText('text').insert(0, 'to be deleted'))
   const closed = waitForEvent(a.provider, 'closed', { what: 'the provider\'s terminal "closed" event' })
-  const response = await fetch(`${relay.httpUrl}/api/docs/${room}`, { method: 'DELETE', signal: AbortSignal.timeout(10_000) })
-  assert.equal(response.status, 200, await response.clone().text())
+  await requestOk(`${relay.httpUrl}/api/docs/${room}`, { method: 'DELETE' })
   const [info] = await closed
   assert.equal(info.code, 4404, `close: ${JSON.stringify(info)}`)
   assert.deepEqual(a.log.closes.map(c => c?.code), [4404])
   assert.equal(a.provider.shouldConnect, false, 'a stock provider does not reconnect after 4404')
 
-  const gone = await fetch(`${relay.httpUrl}/api/docs/${room}`, { signal: AbortSignal.timeout(10_000) })
+  const gone = await request(`${relay.httpUrl}/api/docs/${room}`)
   assert.equal(gone.status, 404, await gone.text())
   // A new client finds an empty document; the old client still has its copy, but keeps it.
   const b = v3Client(scope, relay.url, room)
@@ -181,6 +166,6 @@ relayTest('API: DELETE closes stock clients with 4404, and they stay away instea
   assert.equal(a.doc.getText('text').toString(), 'to be deleted')
   const saves = attachSaveTracker(b.provider)
   await saves.save()
-  const list = await (await fetch(`${relay.httpUrl}/api/docs`, { signal: AbortSignal.timeout(10_000) })).json()
+  const list = await getJson(`${relay.httpUrl}/api/docs`)
   assert.deepEqual(list.docs.map(d => d.name), [], 'nothing brought the document back')
 })

@@ -5,7 +5,7 @@
 
 import assert from 'node:assert/strict'
 import { relayTest } from '../js-support/relay-test.mjs'
-import { MSG_AWARENESS, MSG_QUERY_AWARENESS, decodeAwareness, encoding, rawClient, v3Client, waitSynced } from './clients.mjs'
+import { MESSAGE_AWARENESS, awarenessStates, encodeQueryAwareness, rawClient, v3Client, waitSynced } from './clients.mjs'
 import { waitFor } from '../js-support/wait.mjs'
 
 const REMOVAL_DEADLINE = 10_000
@@ -79,8 +79,8 @@ relayTest('query awareness is answered with every known state', { timeout: 30_00
 
   const raw = await rawClient(scope, `${relay.url}/aw-query`)
   const holdsAandB = m => {
-    if (m.type !== MSG_AWARENESS) return false
-    const names = decodeAwareness(m.payload).map(e => e.state?.name)
+    if (m.type !== MESSAGE_AWARENESS) return false
+    const names = [...awarenessStates(m.payload).values()].map(state => state?.name)
     return names.includes('a') && names.includes('b')
   }
   // On connect the relay sends every known state...
@@ -88,9 +88,7 @@ relayTest('query awareness is answered with every known state', { timeout: 30_00
   await raw.waitSynced()
   // ...and again when asked.
   const before = raw.received.length
-  const q = encoding.createEncoder()
-  encoding.writeVarUint(q, MSG_QUERY_AWARENESS)
-  raw.ws.send(encoding.toUint8Array(q))
+  raw.ws.send(encodeQueryAwareness())
   await waitFor(() => raw.received.slice(before).find(holdsAandB), { what: 'an answer to query awareness holding the states of a and b' })
 })
 
@@ -106,7 +104,7 @@ relayTest('awareness: re-sent states that change nothing are not forwarded (no N
   const watcher = clients[0]
   let awarenessMessages = 0
   watcher.provider.ws.addEventListener('message', ev => {
-    if (new Uint8Array(ev.data)[0] === MSG_AWARENESS) awarenessMessages++
+    if (new Uint8Array(ev.data)[0] === MESSAGE_AWARENESS) awarenessMessages++
   })
   const changer = clients[1]
   changer.awareness.setLocalStateField('name', 'changed')

@@ -1,6 +1,11 @@
 // Clients for the tests: the stock y-websocket 3 provider (Yjs 13), a raw client built from
 // y-protocols + lib0 on a plain `ws` socket, and the save extension (type 100: save request,
 // saved, save error).
+//
+// The protocol's numbers and the save extension's messages come from the client's wire.js, which
+// imports lib0 only (from client-js/node_modules: run `npm ci` in client-js first). Not from
+// protocol.js: that one imports y-protocols and so client-js's own copy of yjs, and two copies of
+// Yjs in one process break Yjs. What stock clients send goes through y-protocols from this suite.
 
 import * as Y from 'yjs'
 import { WebsocketProvider } from 'y-websocket'
@@ -9,18 +14,14 @@ import * as awarenessProtocol from 'y-protocols/awareness'
 import * as encoding from 'lib0/encoding'
 import * as decoding from 'lib0/decoding'
 import WebSocket from 'ws'
+import {
+  MESSAGE_AUTH, MESSAGE_AWARENESS, MESSAGE_QUERY_AWARENESS, MESSAGE_SAVE, MESSAGE_SYNC,
+  encodeQueryAwareness, encodeSaveRequest, readSaveMessage
+} from '../../client-js/src/wire.js'
 import { withDeadline, waitFor } from '../js-support/wait.mjs'
 
 export { Y, WebSocket }
-
-export const MSG_SYNC = 0
-export const MSG_AWARENESS = 1
-export const MSG_AUTH = 2
-export const MSG_QUERY_AWARENESS = 3
-export const MSG_SAVE = 100
-export const SAVE_REQUEST = 0
-export const SAVED = 1
-export const SAVE_ERROR = 2
+export { MESSAGE_AUTH, MESSAGE_AWARENESS, MESSAGE_QUERY_AWARENESS, MESSAGE_SAVE, MESSAGE_SYNC, encodeQueryAwareness }
 
 /**
  * Records what a provider (v3 or v4, same events) reports: status changes, closes with their
@@ -78,14 +79,6 @@ export function waitText (doc, expected, { name = 'text', timeout = 10_000, who 
 // ---------------------------------------------------------------------------------------------
 // The "saved" extension (PROTOCOL.md, type 100).
 
-export function encodeSaveRequest (requestId) {
-  const encoder = encoding.createEncoder()
-  encoding.writeVarUint(encoder, MSG_SAVE)
-  encoding.writeVarUint(encoder, SAVE_REQUEST)
-  encoding.writeVarUint(encoder, requestId)
-  return encoding.toUint8Array(encoder)
-}
-
 /**
  * Tracks save requests of one connection. `handle` reads a type-100 message body (after the
  * message type) from a lib0 decoder.
@@ -120,17 +113,15 @@ export class SaveTracker {
   }
 
   handle (decoder) {
-    const sub = decoding.readVarUint(decoder)
-    const id = decoding.readVarUint(decoder)
-    if (sub === SAVED) {
-      this.answers.push({ kind: 'saved', id })
-      const p = this.pending.get(id)
-      if (p) { this.pending.delete(id); p.resolve(id) }
-    } else if (sub === SAVE_ERROR) {
-      const reason = decoding.readVarString(decoder)
-      this.answers.push({ kind: 'error', id, reason })
+    const msg = readSaveMessage(decoder)
+    if (msg?.type === 'saved') {
+      this.answers.push({ kind: 'saved', id: msg.id })
+      const p = this.pending.get(msg.id)
+      if (p) { this.pending.delete(msg.id); p.resolve(msg.id) }
+    } else if (msg?.type === 'save-error') {
+      this.answers.push({ kind: 'error', id: msg.id, reason: msg.reason })
     } else {
-      throw new Error(`unexpected saved-extension sub-type ${sub} from the relay`)
+      throw new Error(`unexpected saved-extension message from the relay: ${JSON.stringify(msg)}`)
     }
   }
 
@@ -151,7 +142,7 @@ export function attachSaveTracker (provider) {
     if (!provider.wsconnected || provider.ws === null) throw new Error('provider is not connected')
     provider.ws.send(buf)
   })
-  provider.messageHandlers[MSG_SAVE] = (_encoder, decoder) => tracker.handle(decoder)
+  provider.messageHandlers[MESSAGE_SAVE] = (_encoder, decoder) => tracker.handle(decoder)
   provider.on('connection-close', () => tracker.failAll('connection closed'))
   return tracker
 }
@@ -217,13 +208,13 @@ export class RawClient {
     // The relay sends one message per frame, but read all of them to be safe.
     while (decoding.hasContent(decoder)) {
       const type = decoding.readVarUint(decoder)
-      if (type === MSG_SYNC) {
+      if (type === MESSAGE_SYNC) {
         const sub = decoding.readVarUint(decoder)
         const payload = decoding.readVarUint8Array(decoder)
         this.received.push({ type, sub, payload })
         if (sub === syncProtocol.messageYjsSyncStep1) {
           const encoder = encoding.createEncoder()
-          encoding.writeVarUint(encoder, MSG_SYNC)
+          encoding.writeVarUint(encoder, MESSAGE_SYNC)
           syncProtocol.writeSyncStep2(encoder, this.doc, payload)
           this.ws.send(encoding.toUint8Array(encoder))
         } else {
@@ -231,13 +222,13 @@ export class RawClient {
           Y.applyUpdate(this.doc, payload, this)
           if (sub === syncProtocol.messageYjsSyncStep2) this.gotStep2 = true
         }
-      } else if (type === MSG_AWARENESS) {
+      } else if (type === MESSAGE_AWARENESS) {
         const payload = decoding.readVarUint8Array(decoder)
         this.received.push({ type, payload })
-      } else if (type === MSG_SAVE) {
+      } else if (type === MESSAGE_SAVE) {
         this.received.push({ type })
         this.saves.handle(decoder)
-      } else if (type === MSG_AUTH) {
+      } else if (type === MESSAGE_AUTH) {
         const sub = decoding.readVarUint(decoder)
         const reason = sub === 0 ? decoding.readVarString(decoder) : ''
         this.received.push({ type, sub, reason })
@@ -250,30 +241,15 @@ export class RawClient {
 
   sendSyncStep1 () {
     const encoder = encoding.createEncoder()
-    encoding.writeVarUint(encoder, MSG_SYNC)
+    encoding.writeVarUint(encoder, MESSAGE_SYNC)
     syncProtocol.writeSyncStep1(encoder, this.doc)
     this.ws.send(encoding.toUint8Array(encoder))
   }
 
   sendUpdate (update) {
     const encoder = encoding.createEncoder()
-    encoding.writeVarUint(encoder, MSG_SYNC)
+    encoding.writeVarUint(encoder, MESSAGE_SYNC)
     syncProtocol.writeUpdate(encoder, update)
-    this.ws.send(encoding.toUint8Array(encoder))
-  }
-
-  /** Sends an awareness update for `states` ({clientID: [clock, stateOrNull]}). */
-  sendAwareness (entries) {
-    const inner = encoding.createEncoder()
-    encoding.writeVarUint(inner, entries.length)
-    for (const { clientID, clock, state } of entries) {
-      encoding.writeVarUint(inner, clientID)
-      encoding.writeVarUint(inner, clock)
-      encoding.writeVarString(inner, JSON.stringify(state))
-    }
-    const encoder = encoding.createEncoder()
-    encoding.writeVarUint(encoder, MSG_AWARENESS)
-    encoding.writeVarUint8Array(encoder, encoding.toUint8Array(inner))
     this.ws.send(encoding.toUint8Array(encoder))
   }
 
@@ -292,18 +268,25 @@ export class RawClient {
   }
 }
 
-/** Decodes an awareness message payload into [{clientID, clock, state}]. */
-export function decodeAwareness (payload) {
-  const decoder = decoding.createDecoder(payload)
-  const n = decoding.readVarUint(decoder)
-  const out = []
-  for (let i = 0; i < n; i++) {
-    const clientID = decoding.readVarUint(decoder)
-    const clock = decoding.readVarUint(decoder)
-    const state = JSON.parse(decoding.readVarString(decoder))
-    out.push({ clientID, clock, state })
+/**
+ * The states an awareness message's payload carries, by client id, read by y-protocols into a
+ * scratch Awareness (whose own state is left out). Listed are the states y-protocols applies to an
+ * Awareness that has seen nothing: not removals (null states), and not a client's first state at
+ * clock 0 (a stock client's empty state before its first setLocalState/setLocalStateField).
+ * @param {Uint8Array} payload
+ * @returns {Map<number, any>}
+ */
+export function awarenessStates (payload) {
+  const scratch = new Y.Doc()
+  const awareness = new awarenessProtocol.Awareness(scratch)
+  try {
+    awareness.setLocalState(null)
+    awarenessProtocol.applyAwarenessUpdate(awareness, payload, 'relay')
+    return new Map(awareness.getStates())
+  } finally {
+    awareness.destroy()
+    scratch.destroy()
   }
-  return out
 }
 
 /** Connects a raw client and registers it with the scope. */

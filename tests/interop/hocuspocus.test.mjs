@@ -4,18 +4,17 @@
 // only after the commit, and durability across a restart and a crash.
 
 import assert from 'node:assert/strict'
-import { execFileSync } from 'node:child_process'
 import { isDeepStrictEqual } from 'node:util'
 import { relayTest } from '../js-support/relay-test.mjs'
-import { RELAY_BIN } from '../js-support/relay.mjs'
+import { mintToken } from '../js-support/token.mjs'
 import { v3Client, waitSynced } from './clients.mjs'
 import { VERSIONS, hocusClient, hocusSocket, waitAllSaved, waitFor, waitHocusSynced } from './clients-hocuspocus.mjs'
 
 const SECRET = 'hocuspocus-interop-secret-0123456789'
 
-/** A token signed by the relay's own `relay token` command. */
+/** A token for one document, signed by the relay's own `relay token` command. */
 function token (doc, access, ttl = '1h') {
-  return execFileSync(RELAY_BIN, ['token', '--secret', SECRET, '--doc', doc, '--access', access, '--ttl', ttl], { encoding: 'utf8' }).trim()
+  return mintToken(SECRET, { doc, access, ttl })
 }
 
 const texts = (...clients) => clients.map(c => c.doc.getText('text').toString())
@@ -92,25 +91,25 @@ for (const version of Object.keys(VERSIONS)) {
   })
 
   relayTest(`hocuspocus ${version}: a read-only token is answered readonly and its edits are refused`, { timeout: 60_000, relay: { args: ['--secret', SECRET] } }, async (t, relay, scope) => {
-    const writer = hocusClient(scope, version, relay.url, 'ro', { token: token('ro', 'write') })
+    const writer = hocusClient(scope, version, relay.url, 'ro', { token: await token('ro', 'write') })
     await waitHocusSynced(writer.provider)
     writer.doc.getText('text').insert(0, 'by the writer')
     await waitAllSaved(writer.provider)
-    const reader = hocusClient(scope, version, relay.url, 'ro', { token: token('ro', 'read') })
+    const reader = hocusClient(scope, version, relay.url, 'ro', { token: await token('ro', 'read') })
     await waitHocusSynced(reader.provider)
     assert.deepEqual(reader.log.authenticated, ['readonly'])
     assert.equal(reader.provider.authorizedScope, 'readonly')
     await waitAllSaved(reader.provider, 'the reader\'s sync step 2 to be taken')
     reader.doc.getText('text').insert(0, 'refused ')
     // Refused: SyncStatus 0 keeps the change counted as unsynced, as on a Hocuspocus server.
-    const late = hocusClient(scope, version, relay.url, 'ro', { token: token('ro', 'read') })
+    const late = hocusClient(scope, version, relay.url, 'ro', { token: await token('ro', 'read') })
     await waitHocusSynced(late.provider)
     assert.equal(late.doc.getText('text').toString(), 'by the writer')
     assert.equal(writer.doc.getText('text').toString(), 'by the writer')
     assert.ok(reader.provider.unsyncedChanges > 0, 'the refused edit stays unsynced')
     assert.deepEqual(reader.log.denied, [], 'no PermissionDenied for an edit')
     // A token for another document: PermissionDenied, and the provider stays unauthenticated.
-    const wrong = hocusClient(scope, version, relay.url, 'ro', { token: token('elsewhere', 'write') })
+    const wrong = hocusClient(scope, version, relay.url, 'ro', { token: await token('elsewhere', 'write') })
     await waitFor(() => wrong.log.denied.length > 0, { what: 'PermissionDenied' })
     assert.match(wrong.log.denied[0], /not valid for this document/)
     assert.equal(wrong.provider.isAuthenticated, false)
@@ -119,7 +118,7 @@ for (const version of Object.keys(VERSIONS)) {
   relayTest(`hocuspocus ${version}: an expired token closes the socket with 4401`, { timeout: 60_000, relay: { args: ['--secret', SECRET] } }, async (t, relay, scope) => {
     const closes = []
     const socket = hocusSocket(scope, version, relay.url, { onClose: ({ event }) => closes.push(event.code) })
-    const a = hocusClient(scope, version, relay.url, 'exp', { token: token('exp', 'write', '2s'), websocketProvider: socket })
+    const a = hocusClient(scope, version, relay.url, 'exp', { token: await token('exp', 'write', '2s'), websocketProvider: socket })
     await waitHocusSynced(a.provider)
     await waitFor(() => closes.length > 0, { what: 'the socket to be closed' })
     assert.equal(closes[0], 4401)

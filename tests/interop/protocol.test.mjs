@@ -3,7 +3,7 @@
 
 import assert from 'node:assert/strict'
 import { relayTest } from '../js-support/relay-test.mjs'
-import { MSG_AWARENESS, MSG_SYNC, decodeAwareness, encoding, rawClient, syncProtocol, v3Client, waitSynced, waitText, Y } from './clients.mjs'
+import { MESSAGE_AWARENESS, MESSAGE_SYNC, awarenessStates, encoding, rawClient, syncProtocol, v3Client, waitSynced, waitText, Y } from './clients.mjs'
 import { waitFor } from '../js-support/wait.mjs'
 
 /** Does `update` hold client `clientID`'s structs up to `clock`? */
@@ -16,7 +16,7 @@ relayTest('on connect the relay sends sync step 1, then the awareness states', {
   // An empty room: step 1 and no awareness message.
   const empty = await rawClient(scope, `${relay.url}/hello`, { syncOnOpen: false })
   await waitFor(() => empty.received.length >= 1, { what: 'a first message' })
-  assert.deepEqual([empty.received[0].type, empty.received[0].sub], [MSG_SYNC, syncProtocol.messageYjsSyncStep1])
+  assert.deepEqual([empty.received[0].type, empty.received[0].sub], [MESSAGE_SYNC, syncProtocol.messageYjsSyncStep1])
   empty.close()
 
   const a = v3Client(scope, relay.url, 'hello')
@@ -29,12 +29,12 @@ relayTest('on connect the relay sends sync step 1, then the awareness states', {
 
   const raw = await rawClient(scope, `${relay.url}/hello`, { syncOnOpen: false })
   await waitFor(() => raw.received.length >= 2, { what: 'two messages' })
-  assert.deepEqual(raw.received.slice(0, 2).map(m => [m.type, m.sub]), [[MSG_SYNC, syncProtocol.messageYjsSyncStep1], [MSG_AWARENESS, undefined]])
+  assert.deepEqual(raw.received.slice(0, 2).map(m => [m.type, m.sub]), [[MESSAGE_SYNC, syncProtocol.messageYjsSyncStep1], [MESSAGE_AWARENESS, undefined]])
   // The state vector in step 1 is the room's.
   const sv = Y.decodeStateVector(raw.received[0].payload)
   assert.equal(sv.get(a.doc.clientID), 1)
-  const states = decodeAwareness(raw.received[1].payload)
-  assert.ok(states.some(e => e.clientID === a.doc.clientID && e.state?.name === 'a'), JSON.stringify(states))
+  const states = awarenessStates(raw.received[1].payload)
+  assert.equal(states.get(a.doc.clientID)?.name, 'a', JSON.stringify([...states]))
 })
 
 relayTest('updates are broadcast to the others but not echoed to their sender', { timeout: 30_000 }, async (t, relay, scope) => {
@@ -67,7 +67,7 @@ relayTest('a frame holding several messages is read in full', { timeout: 30_000 
   scratch.getMap('map').set('three', 3)
   const e = encoding.createEncoder()
   for (const u of updates) {
-    encoding.writeVarUint(e, MSG_SYNC)
+    encoding.writeVarUint(e, MESSAGE_SYNC)
     syncProtocol.writeUpdate(e, u)
   }
   raw.ws.send(encoding.toUint8Array(e))

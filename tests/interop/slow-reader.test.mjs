@@ -14,7 +14,7 @@
 
 import assert from 'node:assert/strict'
 import { relayTest } from '../js-support/relay-test.mjs'
-import { MSG_SYNC, WebSocket, encoding, syncProtocol, v3Client, waitSynced, Y } from './clients.mjs'
+import { MESSAGE_SYNC, WebSocket, encoding, syncProtocol, v3Client, waitSynced, Y } from './clients.mjs'
 import { MB, randomAscii } from './helpers.mjs'
 import { prng, seedFromEnv } from '../js-support/random.mjs'
 import { waitFor, withDeadline } from '../js-support/wait.mjs'
@@ -49,7 +49,7 @@ relayTest(`slow reader: the room keeps going, the reader is dropped, RSS stays b
   await withDeadline(new Promise((resolve, reject) => {
     slow.once('open', () => {
       const e = encoding.createEncoder()
-      encoding.writeVarUint(e, MSG_SYNC)
+      encoding.writeVarUint(e, MESSAGE_SYNC)
       syncProtocol.writeSyncStep1(e, new Y.Doc())
       slow.send(encoding.toUint8Array(e))
     })

@@ -3,7 +3,7 @@
 
 import assert from 'node:assert/strict'
 import { relayTest } from '../js-support/relay-test.mjs'
-import { v3Client, waitSynced, waitText, Y } from './clients.mjs'
+import { v3Client, waitSynced, waitText } from './clients.mjs'
 import { v4Client, waitText4 } from './clients-v4.mjs'
 import { waitFor } from '../js-support/wait.mjs'
 

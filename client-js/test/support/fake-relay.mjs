@@ -53,16 +53,13 @@ export async function fakeYjsServer ({ onSaveRequest } = {}) {
           const sub = syncProtocol.readSyncMessage(decoder, encoder, doc, ws)
           if (sub === syncProtocol.messageYjsSyncStep1) send(encoding.toUint8Array(encoder))
         } else if (type === protocol.MESSAGE_AWARENESS) {
-          const update = decoding.readVarUint8Array(decoder)
-          const encoder = encoding.createEncoder()
-          encoding.writeVarUint(encoder, protocol.MESSAGE_AWARENESS)
-          encoding.writeVarUint8Array(encoder, update)
-          for (const { ws: other } of server.connections) if (other.readyState === 1) other.send(encoding.toUint8Array(encoder))
+          const message = protocol.encodeAwarenessMessage(decoding.readVarUint8Array(decoder))
+          for (const { ws: other } of server.connections) if (other.readyState === 1) other.send(message)
         } else if (type === protocol.MESSAGE_SAVE && onSaveRequest) {
-          decoding.readVarUint(decoder) // sub-type 0
-          const id = decoding.readVarUint(decoder)
-          saveRequests.push(id)
-          onSaveRequest(ws, id)
+          const msg = protocol.readSaveMessage(decoder)
+          if (msg?.type !== 'save-request') return
+          saveRequests.push(msg.id)
+          onSaveRequest(ws, msg.id)
         } else {
           if (type === protocol.MESSAGE_SAVE) saveRequests.push(-1)
           return // stock servers drop what they do not know
