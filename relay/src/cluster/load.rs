@@ -247,6 +247,7 @@ async fn replay(
         .await
         .map_err(|e| nats(&e))?;
     let mut messages = consumer.messages().await.map_err(|e| nats(&e))?;
+    let mut reached = false;
     while let Some(message) = messages.next().await {
         let message = message.map_err(|e| nats(&e))?;
         let seq = message.info().map_err(|e| nats(&e))?.stream_sequence;
@@ -277,8 +278,16 @@ async fn replay(
             replay.log_entries += 1;
         }
         if seq >= through {
+            reached = true;
             break;
         }
+    }
+    if !reached {
+        // Serving a partial replay would show (and later compact) a document without edits the
+        // stream acknowledged: refuse the load instead; its connections retry.
+        return Err(LoadError::Nats(format!(
+            "the replay ended before sequence {through}"
+        )));
     }
     Ok(replay)
 }
