@@ -28,7 +28,7 @@ use crate::cluster::Cluster;
 use crate::cluster::link::{
     CTL_CLOSE, CTL_FRAME, CTL_LEAVE, CTL_PING, H_ACCESS, H_API, H_CLOSE, H_CTL, H_ERROR, H_FROM,
     H_LINK, H_PRINCIPAL, H_ROOM, H_SEQ, LINK_TIMEOUT, PING_INTERVAL, REQUEST_TIMEOUT, api_subject,
-    header, open_subject, to_forwarder_subject, to_owner_subject,
+    header, link_headers, open_subject, to_forwarder_subject, to_owner_subject,
 };
 use crate::cluster::names::node_token;
 use crate::outbound::{ConnHandle, Delivery};
@@ -255,12 +255,7 @@ impl ForwarderLink {
         let mut heard = Instant::now();
         let mut ping = tokio::time::interval(PING_INTERVAL);
         let send = |ctl: &'static str, seq: Option<u64>, payload: Bytes| {
-            let mut headers = HeaderMap::new();
-            headers.insert(H_CTL, ctl);
-            if let Some(seq) = seq {
-                headers.insert(H_SEQ, seq.to_string().as_str());
-            }
-            client.publish_with_headers(to_owner.clone(), headers, payload)
+            client.publish_with_headers(to_owner.clone(), link_headers(ctl, seq, None), payload)
         };
         let end = loop {
             tokio::select! {

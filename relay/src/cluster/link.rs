@@ -46,6 +46,20 @@ pub(crate) const CTL_LEAVE: &str = "leave";
 pub(crate) const CTL_CLOSE: &str = "close";
 pub(crate) const CTL_PING: &str = "ping";
 
+/// The headers of one link message: what it is, its sequence number (frames only) and, for a
+/// close, why (a close reason's name).
+pub(crate) fn link_headers(ctl: &'static str, seq: Option<u64>, close: Option<&str>) -> HeaderMap {
+    let mut headers = HeaderMap::new();
+    headers.insert(H_CTL, ctl);
+    if let Some(seq) = seq {
+        headers.insert(H_SEQ, seq.to_string().as_str());
+    }
+    if let Some(reason) = close {
+        headers.insert(H_CLOSE, reason);
+    }
+    headers
+}
+
 /// A header's value, if the message has it.
 pub(crate) fn header<'a>(headers: &'a Option<HeaderMap>, name: &str) -> Option<&'a str> {
     headers.as_ref()?.get(name).map(|v| v.as_str())
