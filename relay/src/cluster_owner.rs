@@ -19,7 +19,7 @@ use crate::close::CloseReason;
 use crate::cluster::Cluster;
 use crate::cluster::link::{
     CTL_CLOSE, CTL_FRAME, CTL_LEAVE, CTL_PING, H_ACCESS, H_API, H_CTL, H_ERROR, H_FROM, H_LINK,
-    H_PRINCIPAL, H_ROOM, H_SEQ, LINK_TIMEOUT, PING_INTERVAL, REQUEST_TIMEOUT, header, link_headers,
+    H_PRINCIPAL, H_ROOM, H_SEQ, LinkTimes, REQUEST_TIMEOUT, header, link_headers,
     to_forwarder_subject,
 };
 use crate::cluster::names::node_prefix;
@@ -180,7 +180,8 @@ impl OwnerLink {
             let mut sent = 0u64;
             let mut expected = 1u64;
             let mut heard = Instant::now();
-            let mut ping = tokio::time::interval(PING_INTERVAL);
+            let link_times = LinkTimes::for_lease(self.cluster.lease);
+            let mut ping = tokio::time::interval(link_times.ping);
             loop {
                 tokio::select! {
                     message = inbox.recv() => {
@@ -236,7 +237,7 @@ impl OwnerLink {
                         break;
                     }
                     _ = ping.tick() => {
-                        if heard.elapsed() > LINK_TIMEOUT {
+                        if heard.elapsed() > link_times.silence {
                             tracing::info!("the forwarding relay went silent; the connection leaves");
                             self.cluster.metrics.error("cluster_link_timeout");
                             break;
