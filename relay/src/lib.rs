@@ -49,7 +49,7 @@ pub(crate) mod body;
 pub mod cli;
 pub(crate) mod clock;
 pub(crate) mod close;
-pub(crate) mod cluster;
+pub mod cluster;
 pub(crate) mod cluster_owner;
 pub(crate) mod cluster_remote;
 pub mod config;
