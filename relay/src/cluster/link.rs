@@ -6,8 +6,10 @@
 //! Subjects of node `N` (`P` = `yrelay.node.<N>`):
 //! - `P.ping`: answered with the node name (start-up refuses a second relay with the same name).
 //! - `P.open`: a forwarding relay opens a link (headers: room, link id, its node, access,
-//!   principal); answered once the connection joined the room, or with `Relay-Error`.
-//! - `P.in.<link>`: frames of the client, in order (`Relay-Seq` 1, 2, ...), its leaving, pings.
+//!   principal, and `Relay-Stateless` when the client takes Hocuspocus stateless messages);
+//!   answered once the connection joined the room, or with `Relay-Error`.
+//! - `P.in.<link>`: frames of the client and its Hocuspocus stateless messages, numbered
+//!   together in order (`Relay-Seq` 1, 2, ...), its leaving, pings.
 //! - `P.link.<link>`: frames of the room for the client, in order, the close, pings (on the
 //!   forwarding relay's prefix).
 //! - `P.api`: a document API request for a room `N` owns.
@@ -58,9 +60,14 @@ pub(crate) const H_CTL: &str = "Relay-Ctl";
 pub(crate) const H_CLOSE: &str = "Relay-Close";
 pub(crate) const H_API: &str = "Relay-Api";
 pub(crate) const H_ERROR: &str = "Relay-Error";
+/// On an open: the client speaks Hocuspocus and takes the room's stateless messages.
+pub(crate) const H_STATELESS: &str = "Relay-Stateless";
 
 /// What a link message is (header [`H_CTL`]).
 pub(crate) const CTL_FRAME: &str = "frame";
+/// A Hocuspocus stateless message of the client (the payload is what the room broadcasts: its
+/// type and string), numbered with the frames.
+pub(crate) const CTL_STATELESS: &str = "stateless";
 pub(crate) const CTL_LEAVE: &str = "leave";
 pub(crate) const CTL_CLOSE: &str = "close";
 pub(crate) const CTL_PING: &str = "ping";
