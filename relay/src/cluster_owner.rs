@@ -20,7 +20,7 @@ use crate::cluster::Cluster;
 use crate::cluster::link::{
     CTL_CLOSE, CTL_FRAME, CTL_LEAVE, CTL_PING, CTL_STATELESS, H_ACCESS, H_API, H_CTL, H_ERROR,
     H_FROM, H_LINK, H_PRINCIPAL, H_ROOM, H_SEQ, H_STATELESS, LinkTimes, REQUEST_TIMEOUT, header,
-    link_headers, to_forwarder_subject,
+    link_headers, missed_messages, to_forwarder_subject,
 };
 use crate::cluster::names::node_prefix;
 use crate::outbound::Outbound;
@@ -222,6 +222,15 @@ impl OwnerLink {
                                 }
                             }
                             Some(CTL_LEAVE) => break,
+                            Some(CTL_PING) => {
+                                let sent = header(&message.headers, H_SEQ).and_then(|s| s.parse::<u64>().ok());
+                                if missed_messages(sent, expected) {
+                                    tracing::warn!(?sent, expected, "a forwarded connection's frames were lost; closing it to resync");
+                                    self.cluster.metrics.error("cluster_link_gap");
+                                    let _ = send(CTL_CLOSE, None, Some(CloseReason::OwnerChanged), Bytes::new()).await;
+                                    break;
+                                }
+                            }
                             _ => {}
                         }
                     }
@@ -253,7 +262,7 @@ impl OwnerLink {
                             self.cluster.metrics.error("cluster_link_timeout");
                             break;
                         }
-                        let _ = send(CTL_PING, None, None, Bytes::new()).await;
+                        let _ = send(CTL_PING, Some(sent), None, Bytes::new()).await;
                     }
                 }
             }

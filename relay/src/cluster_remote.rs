@@ -28,7 +28,8 @@ use crate::cluster::Cluster;
 use crate::cluster::link::{
     CTL_CLOSE, CTL_FRAME, CTL_LEAVE, CTL_PING, CTL_STATELESS, H_ACCESS, H_API, H_CLOSE, H_CTL,
     H_ERROR, H_FROM, H_LINK, H_PRINCIPAL, H_ROOM, H_SEQ, H_STATELESS, LinkTimes, REQUEST_TIMEOUT,
-    api_subject, header, link_headers, open_subject, to_forwarder_subject, to_owner_subject,
+    api_subject, header, link_headers, missed_messages, open_subject, to_forwarder_subject,
+    to_owner_subject,
 };
 use crate::cluster::names::node_token;
 use crate::outbound::{ConnHandle, Delivery};
@@ -336,6 +337,15 @@ impl ForwarderLink {
                                 LinkEnd::Normal
                             };
                         }
+                        Some(CTL_PING) => {
+                            let sent = header(&message.headers, H_SEQ).and_then(|s| s.parse::<u64>().ok());
+                            if missed_messages(sent, expected) {
+                                tracing::warn!(?sent, expected, "frames of the owner were lost; closing the connection to resync");
+                                self.cluster.metrics.error("cluster_link_gap");
+                                self.handle.close(CloseReason::OwnerChanged);
+                                break LinkEnd::Normal;
+                            }
+                        }
                         _ => {}
                     }
                 }
@@ -346,7 +356,7 @@ impl ForwarderLink {
                         self.handle.close(CloseReason::OwnerChanged);
                         break LinkEnd::OwnerGone;
                     }
-                    let _ = send(CTL_PING, None, Bytes::new()).await;
+                    let _ = send(CTL_PING, Some(sent), Bytes::new()).await;
                 }
             }
         };

@@ -14,6 +14,10 @@
 //!   forwarding relay's prefix).
 //! - `P.api`: a document API request for a room `N` owns.
 //!
+//! Pings carry the number of messages their sender has sent (`Relay-Seq`): core NATS may drop a
+//! message, and a lost last message has no successor to reveal the gap, so a ping that counts
+//! more than arrived is a gap too ([`missed_messages`]).
+//!
 //! A gap in either direction's sequence, or a link silent past [`LinkTimes::silence`], closes the
 //! client's connection with 1013 so that it resyncs on reconnect: a frame is never dropped
 //! silently.
@@ -86,6 +90,14 @@ pub(crate) fn link_headers(ctl: &'static str, seq: Option<u64>, close: Option<&s
     headers
 }
 
+/// Whether a ping saying its sender has sent `sent` messages reveals that some never arrived,
+/// `expected` being the number of the next message this side waits for. Both sides publish
+/// frames and pings from one connection to one subject, which NATS delivers in order, so
+/// everything counted by the ping has arrived before it unless it was lost.
+pub(crate) fn missed_messages(sent: Option<u64>, expected: u64) -> bool {
+    sent.is_some_and(|sent| sent >= expected)
+}
+
 /// A header's value, if the message has it.
 pub(crate) fn header<'a>(headers: &'a Option<HeaderMap>, name: &str) -> Option<&'a str> {
     headers.as_ref()?.get(name).map(|v| v.as_str())
@@ -114,6 +126,18 @@ pub(crate) fn api_subject(owner: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_ping_counting_more_than_arrived_is_a_gap() {
+        // Nothing sent, nothing expected beyond the first.
+        assert!(!missed_messages(Some(0), 1));
+        // Three sent, three arrived (the next expected is 4).
+        assert!(!missed_messages(Some(3), 4));
+        // Three sent, two arrived: the third was lost.
+        assert!(missed_messages(Some(3), 3));
+        // A ping without a count (an older relay) proves nothing.
+        assert!(!missed_messages(None, 1));
+    }
 
     #[test]
     fn a_link_may_be_silent_as_long_as_the_lease_within_bounds() {
