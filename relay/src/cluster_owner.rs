@@ -19,8 +19,8 @@ use crate::close::CloseReason;
 use crate::cluster::Cluster;
 use crate::cluster::link::{
     CTL_CLOSE, CTL_FRAME, CTL_LEAVE, CTL_PING, CTL_STATELESS, H_ACCESS, H_API, H_CTL, H_ERROR,
-    H_FROM, H_LINK, H_PRINCIPAL, H_ROOM, H_SEQ, H_STATELESS, LinkTimes, REQUEST_TIMEOUT, header,
-    link_headers, missed_messages, to_forwarder_subject,
+    H_FROM, H_LINK, H_PRINCIPAL, H_ROOM, H_SEQ, H_STATELESS, LinkTimes, REQUEST_TIMEOUT,
+    Reassembly, header, link_headers, missed_messages, part_headers, parts, to_forwarder_subject,
 };
 use crate::cluster::names::node_prefix;
 use crate::outbound::Outbound;
@@ -185,6 +185,7 @@ impl OwnerLink {
             };
             let mut sent = 0u64;
             let mut expected = 1u64;
+            let mut reassembly = Reassembly::default();
             let mut heard = Instant::now();
             let link_times = LinkTimes::for_lease(self.cluster.lease);
             let mut ping = tokio::time::interval(link_times.ping);
@@ -203,11 +204,14 @@ impl OwnerLink {
                                     break;
                                 }
                                 expected += 1;
+                                let Some(payload) = reassembly.push(message.payload, &message.headers) else {
+                                    continue;
+                                };
                                 let decoded = if ctl == CTL_STATELESS {
                                     // Checked for size and rate by the forwarding relay.
-                                    Decoded { messages: vec![Inbound::Stateless(message.payload)], error: None }
+                                    Decoded { messages: vec![Inbound::Stateless(payload)], error: None }
                                 } else {
-                                    decode_frame(&message.payload)
+                                    decode_frame(&payload)
                                 };
                                 if !decoded.messages.is_empty() {
                                     let command = RoomCommand::Messages { conn, messages: decoded.messages };
@@ -236,9 +240,12 @@ impl OwnerLink {
                     }
                     out = outbound.recv() => match out {
                         Some(Outbound::Frame(frame)) => {
-                            sent += 1;
                             let len = frame.len();
-                            let _ = send(CTL_FRAME, Some(sent), None, frame).await;
+                            for (part, more) in parts(frame) {
+                                sent += 1;
+                                let headers = part_headers(CTL_FRAME, sent, more);
+                                let _ = client.publish_with_headers(to_forwarder.clone(), headers, part).await;
+                            }
                             handle.backlog.written(len);
                         }
                         Some(Outbound::Close(reason)) => {

@@ -28,8 +28,8 @@ use crate::cluster::Cluster;
 use crate::cluster::link::{
     CTL_CLOSE, CTL_FRAME, CTL_LEAVE, CTL_PING, CTL_STATELESS, H_ACCESS, H_API, H_CLOSE, H_CTL,
     H_ERROR, H_FROM, H_LINK, H_PRINCIPAL, H_ROOM, H_SEQ, H_STATELESS, LinkTimes, REQUEST_TIMEOUT,
-    api_subject, header, link_headers, missed_messages, open_subject, to_forwarder_subject,
-    to_owner_subject,
+    Reassembly, api_subject, header, link_headers, missed_messages, open_subject, part_headers,
+    parts, to_forwarder_subject, to_owner_subject,
 };
 use crate::cluster::names::node_token;
 use crate::outbound::{ConnHandle, Delivery};
@@ -284,6 +284,7 @@ impl ForwarderLink {
         }
         let mut sent = 0u64;
         let mut expected = 1u64;
+        let mut reassembly = Reassembly::default();
         let mut heard = Instant::now();
         let link_times = LinkTimes::for_lease(self.cluster.lease);
         let mut ping = tokio::time::interval(link_times.ping);
@@ -294,8 +295,13 @@ impl ForwarderLink {
             tokio::select! {
                 command = commands.recv() => match command {
                     Some(LinkCmd::Send { ctl, payload }) => {
-                        sent += 1;
-                        if send(ctl, Some(sent), payload).await.is_err() {
+                        let mut failed = false;
+                        for (part, more) in parts(payload) {
+                            sent += 1;
+                            let headers = part_headers(ctl, sent, more);
+                            failed |= client.publish_with_headers(to_owner.clone(), headers, part).await.is_err();
+                        }
+                        if failed {
                             self.handle.close(CloseReason::OwnerChanged);
                             break LinkEnd::Normal;
                         }
@@ -318,7 +324,10 @@ impl ForwarderLink {
                                 break LinkEnd::Normal;
                             }
                             expected += 1;
-                            if !self.delivery.deliver(&self.handle, message.payload) {
+                            let Some(frame) = reassembly.push(message.payload, &message.headers) else {
+                                continue;
+                            };
+                            if !self.delivery.deliver(&self.handle, frame) {
                                 tracing::warn!("forwarded connection fell behind; disconnecting it");
                                 self.handle.close(CloseReason::SlowReader);
                                 break LinkEnd::Normal;

@@ -526,3 +526,32 @@ async fn hocuspocus_clients_through_the_hop_keep_every_promise() {
     assert_eq!(forwarded.text(other), "");
     assert!(doc_text(&replay_room(&cluster.js, other).await.doc).is_empty());
 }
+
+/// Frames larger than one NATS message cross the hop in parts: a document of several MiB reaches
+/// a client on a relay that does not own it (its sync step 2 is one frame), and a large update
+/// sent through such a relay is saved. Before, the owner's publish of the step 2 failed unseen
+/// and the client waited forever (then, with ping counts, was closed and came back forever).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn frames_larger_than_a_nats_message_cross_the_hop() {
+    let _one = one_cluster_at_a_time().await;
+    let cluster = RelayCluster::start(3, NatsPath::Direct, ClusterOptions::default()).await;
+    let room = "cluster/large";
+    let big = "a".repeat(2_500_000);
+    let mut owner_side = Client::join(&cluster.relays[0].ws_url(room)).await;
+    owner_side.edit(&big).await;
+    owner_side.save(1).await;
+    assert_eq!(cluster.wait_owner(room, Duration::from_secs(10), |_| true).await, 0);
+
+    let mut forwarded = cluster.relays[1]
+        .join_with_text(room, &big, Duration::from_secs(30))
+        .await;
+    let more = "b".repeat(1_500_000);
+    forwarded.edit(&more).await;
+    forwarded.save(2).await;
+    let stored = replay_room(&cluster.js, room).await;
+    assert_eq!(doc_text(&stored.doc).len(), big.len() + more.len());
+    owner_side
+        .recv_until("the forwarded large update", |m| matches!(m, Msg::Update(_)))
+        .await;
+    assert_eq!(owner_side.text().len(), big.len() + more.len());
+}

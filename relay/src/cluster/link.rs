@@ -14,6 +14,10 @@
 //!   forwarding relay's prefix).
 //! - `P.api`: a document API request for a room `N` owns.
 //!
+//! A frame larger than one NATS message ([`MAX_PART`]; a document's sync step 2 easily is) goes
+//! as several numbered parts, each but the last marked `Relay-More`, joined again by the
+//! receiver ([`Reassembly`]).
+//!
 //! Pings carry the number of messages their sender has sent (`Relay-Seq`): core NATS may drop a
 //! message, and a lost last message has no successor to reveal the gap, so a ping that counts
 //! more than arrived is a gap too ([`missed_messages`]).
@@ -25,8 +29,13 @@
 use std::time::Duration;
 
 use async_nats::HeaderMap;
+use bytes::{Bytes, BytesMut};
 
-use super::names::node_prefix;
+use super::names::{MAX_INLINE_PAYLOAD, node_prefix};
+
+/// The largest payload of one link message: NATS refuses messages over its `max_payload`
+/// (1 MiB by default, headers included).
+pub(crate) const MAX_PART: usize = MAX_INLINE_PAYLOAD;
 
 /// How often each side of a link says it is alive ([`LinkTimes::ping`]) and how long a silent
 /// link lives ([`LinkTimes::silence`]); past that its client is closed (1013), or, on the owner,
@@ -64,6 +73,8 @@ pub(crate) const H_CTL: &str = "Relay-Ctl";
 pub(crate) const H_CLOSE: &str = "Relay-Close";
 pub(crate) const H_API: &str = "Relay-Api";
 pub(crate) const H_ERROR: &str = "Relay-Error";
+/// On a part of a frame: more parts follow.
+pub(crate) const H_MORE: &str = "Relay-More";
 /// On an open: the client speaks Hocuspocus and takes the room's stateless messages.
 pub(crate) const H_STATELESS: &str = "Relay-Stateless";
 
@@ -88,6 +99,45 @@ pub(crate) fn link_headers(ctl: &'static str, seq: Option<u64>, close: Option<&s
         headers.insert(H_CLOSE, reason);
     }
     headers
+}
+
+/// The parts `payload` is sent in, each with whether more follow: one part unless it is larger
+/// than [`MAX_PART`]. The parts share the payload's memory.
+pub(crate) fn parts(payload: Bytes) -> impl Iterator<Item = (Bytes, bool)> {
+    let count = payload.len().div_ceil(MAX_PART).max(1);
+    (0..count).map(move |i| {
+        let start = i * MAX_PART;
+        let end = (start + MAX_PART).min(payload.len());
+        (payload.slice(start..end), i + 1 < count)
+    })
+}
+
+/// The headers of one part of a frame (see [`parts`]).
+pub(crate) fn part_headers(ctl: &'static str, seq: u64, more: bool) -> HeaderMap {
+    let mut headers = link_headers(ctl, Some(seq), None);
+    if more {
+        headers.insert(H_MORE, "1");
+    }
+    headers
+}
+
+/// Joins the parts of a frame again, on the receiving side of a link.
+#[derive(Default)]
+pub(crate) struct Reassembly {
+    partial: BytesMut,
+}
+
+impl Reassembly {
+    /// Takes the next part (in sequence: the caller checks the numbering); the whole frame once
+    /// its last part came. A frame of one part is returned as it is, without a copy.
+    pub(crate) fn push(&mut self, part: Bytes, headers: &Option<HeaderMap>) -> Option<Bytes> {
+        let more = header(headers, H_MORE).is_some();
+        if self.partial.is_empty() && !more {
+            return Some(part);
+        }
+        self.partial.extend_from_slice(&part);
+        (!more).then(|| self.partial.split().freeze())
+    }
 }
 
 /// Whether a ping saying its sender has sent `sent` messages reveals that some never arrived,
@@ -126,6 +176,37 @@ pub(crate) fn api_subject(owner: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_large_frame_goes_in_parts_and_comes_back_whole() {
+        let frame = Bytes::from((0..MAX_PART * 2 + 10).map(|i| i as u8).collect::<Vec<_>>());
+        let sent: Vec<(Bytes, bool)> = parts(frame.clone()).collect();
+        assert_eq!(sent.len(), 3);
+        assert!(sent.iter().all(|(part, _)| part.len() <= MAX_PART));
+        assert_eq!(
+            sent.iter().map(|(_, more)| *more).collect::<Vec<_>>(),
+            [true, true, false]
+        );
+        let mut joined = Reassembly::default();
+        let mut whole = None;
+        for (i, (part, more)) in sent.into_iter().enumerate() {
+            let headers = Some(part_headers(CTL_FRAME, i as u64 + 1, more));
+            whole = joined.push(part, &headers);
+            assert_eq!(whole.is_some(), !more);
+        }
+        assert_eq!(whole, Some(frame));
+        // A small frame (and an empty one) is one part, passed through.
+        let small = Bytes::from_static(b"abc");
+        assert_eq!(
+            parts(small.clone()).collect::<Vec<_>>(),
+            [(small.clone(), false)]
+        );
+        assert_eq!(parts(Bytes::new()).count(), 1);
+        assert_eq!(
+            joined.push(small.clone(), &Some(part_headers(CTL_FRAME, 4, false))),
+            Some(small)
+        );
+    }
 
     #[test]
     fn a_ping_counting_more_than_arrived_is_a_gap() {
