@@ -6,6 +6,9 @@
 //! target/release/loadgen run --peer relay --scenario fanout-100 --smoke
 //! # everything, twice, into BENCHMARKS.md (what tests/loadgen/bench.sh does):
 //! target/release/loadgen bench --runs 2 --out BENCHMARKS.md
+//! # Hocuspocus clients, the relay's endpoint beside @hocuspocus/server:
+//! target/release/loadgen run --protocol hocuspocus --peer relay,hocuspocus-server \
+//!     --scenario busy-room,many-rooms --json hocuspocus.jsonl
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -15,6 +18,7 @@ use anyhow::{Context, bail};
 use clap::{Args, Parser, Subcommand};
 use loadgen::metric::Metric;
 use loadgen::peers::{PeerKind, PeerPaths};
+use loadgen::protocol::Protocol;
 use loadgen::report;
 use loadgen::scenario::{self, Ctx, Outcome, Preset, ProcessLauncher, Size};
 
@@ -45,6 +49,9 @@ enum Cmd {
         /// Text to put in the machine section (defaults to this machine now).
         #[arg(long)]
         machine: Option<PathBuf>,
+        /// Write only the results' tables (a section to put in BENCHMARKS.md by hand).
+        #[arg(long)]
+        tables_only: bool,
     },
 }
 
@@ -53,9 +60,14 @@ struct Common {
     /// Scenarios, comma-separated, or "all".
     #[arg(long, default_value = "all")]
     scenario: String,
-    /// Peers, comma-separated (relay, y-websocket-server, y-sweet, forwarder), or "all".
+    /// Peers, comma-separated (relay, y-websocket-server, y-sweet, forwarder,
+    /// hocuspocus-server), or "all" (every peer that speaks the clients' protocol).
     #[arg(long, default_value = "all")]
     peer: String,
+    /// The clients' protocol: y-websocket, or hocuspocus (only against the relay and
+    /// hocuspocus-server, only in the timed scenarios: fanout-*, busy-room, many-rooms).
+    #[arg(long, default_value = "y-websocket")]
+    protocol: Protocol,
     /// Small counts and a few seconds per scenario.
     #[arg(long)]
     smoke: bool,
@@ -74,7 +86,8 @@ struct Common {
     /// The y-sweet binary.
     #[arg(long, default_value = "y-sweet")]
     y_sweet_bin: PathBuf,
-    /// The directory with node_modules/@y/websocket-server.
+    /// The directory with node_modules/@y/websocket-server, node_modules/@hocuspocus and
+    /// hocuspocus-server.mjs.
     #[arg(long, default_value = "tests/loadgen/peers")]
     node_peers: PathBuf,
     /// The core the servers run on (taskset -c).
@@ -143,13 +156,18 @@ fn main() -> anyhow::Result<()> {
             let machine = machine_description(&args.common);
             let started = now_utc();
             let outcomes = runtime.block_on(run_all(&args.common))?;
-            let peers = peers(&args.common.peer)?;
+            let peers = peers(&args.common.peer, args.common.protocol)?;
             let md = markdown(&outcomes, &peers, &machine, &args.reproduce, &started);
             std::fs::write(&args.out, md)
                 .with_context(|| format!("write {}", args.out.display()))?;
             eprintln!("wrote {}", args.out.display());
         }
-        Cmd::Report { json, out, machine } => {
+        Cmd::Report {
+            json,
+            out,
+            machine,
+            tables_only,
+        } => {
             let text = std::fs::read_to_string(&json)?;
             let outcomes: Vec<Outcome> = text
                 .lines()
@@ -163,7 +181,11 @@ fn main() -> anyhow::Result<()> {
                 Some(p) => std::fs::read_to_string(p)?,
                 None => String::from("(not recorded)"),
             };
-            let md = markdown(&outcomes, &peers, &machine, "tests/loadgen/bench.sh", "");
+            let md = if tables_only {
+                report::tables(&outcomes, &peers)
+            } else {
+                markdown(&outcomes, &peers, &machine, "tests/loadgen/bench.sh", "")
+            };
             std::fs::write(&out, md)?;
         }
     }
@@ -228,27 +250,52 @@ fn pin(c: &Common) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn presets(s: &str) -> anyhow::Result<Vec<Preset>> {
+/// The presets named in `s` ("all": every one `protocol` supports); refuses one it does not.
+fn presets(s: &str, protocol: Protocol) -> anyhow::Result<Vec<Preset>> {
     if s == "all" {
-        return Ok(Preset::ALL.to_vec());
+        return Ok(Preset::ALL
+            .into_iter()
+            .filter(|p| p.supports(protocol))
+            .collect());
     }
-    s.split(',')
+    let presets: Vec<Preset> = s
+        .split(',')
         .map(|p| p.trim().parse().map_err(anyhow::Error::msg))
-        .collect()
+        .collect::<anyhow::Result<_>>()?;
+    if let Some(p) = presets.iter().find(|p| !p.supports(protocol)) {
+        bail!(
+            "scenario {p} has no {protocol} clients; with --protocol {protocol} use fanout-10, \
+             fanout-100, fanout-1000, busy-room or many-rooms"
+        );
+    }
+    Ok(presets)
 }
 
-fn peers(s: &str) -> anyhow::Result<Vec<PeerKind>> {
+/// The peers named in `s` ("all": every one that speaks `protocol`); refuses one that does not.
+fn peers(s: &str, protocol: Protocol) -> anyhow::Result<Vec<PeerKind>> {
     if s == "all" {
-        return Ok(PeerKind::ALL.to_vec());
+        return Ok(PeerKind::speaking(protocol));
     }
-    s.split(',')
+    let peers: Vec<PeerKind> = s
+        .split(',')
         .map(|p| p.trim().parse().map_err(anyhow::Error::msg))
-        .collect()
+        .collect::<anyhow::Result<_>>()?;
+    if let Some(p) = peers.iter().find(|p| !p.speaks(protocol)) {
+        let speaking: Vec<&str> = PeerKind::speaking(protocol)
+            .into_iter()
+            .map(PeerKind::name)
+            .collect();
+        bail!(
+            "{p} does not serve {protocol} clients (--protocol {protocol}: {})",
+            speaking.join(", ")
+        );
+    }
+    Ok(peers)
 }
 
 async fn run_all(c: &Common) -> anyhow::Result<Vec<Outcome>> {
-    let presets = presets(&c.scenario)?;
-    let peers = peers(&c.peer)?;
+    let presets = presets(&c.scenario, c.protocol)?;
+    let peers = peers(&c.peer, c.protocol)?;
     let size = if c.smoke { Size::Smoke } else { Size::Full };
     let work_dir = absolute(&c.work_dir)?;
     std::fs::create_dir_all(&work_dir)?;
@@ -265,7 +312,7 @@ async fn run_all(c: &Common) -> anyhow::Result<Vec<Outcome>> {
             PeerKind::Relay => Some(&paths.relay),
             PeerKind::Forwarder => Some(&paths.forwarder),
             PeerKind::YSweet => Some(&paths.y_sweet),
-            PeerKind::YWebsocketServer => None,
+            PeerKind::YWebsocketServer | PeerKind::HocuspocusServer => None,
         };
         if let Some(program) = program
             && !program.exists()
@@ -282,6 +329,7 @@ async fn run_all(c: &Common) -> anyhow::Result<Vec<Outcome>> {
         trace_path: absolute(&c.trace)?,
         cache_dir: absolute(&c.cache_dir)?,
         seconds: c.seconds,
+        protocol: c.protocol,
     };
     let mut outcomes = Vec::new();
     for preset in &presets {
@@ -291,7 +339,10 @@ async fn run_all(c: &Common) -> anyhow::Result<Vec<Outcome>> {
                     kind: *peer,
                     paths: paths.clone(),
                 };
-                eprintln!("== {preset} / {peer} (run {run}/{}) ==", c.runs);
+                eprintln!(
+                    "== {preset} / {peer}, {} clients (run {run}/{}) ==",
+                    c.protocol, c.runs
+                );
                 let outcome =
                     scenario::run(*preset, &mut launcher, &ctx, &format!("run{run}")).await;
                 println!("{}\n", outcome.summary());
@@ -368,7 +419,7 @@ fn machine_description(c: &Common) -> String {
             .unwrap_or_else(|| "not installed".into())
     };
     format!(
-        "```\n{lscpu}\nMemory: {}\nKernel: {}\nrustc: {}\nnode: {}\nrelay: {} (git {})\n@y/websocket-server: {}, y-leveldb {}, yjs {}, ws {}\ny-sweet: {}\nload average at start: {}\n```",
+        "```\n{lscpu}\nMemory: {}\nKernel: {}\nrustc: {}\nnode: {}\nrelay: {} (git {})\n@y/websocket-server: {}, y-leveldb {}, yjs {}, ws {}\n@hocuspocus/server: {}, @hocuspocus/extension-sqlite {}, better-sqlite3 {}\ny-sweet: {}\nload average at start: {}\n```",
         sh("free -g | awk '/Mem:/ {print $2 \" GiB\"}'"),
         sh("uname -srvm"),
         sh("rustc --version"),
@@ -379,6 +430,9 @@ fn machine_description(c: &Common) -> String {
         node_pkg("y-leveldb"),
         node_pkg("yjs"),
         node_pkg("ws"),
+        node_pkg("@hocuspocus/server"),
+        node_pkg("@hocuspocus/extension-sqlite"),
+        node_pkg("better-sqlite3"),
         if y_sweet.is_file() {
             format!("0.9.1 (cargo install y-sweet --locked), {}", y_sweet.display())
         } else {
@@ -457,3 +511,38 @@ const METHOD: &str = "## How it is measured\n\n\
 - Join storm: the document is the trace replayed again and again (each replay into its own \
   `Y.Text` by its own client id) up to 20 MB, uploaded by one client in one update per replay; \
   the server is restarted so that the storm finds the room cold, and 150 clients join at once.\n";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hocuspocus_clients_go_only_to_servers_and_scenarios_that_take_them() {
+        assert_eq!(
+            peers("all", Protocol::Hocuspocus).expect("all"),
+            vec![PeerKind::Relay, PeerKind::HocuspocusServer]
+        );
+        assert!(
+            !peers("all", Protocol::YWebsocket)
+                .expect("all")
+                .contains(&PeerKind::HocuspocusServer)
+        );
+        let refused = peers("relay,yws", Protocol::Hocuspocus).expect_err("yws");
+        assert!(
+            refused.to_string().contains("y-websocket-server"),
+            "{refused}"
+        );
+        assert!(peers("hocuspocus", Protocol::YWebsocket).is_err());
+        assert_eq!(
+            presets("busy-room,many-rooms", Protocol::Hocuspocus).expect("timed"),
+            vec![Preset::BusyRoom, Preset::ManyRooms]
+        );
+        assert!(presets("durable", Protocol::Hocuspocus).is_err());
+        assert!(
+            presets("all", Protocol::Hocuspocus)
+                .expect("all")
+                .iter()
+                .all(|p| p.supports(Protocol::Hocuspocus))
+        );
+    }
+}

@@ -79,6 +79,15 @@ fn rows(preset: Preset) -> Vec<Row> {
             row("latency p99 (ms)", LAT_P99, 2, true),
             row("latency max (ms)", LAT_MAX, 1, true),
             row(
+                "updates acknowledged (SyncStatus)",
+                M::AckedUpdates,
+                0,
+                false,
+            ),
+            row("time to SyncStatus median (ms)", M::AckP50Ms, 2, true),
+            row("time to SyncStatus p95 (ms)", M::AckP95Ms, 2, true),
+            row("time to SyncStatus p99 (ms)", M::AckP99Ms, 2, true),
+            row(
                 "server CPU s per 1,000 deliveries",
                 M::CpuSPer1kDeliveries,
                 4,
@@ -294,7 +303,16 @@ pub fn tables(outcomes: &[Outcome], peers: &[PeerKind]) -> String {
         }
         s.push('\n');
         let empty = Vec::new();
-        for r in rows(*preset) {
+        // A figure no run of this preset measured (the SyncStatus rows of y-websocket clients)
+        // is left out rather than shown as a row of dashes.
+        let measured = |r: &Row| {
+            r.figure == CONVERGED
+                || by_peer
+                    .values()
+                    .flatten()
+                    .any(|o| value(o, r.figure).is_some())
+        };
+        for r in rows(*preset).into_iter().filter(measured) {
             let _ = write!(s, "| {} |", r.label);
             for p in peers {
                 let runs: Vec<&Outcome> = by_peer
