@@ -64,10 +64,11 @@ struct Common {
     /// hocuspocus-server), or "all" (every peer that speaks the clients' protocol).
     #[arg(long, default_value = "all")]
     peer: String,
-    /// The clients' protocol: y-websocket, or hocuspocus (only against the relay and
-    /// hocuspocus-server, only in the timed scenarios: fanout-*, busy-room, many-rooms).
+    /// The clients' protocols, comma-separated: y-websocket, hocuspocus (only against the relay
+    /// and hocuspocus-server, only in the timed scenarios: fanout-*, busy-room, many-rooms).
+    /// With both, each protocol runs the named scenarios and peers it can, one after the other.
     #[arg(long, default_value = "y-websocket")]
-    protocol: Protocol,
+    protocol: String,
     /// Small counts and a few seconds per scenario.
     #[arg(long)]
     smoke: bool,
@@ -156,8 +157,7 @@ fn main() -> anyhow::Result<()> {
             let machine = machine_description(&args.common);
             let started = now_utc();
             let outcomes = runtime.block_on(run_all(&args.common))?;
-            let peers = peers(&args.common.peer, args.common.protocol)?;
-            let md = markdown(&outcomes, &peers, &machine, &args.reproduce, &started);
+            let md = markdown(&outcomes, &machine, &args.reproduce, &started);
             std::fs::write(&args.out, md)
                 .with_context(|| format!("write {}", args.out.display()))?;
             eprintln!("wrote {}", args.out.display());
@@ -174,17 +174,14 @@ fn main() -> anyhow::Result<()> {
                 .filter(|l| !l.trim().is_empty())
                 .map(parse_outcome)
                 .collect::<anyhow::Result<_>>()?;
-            let mut peers: Vec<PeerKind> = outcomes.iter().map(|o| o.peer).collect();
-            peers.sort();
-            peers.dedup();
             let machine = match machine {
                 Some(p) => std::fs::read_to_string(p)?,
                 None => String::from("(not recorded)"),
             };
             let md = if tables_only {
-                report::tables(&outcomes, &peers)
+                report::results(&outcomes)
             } else {
-                markdown(&outcomes, &peers, &machine, "tests/loadgen/bench.sh", "")
+                markdown(&outcomes, &machine, "tests/loadgen/bench.sh", "")
             };
             std::fs::write(&out, md)?;
         }
@@ -206,6 +203,10 @@ fn loadgen_outcome_from_json(v: &serde_json::Value) -> Option<Outcome> {
         _ => Size::Full,
     };
     let mut o = Outcome::from_parts(preset, peer, size);
+    // Results written before clients could speak Hocuspocus have no protocol: y-websocket.
+    if let Some(protocol) = v.get("protocol").and_then(serde_json::Value::as_str) {
+        o.protocol = protocol.parse().ok()?;
+    }
     for (k, x) in v.get("metrics")?.as_object()? {
         match k.parse::<Metric>() {
             Ok(metric) => {
@@ -250,52 +251,97 @@ fn pin(c: &Common) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The presets named in `s` ("all": every one `protocol` supports); refuses one it does not.
-fn presets(s: &str, protocol: Protocol) -> anyhow::Result<Vec<Preset>> {
-    if s == "all" {
-        return Ok(Preset::ALL
-            .into_iter()
-            .filter(|p| p.supports(protocol))
-            .collect());
-    }
-    let presets: Vec<Preset> = s
-        .split(',')
+fn list<T>(s: &str) -> anyhow::Result<Vec<T>>
+where
+    T: std::str::FromStr<Err = String>,
+{
+    s.split(',')
         .map(|p| p.trim().parse().map_err(anyhow::Error::msg))
-        .collect::<anyhow::Result<_>>()?;
-    if let Some(p) = presets.iter().find(|p| !p.supports(protocol)) {
-        bail!(
-            "scenario {p} has no {protocol} clients; with --protocol {protocol} use fanout-10, \
-             fanout-100, fanout-1000, busy-room or many-rooms"
-        );
-    }
-    Ok(presets)
+        .collect()
 }
 
-/// The peers named in `s` ("all": every one that speaks `protocol`); refuses one that does not.
-fn peers(s: &str, protocol: Protocol) -> anyhow::Result<Vec<PeerKind>> {
-    if s == "all" {
-        return Ok(PeerKind::speaking(protocol));
-    }
-    let peers: Vec<PeerKind> = s
-        .split(',')
-        .map(|p| p.trim().parse().map_err(anyhow::Error::msg))
-        .collect::<anyhow::Result<_>>()?;
-    if let Some(p) = peers.iter().find(|p| !p.speaks(protocol)) {
-        let speaking: Vec<&str> = PeerKind::speaking(protocol)
-            .into_iter()
-            .map(PeerKind::name)
-            .collect();
+/// What one protocol's clients run: the scenarios, against the peers.
+#[derive(Debug, PartialEq, Eq)]
+struct Plan {
+    protocol: Protocol,
+    presets: Vec<Preset>,
+    peers: Vec<PeerKind>,
+}
+
+/// The plan of each protocol in `protocols`: the scenarios and peers named (or "all") that it
+/// can run. Refuses a scenario or peer that no protocol named can run, so that a mistyped
+/// combination fails before anything starts instead of leaving a hole in the tables.
+fn plans(scenario: &str, peer: &str, protocols: &str) -> anyhow::Result<Vec<Plan>> {
+    let protocols: Vec<Protocol> = list(protocols)?;
+    let presets: Vec<Preset> = if scenario == "all" {
+        Preset::ALL.to_vec()
+    } else {
+        list(scenario)?
+    };
+    let peers: Vec<PeerKind> = if peer == "all" {
+        PeerKind::ALL.to_vec()
+    } else {
+        list(peer)?
+    };
+    let names =
+        |ps: &[Protocol]| -> String { ps.iter().map(|p| p.name()).collect::<Vec<_>>().join(", ") };
+    if scenario != "all"
+        && let Some(p) = presets
+            .iter()
+            .find(|p| !protocols.iter().any(|proto| p.supports(*proto)))
+    {
         bail!(
-            "{p} does not serve {protocol} clients (--protocol {protocol}: {})",
-            speaking.join(", ")
+            "scenario {p} has no {} clients (Hocuspocus clients run fanout-10, fanout-100, \
+             fanout-1000, busy-room and many-rooms)",
+            names(&protocols)
         );
     }
-    Ok(peers)
+    if peer != "all"
+        && let Some(p) = peers
+            .iter()
+            .find(|p| !protocols.iter().any(|proto| p.speaks(*proto)))
+    {
+        bail!(
+            "{p} does not serve {} clients (Hocuspocus: relay, hocuspocus-server; y-websocket: \
+             every peer but hocuspocus-server)",
+            names(&protocols)
+        );
+    }
+    Ok(protocols
+        .into_iter()
+        .map(|protocol| Plan {
+            protocol,
+            presets: presets
+                .iter()
+                .copied()
+                .filter(|p| p.supports(protocol))
+                .collect(),
+            peers: peers
+                .iter()
+                .copied()
+                .filter(|p| p.speaks(protocol))
+                .collect(),
+        })
+        .filter(|plan| !plan.presets.is_empty() && !plan.peers.is_empty())
+        .collect())
 }
 
 async fn run_all(c: &Common) -> anyhow::Result<Vec<Outcome>> {
-    let presets = presets(&c.scenario, c.protocol)?;
-    let peers = peers(&c.peer, c.protocol)?;
+    let plans = plans(&c.scenario, &c.peer, &c.protocol)?;
+    let mut outcomes = Vec::new();
+    for plan in &plans {
+        outcomes.extend(run_plan(c, plan).await?);
+    }
+    Ok(outcomes)
+}
+
+async fn run_plan(c: &Common, plan: &Plan) -> anyhow::Result<Vec<Outcome>> {
+    let Plan {
+        protocol,
+        presets,
+        peers,
+    } = plan;
+    let protocol = *protocol;
     let size = if c.smoke { Size::Smoke } else { Size::Full };
     let work_dir = absolute(&c.work_dir)?;
     std::fs::create_dir_all(&work_dir)?;
@@ -307,7 +353,7 @@ async fn run_all(c: &Common) -> anyhow::Result<Vec<Outcome>> {
         server_core: (!c.no_pin).then_some(c.server_core),
         relay_args: c.relay_args.clone(),
     };
-    for p in &peers {
+    for p in peers {
         let program = match p {
             PeerKind::Relay => Some(&paths.relay),
             PeerKind::Forwarder => Some(&paths.forwarder),
@@ -329,19 +375,19 @@ async fn run_all(c: &Common) -> anyhow::Result<Vec<Outcome>> {
         trace_path: absolute(&c.trace)?,
         cache_dir: absolute(&c.cache_dir)?,
         seconds: c.seconds,
-        protocol: c.protocol,
+        protocol,
     };
     let mut outcomes = Vec::new();
-    for preset in &presets {
+    for preset in presets {
         for run in 1..=c.runs {
-            for peer in &peers {
+            for peer in peers {
                 let mut launcher = ProcessLauncher {
                     kind: *peer,
                     paths: paths.clone(),
                 };
                 eprintln!(
-                    "== {preset} / {peer}, {} clients (run {run}/{}) ==",
-                    c.protocol, c.runs
+                    "== {preset} / {peer}, {protocol} clients (run {run}/{}) ==",
+                    c.runs
                 );
                 let outcome =
                     scenario::run(*preset, &mut launcher, &ctx, &format!("run{run}")).await;
@@ -357,6 +403,7 @@ async fn run_all(c: &Common) -> anyhow::Result<Vec<Outcome>> {
                 outcomes.push(outcome);
                 // Leave the data directory for inspection only on failure.
                 let dir = work_dir.join(format!("{}-{}-run{run}", preset.name(), peer.name()));
+                // (scenario::run names it so for either protocol: they run one after the other.)
                 if outcomes.last().is_some_and(|o| o.error.is_none()) {
                     let _ = std::fs::remove_dir_all(&dir);
                 }
@@ -442,13 +489,7 @@ fn machine_description(c: &Common) -> String {
     )
 }
 
-fn markdown(
-    outcomes: &[Outcome],
-    peers: &[PeerKind],
-    machine: &str,
-    reproduce: &str,
-    started: &str,
-) -> String {
+fn markdown(outcomes: &[Outcome], machine: &str, reproduce: &str, started: &str) -> String {
     let mut s = String::new();
     s.push_str("# Benchmarks\n\n");
     s.push_str(&format!(
@@ -465,9 +506,14 @@ fn markdown(
     s.push_str("\n\n");
     s.push_str(METHOD);
     s.push_str("\n## Targets (issue 6)\n\n");
-    s.push_str(&report::targets(outcomes));
+    let y_websocket: Vec<Outcome> = outcomes
+        .iter()
+        .filter(|o| o.protocol == Protocol::YWebsocket)
+        .cloned()
+        .collect();
+    s.push_str(&report::targets(&y_websocket));
     s.push_str("\n## Results\n\n");
-    s.push_str(&report::tables(outcomes, peers));
+    s.push_str(&report::results(outcomes));
     s
 }
 
@@ -516,33 +562,59 @@ const METHOD: &str = "## How it is measured\n\n\
 mod tests {
     use super::*;
 
+    fn plan(protocol: Protocol, presets: &[Preset], peers: &[PeerKind]) -> Plan {
+        Plan {
+            protocol,
+            presets: presets.to_vec(),
+            peers: peers.to_vec(),
+        }
+    }
+
     #[test]
     fn hocuspocus_clients_go_only_to_servers_and_scenarios_that_take_them() {
+        use PeerKind::{HocuspocusServer, Relay, YWebsocketServer};
+        use Preset::{BusyRoom, Durable, ManyRooms};
         assert_eq!(
-            peers("all", Protocol::Hocuspocus).expect("all"),
-            vec![PeerKind::Relay, PeerKind::HocuspocusServer]
+            plans("busy-room,many-rooms", "all", "hocuspocus").expect("plan"),
+            vec![plan(
+                Protocol::Hocuspocus,
+                &[BusyRoom, ManyRooms],
+                &[Relay, HocuspocusServer]
+            )]
         );
-        assert!(
-            !peers("all", Protocol::YWebsocket)
-                .expect("all")
-                .contains(&PeerKind::HocuspocusServer)
+        let all = plans("all", "all", "y-websocket").expect("plan");
+        assert_eq!(all.len(), 1);
+        assert!(!all[0].peers.contains(&HocuspocusServer));
+        assert_eq!(all[0].presets, Preset::ALL.to_vec());
+        // Both protocols: each runs what it can of what was named.
+        assert_eq!(
+            plans(
+                "busy-room,durable",
+                "relay,yws,hocuspocus",
+                "y-websocket,hocuspocus"
+            )
+            .expect("plan"),
+            vec![
+                plan(
+                    Protocol::YWebsocket,
+                    &[BusyRoom, Durable],
+                    &[Relay, YWebsocketServer]
+                ),
+                plan(
+                    Protocol::Hocuspocus,
+                    &[BusyRoom],
+                    &[Relay, HocuspocusServer]
+                ),
+            ]
         );
-        let refused = peers("relay,yws", Protocol::Hocuspocus).expect_err("yws");
+        // What no protocol named can run is refused, with the reason.
+        let refused = plans("busy-room", "relay,yws", "hocuspocus").expect_err("yws");
         assert!(
             refused.to_string().contains("y-websocket-server"),
             "{refused}"
         );
-        assert!(peers("hocuspocus", Protocol::YWebsocket).is_err());
-        assert_eq!(
-            presets("busy-room,many-rooms", Protocol::Hocuspocus).expect("timed"),
-            vec![Preset::BusyRoom, Preset::ManyRooms]
-        );
-        assert!(presets("durable", Protocol::Hocuspocus).is_err());
-        assert!(
-            presets("all", Protocol::Hocuspocus)
-                .expect("all")
-                .iter()
-                .all(|p| p.supports(Protocol::Hocuspocus))
-        );
+        assert!(plans("busy-room", "hocuspocus", "y-websocket").is_err());
+        assert!(plans("durable", "relay", "hocuspocus").is_err());
+        assert!(plans("busy-room", "relay", "hocus").is_err());
     }
 }

@@ -259,6 +259,8 @@ pub struct Outcome {
     pub preset: Preset,
     /// Which server.
     pub peer: PeerKind,
+    /// The clients' protocol.
+    pub protocol: Protocol,
     /// Full or smoke.
     pub size: Size,
     /// The figures measured.
@@ -276,11 +278,12 @@ pub struct Outcome {
 }
 
 impl Outcome {
-    /// An empty outcome.
+    /// An empty outcome (of y-websocket clients; set [`Outcome::protocol`] for others).
     pub fn from_parts(preset: Preset, peer: PeerKind, size: Size) -> Self {
         Outcome {
             preset,
             peer,
+            protocol: Protocol::YWebsocket,
             size,
             metrics: BTreeMap::new(),
             latency: None,
@@ -303,7 +306,10 @@ impl Outcome {
     /// A readable summary, one figure per line.
     pub fn summary(&self) -> String {
         use std::fmt::Write;
-        let mut s = format!("{} / {}", self.preset, self.peer);
+        let mut s = format!(
+            "{} / {} ({} clients)",
+            self.preset, self.peer, self.protocol
+        );
         if let Some(e) = &self.error {
             let _ = write!(s, "\n  FAILED: {e}");
         }
@@ -334,6 +340,7 @@ impl Outcome {
 pub async fn run<L: Launcher>(preset: Preset, launcher: &mut L, ctx: &Ctx, tag: &str) -> Outcome {
     let peer = launcher.kind();
     let mut out = Outcome::from_parts(preset, peer, ctx.size);
+    out.protocol = ctx.protocol;
     let data_dir = ctx
         .work_dir
         .join(format!("{}-{}-{tag}", preset.name(), peer.name()));
