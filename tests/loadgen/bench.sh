@@ -2,6 +2,7 @@
 # Runs every benchmark scenario against the relay and its peers, and writes BENCHMARKS.md.
 #
 #   tests/loadgen/bench.sh                      # full run: every scenario, every peer, twice
+#                                               # (and the timed ones with Hocuspocus clients)
 #   tests/loadgen/bench.sh --smoke --runs 1     # a quick pass with small counts
 #   tests/loadgen/bench.sh --scenario fanout-100,durable --peer relay,forwarder
 #   tests/loadgen/bench.sh --protocol hocuspocus --peer relay,hocuspocus-server \
@@ -75,6 +76,7 @@ results=target/loadgen-results.jsonl
 rm -f "$results"
 "$bin/loadgen" bench \
   --runs 2 \
+  --protocol y-websocket,hocuspocus \
   --relay-bin "$bin/relay" \
   --forwarder-bin "$bin/forwarder" \
   --y-sweet-bin "$bin/y-sweet" \
