@@ -102,51 +102,37 @@ export function encodeQueryAwareness () {
 }
 
 /**
- * @param {number} id request id, chosen by the client
- * @returns {Uint8Array} a *save request* `[100, 0, id]`
- */
-export function encodeSaveRequest (id) {
-  const encoder = encoding.createEncoder()
-  encoding.writeVarUint(encoder, MESSAGE_SAVE)
-  encoding.writeVarUint(encoder, SAVE_REQUEST)
-  encoding.writeVarUint(encoder, id)
-  return encoding.toUint8Array(encoder)
-}
-
-/**
- * A *saved* answer, as the relay sends it (for tests and fakes).
- * @param {number} id the id of the save request it answers
- * @returns {Uint8Array} `[100, 1, id]`
- */
-export function encodeSaved (id) {
-  const encoder = encoding.createEncoder()
-  encoding.writeVarUint(encoder, MESSAGE_SAVE)
-  encoding.writeVarUint(encoder, SAVED)
-  encoding.writeVarUint(encoder, id)
-  return encoding.toUint8Array(encoder)
-}
-
-/**
- * A *save error* answer, as the relay sends it (for tests and fakes).
- * @param {number} id the id of the save request it answers
- * @param {string} reason
- * @returns {Uint8Array} `[100, 2, id, reason]`
- */
-export function encodeSaveError (id, reason) {
-  const encoder = encoding.createEncoder()
-  encoding.writeVarUint(encoder, MESSAGE_SAVE)
-  encoding.writeVarUint(encoder, SAVE_ERROR)
-  encoding.writeVarUint(encoder, id)
-  encoding.writeVarString(encoder, reason)
-  return encoding.toUint8Array(encoder)
-}
-
-/**
  * A message of the save extension, as {@link readSaveMessage} reads it.
  * @typedef {{ type: 'save-request', id: number }
  *   | { type: 'saved', id: number }
  *   | { type: 'save-error', id: number, reason: string }} SaveMessage
  */
+
+/** The sub-type byte of each {@link SaveMessage} type, the inverse of {@link readSaveMessage}. */
+const SAVE_SUB_TYPES = { 'save-request': SAVE_REQUEST, saved: SAVED, 'save-error': SAVE_ERROR }
+
+/**
+ * Encodes a message of the save extension: `[100, sub-type, id]`, plus the reason of a
+ * *save error*. The relay sends *saved* and *save error*; they are encoded here for tests and fakes.
+ * @param {SaveMessage} message
+ * @returns {Uint8Array}
+ */
+export function encodeSaveMessage (message) {
+  const encoder = encoding.createEncoder()
+  encoding.writeVarUint(encoder, MESSAGE_SAVE)
+  encoding.writeVarUint(encoder, SAVE_SUB_TYPES[message.type])
+  encoding.writeVarUint(encoder, message.id)
+  if (message.type === 'save-error') encoding.writeVarString(encoder, message.reason)
+  return encoding.toUint8Array(encoder)
+}
+
+/**
+ * @param {number} id request id, chosen by the client
+ * @returns {Uint8Array} a *save request* `[100, 0, id]`
+ */
+export function encodeSaveRequest (id) {
+  return encodeSaveMessage({ type: 'save-request', id })
+}
 
 /**
  * Reads the body of a save-extension message (what follows the message type {@link MESSAGE_SAVE}).

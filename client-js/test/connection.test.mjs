@@ -201,8 +201,8 @@ test('a save error gives error until a later saved', () => scoped(async scope =>
   const held = []
   const server = await fakeYjsServer({
     onSaveRequest: (ws, id) => {
-      ws.send(protocol.encodeSaveError(id, 'disk full'))
-      held.push(() => ws.send(protocol.encodeSaved(id)))
+      ws.send(protocol.encodeSaveMessage({ type: 'save-error', id, reason: 'disk full' }))
+      held.push(() => ws.send(protocol.encodeSaveMessage({ type: 'saved', id })))
     }
   })
   scope.defer(() => server.close())
@@ -224,7 +224,7 @@ test('a save error gives error until a later saved', () => scoped(async scope =>
 }))
 
 test('window events: offline drops the connection, online reconnects at once, pagehide clears awareness', () => scoped(async scope => {
-  const server = await fakeYjsServer({ onSaveRequest: (ws, id) => ws.send(protocol.encodeSaved(id)) })
+  const server = await fakeYjsServer({ onSaveRequest: (ws, id) => ws.send(protocol.encodeSaveMessage({ type: 'saved', id })) })
   scope.defer(() => server.close())
   const win = new CountingWindow()
   // A backoff far longer than the test's deadlines: only the online event can bring it back.
@@ -271,7 +271,7 @@ test('save requests go out only after sync step 2: edits made offline are never 
         log.push('sent-step1')
         ws.send(protocol.encodeSyncStep1(serverDoc))
       }
-      if (kind === 'save-request') ws.send(protocol.encodeSaved(bytes[2]))
+      if (kind === 'save-request') ws.send(protocol.encodeSaveMessage({ type: 'saved', id: bytes[2] }))
     })
   })
   scope.defer(() => server.close())

@@ -22,10 +22,10 @@ function read (frame, doc = new Y.Doc()) {
 test('save requests and answers have the layout of PROTOCOL.md', () => {
   assert.deepEqual([...protocol.encodeSaveRequest(7)], [100, 0, 7])
   assert.deepEqual([...protocol.encodeSaveRequest(300)], [100, 0, 0xac, 0x02])
-  assert.deepEqual([...protocol.encodeSaved(7)], [100, 1, 7])
-  assert.deepEqual([...protocol.encodeSaveError(7, 'no')], [100, 2, 7, 2, 110, 111])
-  assert.deepEqual(read(protocol.encodeSaved(300)), [{ type: 'saved', id: 300 }])
-  assert.deepEqual(read(protocol.encodeSaveError(1, 'disk full')), [{ type: 'save-error', id: 1, reason: 'disk full' }])
+  assert.deepEqual([...protocol.encodeSaveMessage({ type: 'saved', id: 7 })], [100, 1, 7])
+  assert.deepEqual([...protocol.encodeSaveMessage({ type: 'save-error', id: 7, reason: 'no' })], [100, 2, 7, 2, 110, 111])
+  assert.deepEqual(read(protocol.encodeSaveMessage({ type: 'saved', id: 300 })), [{ type: 'saved', id: 300 }])
+  assert.deepEqual(read(protocol.encodeSaveMessage({ type: 'save-error', id: 1, reason: 'disk full' })), [{ type: 'save-error', id: 1, reason: 'disk full' }])
   // readSaveMessage, which the fake relay and tests/interop use, reads all three after the type.
   const body = frame => {
     const decoder = decoding.createDecoder(frame)
@@ -33,8 +33,8 @@ test('save requests and answers have the layout of PROTOCOL.md', () => {
     return protocol.readSaveMessage(decoder)
   }
   assert.deepEqual(body(protocol.encodeSaveRequest(300)), { type: 'save-request', id: 300 })
-  assert.deepEqual(body(protocol.encodeSaved(7)), { type: 'saved', id: 7 })
-  assert.deepEqual(body(protocol.encodeSaveError(7, 'no')), { type: 'save-error', id: 7, reason: 'no' })
+  assert.deepEqual(body(protocol.encodeSaveMessage({ type: 'saved', id: 7 })), { type: 'saved', id: 7 })
+  assert.deepEqual(body(protocol.encodeSaveMessage({ type: 'save-error', id: 7, reason: 'no' })), { type: 'save-error', id: 7, reason: 'no' })
   assert.equal(body(new Uint8Array([100, 9, 7])), null, 'an unknown sub-type')
 })
 
@@ -46,7 +46,7 @@ test('every message of a frame is read, updates applied with the origin', () => 
   doc.on('update', (_u, origin) => origins.push(origin))
   const frame = concat(
     protocol.encodeUpdate(Y.encodeStateAsUpdate(source)),
-    protocol.encodeSaved(1),
+    protocol.encodeSaveMessage({ type: 'saved', id: 1 }),
     protocol.encodeSyncStep1(source),
     protocol.encodeQueryAwareness()
   )
@@ -58,7 +58,7 @@ test('every message of a frame is read, updates applied with the origin', () => 
 
 test('an unknown message type ends the frame without an error', () => {
   const unknown = new Uint8Array([42, 1, 2, 3])
-  const seen = read(concat(protocol.encodeSaved(1), unknown, protocol.encodeSaved(2)))
+  const seen = read(concat(protocol.encodeSaveMessage({ type: 'saved', id: 1 }), unknown, protocol.encodeSaveMessage({ type: 'saved', id: 2 })))
   assert.deepEqual(seen, [{ type: 'saved', id: 1 }])
   // Unknown sync and save sub-types too.
   assert.deepEqual(read(new Uint8Array([0, 9, 1, 2])), [])
@@ -128,6 +128,6 @@ test('the save extension has PROTOCOL.md\'s type, sub-types and names', async ()
     [protocol.SAVE_ERROR, 'save error']
   ]))
   // The messages the client reads are named alike.
-  assert.deepEqual(read(protocol.encodeSaved(1)), [{ type: 'saved', id: 1 }])
-  assert.deepEqual(read(protocol.encodeSaveError(1, 'x')), [{ type: 'save-error', id: 1, reason: 'x' }])
+  assert.deepEqual(read(protocol.encodeSaveMessage({ type: 'saved', id: 1 })), [{ type: 'saved', id: 1 }])
+  assert.deepEqual(read(protocol.encodeSaveMessage({ type: 'save-error', id: 1, reason: 'x' })), [{ type: 'save-error', id: 1, reason: 'x' }])
 })

@@ -18,8 +18,8 @@ use crate::auth::{Access, Grant, Principal};
 use crate::close::CloseReason;
 use crate::cluster::Cluster;
 use crate::cluster::link::{
-    CTL_CLOSE, CTL_FRAME, CTL_LEAVE, CTL_PING, H_ACCESS, H_API, H_CLOSE, H_CTL, H_ERROR, H_FROM,
-    H_LINK, H_PRINCIPAL, H_ROOM, H_SEQ, LINK_TIMEOUT, PING_INTERVAL, REQUEST_TIMEOUT, header,
+    CTL_CLOSE, CTL_FRAME, CTL_LEAVE, CTL_PING, H_ACCESS, H_API, H_CTL, H_ERROR, H_FROM, H_LINK,
+    H_PRINCIPAL, H_ROOM, H_SEQ, LinkTimes, REQUEST_TIMEOUT, header, link_headers,
     to_forwarder_subject,
 };
 use crate::cluster::names::node_prefix;
@@ -174,20 +174,14 @@ impl OwnerLink {
         async {
             tracing::debug!("forwarded connection joined");
             let send = |ctl: &'static str, seq: Option<u64>, close: Option<CloseReason>, payload: Bytes| {
-                let mut headers = HeaderMap::new();
-                headers.insert(H_CTL, ctl);
-                if let Some(seq) = seq {
-                    headers.insert(H_SEQ, seq.to_string().as_str());
-                }
-                if let Some(reason) = close {
-                    headers.insert(H_CLOSE, reason.as_str());
-                }
+                let headers = link_headers(ctl, seq, close.map(CloseReason::as_str));
                 client.publish_with_headers(to_forwarder.clone(), headers, payload)
             };
             let mut sent = 0u64;
             let mut expected = 1u64;
             let mut heard = Instant::now();
-            let mut ping = tokio::time::interval(PING_INTERVAL);
+            let link_times = LinkTimes::for_lease(self.cluster.lease);
+            let mut ping = tokio::time::interval(link_times.ping);
             loop {
                 tokio::select! {
                     message = inbox.recv() => {
@@ -243,7 +237,7 @@ impl OwnerLink {
                         break;
                     }
                     _ = ping.tick() => {
-                        if heard.elapsed() > LINK_TIMEOUT {
+                        if heard.elapsed() > link_times.silence {
                             tracing::info!("the forwarding relay went silent; the connection leaves");
                             self.cluster.metrics.error("cluster_link_timeout");
                             break;

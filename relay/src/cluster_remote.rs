@@ -27,8 +27,8 @@ use crate::close::CloseReason;
 use crate::cluster::Cluster;
 use crate::cluster::link::{
     CTL_CLOSE, CTL_FRAME, CTL_LEAVE, CTL_PING, H_ACCESS, H_API, H_CLOSE, H_CTL, H_ERROR, H_FROM,
-    H_LINK, H_PRINCIPAL, H_ROOM, H_SEQ, LINK_TIMEOUT, PING_INTERVAL, REQUEST_TIMEOUT, api_subject,
-    header, open_subject, to_forwarder_subject, to_owner_subject,
+    H_LINK, H_PRINCIPAL, H_ROOM, H_SEQ, LinkTimes, REQUEST_TIMEOUT, api_subject, header,
+    link_headers, open_subject, to_forwarder_subject, to_owner_subject,
 };
 use crate::cluster::names::node_token;
 use crate::outbound::{ConnHandle, Delivery};
@@ -253,14 +253,10 @@ impl ForwarderLink {
         let mut sent = 0u64;
         let mut expected = 1u64;
         let mut heard = Instant::now();
-        let mut ping = tokio::time::interval(PING_INTERVAL);
+        let link_times = LinkTimes::for_lease(self.cluster.lease);
+        let mut ping = tokio::time::interval(link_times.ping);
         let send = |ctl: &'static str, seq: Option<u64>, payload: Bytes| {
-            let mut headers = HeaderMap::new();
-            headers.insert(H_CTL, ctl);
-            if let Some(seq) = seq {
-                headers.insert(H_SEQ, seq.to_string().as_str());
-            }
-            client.publish_with_headers(to_owner.clone(), headers, payload)
+            client.publish_with_headers(to_owner.clone(), link_headers(ctl, seq, None), payload)
         };
         let end = loop {
             tokio::select! {
@@ -313,7 +309,7 @@ impl ForwarderLink {
                     }
                 }
                 _ = ping.tick() => {
-                    if heard.elapsed() > LINK_TIMEOUT {
+                    if heard.elapsed() > link_times.silence {
                         tracing::warn!("the owner went silent; closing the connection to resync");
                         self.cluster.metrics.error("cluster_link_timeout");
                         self.handle.close(CloseReason::OwnerChanged);

@@ -185,15 +185,13 @@ impl AckedWriter {
             Err(e) => return WriterEnd::Failed(e),
         };
         let sv = self.doc.transact().state_vector().encode_v1();
-        let mut outgoing = vec![encode_sync_step1(&sv)];
-        if let Some(target) = target {
-            outgoing.push(encode_save_request(target));
+        if let Err(e) = client.try_send(encode_sync_step1(&sv)).await {
+            return WriterEnd::Failed(e.to_string());
         }
-        for frame in outgoing {
-            if let Err(e) = client.try_send(frame).await {
-                return WriterEnd::Failed(e.to_string());
-            }
-        }
+        // The save request for `target` goes after our sync step 2, which carries the edits:
+        // sent before it, it would only cover what this connection had sent so far (nothing),
+        // and the relay would rightly answer it at once.
+        let mut save_request = target.map(encode_save_request);
         let mut next_edit = tokio::time::Instant::now();
         // No edit before the relay's sync step 1 is answered: an incremental update sent
         // earlier may depend on edits the relay has not got yet (they come in our sync step 2).
@@ -233,6 +231,7 @@ impl AckedWriter {
                         if let Ok(sv) = StateVector::decode_v1(sv) {
                             let diff = self.doc.transact().encode_diff_v1(&sv);
                             answer.push(encode_sync_step2(&diff));
+                            answer.extend(save_request.take());
                             synced = true;
                         }
                     }

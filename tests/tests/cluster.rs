@@ -319,3 +319,96 @@ async fn sigterm_exits_even_when_nats_is_gone() {
         cluster.relays[0].stop().await;
     }
 }
+
+/// Back to one node: `relay cluster export` writes every document the streams hold (edited
+/// through any relay, deleted ones left out) into a new store that a relay without `--nats`
+/// serves, and refuses a data directory that already has a store.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_export_moves_every_document_to_one_relay() {
+    let _one = one_cluster_at_a_time().await;
+    let cluster = RelayCluster::start(3, NatsPath::Direct, ClusterOptions::default()).await;
+    let rooms = ["export/a", "export/b", "export/c"];
+    let mut writers = Vec::new();
+    for (i, room) in rooms.iter().enumerate() {
+        let mut writer = AckedWriter::new(room, "w");
+        for _ in 0..5 {
+            writer.edit();
+        }
+        writer
+            .settle(&cluster.relays[i].ws_url(room), Duration::from_secs(20))
+            .await
+            .unwrap_or_else(|e| panic!("{e}\n{}", cluster.logs()));
+        writers.push(writer);
+    }
+    let mut gone = AckedWriter::new("export/gone", "w");
+    gone.edit();
+    gone.settle(
+        &cluster.relays[0].ws_url("export/gone"),
+        Duration::from_secs(20),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", cluster.logs()));
+    let deleted = http_request(
+        cluster.relays[1].addr(),
+        "DELETE",
+        "/api/docs/export%2Fgone",
+        &[],
+        b"",
+    )
+    .await
+    .expect("delete");
+    assert_eq!(
+        deleted.status,
+        200,
+        "{}",
+        String::from_utf8_lossy(&deleted.body)
+    );
+
+    let target = tempfile::tempdir().expect("a data directory");
+    let export = || {
+        std::process::Command::new(relay_bin())
+            .args([
+                "cluster",
+                "export",
+                "--nats",
+                &cluster.nats.urls(),
+                "--data-dir",
+            ])
+            .arg(target.path())
+            .output()
+            .expect("run relay cluster export")
+    };
+    let first = export();
+    let said = String::from_utf8_lossy(&first.stderr).into_owned();
+    assert!(first.status.success(), "export failed: {said}");
+    assert!(said.contains("exported 3 documents"), "{said}");
+    assert!(said.contains("1 deleted"), "{said}");
+    let again = export();
+    assert!(
+        !again.status.success(),
+        "a second export into the same store is refused"
+    );
+    assert!(
+        String::from_utf8_lossy(&again.stderr).contains("exists"),
+        "{}",
+        String::from_utf8_lossy(&again.stderr)
+    );
+
+    let single = ChildRelay::start(target.path(), &[], |_| {})
+        .await
+        .expect("a relay without --nats on the exported store");
+    for (room, writer) in rooms.iter().zip(&writers) {
+        let seen = read_edits(&single.ws_url(room), Duration::from_secs(10))
+            .await
+            .expect("read the room back");
+        assert_eq!(
+            writer.first_missing(&seen, writer.sent()),
+            None,
+            "{room}: {seen:?}"
+        );
+    }
+    let seen = read_edits(&single.ws_url("export/gone"), Duration::from_secs(10))
+        .await
+        .expect("read the deleted room");
+    assert!(seen.is_empty(), "the deleted document came back: {seen:?}");
+}

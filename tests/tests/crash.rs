@@ -42,3 +42,41 @@ fn acknowledged_edits_survive_sigkill() {
     assert!(acked > 0, "{summary}");
     assert!(summary.contains(" 0 lost"), "{summary}");
 }
+
+/// The fixture the cluster and crash tests trust: `AckedWriter::settle` returns only once the
+/// relay has committed every edit. Commits are held back 400 ms and the relay is killed the moment
+/// `settle` returns; a settle answered before the edits reached the relay (its save request
+/// used to go out ahead of the sync step 2 that carries them) loses them here.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_settled_writer_s_edits_survive_sigkill() {
+    use std::time::Duration;
+
+    use relay_tests::{AckedWriter, ChildRelay, read_edits};
+
+    let data = tempfile::tempdir().expect("a data directory");
+    let args = ["--commit-window-ms", "400"];
+    let mut relay = ChildRelay::start(data.path(), &args, |_| {})
+        .await
+        .expect("start the relay");
+    let mut writer = AckedWriter::new("crash/settle", "w");
+    for _ in 0..5 {
+        writer.edit();
+    }
+    writer
+        .settle(&relay.ws_url("crash/settle"), Duration::from_secs(20))
+        .await
+        .expect("settled");
+    relay.kill().await.expect("SIGKILL the relay");
+    let relay = ChildRelay::start(data.path(), &args, |_| {})
+        .await
+        .expect("restart the relay");
+    let seen = read_edits(&relay.ws_url("crash/settle"), Duration::from_secs(20))
+        .await
+        .expect("read the room back");
+    assert_eq!(
+        writer.first_missing(&seen, writer.sent()),
+        None,
+        "after SIGKILL the relay serves {seen:?}\n{}",
+        relay.log()
+    );
+}

@@ -12,7 +12,7 @@
 //!   forwarding relay's prefix).
 //! - `P.api`: a document API request for a room `N` owns.
 //!
-//! A gap in either direction's sequence, or a link silent past [`LINK_TIMEOUT`], closes the
+//! A gap in either direction's sequence, or a link silent past [`LinkTimes::silence`], closes the
 //! client's connection with 1013 so that it resyncs on reconnect: a frame is never dropped
 //! silently.
 
@@ -22,10 +22,29 @@ use async_nats::HeaderMap;
 
 use super::names::node_prefix;
 
-/// How often each side of a link says it is alive.
-pub(crate) const PING_INTERVAL: Duration = Duration::from_secs(3);
-/// A link silent this long is dead: its client is closed (1013), or, on the owner, it leaves.
-pub(crate) const LINK_TIMEOUT: Duration = Duration::from_secs(10);
+/// How often each side of a link says it is alive ([`LinkTimes::ping`]) and how long a silent
+/// link lives ([`LinkTimes::silence`]); past that its client is closed (1013), or, on the owner,
+/// it leaves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct LinkTimes {
+    pub(crate) ping: Duration,
+    pub(crate) silence: Duration,
+}
+
+impl LinkTimes {
+    /// The silence allowed is the room lease (`--lease-secs`), within 3 to 10 s, with three
+    /// pings in it. An owner that died loses its rooms when its lease lapses; the forwarding
+    /// relay notices within the same time, so a client is not held on a dead link after another
+    /// relay could have taken the room (with a 3 s lease, a 10 s silence was the longest part
+    /// of a takeover).
+    pub(crate) fn for_lease(lease: Duration) -> Self {
+        let silence = lease.clamp(Duration::from_secs(3), Duration::from_secs(10));
+        LinkTimes {
+            ping: silence / 3,
+            silence,
+        }
+    }
+}
 /// How long opening a link or an API request may take.
 pub(crate) const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -45,6 +64,20 @@ pub(crate) const CTL_FRAME: &str = "frame";
 pub(crate) const CTL_LEAVE: &str = "leave";
 pub(crate) const CTL_CLOSE: &str = "close";
 pub(crate) const CTL_PING: &str = "ping";
+
+/// The headers of one link message: what it is, its sequence number (frames only) and, for a
+/// close, why (a close reason's name).
+pub(crate) fn link_headers(ctl: &'static str, seq: Option<u64>, close: Option<&str>) -> HeaderMap {
+    let mut headers = HeaderMap::new();
+    headers.insert(H_CTL, ctl);
+    if let Some(seq) = seq {
+        headers.insert(H_SEQ, seq.to_string().as_str());
+    }
+    if let Some(reason) = close {
+        headers.insert(H_CLOSE, reason);
+    }
+    headers
+}
 
 /// A header's value, if the message has it.
 pub(crate) fn header<'a>(headers: &'a Option<HeaderMap>, name: &str) -> Option<&'a str> {
@@ -69,4 +102,20 @@ pub(crate) fn to_forwarder_subject(forwarder: &str, link: &str) -> String {
 /// Where document API requests for rooms of `owner` go.
 pub(crate) fn api_subject(owner: &str) -> String {
     format!("{}.api", node_prefix(owner))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_link_may_be_silent_as_long_as_the_lease_within_bounds() {
+        let secs = Duration::from_secs;
+        assert_eq!(LinkTimes::for_lease(secs(3)).silence, secs(3));
+        assert_eq!(LinkTimes::for_lease(secs(3)).ping, secs(1));
+        assert_eq!(LinkTimes::for_lease(secs(2)).silence, secs(3));
+        assert_eq!(LinkTimes::for_lease(secs(6)).silence, secs(6));
+        assert_eq!(LinkTimes::for_lease(secs(10)).silence, secs(10));
+        assert_eq!(LinkTimes::for_lease(secs(60)).silence, secs(10));
+    }
 }
