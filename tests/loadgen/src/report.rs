@@ -418,8 +418,8 @@ Node 20 (the server's `engines` asks for 22; it runs on 20), pinned to the same 
 server.\n\n\
 - *Time to SyncStatus*: from sending an update to the server's SyncStatus for it (the n-th \
   SyncStatus a writer receives after its handshake answers its n-th update). It means \
-  different things: the relay sends it once the update is committed to disk (redb, \
-  `Durability::Immediate`), so `provider.hasUnsyncedChanges` turns false only when the edit \
+  different things: the relay sends it once the update is durably committed (on disk, \
+  synced), so `provider.hasUnsyncedChanges` turns false only when the edit \
   would survive a crash; Hocuspocus sends it once the update is applied in memory, and stores \
   the whole document (one SQLite upsert) 2 s after its last change, at most 10 s after the \
   first (`debounce`, `maxDebounce`).\n\
