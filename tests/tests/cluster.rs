@@ -412,3 +412,117 @@ async fn cluster_export_moves_every_document_to_one_relay() {
         .expect("read the deleted room");
     assert!(seen.is_empty(), "the deleted document came back: {seen:?}");
 }
+
+/// Waits for the SyncStatus of `client`'s last edit of `doc`.
+async fn owner_synced(client: &mut HocusClient, doc: &str) {
+    let status = client
+        .recv_until("SyncStatus", |name, m| {
+            name == doc && matches!(m, HMsg::SyncStatus(_))
+        })
+        .await;
+    assert_eq!(status, HMsg::SyncStatus(true));
+}
+
+/// Hocuspocus sockets through the hop: a provider on a relay that does not own the document
+/// converges with one on the owner, is told SyncStatus only once its edit is in the stream,
+/// a read-only token stays read-only there, stateless messages cross the hop both ways, and
+/// nothing of the document reaches another one on the same socket.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hocuspocus_clients_through_the_hop_keep_every_promise() {
+    use relay::auth::Access;
+
+    let _one = one_cluster_at_a_time().await;
+    let options = ClusterOptions {
+        extra_args: vec!["--secret".into(), TEST_SECRET.into()],
+        ..ClusterOptions::default()
+    };
+    let cluster = RelayCluster::start(3, NatsPath::Direct, options).await;
+    let (doc, other) = ("hocus/hop", "hocus/other");
+    let write = |d: &str| token(Some(d), Access::Write);
+    // The first opener makes r0 the owner; r1 and r2 forward.
+    let mut owner_side = HocusClient::connect(cluster.relays[0].addr()).await;
+    assert_eq!(owner_side.open(doc, &write(doc)).await, "read-write");
+    assert_eq!(
+        cluster
+            .wait_owner(doc, Duration::from_secs(10), |_| true)
+            .await,
+        0
+    );
+    let mut forwarded = HocusClient::connect(cluster.relays[1].addr()).await;
+    assert_eq!(forwarded.open(doc, &write(doc)).await, "read-write");
+    assert_eq!(forwarded.open(other, &write(other)).await, "read-write");
+
+    // SyncStatus only after the JetStream acknowledgement: the edit is in the stream by then.
+    forwarded.edit(doc, "through the hop").await;
+    let status = forwarded
+        .recv_until("SyncStatus of the forwarded edit", |name, m| {
+            name == doc && matches!(m, HMsg::SyncStatus(_))
+        })
+        .await;
+    assert_eq!(status, HMsg::SyncStatus(true));
+    let stored = replay_room(&cluster.js, doc).await;
+    assert_eq!(
+        doc_text(&stored.doc),
+        "through the hop",
+        "acknowledged before the stream had it"
+    );
+    owner_side
+        .recv_until("the forwarded edit", |name, m| {
+            name == doc && matches!(m, HMsg::Room(Msg::Update(_)))
+        })
+        .await;
+    assert_eq!(owner_side.text(doc), "through the hop");
+    owner_side.edit(doc, ", and back").await;
+    owner_synced(&mut owner_side, doc).await;
+    forwarded
+        .recv_until("the owner side's edit", |name, m| {
+            name == doc && matches!(m, HMsg::Room(Msg::Update(_)))
+        })
+        .await;
+    assert_eq!(forwarded.text(doc), "through the hop, and back");
+
+    // Stateless messages cross the hop, both ways.
+    forwarded.send(hocus_stateless(doc, "to the owner")).await;
+    let got = owner_side
+        .recv_until("the forwarded stateless message", |name, m| {
+            name == doc && matches!(m, HMsg::Stateless(_))
+        })
+        .await;
+    assert_eq!(got, HMsg::Stateless("to the owner".into()));
+    owner_side
+        .send(hocus_stateless(doc, "to the forwarder"))
+        .await;
+    let got = forwarded
+        .recv_until("the owner side's stateless message", |name, m| {
+            name == doc && matches!(m, HMsg::Stateless(_))
+        })
+        .await;
+    assert_eq!(got, HMsg::Stateless("to the forwarder".into()));
+
+    // Read-only through the hop: answered `readonly`, its edit refused and never stored.
+    let mut reader = HocusClient::connect(cluster.relays[2].addr()).await;
+    assert_eq!(
+        reader.open(doc, &token(Some(doc), Access::Read)).await,
+        "readonly"
+    );
+    reader.edit(doc, " NOT ALLOWED").await;
+    let status = reader
+        .recv_until("SyncStatus of the read-only edit", |name, m| {
+            name == doc && matches!(m, HMsg::SyncStatus(_))
+        })
+        .await;
+    assert_eq!(status, HMsg::SyncStatus(false));
+    owner_side.edit(doc, "!").await;
+    owner_synced(&mut owner_side, doc).await;
+    forwarded
+        .recv_until("the last edit", |name, m| {
+            name == doc && matches!(m, HMsg::Room(Msg::Update(_)))
+        })
+        .await;
+    let stored = replay_room(&cluster.js, doc).await;
+    assert_eq!(doc_text(&stored.doc), "through the hop, and back!");
+    assert_eq!(forwarded.text(doc), "through the hop, and back!");
+    // The other document on the forwarded socket got nothing of this one.
+    assert_eq!(forwarded.text(other), "");
+    assert!(doc_text(&replay_room(&cluster.js, other).await.doc).is_empty());
+}

@@ -6,11 +6,17 @@
 //! Subjects of node `N` (`P` = `yrelay.node.<N>`):
 //! - `P.ping`: answered with the node name (start-up refuses a second relay with the same name).
 //! - `P.open`: a forwarding relay opens a link (headers: room, link id, its node, access,
-//!   principal); answered once the connection joined the room, or with `Relay-Error`.
-//! - `P.in.<link>`: frames of the client, in order (`Relay-Seq` 1, 2, ...), its leaving, pings.
+//!   principal, and `Relay-Stateless` when the client takes Hocuspocus stateless messages);
+//!   answered once the connection joined the room, or with `Relay-Error`.
+//! - `P.in.<link>`: frames of the client and its Hocuspocus stateless messages, numbered
+//!   together in order (`Relay-Seq` 1, 2, ...), its leaving, pings.
 //! - `P.link.<link>`: frames of the room for the client, in order, the close, pings (on the
 //!   forwarding relay's prefix).
 //! - `P.api`: a document API request for a room `N` owns.
+//!
+//! Pings carry the number of messages their sender has sent (`Relay-Seq`): core NATS may drop a
+//! message, and a lost last message has no successor to reveal the gap, so a ping that counts
+//! more than arrived is a gap too ([`missed_messages`]).
 //!
 //! A gap in either direction's sequence, or a link silent past [`LinkTimes::silence`], closes the
 //! client's connection with 1013 so that it resyncs on reconnect: a frame is never dropped
@@ -58,9 +64,14 @@ pub(crate) const H_CTL: &str = "Relay-Ctl";
 pub(crate) const H_CLOSE: &str = "Relay-Close";
 pub(crate) const H_API: &str = "Relay-Api";
 pub(crate) const H_ERROR: &str = "Relay-Error";
+/// On an open: the client speaks Hocuspocus and takes the room's stateless messages.
+pub(crate) const H_STATELESS: &str = "Relay-Stateless";
 
 /// What a link message is (header [`H_CTL`]).
 pub(crate) const CTL_FRAME: &str = "frame";
+/// A Hocuspocus stateless message of the client (the payload is what the room broadcasts: its
+/// type and string), numbered with the frames.
+pub(crate) const CTL_STATELESS: &str = "stateless";
 pub(crate) const CTL_LEAVE: &str = "leave";
 pub(crate) const CTL_CLOSE: &str = "close";
 pub(crate) const CTL_PING: &str = "ping";
@@ -77,6 +88,14 @@ pub(crate) fn link_headers(ctl: &'static str, seq: Option<u64>, close: Option<&s
         headers.insert(H_CLOSE, reason);
     }
     headers
+}
+
+/// Whether a ping saying its sender has sent `sent` messages reveals that some never arrived,
+/// `expected` being the number of the next message this side waits for. Both sides publish
+/// frames and pings from one connection to one subject, which NATS delivers in order, so
+/// everything counted by the ping has arrived before it unless it was lost.
+pub(crate) fn missed_messages(sent: Option<u64>, expected: u64) -> bool {
+    sent.is_some_and(|sent| sent >= expected)
 }
 
 /// A header's value, if the message has it.
@@ -107,6 +126,18 @@ pub(crate) fn api_subject(owner: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_ping_counting_more_than_arrived_is_a_gap() {
+        // Nothing sent, nothing expected beyond the first.
+        assert!(!missed_messages(Some(0), 1));
+        // Three sent, three arrived (the next expected is 4).
+        assert!(!missed_messages(Some(3), 4));
+        // Three sent, two arrived: the third was lost.
+        assert!(missed_messages(Some(3), 3));
+        // A ping without a count (an older relay) proves nothing.
+        assert!(!missed_messages(None, 1));
+    }
 
     #[test]
     fn a_link_may_be_silent_as_long_as_the_lease_within_bounds() {
