@@ -2,8 +2,11 @@
 # Runs every benchmark scenario against the relay and its peers, and writes BENCHMARKS.md.
 #
 #   tests/loadgen/bench.sh                      # full run: every scenario, every peer, twice
+#                                               # (and the timed ones with Hocuspocus clients)
 #   tests/loadgen/bench.sh --smoke --runs 1     # a quick pass with small counts
 #   tests/loadgen/bench.sh --scenario fanout-100,durable --peer relay,forwarder
+#   tests/loadgen/bench.sh --protocol hocuspocus --peer relay,hocuspocus-server \
+#       --scenario busy-room,many-rooms --runs 1 --out hocuspocus.md
 #
 # Extra arguments go to `loadgen bench` (see `target/release/loadgen bench --help`).
 # Environment:
@@ -16,7 +19,8 @@
 #   WAIT_QUIET=1  wait (up to 30 minutes) for a 1-minute load average below 0.7 before starting
 #
 # Servers run on core 0, the generator on core 1 (taskset / sched_setaffinity). Needs Node.js 20
-# and npm for @y/websocket-server.
+# and npm for @y/websocket-server and @hocuspocus/server (a C++ compiler, make and python3 to
+# build better-sqlite3).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 root=$(pwd)
@@ -33,7 +37,14 @@ if [[ -z "${RELAY_BIN:-}" ]]; then
   RELAY_BIN=$release/relay
 fi
 
-(cd tests/loadgen/peers && { [[ -d node_modules/@y/websocket-server ]] || npm ci --no-audit --no-fund; })
+# better-sqlite3 (under @hocuspocus/extension-sqlite) downloads a prebuilt binary from outside
+# the npm registry unless told to build from source; node-gyp then needs Node's headers, which
+# the system's Node ships in /usr/include/node (else node-gyp would download them).
+(cd tests/loadgen/peers && {
+  [[ -d node_modules/@y/websocket-server && -d node_modules/@hocuspocus/extension-sqlite ]] ||
+    npm_config_build_from_source=true npm_config_nodedir="${npm_config_nodedir:-/usr}" \
+      npm ci --no-audit --no-fund
+})
 
 if [[ -z "${Y_SWEET_BIN:-}" ]]; then
   if command -v y-sweet >/dev/null; then
@@ -65,6 +76,7 @@ results=target/loadgen-results.jsonl
 rm -f "$results"
 "$bin/loadgen" bench \
   --runs 2 \
+  --protocol y-websocket,hocuspocus \
   --relay-bin "$bin/relay" \
   --forwarder-bin "$bin/forwarder" \
   --y-sweet-bin "$bin/y-sweet" \

@@ -1,5 +1,6 @@
-//! y-websocket clients: connecting, the sync handshake, real yrs updates, and matching each
-//! received update to the edit that produced it.
+//! Clients: connecting, the sync handshake, real yrs updates, and matching each received update
+//! to the edit that produced it (and, for Hocuspocus clients, each SyncStatus to the update it
+//! acknowledges). The protocol's framing is in [`crate::protocol`].
 //!
 //! Clients are deliberately light so that one process drives thousands of them: an observer
 //! keeps no document; it reads the ids (client, clock) of the items an update inserts and looks
@@ -21,6 +22,8 @@ use tokio_tungstenite::tungstenite::Message as WsMessage;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use yrs::updates::decoder::Decode;
 use yrs::{Doc, Map, MapRef, Transact, Update};
+
+use crate::protocol::{Framing, Incoming};
 
 /// A client WebSocket.
 pub type Ws = WebSocketStream<TcpStream>;
@@ -73,39 +76,63 @@ pub async fn send(ws: &mut Ws, frame: Vec<u8>) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The sync handshake of a y-websocket client: sends sync step 1 with `state_vector`, answers
-/// the server's step 1 with `answer` (the client's state as an update; [`EMPTY_UPDATE`] for an
-/// empty document) and returns the server's sync step 2 (its update payload) and when it came.
+/// The sync handshake of a client: opens the document where the protocol asks for it
+/// (Hocuspocus' Auth, with an empty token), sends sync step 1 with `state_vector`, answers the
+/// server's step 1 with `answer` (the client's state as an update; [`EMPTY_UPDATE`] for an empty
+/// document) and returns the server's sync step 2 (its update payload) and when it came.
+///
+/// A Hocuspocus server acknowledges the answer with a SyncStatus; the handshake also waits for
+/// it, so that every SyncStatus after the handshake answers one of the client's updates, in order.
 ///
 /// # Errors
-/// When the socket closes or fails first, or after `limit`.
+/// When the socket closes or fails first, the server refuses the document, or after `limit`.
 pub async fn sync_handshake(
     ws: &mut Ws,
+    framing: &Framing,
     state_vector: &[u8],
     answer: &[u8],
     limit: Duration,
 ) -> anyhow::Result<(Vec<u8>, Instant)> {
-    send(ws, encode_sync_step1(state_vector)).await?;
+    if let Some(auth) = framing.auth("") {
+        send(ws, auth).await?;
+    }
+    send(ws, framing.wrap(encode_sync_step1(state_vector))).await?;
     let work = async {
+        let mut step2 = None;
+        let mut unacked = 0usize;
         while let Some(message) = ws.next().await {
             let WsMessage::Binary(frame) = message? else {
                 continue;
             };
             let mut replies = Vec::new();
-            let mut step2 = None;
-            for item in MessageReader::new(&frame) {
-                match item?.0 {
-                    Message::SyncStep1(_) => replies.push(encode_sync_step2(answer)),
-                    Message::SyncStep2(update) => step2 = Some(update.to_vec()),
-                    _ => {}
+            match framing.read(&frame)? {
+                Incoming::Messages(messages) => {
+                    for item in MessageReader::new(messages) {
+                        match item?.0 {
+                            Message::SyncStep1(_) => {
+                                replies.push(framing.wrap(encode_sync_step2(answer)));
+                                unacked += usize::from(framing.acks_updates());
+                            }
+                            Message::SyncStep2(update) => {
+                                step2 = Some((update.to_vec(), Instant::now()));
+                            }
+                            _ => {}
+                        }
+                    }
                 }
+                Incoming::SyncStatus(_) => unacked = unacked.saturating_sub(1),
+                Incoming::PermissionDenied(reason) => {
+                    bail!("the server refused the document: {reason}")
+                }
+                Incoming::Authenticated(_) | Incoming::Ignored => {}
             }
-            let at = Instant::now();
             for reply in replies {
                 send(ws, reply).await?;
             }
-            if let Some(update) = step2 {
-                return Ok((update, at));
+            if unacked == 0
+                && let Some(done) = step2.take()
+            {
+                return Ok(done);
             }
         }
         bail!("the connection closed before sync step 2")
@@ -155,6 +182,16 @@ impl SendLog {
         times.push(now);
     }
 
+    /// When `writer` sent its update at `clock` (µs since the log was made).
+    pub fn sent_at(&self, writer: usize, clock: u32) -> Option<u64> {
+        self.times
+            .get(writer)?
+            .lock()
+            .expect("send log lock")
+            .get(clock as usize)
+            .copied()
+    }
+
     /// The writer that owns `client` and when it sent the update at `clock`.
     pub fn lookup(&self, client: u64, clock: u32) -> Option<(usize, u64)> {
         let writer = *self.writers.get(&client)?;
@@ -187,6 +224,12 @@ pub struct Received {
     pub messages: u64,
     /// Edit-to-delivery times of `deliveries`, in µs.
     pub latencies_us: Vec<u32>,
+    /// The client's updates the server acknowledged as taken (Hocuspocus' SyncStatus 1).
+    pub acks: u64,
+    /// The client's updates the server said it did not take (SyncStatus 0).
+    pub refusals: u64,
+    /// Send-to-acknowledgement times of `acks`, in µs.
+    pub ack_latencies_us: Vec<u32>,
 }
 
 impl Received {
@@ -197,6 +240,26 @@ impl Received {
         self.unknown += other.unknown;
         self.messages += other.messages;
         self.latencies_us.extend(other.latencies_us);
+        self.acks += other.acks;
+        self.refusals += other.refusals;
+        self.ack_latencies_us.extend(other.ack_latencies_us);
+    }
+
+    /// Accounts one SyncStatus received by the client that is writer `own`. The server answers
+    /// each update once, in the order sent (after the handshake's own answer, which
+    /// [`sync_handshake`] consumes), so the n-th SyncStatus answers the update at clock n.
+    pub fn account_ack(&mut self, taken: bool, own: Option<usize>, log: &SendLog) {
+        let clock = u32::try_from(self.acks + self.refusals).unwrap_or(u32::MAX);
+        if !taken {
+            self.refusals += 1;
+            return;
+        }
+        self.acks += 1;
+        if let Some(sent) = own.and_then(|writer| log.sent_at(writer, clock)) {
+            let now = log.now_us();
+            self.ack_latencies_us
+                .push(now.saturating_sub(sent).min(u32::MAX as u64) as u32);
+        }
     }
 
     /// Accounts one received update (v1) for the client that is writer `own` (if any).
@@ -383,5 +446,19 @@ mod tests {
         got.account(&ub, Some(1), &log);
         assert_eq!((got.deliveries, got.echoes, got.unknown), (3, 1, 0));
         assert_eq!(got.latencies_us.len(), 3);
+    }
+
+    #[test]
+    fn the_nth_sync_status_answers_the_nth_update() {
+        let log = SendLog::new(&[11]);
+        log.record(0, 0);
+        log.record(0, 1);
+        let mut got = Received::default();
+        got.account_ack(true, Some(0), &log);
+        got.account_ack(false, Some(0), &log);
+        // Nothing was sent at clock 2: counted, but no latency.
+        got.account_ack(true, Some(0), &log);
+        assert_eq!((got.acks, got.refusals), (2, 1));
+        assert_eq!(got.ack_latencies_us.len(), 1);
     }
 }

@@ -1,10 +1,10 @@
 //! A load generator for the relay and its peers.
 //!
 //! Modules in the order a run uses them:
-//! - [`peers`]: start the server under test (the relay, `@y/websocket-server`, `y-sweet`, the
-//!   bare [forwarder](../forwarder/index.html)) pinned to its own core;
-//! - [`client`]: y-websocket clients with real `yrs` updates, and matching each received update
-//!   to the edit that made it;
+//! - [`peers`]: start the server under test (the relay, `@y/websocket-server`, `y-sweet`,
+//!   `@hocuspocus/server`, the bare [forwarder](../forwarder/index.html)) pinned to its own core;
+//! - [`client`]: clients with real `yrs` updates, and matching each received update to the edit
+//!   that made it; [`protocol`]: whether they speak y-websocket or Hocuspocus, and its framing;
 //! - [`scenario`]: the named presets (one module each) and what each measures, as [`metric`]s;
 //! - [`monitor`] and [`procfs`]: whether the generator kept up, and the server's CPU, memory
 //!   and disk figures;
@@ -22,6 +22,7 @@ pub mod metric;
 pub mod monitor;
 pub mod peers;
 pub mod procfs;
+pub mod protocol;
 pub mod report;
 pub mod scenario;
 pub mod trace;

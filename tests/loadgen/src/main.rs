@@ -6,6 +6,9 @@
 //! target/release/loadgen run --peer relay --scenario fanout-100 --smoke
 //! # everything, twice, into BENCHMARKS.md (what tests/loadgen/bench.sh does):
 //! target/release/loadgen bench --runs 2 --out BENCHMARKS.md
+//! # Hocuspocus clients, the relay's endpoint beside @hocuspocus/server:
+//! target/release/loadgen run --protocol hocuspocus --peer relay,hocuspocus-server \
+//!     --scenario busy-room,many-rooms --json hocuspocus.jsonl
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -15,6 +18,7 @@ use anyhow::{Context, bail};
 use clap::{Args, Parser, Subcommand};
 use loadgen::metric::Metric;
 use loadgen::peers::{PeerKind, PeerPaths};
+use loadgen::protocol::Protocol;
 use loadgen::report;
 use loadgen::scenario::{self, Ctx, Outcome, Preset, ProcessLauncher, Size};
 
@@ -45,6 +49,9 @@ enum Cmd {
         /// Text to put in the machine section (defaults to this machine now).
         #[arg(long)]
         machine: Option<PathBuf>,
+        /// Write only the results' tables (a section to put in BENCHMARKS.md by hand).
+        #[arg(long)]
+        tables_only: bool,
     },
 }
 
@@ -53,9 +60,15 @@ struct Common {
     /// Scenarios, comma-separated, or "all".
     #[arg(long, default_value = "all")]
     scenario: String,
-    /// Peers, comma-separated (relay, y-websocket-server, y-sweet, forwarder), or "all".
+    /// Peers, comma-separated (relay, y-websocket-server, y-sweet, forwarder,
+    /// hocuspocus-server), or "all" (every peer that speaks the clients' protocol).
     #[arg(long, default_value = "all")]
     peer: String,
+    /// The clients' protocols, comma-separated: y-websocket, hocuspocus (only against the relay
+    /// and hocuspocus-server, only in the timed scenarios: fanout-*, busy-room, many-rooms).
+    /// With both, each protocol runs the named scenarios and peers it can, one after the other.
+    #[arg(long, default_value = "y-websocket")]
+    protocol: String,
     /// Small counts and a few seconds per scenario.
     #[arg(long)]
     smoke: bool,
@@ -74,7 +87,8 @@ struct Common {
     /// The y-sweet binary.
     #[arg(long, default_value = "y-sweet")]
     y_sweet_bin: PathBuf,
-    /// The directory with node_modules/@y/websocket-server.
+    /// The directory with node_modules/@y/websocket-server, node_modules/@hocuspocus and
+    /// hocuspocus-server.mjs.
     #[arg(long, default_value = "tests/loadgen/peers")]
     node_peers: PathBuf,
     /// The core the servers run on (taskset -c).
@@ -143,27 +157,32 @@ fn main() -> anyhow::Result<()> {
             let machine = machine_description(&args.common);
             let started = now_utc();
             let outcomes = runtime.block_on(run_all(&args.common))?;
-            let peers = peers(&args.common.peer)?;
-            let md = markdown(&outcomes, &peers, &machine, &args.reproduce, &started);
+            let md = markdown(&outcomes, &machine, &args.reproduce, &started);
             std::fs::write(&args.out, md)
                 .with_context(|| format!("write {}", args.out.display()))?;
             eprintln!("wrote {}", args.out.display());
         }
-        Cmd::Report { json, out, machine } => {
+        Cmd::Report {
+            json,
+            out,
+            machine,
+            tables_only,
+        } => {
             let text = std::fs::read_to_string(&json)?;
             let outcomes: Vec<Outcome> = text
                 .lines()
                 .filter(|l| !l.trim().is_empty())
                 .map(parse_outcome)
                 .collect::<anyhow::Result<_>>()?;
-            let mut peers: Vec<PeerKind> = outcomes.iter().map(|o| o.peer).collect();
-            peers.sort();
-            peers.dedup();
             let machine = match machine {
                 Some(p) => std::fs::read_to_string(p)?,
                 None => String::from("(not recorded)"),
             };
-            let md = markdown(&outcomes, &peers, &machine, "tests/loadgen/bench.sh", "");
+            let md = if tables_only {
+                report::results(&outcomes)
+            } else {
+                markdown(&outcomes, &machine, "tests/loadgen/bench.sh", "")
+            };
             std::fs::write(&out, md)?;
         }
     }
@@ -184,6 +203,10 @@ fn loadgen_outcome_from_json(v: &serde_json::Value) -> Option<Outcome> {
         _ => Size::Full,
     };
     let mut o = Outcome::from_parts(preset, peer, size);
+    // Results written before clients could speak Hocuspocus have no protocol: y-websocket.
+    if let Some(protocol) = v.get("protocol").and_then(serde_json::Value::as_str) {
+        o.protocol = protocol.parse().ok()?;
+    }
     for (k, x) in v.get("metrics")?.as_object()? {
         match k.parse::<Metric>() {
             Ok(metric) => {
@@ -228,27 +251,97 @@ fn pin(c: &Common) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn presets(s: &str) -> anyhow::Result<Vec<Preset>> {
-    if s == "all" {
-        return Ok(Preset::ALL.to_vec());
-    }
+fn list<T>(s: &str) -> anyhow::Result<Vec<T>>
+where
+    T: std::str::FromStr<Err = String>,
+{
     s.split(',')
         .map(|p| p.trim().parse().map_err(anyhow::Error::msg))
         .collect()
 }
 
-fn peers(s: &str) -> anyhow::Result<Vec<PeerKind>> {
-    if s == "all" {
-        return Ok(PeerKind::ALL.to_vec());
+/// What one protocol's clients run: the scenarios, against the peers.
+#[derive(Debug, PartialEq, Eq)]
+struct Plan {
+    protocol: Protocol,
+    presets: Vec<Preset>,
+    peers: Vec<PeerKind>,
+}
+
+/// The plan of each protocol in `protocols`: the scenarios and peers named (or "all") that it
+/// can run. Refuses a scenario or peer that no protocol named can run, so that a mistyped
+/// combination fails before anything starts instead of leaving a hole in the tables.
+fn plans(scenario: &str, peer: &str, protocols: &str) -> anyhow::Result<Vec<Plan>> {
+    let protocols: Vec<Protocol> = list(protocols)?;
+    let presets: Vec<Preset> = if scenario == "all" {
+        Preset::ALL.to_vec()
+    } else {
+        list(scenario)?
+    };
+    let peers: Vec<PeerKind> = if peer == "all" {
+        PeerKind::ALL.to_vec()
+    } else {
+        list(peer)?
+    };
+    let names =
+        |ps: &[Protocol]| -> String { ps.iter().map(|p| p.name()).collect::<Vec<_>>().join(", ") };
+    if scenario != "all"
+        && let Some(p) = presets
+            .iter()
+            .find(|p| !protocols.iter().any(|proto| p.supports(*proto)))
+    {
+        bail!(
+            "scenario {p} has no {} clients (Hocuspocus clients run fanout-10, fanout-100, \
+             fanout-1000, busy-room and many-rooms)",
+            names(&protocols)
+        );
     }
-    s.split(',')
-        .map(|p| p.trim().parse().map_err(anyhow::Error::msg))
-        .collect()
+    if peer != "all"
+        && let Some(p) = peers
+            .iter()
+            .find(|p| !protocols.iter().any(|proto| p.speaks(*proto)))
+    {
+        bail!(
+            "{p} does not serve {} clients (Hocuspocus: relay, hocuspocus-server; y-websocket: \
+             every peer but hocuspocus-server)",
+            names(&protocols)
+        );
+    }
+    Ok(protocols
+        .into_iter()
+        .map(|protocol| Plan {
+            protocol,
+            presets: presets
+                .iter()
+                .copied()
+                .filter(|p| p.supports(protocol))
+                .collect(),
+            peers: peers
+                .iter()
+                .copied()
+                .filter(|p| p.speaks(protocol))
+                .collect(),
+        })
+        .filter(|plan| !plan.presets.is_empty() && !plan.peers.is_empty())
+        .collect())
 }
 
 async fn run_all(c: &Common) -> anyhow::Result<Vec<Outcome>> {
-    let presets = presets(&c.scenario)?;
-    let peers = peers(&c.peer)?;
+    let plans = plans(&c.scenario, &c.peer, &c.protocol)?;
+    let mut outcomes = Vec::new();
+    for plan in &plans {
+        outcomes.extend(run_plan(c, plan).await?);
+    }
+    Ok(outcomes)
+}
+
+async fn run_plan(c: &Common, plan: &Plan) -> anyhow::Result<Vec<Outcome>> {
+    let Plan {
+        protocol,
+        presets,
+        peers,
+    } = plan;
+    let protocol = *protocol;
     let size = if c.smoke { Size::Smoke } else { Size::Full };
     let work_dir = absolute(&c.work_dir)?;
     std::fs::create_dir_all(&work_dir)?;
@@ -260,12 +353,12 @@ async fn run_all(c: &Common) -> anyhow::Result<Vec<Outcome>> {
         server_core: (!c.no_pin).then_some(c.server_core),
         relay_args: c.relay_args.clone(),
     };
-    for p in &peers {
+    for p in peers {
         let program = match p {
             PeerKind::Relay => Some(&paths.relay),
             PeerKind::Forwarder => Some(&paths.forwarder),
             PeerKind::YSweet => Some(&paths.y_sweet),
-            PeerKind::YWebsocketServer => None,
+            PeerKind::YWebsocketServer | PeerKind::HocuspocusServer => None,
         };
         if let Some(program) = program
             && !program.exists()
@@ -282,16 +375,20 @@ async fn run_all(c: &Common) -> anyhow::Result<Vec<Outcome>> {
         trace_path: absolute(&c.trace)?,
         cache_dir: absolute(&c.cache_dir)?,
         seconds: c.seconds,
+        protocol,
     };
     let mut outcomes = Vec::new();
-    for preset in &presets {
+    for preset in presets {
         for run in 1..=c.runs {
-            for peer in &peers {
+            for peer in peers {
                 let mut launcher = ProcessLauncher {
                     kind: *peer,
                     paths: paths.clone(),
                 };
-                eprintln!("== {preset} / {peer} (run {run}/{}) ==", c.runs);
+                eprintln!(
+                    "== {preset} / {peer}, {protocol} clients (run {run}/{}) ==",
+                    c.runs
+                );
                 let outcome =
                     scenario::run(*preset, &mut launcher, &ctx, &format!("run{run}")).await;
                 println!("{}\n", outcome.summary());
@@ -306,6 +403,7 @@ async fn run_all(c: &Common) -> anyhow::Result<Vec<Outcome>> {
                 outcomes.push(outcome);
                 // Leave the data directory for inspection only on failure.
                 let dir = work_dir.join(format!("{}-{}-run{run}", preset.name(), peer.name()));
+                // (scenario::run names it so for either protocol: they run one after the other.)
                 if outcomes.last().is_some_and(|o| o.error.is_none()) {
                     let _ = std::fs::remove_dir_all(&dir);
                 }
@@ -368,7 +466,7 @@ fn machine_description(c: &Common) -> String {
             .unwrap_or_else(|| "not installed".into())
     };
     format!(
-        "```\n{lscpu}\nMemory: {}\nKernel: {}\nrustc: {}\nnode: {}\nrelay: {} (git {})\n@y/websocket-server: {}, y-leveldb {}, yjs {}, ws {}\ny-sweet: {}\nload average at start: {}\n```",
+        "```\n{lscpu}\nMemory: {}\nKernel: {}\nrustc: {}\nnode: {}\nrelay: {} (git {})\n@y/websocket-server: {}, y-leveldb {}, yjs {}, ws {}\n@hocuspocus/server: {}, @hocuspocus/extension-sqlite {}, better-sqlite3 {}\ny-sweet: {}\nload average at start: {}\n```",
         sh("free -g | awk '/Mem:/ {print $2 \" GiB\"}'"),
         sh("uname -srvm"),
         sh("rustc --version"),
@@ -379,6 +477,9 @@ fn machine_description(c: &Common) -> String {
         node_pkg("y-leveldb"),
         node_pkg("yjs"),
         node_pkg("ws"),
+        node_pkg("@hocuspocus/server"),
+        node_pkg("@hocuspocus/extension-sqlite"),
+        node_pkg("better-sqlite3"),
         if y_sweet.is_file() {
             format!("0.9.1 (cargo install y-sweet --locked), {}", y_sweet.display())
         } else {
@@ -388,13 +489,7 @@ fn machine_description(c: &Common) -> String {
     )
 }
 
-fn markdown(
-    outcomes: &[Outcome],
-    peers: &[PeerKind],
-    machine: &str,
-    reproduce: &str,
-    started: &str,
-) -> String {
+fn markdown(outcomes: &[Outcome], machine: &str, reproduce: &str, started: &str) -> String {
     let mut s = String::new();
     s.push_str("# Benchmarks\n\n");
     s.push_str(&format!(
@@ -411,9 +506,14 @@ fn markdown(
     s.push_str("\n\n");
     s.push_str(METHOD);
     s.push_str("\n## Targets (issue 6)\n\n");
-    s.push_str(&report::targets(outcomes));
+    let y_websocket: Vec<Outcome> = outcomes
+        .iter()
+        .filter(|o| o.protocol == Protocol::YWebsocket)
+        .cloned()
+        .collect();
+    s.push_str(&report::targets(&y_websocket));
     s.push_str("\n## Results\n\n");
-    s.push_str(&report::tables(outcomes, peers));
+    s.push_str(&report::results(outcomes));
     s
 }
 
@@ -457,3 +557,64 @@ const METHOD: &str = "## How it is measured\n\n\
 - Join storm: the document is the trace replayed again and again (each replay into its own \
   `Y.Text` by its own client id) up to 20 MB, uploaded by one client in one update per replay; \
   the server is restarted so that the storm finds the room cold, and 150 clients join at once.\n";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn plan(protocol: Protocol, presets: &[Preset], peers: &[PeerKind]) -> Plan {
+        Plan {
+            protocol,
+            presets: presets.to_vec(),
+            peers: peers.to_vec(),
+        }
+    }
+
+    #[test]
+    fn hocuspocus_clients_go_only_to_servers_and_scenarios_that_take_them() {
+        use PeerKind::{HocuspocusServer, Relay, YWebsocketServer};
+        use Preset::{BusyRoom, Durable, ManyRooms};
+        assert_eq!(
+            plans("busy-room,many-rooms", "all", "hocuspocus").expect("plan"),
+            vec![plan(
+                Protocol::Hocuspocus,
+                &[BusyRoom, ManyRooms],
+                &[Relay, HocuspocusServer]
+            )]
+        );
+        let all = plans("all", "all", "y-websocket").expect("plan");
+        assert_eq!(all.len(), 1);
+        assert!(!all[0].peers.contains(&HocuspocusServer));
+        assert_eq!(all[0].presets, Preset::ALL.to_vec());
+        // Both protocols: each runs what it can of what was named.
+        assert_eq!(
+            plans(
+                "busy-room,durable",
+                "relay,yws,hocuspocus",
+                "y-websocket,hocuspocus"
+            )
+            .expect("plan"),
+            vec![
+                plan(
+                    Protocol::YWebsocket,
+                    &[BusyRoom, Durable],
+                    &[Relay, YWebsocketServer]
+                ),
+                plan(
+                    Protocol::Hocuspocus,
+                    &[BusyRoom],
+                    &[Relay, HocuspocusServer]
+                ),
+            ]
+        );
+        // What no protocol named can run is refused, with the reason.
+        let refused = plans("busy-room", "relay,yws", "hocuspocus").expect_err("yws");
+        assert!(
+            refused.to_string().contains("y-websocket-server"),
+            "{refused}"
+        );
+        assert!(plans("busy-room", "hocuspocus", "y-websocket").is_err());
+        assert!(plans("durable", "relay", "hocuspocus").is_err());
+        assert!(plans("busy-room", "relay", "hocus").is_err());
+    }
+}

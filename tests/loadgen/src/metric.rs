@@ -43,6 +43,13 @@ metrics! {
     AckedUpdates = "acked_updates",
     /// Acknowledged updates per second.
     AckedPerS = "acked_per_s",
+    /// Median ms from sending an update to the server's acknowledgement of it (Hocuspocus'
+    /// SyncStatus, in the timed presets).
+    AckP50Ms = "ack_p50_ms",
+    /// 95th percentile of the same, ms.
+    AckP95Ms = "ack_p95_ms",
+    /// 99th percentile of the same, ms.
+    AckP99Ms = "ack_p99_ms",
 
     // Connections and joins.
     /// Connections held open (idle).

@@ -16,6 +16,7 @@ use anyhow::{Context, bail};
 use tokio::net::TcpStream;
 
 use crate::procfs;
+use crate::protocol::Protocol;
 
 /// Which server.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -28,15 +29,19 @@ pub enum PeerKind {
     YSweet,
     /// The bare forwarder (`forwarder`, in this crate): no CRDT, no disk.
     Forwarder,
+    /// `@hocuspocus/server` from npm, under Node, with `@hocuspocus/extension-sqlite`
+    /// (`peers/hocuspocus-server.mjs`). Speaks only the Hocuspocus protocol.
+    HocuspocusServer,
 }
 
 impl PeerKind {
     /// Every peer, the relay first.
-    pub const ALL: [PeerKind; 4] = [
+    pub const ALL: [PeerKind; 5] = [
         PeerKind::Relay,
         PeerKind::YWebsocketServer,
         PeerKind::YSweet,
         PeerKind::Forwarder,
+        PeerKind::HocuspocusServer,
     ];
 
     /// The short name used on the command line and in tables.
@@ -46,6 +51,25 @@ impl PeerKind {
             PeerKind::YWebsocketServer => "y-websocket-server",
             PeerKind::YSweet => "y-sweet",
             PeerKind::Forwarder => "forwarder",
+            PeerKind::HocuspocusServer => "hocuspocus-server",
+        }
+    }
+
+    /// Every peer whose clients can speak `protocol`, the relay first.
+    pub fn speaking(protocol: Protocol) -> Vec<PeerKind> {
+        PeerKind::ALL
+            .into_iter()
+            .filter(|p| p.speaks(protocol))
+            .collect()
+    }
+
+    /// Whether the server serves clients of `protocol`: y-websocket everywhere but on the
+    /// Hocuspocus server, Hocuspocus only on the relay (at its root path) and the Hocuspocus
+    /// server.
+    pub fn speaks(self, protocol: Protocol) -> bool {
+        match protocol {
+            Protocol::YWebsocket => self != PeerKind::HocuspocusServer,
+            Protocol::Hocuspocus => matches!(self, PeerKind::Relay | PeerKind::HocuspocusServer),
         }
     }
 
@@ -67,7 +91,10 @@ impl PeerKind {
 
     /// Whether the server sends a client's own updates back to it.
     pub fn echoes(self) -> bool {
-        matches!(self, PeerKind::YWebsocketServer | PeerKind::YSweet)
+        matches!(
+            self,
+            PeerKind::YWebsocketServer | PeerKind::YSweet | PeerKind::HocuspocusServer
+        )
     }
 }
 
@@ -88,9 +115,16 @@ impl FromStr for PeerKind {
     fn from_str(s: &str) -> Result<Self, String> {
         PeerKind::ALL
             .into_iter()
-            .find(|p| p.name() == s || (s == "yws" && *p == PeerKind::YWebsocketServer))
+            .find(|p| {
+                p.name() == s
+                    || (s == "yws" && *p == PeerKind::YWebsocketServer)
+                    || (s == "hocuspocus" && *p == PeerKind::HocuspocusServer)
+            })
             .ok_or_else(|| {
-                format!("unknown peer {s:?}: relay, y-websocket-server (yws), y-sweet, forwarder")
+                format!(
+                    "unknown peer {s:?}: relay, y-websocket-server (yws), y-sweet, forwarder, \
+                     hocuspocus-server (hocuspocus)"
+                )
             })
     }
 }
@@ -104,7 +138,8 @@ pub struct PeerPaths {
     pub forwarder: PathBuf,
     /// The y-sweet binary.
     pub y_sweet: PathBuf,
-    /// The directory holding `node_modules/@y/websocket-server` (`tests/loadgen/peers`).
+    /// The directory holding `node_modules/@y/websocket-server`, `node_modules/@hocuspocus` and
+    /// `hocuspocus-server.mjs` (`tests/loadgen/peers`).
     pub node_peers: PathBuf,
     /// The CPU core the servers are pinned to (`None`: not pinned).
     pub server_core: Option<usize>,
@@ -248,6 +283,13 @@ impl Server {
                     .env("YPERSISTENCE", data_dir.join("leveldb"))
                     .current_dir(&paths.node_peers);
             }
+            PeerKind::HocuspocusServer => {
+                cmd.arg("node")
+                    .arg(paths.node_peers.join("hocuspocus-server.mjs"))
+                    .arg(port.to_string())
+                    .arg(data_dir)
+                    .current_dir(&paths.node_peers);
+            }
         }
         let log = std::fs::File::create(data_dir.with_extension("log"))?;
         cmd.stdin(Stdio::null())
@@ -285,11 +327,21 @@ impl Server {
         self.data_dir.with_extension("log")
     }
 
-    /// The WebSocket URL of `room`.
+    /// The WebSocket URL of `room` for y-websocket clients.
     pub fn ws_url(&self, room: &str) -> String {
         match self.kind {
             PeerKind::YSweet => format!("ws://{}/d/{room}/ws/{room}", self.addr),
             _ => format!("ws://{}/{room}", self.addr),
+        }
+    }
+
+    /// The WebSocket URL a client of `room` speaking `protocol` connects to: for Hocuspocus the
+    /// server's root, the same for every document (the relay's Hocuspocus endpoint, and where
+    /// `@hocuspocus/server` listens).
+    pub fn client_url(&self, protocol: Protocol, room: &str) -> String {
+        match protocol {
+            Protocol::YWebsocket => self.ws_url(room),
+            Protocol::Hocuspocus => format!("ws://{}/", self.addr),
         }
     }
 

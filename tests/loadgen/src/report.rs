@@ -7,6 +7,7 @@ use std::fmt::Write;
 use crate::metric::Metric;
 use crate::metric::Metric as M;
 use crate::peers::PeerKind;
+use crate::protocol::Protocol;
 use crate::scenario::{Outcome, Preset};
 
 /// A percentile of an outcome's latency.
@@ -78,6 +79,15 @@ fn rows(preset: Preset) -> Vec<Row> {
             row("latency p95 (ms)", LAT_P95, 2, true),
             row("latency p99 (ms)", LAT_P99, 2, true),
             row("latency max (ms)", LAT_MAX, 1, true),
+            row(
+                "updates acknowledged (SyncStatus)",
+                M::AckedUpdates,
+                0,
+                false,
+            ),
+            row("time to SyncStatus median (ms)", M::AckP50Ms, 2, true),
+            row("time to SyncStatus p95 (ms)", M::AckP95Ms, 2, true),
+            row("time to SyncStatus p99 (ms)", M::AckP99Ms, 2, true),
             row(
                 "server CPU s per 1,000 deliveries",
                 M::CpuSPer1kDeliveries,
@@ -294,7 +304,16 @@ pub fn tables(outcomes: &[Outcome], peers: &[PeerKind]) -> String {
         }
         s.push('\n');
         let empty = Vec::new();
-        for r in rows(*preset) {
+        // A figure no run of this preset measured (the SyncStatus rows of y-websocket clients)
+        // is left out rather than shown as a row of dashes.
+        let measured = |r: &Row| {
+            r.figure == CONVERGED
+                || by_peer
+                    .values()
+                    .flatten()
+                    .any(|o| value(o, r.figure).is_some())
+        };
+        for r in rows(*preset).into_iter().filter(measured) {
             let _ = write!(s, "| {} |", r.label);
             for p in peers {
                 let runs: Vec<&Outcome> = by_peer
@@ -362,6 +381,53 @@ fn push_unique(v: &mut Vec<String>, s: String) {
         v.push(s);
     }
 }
+
+/// Every result: the tables of the y-websocket clients, then, if there are any, a section of the
+/// Hocuspocus clients' tables (relay ÷ `@hocuspocus/server`) with what differs between the two.
+pub fn results(outcomes: &[Outcome]) -> String {
+    let mut s = String::new();
+    for protocol in Protocol::ALL {
+        let of: Vec<Outcome> = outcomes
+            .iter()
+            .filter(|o| o.protocol == protocol)
+            .cloned()
+            .collect();
+        if of.is_empty() {
+            continue;
+        }
+        let mut peers: Vec<PeerKind> = of.iter().map(|o| o.peer).collect();
+        peers.sort();
+        peers.dedup();
+        if protocol == Protocol::Hocuspocus {
+            s.push_str(HOCUSPOCUS_SECTION);
+        }
+        s.push_str(&tables(&of, &peers));
+    }
+    s
+}
+
+/// The head of the Hocuspocus clients' section: how they are measured and what differs.
+pub const HOCUSPOCUS_SECTION: &str = "## Hocuspocus clients\n\n\
+The same timed presets with clients that speak `@hocuspocus/provider`'s protocol \
+(`--protocol hocuspocus`): one WebSocket per client at the server's root URL, every message \
+prefixed by the document name, an Auth message (empty token, version string as 4.x sends it) \
+before sync step 1. Against the relay's Hocuspocus endpoint (`ws://HOST:PORT/`) and \
+`@hocuspocus/server` 4.7.0 with `@hocuspocus/extension-sqlite` 4.7.0 (better-sqlite3, built \
+from source; `tests/loadgen/peers/hocuspocus-server.mjs`, every setting at its default), under \
+Node 20 (the server's `engines` asks for 22; it runs on 20), pinned to the same core as every \
+server.\n\n\
+- *Time to SyncStatus*: from sending an update to the server's SyncStatus for it (the n-th \
+  SyncStatus a writer receives after its handshake answers its n-th update). It means \
+  different things: the relay sends it once the update is durably committed (on disk, \
+  synced), so `provider.hasUnsyncedChanges` turns false only when the edit \
+  would survive a crash; Hocuspocus sends it once the update is applied in memory, and stores \
+  the whole document (one SQLite upsert) 2 s after its last change, at most 10 s after the \
+  first (`debounce`, `maxDebounce`).\n\
+- Server CPU is measured from the first edit until every delivery and every SyncStatus has \
+  arrived, as above. Hocuspocus' last debounced stores come up to 2 s later and are not in it; \
+  every relay commit is.\n\
+- Hocuspocus sends each update back to its sender too (not counted as a delivery), and \
+  coalesces what arrives in one event-loop turn into one broadcast (`flushDelay` 0).\n\n";
 
 /// The issue's targets, checked against the means of this run.
 pub fn targets(outcomes: &[Outcome]) -> String {

@@ -8,6 +8,7 @@ use std::time::Instant;
 
 use loadgen::metric::Metric;
 use loadgen::peers::{ExitUsage, PeerKind, Server};
+use loadgen::protocol::Protocol;
 use loadgen::scenario::{self, Ctx, Launcher, Preset, Size};
 use relay_tests::TestRelay;
 
@@ -63,6 +64,7 @@ async fn every_preset_runs_against_the_relay() {
         trace_path: trace.clone(),
         cache_dir: work.path().join("cache"),
         seconds: Some(1.0),
+        protocol: Protocol::YWebsocket,
     };
     std::fs::create_dir_all(&ctx.work_dir).expect("work dir");
     let mut launcher = InProcessRelay { relay: None };
@@ -120,5 +122,96 @@ async fn every_preset_runs_against_the_relay() {
                 assert!(outcome.get(Metric::ReloadMs).is_some());
             }
         }
+    }
+}
+
+fn hocuspocus_ctx(work: &Path) -> Ctx {
+    let ctx = Ctx {
+        size: Size::Smoke,
+        work_dir: work.join("work"),
+        trace_path: trace_path(),
+        cache_dir: work.join("cache"),
+        seconds: Some(1.0),
+        protocol: Protocol::Hocuspocus,
+    };
+    std::fs::create_dir_all(&ctx.work_dir).expect("work dir");
+    ctx
+}
+
+/// Asserts what a timed preset with Hocuspocus clients must show: every delivery, a SyncStatus
+/// for every update with its latency, and rooms that converged (read back over Hocuspocus too).
+fn assert_hocuspocus_timed(outcome: &scenario::Outcome) {
+    let preset = outcome.preset;
+    assert!(
+        outcome.error.is_none(),
+        "{preset} failed: {:?}",
+        outcome.error
+    );
+    let sent = outcome.get(Metric::UpdatesSent).expect("updates sent");
+    assert!(sent > 0.0, "{preset}: nothing sent");
+    assert_eq!(
+        outcome.get(Metric::Deliveries),
+        outcome.get(Metric::DeliveriesExpected),
+        "{preset}: deliveries"
+    );
+    assert_eq!(
+        outcome.get(Metric::AckedUpdates),
+        Some(sent),
+        "{preset}: a SyncStatus per update"
+    );
+    assert!(
+        outcome.get(Metric::AckP99Ms).is_some(),
+        "{preset}: no SyncStatus latency"
+    );
+    assert!(outcome.latency.is_some(), "{preset}: no delivery latency");
+    assert_eq!(outcome.converged, Some(true), "{preset}: not converged");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hocuspocus_clients_run_against_the_relay() {
+    let work = tempfile::tempdir().expect("a temporary directory");
+    let ctx = hocuspocus_ctx(work.path());
+    let mut launcher = InProcessRelay { relay: None };
+    for preset in [Preset::BusyRoom, Preset::ManyRooms] {
+        let outcome = scenario::run(preset, &mut launcher, &ctx, "hocuspocus").await;
+        eprintln!("{}\n", outcome.summary());
+        assert_hocuspocus_timed(&outcome);
+    }
+    // A preset without Hocuspocus clients is refused, not run with the wrong protocol.
+    let refused = scenario::run(Preset::Durable, &mut launcher, &ctx, "refused").await;
+    let error = refused.error.expect("durable has no Hocuspocus clients");
+    assert!(error.contains("hocuspocus"), "{error}");
+}
+
+/// Against `@hocuspocus/server` (started by the generator, as in a benchmark). Not in the test
+/// command: it needs `npm ci` in tests/loadgen/peers, which builds better-sqlite3 from source
+/// (minutes on 2 cores; see tests/loadgen/bench.sh). Run it with
+/// `cargo test -p loadgen --test smoke -- --ignored`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs npm ci in tests/loadgen/peers (better-sqlite3 built from source)"]
+async fn hocuspocus_clients_run_against_hocuspocus_server() {
+    let peers = Path::new(env!("CARGO_MANIFEST_DIR")).join("peers");
+    assert!(
+        peers.join("node_modules/@hocuspocus/server").is_dir(),
+        "run npm ci in {} first",
+        peers.display()
+    );
+    let work = tempfile::tempdir().expect("a temporary directory");
+    let ctx = hocuspocus_ctx(work.path());
+    let mut launcher = scenario::ProcessLauncher {
+        kind: PeerKind::HocuspocusServer,
+        paths: loadgen::peers::PeerPaths {
+            relay: PathBuf::new(),
+            forwarder: PathBuf::new(),
+            y_sweet: PathBuf::new(),
+            node_peers: peers,
+            server_core: None,
+            relay_args: Vec::new(),
+        },
+    };
+    for preset in [Preset::BusyRoom, Preset::ManyRooms] {
+        let outcome = scenario::run(preset, &mut launcher, &ctx, "hocuspocus").await;
+        eprintln!("{}\n", outcome.summary());
+        assert_hocuspocus_timed(&outcome);
     }
 }

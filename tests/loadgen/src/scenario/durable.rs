@@ -24,6 +24,7 @@ use crate::metric::Metric;
 use crate::monitor::Monitor;
 use crate::peers::Server;
 use crate::procfs::{self, CpuWatch};
+use crate::protocol::{Framing, Protocol};
 
 #[derive(Debug, Clone, Copy)]
 struct DurableShape {
@@ -137,7 +138,7 @@ pub(super) async fn run(server: &Server, ctx: &Ctx, out: &mut Outcome) -> anyhow
     create_rooms(server, &names).await?;
     // Writer then observer, room by room.
     let client_rooms: Vec<String> = names.iter().flat_map(|n| [n.clone(), n.clone()]).collect();
-    let conns = join_all(server, &client_rooms, 64).await?;
+    let conns = join_all(server, Protocol::YWebsocket, &client_rooms, 64).await?;
     let client_ids: Vec<u64> = (0..shape.rooms)
         .map(|_| client::fresh_client_id())
         .collect();
@@ -162,7 +163,7 @@ pub(super) async fn run(server: &Server, ctx: &Ctx, out: &mut Outcome) -> anyhow
             (
                 Hooks {
                     saved: Some(ack_tx),
-                    delivered_of: None,
+                    ..Hooks::default()
                 },
                 Hooks::default(),
             )
@@ -170,13 +171,14 @@ pub(super) async fn run(server: &Server, ctx: &Ctx, out: &mut Outcome) -> anyhow
             (
                 Hooks::default(),
                 Hooks {
-                    saved: None,
                     delivered_of: Some((client_id, ack_tx)),
+                    ..Hooks::default()
                 },
             )
         };
         readers.push(tokio::spawn(read_loop(
             wstream,
+            Framing::Plain,
             Some(wi),
             log.clone(),
             counter.clone(),
@@ -185,6 +187,7 @@ pub(super) async fn run(server: &Server, ctx: &Ctx, out: &mut Outcome) -> anyhow
         )));
         readers.push(tokio::spawn(read_loop(
             ostream,
+            Framing::Plain,
             None,
             log.clone(),
             counter.clone(),
@@ -256,7 +259,7 @@ pub(super) async fn run(server: &Server, ctx: &Ctx, out: &mut Outcome) -> anyhow
         ));
     }
     if server.kind.has_state() {
-        out.converged = Some(check_convergence(server, &names, &done).await?);
+        out.converged = Some(check_convergence(server, Protocol::YWebsocket, &names, &done).await?);
     }
     drop(sinks);
     drop(streams);

@@ -8,6 +8,7 @@ use super::{Ctx, Outcome, Size};
 use crate::metric::Metric;
 use crate::peers::Server;
 use crate::procfs::{self, CpuWatch};
+use crate::protocol::Protocol;
 
 /// Rooms, one connection each.
 fn idle_rooms(size: Size) -> usize {
@@ -33,7 +34,7 @@ pub(super) async fn run(server: &Server, ctx: &Ctx, out: &mut Outcome) -> anyhow
     let cpu = CpuWatch::start(server.pid);
     create_rooms(server, &names).await?;
     let t = Instant::now();
-    let conns = join_all(server, &names, 64).await?;
+    let conns = join_all(server, Protocol::YWebsocket, &names, 64).await?;
     let connect_s = t.elapsed().as_secs_f64();
     let (connect_cpu, _) = cpu.read();
     let settle = if ctx.size == Size::Full { 5.0 } else { 1.0 };

@@ -22,6 +22,7 @@ use crate::metric::Metric;
 use crate::monitor::Monitor;
 use crate::peers::Server;
 use crate::procfs::{self, CpuWatch};
+use crate::protocol::Protocol;
 use crate::trace::{self, Trace};
 
 /// Clients joining at once.
@@ -92,7 +93,7 @@ async fn upload(
     chunks: &[Vec<u8>],
     size: usize,
 ) -> anyhow::Result<()> {
-    let mut ws = join(server, room).await?;
+    let mut ws = join(server, Protocol::YWebsocket, room).await?;
     for c in chunks {
         ws.feed(WsMessage::Binary(Bytes::from(encode_update(c))))
             .await?;
@@ -227,7 +228,7 @@ pub(super) async fn run<L: Launcher>(
     out.set(Metric::GenLagP99Ms, load.lag_p99_ms);
     out.warnings.extend(load.warnings());
     // One joiner's document, checked in full.
-    let check = read_room(&server, &room).await;
+    let check = read_room(&server, Protocol::YWebsocket, &room).await;
     launcher.stop(server).await;
     let mut synced_us: Vec<u32> = joiners
         .iter()

@@ -22,6 +22,7 @@ use crate::client::{self, EMPTY_UPDATE, full_state};
 use crate::metric::Metric;
 use crate::peers::Server;
 use crate::procfs::{self, CpuWatch};
+use crate::protocol::Protocol;
 use crate::trace::{self, Trace};
 
 /// The edits of a smoke run.
@@ -53,7 +54,7 @@ async fn ingest(
     limit: Duration,
     out: &mut Outcome,
 ) -> anyhow::Result<bool> {
-    let ws = join(server, room).await?;
+    let ws = join(server, Protocol::YWebsocket, room).await?;
     let (mut sink, mut stream) = ws.split();
     let (tx, mut answers) = mpsc::unbounded_channel::<(bool, Instant)>();
     let reader = tokio::spawn(async move {

@@ -17,6 +17,7 @@ use serde::Serialize;
 
 use crate::metric::Metric;
 use crate::peers::{ExitUsage, PeerKind, PeerPaths, Server};
+use crate::protocol::Protocol;
 
 mod busy_room;
 mod durable;
@@ -90,6 +91,23 @@ impl Preset {
         }
     }
 
+    /// Whether its clients can speak `protocol`: y-websocket everywhere; Hocuspocus in the timed
+    /// presets (fan-out, busy-room, many-rooms), whose clients only write and read updates. The
+    /// others use the relay's save extension or their own handshakes.
+    pub fn supports(self, protocol: Protocol) -> bool {
+        match protocol {
+            Protocol::YWebsocket => true,
+            Protocol::Hocuspocus => matches!(
+                self,
+                Preset::Fanout10
+                    | Preset::Fanout100
+                    | Preset::Fanout1000
+                    | Preset::BusyRoom
+                    | Preset::ManyRooms
+            ),
+        }
+    }
+
     /// What the preset does, at `size` (the heading of its table).
     pub fn describe(self, size: Size) -> String {
         match self {
@@ -144,6 +162,8 @@ pub struct Ctx {
     pub cache_dir: PathBuf,
     /// Overrides the measurement time of the timed scenarios.
     pub seconds: Option<f64>,
+    /// The clients' protocol.
+    pub protocol: Protocol,
 }
 
 /// Starts and stops one kind of server.
@@ -239,6 +259,8 @@ pub struct Outcome {
     pub preset: Preset,
     /// Which server.
     pub peer: PeerKind,
+    /// The clients' protocol.
+    pub protocol: Protocol,
     /// Full or smoke.
     pub size: Size,
     /// The figures measured.
@@ -256,11 +278,12 @@ pub struct Outcome {
 }
 
 impl Outcome {
-    /// An empty outcome.
+    /// An empty outcome (of y-websocket clients; set [`Outcome::protocol`] for others).
     pub fn from_parts(preset: Preset, peer: PeerKind, size: Size) -> Self {
         Outcome {
             preset,
             peer,
+            protocol: Protocol::YWebsocket,
             size,
             metrics: BTreeMap::new(),
             latency: None,
@@ -283,7 +306,10 @@ impl Outcome {
     /// A readable summary, one figure per line.
     pub fn summary(&self) -> String {
         use std::fmt::Write;
-        let mut s = format!("{} / {}", self.preset, self.peer);
+        let mut s = format!(
+            "{} / {} ({} clients)",
+            self.preset, self.peer, self.protocol
+        );
         if let Some(e) = &self.error {
             let _ = write!(s, "\n  FAILED: {e}");
         }
@@ -314,10 +340,18 @@ impl Outcome {
 pub async fn run<L: Launcher>(preset: Preset, launcher: &mut L, ctx: &Ctx, tag: &str) -> Outcome {
     let peer = launcher.kind();
     let mut out = Outcome::from_parts(preset, peer, ctx.size);
+    out.protocol = ctx.protocol;
     let data_dir = ctx
         .work_dir
         .join(format!("{}-{}-{tag}", preset.name(), peer.name()));
     let _ = std::fs::remove_dir_all(&data_dir);
+    if !peer.speaks(ctx.protocol) || !preset.supports(ctx.protocol) {
+        out.error = Some(format!(
+            "{preset} against {peer} cannot run with {} clients",
+            ctx.protocol
+        ));
+        return out;
+    }
     if !peer.has_state() && matches!(preset, Preset::JoinStorm | Preset::LargeDoc) {
         out.notes
             .push("not applicable: the server keeps no document".to_owned());

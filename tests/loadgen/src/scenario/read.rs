@@ -1,5 +1,6 @@
 //! The receive loop of every client of the timed and durable presets: accounts each update it
-//! receives against the send log, and reports acknowledgements.
+//! receives against the send log, and reports acknowledgements (the relay's *saved*, Hocuspocus'
+//! SyncStatus).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -14,6 +15,7 @@ use yrs::Update;
 use yrs::updates::decoder::Decode;
 
 use crate::client::{self, Received, SendLog, Ws};
+use crate::protocol::{Framing, Incoming};
 
 /// Where a reader reports acknowledgements (durable writes).
 #[derive(Debug, Clone, Default)]
@@ -22,11 +24,15 @@ pub(super) struct Hooks {
     pub(super) saved: Option<mpsc::UnboundedSender<(u64, Instant)>>,
     /// Deliveries of this writer's updates (its highest clock so far) go here.
     pub(super) delivered_of: Option<(u64, mpsc::UnboundedSender<(u64, Instant)>)>,
+    /// Counts the SyncStatus answers (taken or not) this client receives.
+    pub(super) sync_statuses: Option<Arc<AtomicU64>>,
 }
 
-/// Reads a client's socket until `stop`, accounting every update it receives.
+/// Reads a client's socket (framed as `framing`) until `stop`, accounting every update and
+/// acknowledgement it receives.
 pub(super) async fn read_loop(
     mut stream: SplitStream<Ws>,
+    framing: Framing,
     own: Option<usize>,
     log: Arc<SendLog>,
     counter: Arc<AtomicU64>,
@@ -44,7 +50,19 @@ pub(super) async fn read_loop(
             Some(Ok(_)) => continue,
             _ => break,
         };
-        for item in MessageReader::new(&frame) {
+        let messages = match framing.read(&frame) {
+            Ok(Incoming::Messages(messages)) => messages,
+            Ok(Incoming::SyncStatus(taken)) => {
+                got.account_ack(taken, own, &log);
+                if let Some(count) = &hooks.sync_statuses {
+                    count.fetch_add(1, Ordering::Relaxed);
+                }
+                continue;
+            }
+            Ok(_) => continue,
+            Err(_) => break,
+        };
+        for item in MessageReader::new(messages) {
             let Ok((message, _)) = item else { break };
             match message {
                 Message::Update(update) | Message::SyncStep2(update) => {

@@ -9,21 +9,29 @@ use yrs::{Doc, Map, ReadTxn, StateVector, Transact};
 
 use crate::client::{self, EMPTY_UPDATE, MAP, Ws, doc_from_update};
 use crate::peers::{PeerKind, Server};
+use crate::protocol::{Framing, Protocol};
 
 pub(super) const HANDSHAKE_LIMIT: Duration = Duration::from_secs(60);
 
-/// Connects to `room` and, on a server with state, completes the sync handshake with an empty
-/// document.
-pub(super) async fn join(server: &Server, room: &str) -> anyhow::Result<Ws> {
-    let url = server.ws_url(room);
+/// Connects to `room` as a client of `protocol` and, on a server with state, completes the sync
+/// handshake with an empty document.
+pub(super) async fn join(server: &Server, protocol: Protocol, room: &str) -> anyhow::Result<Ws> {
+    let url = server.client_url(protocol, room);
+    let framing = Framing::new(protocol, room);
     let mut last = None;
     for attempt in 0..5 {
         match client::connect(&url).await {
             Ok(mut ws) => {
                 if server.kind.has_state() {
                     let empty_sv = StateVector::default().encode_v1();
-                    client::sync_handshake(&mut ws, &empty_sv, &EMPTY_UPDATE, HANDSHAKE_LIMIT)
-                        .await?;
+                    client::sync_handshake(
+                        &mut ws,
+                        &framing,
+                        &empty_sv,
+                        &EMPTY_UPDATE,
+                        HANDSHAKE_LIMIT,
+                    )
+                    .await?;
                 }
                 return Ok(ws);
             }
@@ -36,14 +44,16 @@ pub(super) async fn join(server: &Server, room: &str) -> anyhow::Result<Ws> {
     Err(last.expect("at least one attempt"))
 }
 
-/// Joins every room of `rooms` (one client each, in order), `concurrency` at a time.
+/// Joins every room of `rooms` (one client of `protocol` each, in order), `concurrency` at a
+/// time.
 pub(super) async fn join_all(
     server: &Server,
+    protocol: Protocol,
     rooms: &[String],
     concurrency: usize,
 ) -> anyhow::Result<Vec<Ws>> {
     let results: Vec<anyhow::Result<Ws>> = futures_util::stream::iter(rooms.iter())
-        .map(|room| join(server, room))
+        .map(|room| join(server, protocol, room))
         .buffered(concurrency)
         .collect()
         .await;
@@ -67,26 +77,35 @@ pub(super) fn room_names(prefix: &str, n: usize) -> Vec<String> {
     (0..n).map(|i| format!("{prefix}-{run}-{i}")).collect()
 }
 
-/// Reads a fresh copy of `room` (a new client, sync step 1 with an empty state vector).
-pub(super) async fn read_room(server: &Server, room: &str) -> anyhow::Result<Doc> {
-    let mut ws = client::connect_with_buffer(&server.ws_url(room), 64 * 1024).await?;
+/// Reads a fresh copy of `room` (a new client of `protocol`, sync step 1 with an empty state
+/// vector).
+pub(super) async fn read_room(
+    server: &Server,
+    protocol: Protocol,
+    room: &str,
+) -> anyhow::Result<Doc> {
+    let url = server.client_url(protocol, room);
+    let mut ws = client::connect_with_buffer(&url, 64 * 1024).await?;
     let empty_sv = StateVector::default().encode_v1();
+    let framing = Framing::new(protocol, room);
     let (update, _) =
-        client::sync_handshake(&mut ws, &empty_sv, &EMPTY_UPDATE, HANDSHAKE_LIMIT).await?;
+        client::sync_handshake(&mut ws, &framing, &empty_sv, &EMPTY_UPDATE, HANDSHAKE_LIMIT)
+            .await?;
     let _ = ws.close(None).await;
     doc_from_update(&update)
 }
 
 /// Checks that each room holds exactly what its writers wrote: every writer's clock, and one map
-/// entry per update.
+/// entry per update (read by clients of `protocol`).
 pub(super) async fn check_convergence(
     server: &Server,
+    protocol: Protocol,
     rooms: &[String],
     writers: &[(usize, u64, u32)],
 ) -> anyhow::Result<bool> {
     let checks: Vec<anyhow::Result<bool>> = futures_util::stream::iter(rooms.iter().enumerate())
         .map(|(ri, room)| async move {
-            let doc = read_room(server, room).await?;
+            let doc = read_room(server, protocol, room).await?;
             let txn = doc.transact();
             let sv = txn.state_vector();
             let map = txn.get_map(MAP);

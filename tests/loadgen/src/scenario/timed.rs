@@ -1,6 +1,7 @@
 //! The timed run shared by fan-out, busy-room and many-rooms: rooms of writers (each at a fixed
 //! rate, their ticks spread over one period) and observers, for a fixed time; then every
-//! delivery is awaited, every latency recorded, and each room read back.
+//! delivery is awaited, every latency recorded, and each room read back. Clients speak the
+//! context's protocol: with Hocuspocus, every SyncStatus is awaited too and its latency recorded.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -22,6 +23,7 @@ use crate::metric::Metric;
 use crate::monitor::Monitor;
 use crate::peers::Server;
 use crate::procfs::{self, CpuWatch};
+use crate::protocol::{Framing, Protocol};
 
 /// Rooms × (writers + observers) with a rate per writer.
 #[derive(Debug, Clone, Copy)]
@@ -71,6 +73,7 @@ pub(super) fn seconds(size: Size) -> f64 {
 
 async fn write_loop(
     mut sink: SplitSink<Ws, WsMessage>,
+    framing: Framing,
     mut writer: MapWriter,
     log: Arc<SendLog>,
     rate: f64,
@@ -88,7 +91,9 @@ async fn write_loop(
         let (update, clock) = writer.next_update();
         log.record(writer.index, clock);
         if sink
-            .send(WsMessage::Binary(Bytes::from(encode_update(&update))))
+            .send(WsMessage::Binary(Bytes::from(
+                framing.wrap(encode_update(&update)),
+            )))
             .await
             .is_err()
         {
@@ -125,11 +130,13 @@ pub(super) async fn run(
     }
     let t_connect = Instant::now();
     let client_rooms: Vec<String> = specs.iter().map(|(ri, _)| names[*ri].clone()).collect();
-    let conns = join_all(server, &client_rooms, 64).await?;
+    let conns = join_all(server, ctx.protocol, &client_rooms, 64).await?;
     out.set(Metric::ConnectS, t_connect.elapsed().as_secs_f64());
 
     let log = Arc::new(SendLog::new(&client_ids));
     let counter = Arc::new(AtomicU64::new(0));
+    let sync_statuses = Arc::new(AtomicU64::new(0));
+    let acks_expected = ctx.protocol == Protocol::Hocuspocus;
     let (stop_tx, stop_rx) = watch::channel(false);
     let monitor = Monitor::start();
     let cpu = CpuWatch::start(server.pid);
@@ -141,13 +148,18 @@ pub(super) async fn run(
     let mut idle_sinks = Vec::new();
     for ((ri, w), ws) in specs.iter().copied().zip(conns) {
         let (sink, stream) = ws.split();
+        let framing = Framing::new(ctx.protocol, &names[ri]);
         readers.push(tokio::spawn(read_loop(
             stream,
+            framing.clone(),
             w,
             log.clone(),
             counter.clone(),
             stop_rx.clone(),
-            Hooks::default(),
+            Hooks {
+                sync_statuses: Some(sync_statuses.clone()),
+                ..Hooks::default()
+            },
         )));
         match w {
             Some(wi) => {
@@ -158,6 +170,7 @@ pub(super) async fn run(
                     ri,
                     tokio::spawn(write_loop(
                         sink,
+                        framing,
                         writer,
                         log.clone(),
                         shape.rate,
@@ -177,9 +190,13 @@ pub(super) async fn run(
     }
     let sent = log.total_sent();
     let expected = sent * (per_room as u64 - 1);
-    // Drain: wait for the deliveries still on their way.
+    // Drain: wait for the deliveries (and acknowledgements) still on their way.
     let drain_deadline = Instant::now() + Duration::from_secs(10);
-    while counter.load(Ordering::Relaxed) < expected && Instant::now() < drain_deadline {
+    let drained = || {
+        counter.load(Ordering::Relaxed) >= expected
+            && (!acks_expected || sync_statuses.load(Ordering::Relaxed) >= sent)
+    };
+    while !drained() && Instant::now() < drain_deadline {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     let (server_cpu, wall) = cpu.read();
@@ -242,12 +259,36 @@ pub(super) async fn run(
         );
     }
     out.latency = Pcts::of_us(&mut received.latencies_us);
+    if acks_expected {
+        out.notes.push(format!(
+            "clients speak {}; ack = the server's SyncStatus for each update",
+            ctx.protocol
+        ));
+        out.set(Metric::AckedUpdates, received.acks as f64);
+        if let Some(acks) = Pcts::of_us(&mut received.ack_latencies_us) {
+            out.set(Metric::AckP50Ms, acks.p50);
+            out.set(Metric::AckP95Ms, acks.p95);
+            out.set(Metric::AckP99Ms, acks.p99);
+        }
+        if received.acks + received.refusals < sent {
+            out.warnings.push(format!(
+                "{} of {sent} SyncStatus answers missing",
+                sent - received.acks - received.refusals
+            ));
+        }
+        if received.refusals > 0 {
+            out.warnings.push(format!(
+                "{} updates refused (SyncStatus 0)",
+                received.refusals
+            ));
+        }
+    }
     if server.kind.has_state() {
         let writers: Vec<(usize, u64, u32)> = done
             .iter()
             .map(|(ri, w)| (*ri, w.doc().client_id().get(), w.sent()))
             .collect();
-        out.converged = Some(check_convergence(server, &names, &writers).await?);
+        out.converged = Some(check_convergence(server, ctx.protocol, &names, &writers).await?);
     } else {
         out.notes
             .push("no state on the server: convergence not applicable".to_owned());
