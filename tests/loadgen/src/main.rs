@@ -190,11 +190,14 @@ fn main() -> anyhow::Result<()> {
             ))?;
             let saved: Vec<_> = results.iter().map(|t| t.saved_after).collect();
             let (median, max) = cluster::takeover::median_max(&saved);
+            let fresh: Vec<_> = results.iter().map(|t| t.fresh_saved_after).collect();
+            let (fresh_median, fresh_max) = cluster::takeover::median_max(&fresh);
             let closed: Vec<_> = results.iter().filter_map(|t| t.closed_after).collect();
             let (closed_median, closed_max) = cluster::takeover::median_max(&closed);
             println!(
                 "takeover (lease {}): saved after the kill: median {median:.2} s, max {max:.2} s, \
-                 each {:.2?} s; forwarded connection ended after: median {closed_median:.2} s, \
+                 each {:.2?} s; a client connecting after the kill: median {fresh_median:.2} s, \
+                 max {fresh_max:.2} s; forwarded connection ended after: median {closed_median:.2} s, \
                  max {closed_max:.2} s ({} of {}); load before {load}, after {}",
                 common
                     .lease_secs

@@ -160,9 +160,23 @@ impl Cluster {
                 .relay_args
                 .extend(["--lease-secs".to_owned(), secs.to_string()]);
         }
-        Server::start(PeerKind::Relay, &paths, &self.dir.join(name))
-            .await
-            .with_context(|| format!("start relay {name} in cluster mode"))
+        // A relay accepts TCP connections before its NATS set-up is done, and says "listening"
+        // after it; one that loses a race creating the streams exits (README, "Running several
+        // relays": it can simply be started again), so it gets a few tries.
+        let mut last = None;
+        for _ in 0..3 {
+            let mut relay = Server::start(PeerKind::Relay, &paths, &self.dir.join(name))
+                .await
+                .with_context(|| format!("start relay {name} in cluster mode"))?;
+            match ready(&mut relay).await {
+                Ok(()) => return Ok(relay),
+                Err(e) => {
+                    eprintln!("relay {name} did not start, trying again: {e:#}");
+                    last = Some(e);
+                }
+            }
+        }
+        Err(last.expect("three tries"))
     }
 
     /// The nats-servers' process ids.
@@ -190,6 +204,27 @@ impl Cluster {
             relay.stop(Duration::from_secs(20)).await;
         }
         drop(self.nats);
+    }
+}
+
+/// What a relay prints once it serves (after its NATS set-up).
+const LISTENING: &str = "listening on http://";
+
+/// Waits until `relay` says it listens, within 60 s.
+async fn ready(relay: &mut Server) -> anyhow::Result<()> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let log = std::fs::read_to_string(relay.log_path()).unwrap_or_default();
+        if log.contains(LISTENING) {
+            return Ok(());
+        }
+        if !relay.is_running() {
+            anyhow::bail!("it exited: {}", log.trim_end().lines().last().unwrap_or(""));
+        }
+        if std::time::Instant::now() > deadline {
+            anyhow::bail!("not listening after 60 s: {}", log.trim_end());
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 

@@ -91,7 +91,15 @@ pub async fn run(
         }
         let rooms_per_s = (target - done) as f64 / t0.elapsed().as_secs_f64();
         done = target;
-        let (room_messages, room_subjects, lease_messages) = jsz_counts(monitor).await?;
+        // The first server's replicas may trail the acknowledgements by a moment.
+        let settle = Instant::now() + Duration::from_secs(10);
+        let (room_messages, room_subjects, lease_messages) = loop {
+            let counts = jsz_counts(monitor).await?;
+            if counts.0 >= target as u64 || Instant::now() > settle {
+                break counts;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        };
         let point = MemoryPoint {
             rooms: target,
             rss_mib: rss_of(&pids),

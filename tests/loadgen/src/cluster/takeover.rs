@@ -40,6 +40,10 @@ const WARM_UP: u64 = 5;
 pub struct Takeover {
     /// From the kill to the writer's next *saved* (of an update sent after the kill).
     pub saved_after: Duration,
+    /// From the kill to the first *saved* of a client that starts connecting to the other
+    /// survivor right after the kill (retrying every `RETRY`): when the room serves new
+    /// connections again.
+    pub fresh_saved_after: Duration,
     /// From the kill to the end of the writer's forwarded connection (`None`: it did not end
     /// before the next *saved*).
     pub closed_after: Option<Duration>,
@@ -100,7 +104,7 @@ pub async fn run(
         let base = Instant::now();
         let shared = Arc::new(Shared::default());
         let (stop_tx, stop_rx) = watch::channel(false);
-        let writer = tokio::spawn(write(url, base, shared.clone(), stop_rx));
+        let writer = tokio::spawn(write(url, base, shared.clone(), stop_rx.clone()));
         let warm = tokio::time::timeout(Duration::from_secs(20), async {
             while shared.acked.load(Ordering::Acquire) < WARM_UP {
                 tokio::time::sleep(Duration::from_millis(5)).await;
@@ -116,22 +120,42 @@ pub async fn run(
             .kill_us
             .store(micros(kill_at - base).max(1), Ordering::Release);
         victim.kill();
+        let fresh_shared = Arc::new(Shared::default());
+        fresh_shared
+            .kill_us
+            .store(shared.kill_us.load(Ordering::Acquire), Ordering::Release);
+        let other = &cluster.relays[(rep + 1) % cluster.relays.len()];
+        let fresh = tokio::spawn(write(
+            format!("ws://{}/{room}", other.addr),
+            base,
+            fresh_shared,
+            stop_rx.clone(),
+        ));
         let limit = lease * 3 + Duration::from_secs(30);
-        let saved_at = match tokio::time::timeout(limit, writer).await {
-            Ok(joined) => joined.context("writer task")??,
+        let (saved, fresh_saved) = match tokio::time::timeout(limit, async {
+            let (a, b) = tokio::join!(writer, fresh);
+            (a, b)
+        })
+        .await
+        {
+            Ok(joined) => joined,
             Err(_) => {
                 let _ = stop_tx.send(true);
                 bail!("no saved within {limit:?} of killing the owner");
             }
         };
+        let saved_at = saved.context("writer task")??;
+        let fresh_saved_at = fresh_saved.context("fresh writer task")??;
         let closed = shared.closed_us.load(Ordering::Acquire);
         let t = Takeover {
             saved_after: saved_at - kill_at,
+            fresh_saved_after: fresh_saved_at - kill_at,
             closed_after: (closed > 0).then(|| base + Duration::from_micros(closed) - kill_at),
         };
         eprintln!(
-            "  saved {:.2} s after the kill; forwarded connection ended after {}",
+            "  saved {:.2} s after the kill (a new client: {:.2} s); forwarded connection ended after {}",
             t.saved_after.as_secs_f64(),
+            t.fresh_saved_after.as_secs_f64(),
             t.closed_after.map_or("(never)".to_owned(), |d| format!(
                 "{:.2} s",
                 d.as_secs_f64()
