@@ -6,6 +6,10 @@
 //! target/release/loadgen run --peer relay --scenario fanout-100 --smoke
 //! # everything, twice, into BENCHMARKS.md (what tests/loadgen/bench.sh does):
 //! target/release/loadgen bench --runs 2 --out BENCHMARKS.md
+//! # cluster mode (tests/loadgen/cluster-bench.sh): 3 relays on 3 nats-servers
+//! target/release/loadgen run --peer relay --scenario durable --layout single,owner,spread
+//! target/release/loadgen takeover --lease-secs 2 --reps 5
+//! target/release/loadgen nats-memory --rooms 10000,30000
 //! ```
 
 use std::path::{Path, PathBuf};
