@@ -331,7 +331,7 @@ impl Outcome {
         }
     }
 
-    pub(crate) fn set(&mut self, metric: Metric, value: f64) {
+    fn set(&mut self, metric: Metric, value: f64) {
         self.metrics.insert(metric, value);
     }
 
