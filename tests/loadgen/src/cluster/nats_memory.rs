@@ -112,7 +112,7 @@ pub async fn run(
         eprintln!("  {point:?}, load {}", load_average());
         points.push(point);
     }
-    cluster.stop().await;
+    cluster.stop();
     Ok(points)
 }
 

@@ -164,7 +164,7 @@ pub async fn run(
         results.push(t);
         drop(owner_client);
     }
-    cluster.stop().await;
+    cluster.stop();
     Ok(results)
 }
 
