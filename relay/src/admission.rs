@@ -144,17 +144,21 @@ impl Admission {
     ) -> Result<Admitted, Refusal> {
         let result = self.check(registry, request);
         if let Err(refusal) = &result {
-            self.metrics.error(refusal.metric());
-            match refusal {
-                Refusal::Auth(error) => {
-                    tracing::info!(room = %request.room, %error, "refused a connection");
-                }
-                other => {
-                    tracing::warn!(room = %request.room, reason = %other, "refused a connection");
-                }
-            }
+            self.note_refusal(Some(request.room), refusal);
         }
         result
+    }
+
+    /// Counts a refusal and logs it: a bad token at `info` (clients retry with stale tokens
+    /// routinely), anything else at `warn`.
+    fn note_refusal(&self, room: Option<&str>, refusal: &Refusal) {
+        self.metrics.error(refusal.metric());
+        // A socket refused before any document is chosen has no room.
+        let room = room.unwrap_or("-");
+        match refusal {
+            Refusal::Auth(error) => tracing::info!(room, %error, "refused a connection"),
+            other => tracing::warn!(room, reason = %other, "refused a connection"),
+        }
     }
 
     fn check(
@@ -177,26 +181,32 @@ impl Admission {
         if registry.connections(request.room) >= self.config.max_room_connections {
             return Err(Refusal::RoomFull);
         }
-        // The client's own limit first: a client over it must not take a relay-wide slot
-        // meanwhile.
+        let slot = self.take_slots(request.token, request.peer)?;
+        Ok(Admitted { grant, slot })
+    }
+
+    /// Takes a connection slot of the client and one of the relay. The client's own limit
+    /// first: a client over it must not take a relay-wide slot meanwhile.
+    fn take_slots(
+        &self,
+        token: Option<&str>,
+        peer: Option<SocketAddr>,
+    ) -> Result<ConnectionSlot, Refusal> {
         let client = match client_limit(
             &self.clients,
             &self.config,
             self.keys.is_some(),
-            request.token,
-            request.peer,
+            token,
+            peer,
         ) {
             Some((key, limit, refusal)) => Some(self.clients.reserve(key, limit).ok_or(refusal)?),
             None => None,
         };
         let global = reserve_slot(&self.open, self.config.max_connections)
             .ok_or(Refusal::TooManyConnections)?;
-        Ok(Admitted {
-            grant,
-            slot: ConnectionSlot {
-                _global: global,
-                _client: client,
-            },
+        Ok(ConnectionSlot {
+            _global: global,
+            _client: client,
         })
     }
 }
@@ -218,8 +228,7 @@ impl Admission {
     ) -> Result<ConnectionSlot, Refusal> {
         let result = self.check_carrier(headers, token, peer, local);
         if let Err(refusal) = &result {
-            self.metrics.error(refusal.metric());
-            tracing::warn!(reason = %refusal, "refused a connection");
+            self.note_refusal(None, refusal);
         }
         result
     }
@@ -234,22 +243,7 @@ impl Admission {
         if !self.origins.check(headers.get(ORIGIN), local).is_allowed() {
             return Err(Refusal::Origin);
         }
-        let client = match client_limit(
-            &self.clients,
-            &self.config,
-            self.keys.is_some(),
-            token,
-            peer,
-        ) {
-            Some((key, limit, refusal)) => Some(self.clients.reserve(key, limit).ok_or(refusal)?),
-            None => None,
-        };
-        let global = reserve_slot(&self.open, self.config.max_connections)
-            .ok_or(Refusal::TooManyConnections)?;
-        Ok(ConnectionSlot {
-            _global: global,
-            _client: client,
-        })
+        self.take_slots(token, peer)
     }
 }
 

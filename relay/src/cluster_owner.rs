@@ -18,15 +18,15 @@ use crate::auth::{Access, Grant, Principal};
 use crate::close::CloseReason;
 use crate::cluster::Cluster;
 use crate::cluster::link::{
-    CTL_CLOSE, CTL_FRAME, CTL_LEAVE, CTL_PING, H_ACCESS, H_API, H_CLOSE, H_CTL, H_ERROR, H_FROM,
-    H_LINK, H_PRINCIPAL, H_ROOM, H_SEQ, LINK_TIMEOUT, PING_INTERVAL, REQUEST_TIMEOUT, header,
-    to_forwarder_subject,
+    CTL_CLOSE, CTL_FRAME, CTL_LEAVE, CTL_PING, CTL_STATELESS, H_ACCESS, H_API, H_CTL, H_ERROR,
+    H_FROM, H_LINK, H_PRINCIPAL, H_ROOM, H_SEQ, H_STATELESS, LinkTimes, REQUEST_TIMEOUT, header,
+    link_headers, missed_messages, to_forwarder_subject,
 };
 use crate::cluster::names::node_prefix;
 use crate::outbound::Outbound;
 use crate::registry::RoomRegistry;
 use crate::room::core::ApiUpdateError;
-use crate::room::inbound::decode_frame;
+use crate::room::inbound::{Decoded, Inbound, decode_frame};
 use crate::room::{ConnId, RoomCommand};
 
 /// Connection ids of forwarded connections on the owner: a range sessions never reach.
@@ -155,6 +155,12 @@ impl OwnerLink {
         let span = tracing::info_span!("forwarded", %conn, room = %room, from = %from);
         let to_forwarder = to_forwarder_subject(&from, &self.link);
         let (handle, mut outbound) = crate::outbound::channel();
+        // A Hocuspocus client on the forwarding relay takes the room's stateless messages.
+        let handle = if header(headers, H_STATELESS).is_some() {
+            handle.taking_stateless()
+        } else {
+            handle
+        };
         let joined = match self
             .registry
             .join(&room, conn, &grant, handle.clone())
@@ -174,27 +180,21 @@ impl OwnerLink {
         async {
             tracing::debug!("forwarded connection joined");
             let send = |ctl: &'static str, seq: Option<u64>, close: Option<CloseReason>, payload: Bytes| {
-                let mut headers = HeaderMap::new();
-                headers.insert(H_CTL, ctl);
-                if let Some(seq) = seq {
-                    headers.insert(H_SEQ, seq.to_string().as_str());
-                }
-                if let Some(reason) = close {
-                    headers.insert(H_CLOSE, reason.as_str());
-                }
+                let headers = link_headers(ctl, seq, close.map(CloseReason::as_str));
                 client.publish_with_headers(to_forwarder.clone(), headers, payload)
             };
             let mut sent = 0u64;
             let mut expected = 1u64;
             let mut heard = Instant::now();
-            let mut ping = tokio::time::interval(PING_INTERVAL);
+            let link_times = LinkTimes::for_lease(self.cluster.lease);
+            let mut ping = tokio::time::interval(link_times.ping);
             loop {
                 tokio::select! {
                     message = inbox.recv() => {
                         let Some(message) = message else { break };
                         heard = Instant::now();
                         match header(&message.headers, H_CTL) {
-                            Some(CTL_FRAME) => {
+                            Some(ctl @ (CTL_FRAME | CTL_STATELESS)) => {
                                 let seq = header(&message.headers, H_SEQ).and_then(|s| s.parse::<u64>().ok());
                                 if seq != Some(expected) {
                                     tracing::warn!(?seq, expected, "gap in a forwarded connection's frames; closing it to resync");
@@ -203,7 +203,12 @@ impl OwnerLink {
                                     break;
                                 }
                                 expected += 1;
-                                let decoded = decode_frame(&message.payload);
+                                let decoded = if ctl == CTL_STATELESS {
+                                    // Checked for size and rate by the forwarding relay.
+                                    Decoded { messages: vec![Inbound::Stateless(message.payload)], error: None }
+                                } else {
+                                    decode_frame(&message.payload)
+                                };
                                 if !decoded.messages.is_empty() {
                                     let command = RoomCommand::Messages { conn, messages: decoded.messages };
                                     if joined.room.send(command).await.is_err() {
@@ -217,6 +222,15 @@ impl OwnerLink {
                                 }
                             }
                             Some(CTL_LEAVE) => break,
+                            Some(CTL_PING) => {
+                                let sent = header(&message.headers, H_SEQ).and_then(|s| s.parse::<u64>().ok());
+                                if missed_messages(sent, expected) {
+                                    tracing::warn!(?sent, expected, "a forwarded connection's frames were lost; closing it to resync");
+                                    self.cluster.metrics.error("cluster_link_gap");
+                                    let _ = send(CTL_CLOSE, None, Some(CloseReason::OwnerChanged), Bytes::new()).await;
+                                    break;
+                                }
+                            }
                             _ => {}
                         }
                     }
@@ -243,12 +257,12 @@ impl OwnerLink {
                         break;
                     }
                     _ = ping.tick() => {
-                        if heard.elapsed() > LINK_TIMEOUT {
+                        if heard.elapsed() > link_times.silence {
                             tracing::info!("the forwarding relay went silent; the connection leaves");
                             self.cluster.metrics.error("cluster_link_timeout");
                             break;
                         }
-                        let _ = send(CTL_PING, None, None, Bytes::new()).await;
+                        let _ = send(CTL_PING, Some(sent), None, Bytes::new()).await;
                     }
                 }
             }

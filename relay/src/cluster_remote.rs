@@ -26,9 +26,10 @@ use crate::clock::sleep_until_opt;
 use crate::close::CloseReason;
 use crate::cluster::Cluster;
 use crate::cluster::link::{
-    CTL_CLOSE, CTL_FRAME, CTL_LEAVE, CTL_PING, H_ACCESS, H_API, H_CLOSE, H_CTL, H_ERROR, H_FROM,
-    H_LINK, H_PRINCIPAL, H_ROOM, H_SEQ, LINK_TIMEOUT, PING_INTERVAL, REQUEST_TIMEOUT, api_subject,
-    header, open_subject, to_forwarder_subject, to_owner_subject,
+    CTL_CLOSE, CTL_FRAME, CTL_LEAVE, CTL_PING, CTL_STATELESS, H_ACCESS, H_API, H_CLOSE, H_CTL,
+    H_ERROR, H_FROM, H_LINK, H_PRINCIPAL, H_ROOM, H_SEQ, H_STATELESS, LinkTimes, REQUEST_TIMEOUT,
+    api_subject, header, link_headers, missed_messages, open_subject, to_forwarder_subject,
+    to_owner_subject,
 };
 use crate::cluster::names::node_token;
 use crate::outbound::{ConnHandle, Delivery};
@@ -44,9 +45,11 @@ pub(crate) trait RegistryEntry {
     fn remove(&self);
 }
 
-/// The messages of one client frame, encoded again as one frame (several messages per frame is
-/// what the protocol allows). Updates and awareness keep their original bytes.
-fn encode_messages(messages: &[Inbound]) -> Bytes {
+/// The messages of one client frame as link commands, in order: the y-websocket messages
+/// encoded again as frames (several messages per frame is what the protocol allows; updates and
+/// awareness keep their original bytes), each Hocuspocus stateless message on its own.
+fn link_commands(messages: &[Inbound]) -> Vec<LinkCmd> {
+    let mut commands = Vec::new();
     let mut frame = BytesMut::new();
     for message in messages {
         match message {
@@ -57,21 +60,45 @@ fn encode_messages(messages: &[Inbound]) -> Bytes {
             }
             Inbound::QueryAwareness => frame.extend_from_slice(&encode_query_awareness()),
             Inbound::SaveRequest(id) => frame.extend_from_slice(&encode_save_request(*id)),
-            // The link carries y-websocket frames, which have no stateless message: a Hocuspocus
-            // client's stateless broadcast does not cross the cluster hop (a known limitation,
-            // stated in the README), so it is left out rather than misencoded.
-            Inbound::Stateless(_) => {
-                tracing::debug!("stateless message not forwarded to the owning relay");
+            Inbound::Stateless(payload) => {
+                if !frame.is_empty() {
+                    commands.push(LinkCmd::frame(frame.split().freeze()));
+                }
+                commands.push(LinkCmd::stateless(payload.clone()));
             }
         }
     }
-    frame.freeze()
+    if !frame.is_empty() {
+        commands.push(LinkCmd::frame(frame.freeze()));
+    }
+    commands
 }
 
 /// What the remote room task tells one link.
+#[derive(Debug, PartialEq, Eq)]
 enum LinkCmd {
-    Frame(Bytes),
+    /// A numbered message to the owner: [`CTL_FRAME`] or [`CTL_STATELESS`].
+    Send {
+        ctl: &'static str,
+        payload: Bytes,
+    },
     Leave,
+}
+
+impl LinkCmd {
+    fn frame(payload: Bytes) -> Self {
+        LinkCmd::Send {
+            ctl: CTL_FRAME,
+            payload,
+        }
+    }
+
+    fn stateless(payload: Bytes) -> Self {
+        LinkCmd::Send {
+            ctl: CTL_STATELESS,
+            payload,
+        }
+    }
 }
 
 /// How a link ended, as the remote room task learns it.
@@ -145,7 +172,9 @@ pub(crate) async fn serve_remote(
                     }
                     RoomCommand::Messages { conn, messages } => {
                         if let Some(link) = links.get(&conn) {
-                            let _ = link.send(LinkCmd::Frame(encode_messages(&messages)));
+                            for command in link_commands(&messages) {
+                                let _ = link.send(command);
+                            }
                         }
                     }
                     RoomCommand::Leave { conn } => {
@@ -226,6 +255,9 @@ impl ForwarderLink {
         open.insert(H_FROM, &*self.cluster.node);
         open.insert(H_ACCESS, self.access.as_str());
         open.insert(H_PRINCIPAL, self.principal.raw().to_string().as_str());
+        if self.handle.takes_stateless() {
+            open.insert(H_STATELESS, "1");
+        }
         let opened = tokio::time::timeout(
             REQUEST_TIMEOUT,
             client.request_with_headers(open_subject(&self.owner), open, Bytes::new()),
@@ -253,21 +285,17 @@ impl ForwarderLink {
         let mut sent = 0u64;
         let mut expected = 1u64;
         let mut heard = Instant::now();
-        let mut ping = tokio::time::interval(PING_INTERVAL);
+        let link_times = LinkTimes::for_lease(self.cluster.lease);
+        let mut ping = tokio::time::interval(link_times.ping);
         let send = |ctl: &'static str, seq: Option<u64>, payload: Bytes| {
-            let mut headers = HeaderMap::new();
-            headers.insert(H_CTL, ctl);
-            if let Some(seq) = seq {
-                headers.insert(H_SEQ, seq.to_string().as_str());
-            }
-            client.publish_with_headers(to_owner.clone(), headers, payload)
+            client.publish_with_headers(to_owner.clone(), link_headers(ctl, seq, None), payload)
         };
         let end = loop {
             tokio::select! {
                 command = commands.recv() => match command {
-                    Some(LinkCmd::Frame(frame)) => {
+                    Some(LinkCmd::Send { ctl, payload }) => {
                         sent += 1;
-                        if send(CTL_FRAME, Some(sent), frame).await.is_err() {
+                        if send(ctl, Some(sent), payload).await.is_err() {
                             self.handle.close(CloseReason::OwnerChanged);
                             break LinkEnd::Normal;
                         }
@@ -309,17 +337,26 @@ impl ForwarderLink {
                                 LinkEnd::Normal
                             };
                         }
+                        Some(CTL_PING) => {
+                            let sent = header(&message.headers, H_SEQ).and_then(|s| s.parse::<u64>().ok());
+                            if missed_messages(sent, expected) {
+                                tracing::warn!(?sent, expected, "frames of the owner were lost; closing the connection to resync");
+                                self.cluster.metrics.error("cluster_link_gap");
+                                self.handle.close(CloseReason::OwnerChanged);
+                                break LinkEnd::Normal;
+                            }
+                        }
                         _ => {}
                     }
                 }
                 _ = ping.tick() => {
-                    if heard.elapsed() > LINK_TIMEOUT {
+                    if heard.elapsed() > link_times.silence {
                         tracing::warn!("the owner went silent; closing the connection to resync");
                         self.cluster.metrics.error("cluster_link_timeout");
                         self.handle.close(CloseReason::OwnerChanged);
                         break LinkEnd::OwnerGone;
                     }
-                    let _ = send(CTL_PING, None, Bytes::new()).await;
+                    let _ = send(CTL_PING, Some(sent), Bytes::new()).await;
                 }
             }
         };
@@ -404,6 +441,31 @@ mod tests {
         );
         let decoded = decode_frame(&frame);
         assert_eq!(decoded.error, None);
-        assert_eq!(encode_messages(&decoded.messages), frame);
+        assert_eq!(
+            link_commands(&decoded.messages),
+            vec![LinkCmd::frame(frame)]
+        );
+    }
+
+    #[test]
+    fn a_stateless_message_goes_on_its_own_between_the_frames_around_it() {
+        let stateless = Bytes::from_static(&[5, 2, b'h', b'i']);
+        let messages = [
+            Inbound::SyncStep1(vec![0].into()),
+            Inbound::Stateless(stateless.clone()),
+            Inbound::QueryAwareness,
+        ];
+        assert_eq!(
+            link_commands(&messages),
+            vec![
+                LinkCmd::frame(encode_sync_step1(&[0]).into()),
+                LinkCmd::stateless(stateless.clone()),
+                LinkCmd::frame(encode_query_awareness().into()),
+            ]
+        );
+        assert_eq!(
+            link_commands(&[Inbound::Stateless(stateless.clone())]),
+            vec![LinkCmd::stateless(stateless)]
+        );
     }
 }

@@ -49,7 +49,7 @@ pub(crate) mod body;
 pub mod cli;
 pub(crate) mod clock;
 pub(crate) mod close;
-pub(crate) mod cluster;
+pub mod cluster;
 pub(crate) mod cluster_owner;
 pub(crate) mod cluster_remote;
 pub mod config;
@@ -84,7 +84,6 @@ use crate::config::Config;
 use crate::origin::OriginPolicy;
 use crate::persist::PersistMsg;
 use crate::registry::{LoadedRoom, RegistryLimits, RoomRegistry};
-use crate::room::core::CoreSettings;
 use crate::room::{RoomContext, RoomSettings};
 use crate::server::ServerLimits;
 use crate::state::AppState;
@@ -281,17 +280,7 @@ pub async fn run_with_ready(
         store,
         persist: persist.clone(),
         metrics: metrics.clone(),
-        settings: RoomSettings {
-            outbound_queue_bytes: config.outbound_queue_bytes,
-            slow_reader_grace: config.slow_reader_grace(),
-            idle_unload: config.idle_unload(),
-            core: CoreSettings {
-                max_doc_bytes: config.max_doc_bytes,
-                compact_entries: config.compact_entries,
-                compact_bytes: config.compact_bytes,
-                awareness: config.awareness_limits(),
-            },
-        },
+        settings: RoomSettings::from_config(&config),
         shutdown: shutdown.clone(),
         webhooks,
         cluster: cluster.clone(),

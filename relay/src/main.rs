@@ -33,6 +33,30 @@ enum Command {
     Compact(DataDir),
     /// Check that every stored document loads; exits non-zero if one does not.
     Check(DataDir),
+    /// Work on a cluster's documents in NATS JetStream.
+    Cluster {
+        #[command(subcommand)]
+        command: ClusterCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ClusterCommand {
+    /// Back to one node: write every document the cluster's streams hold into a new store in
+    /// --data-dir, for a relay started there without --nats. Only reads; the cluster may run.
+    Export {
+        /// The cluster's NATS servers, as given to the relays.
+        #[arg(
+            long = "nats",
+            env = "RELAY_NATS",
+            value_delimiter = ',',
+            required = true
+        )]
+        nats: Vec<String>,
+        /// A new data directory (refused if it holds a store already).
+        #[arg(long, env = "RELAY_DATA_DIR")]
+        data_dir: std::path::PathBuf,
+    },
 }
 
 #[derive(Debug, clap::Args)]
@@ -114,6 +138,7 @@ fn main() -> ExitCode {
         Command::Docs { command } => docs(command),
         Command::Compact(dir) => compact(&dir),
         Command::Check(dir) => check(&dir),
+        Command::Cluster { command } => cluster(command),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -180,6 +205,26 @@ fn docs(command: DocsCommand) -> anyhow::Result<()> {
             let store = cli::open_store(&dir.data_dir, false)?;
             cli::delete(&store, &name)?;
             eprintln!("deleted {name:?}");
+        }
+    }
+    Ok(())
+}
+
+fn cluster(command: ClusterCommand) -> anyhow::Result<()> {
+    match command {
+        ClusterCommand::Export { nats, data_dir } => {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .context("cannot start the async runtime")?;
+            let report = runtime.block_on(relay::cluster::export::export(&nats, &data_dir))?;
+            eprintln!(
+                "exported {} documents ({} bytes) to {}; {} deleted documents skipped. Start a relay there without --nats.",
+                report.documents,
+                report.bytes,
+                data_dir.display(),
+                report.deleted
+            );
         }
     }
     Ok(())

@@ -442,3 +442,69 @@ async fn refuse_all(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use crdt::store::{Store, StoreOptions};
+    use tokio_util::sync::CancellationToken;
+
+    use super::*;
+    use crate::config::Config;
+    use crate::room::RoomSettings;
+    use crate::telemetry::Metrics;
+
+    fn registry(dir: &std::path::Path, limits: RegistryLimits) -> Arc<RoomRegistry> {
+        let store = Arc::new(
+            Store::open(&dir.join("relay.redb"), &StoreOptions::default()).expect("open a store"),
+        );
+        let metrics = Arc::new(Metrics::new());
+        let (persist, _writer) =
+            crate::persist::start(store.clone(), metrics.clone(), Duration::ZERO, 16)
+                .expect("start the store writer");
+        let ctx = Arc::new(RoomContext {
+            store,
+            persist,
+            metrics,
+            settings: RoomSettings::from_config(&Config::default()),
+            shutdown: CancellationToken::new(),
+            webhooks: None,
+            cluster: None,
+        });
+        RoomRegistry::new(ctx, limits)
+    }
+
+    /// The admission pre-check can be passed by many joiners at once; the limits hold because
+    /// the registry counts members and rooms again under its lock, here without any pre-check.
+    #[tokio::test]
+    async fn joins_past_the_room_and_relay_limits_are_refused_under_the_lock() {
+        let dir = tempfile::tempdir().expect("a directory");
+        let registry = registry(
+            dir.path(),
+            RegistryLimits {
+                queue_len: 8,
+                max_rooms: 1,
+                max_room_connections: 2,
+            },
+        );
+        let (_, _, first) = registry.entry_for("r", true).expect("first member");
+        let (_, _, second) = registry.entry_for("r", true).expect("second member");
+        assert!(matches!(
+            registry.entry_for("r", true),
+            Err(JoinError::RoomFull)
+        ));
+        assert_eq!(registry.connections("r"), 2);
+        // A request that is no connection (the document API) is not counted against the room.
+        assert!(registry.entry_for("r", false).is_ok());
+        assert!(matches!(
+            registry.entry_for("other", true),
+            Err(JoinError::TooManyRooms)
+        ));
+        // A member leaving frees its place.
+        drop(second);
+        assert_eq!(registry.connections("r"), 1);
+        assert!(registry.entry_for("r", true).is_ok());
+        drop(first);
+    }
+}

@@ -32,6 +32,7 @@ use crate::close::CloseReason;
 use crate::cluster::Cluster;
 use crate::cluster::load::LoadError;
 use crate::cluster::log::{LogJob, OwnerLog};
+use crate::config::Config;
 use crate::outbound::{ConnHandle, Delivery};
 use crate::persist::{CommitState, PersistJob, PersistMsg, PersistSender};
 use crate::telemetry::Metrics;
@@ -122,6 +123,23 @@ pub(crate) struct RoomSettings {
     pub(crate) idle_unload: Duration,
     /// The limits the room's logic applies.
     pub(crate) core: CoreSettings,
+}
+
+impl RoomSettings {
+    /// The rooms' settings, as `config` gives them.
+    pub(crate) fn from_config(config: &Config) -> Self {
+        RoomSettings {
+            outbound_queue_bytes: config.outbound_queue_bytes,
+            slow_reader_grace: config.slow_reader_grace(),
+            idle_unload: config.idle_unload(),
+            core: CoreSettings {
+                max_doc_bytes: config.max_doc_bytes,
+                compact_entries: config.compact_entries,
+                compact_bytes: config.compact_bytes,
+                awareness: config.awareness_limits(),
+            },
+        }
+    }
 }
 
 /// What every room shares.

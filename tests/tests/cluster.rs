@@ -319,3 +319,210 @@ async fn sigterm_exits_even_when_nats_is_gone() {
         cluster.relays[0].stop().await;
     }
 }
+
+/// Back to one node: `relay cluster export` writes every document the streams hold (edited
+/// through any relay, deleted ones left out) into a new store that a relay without `--nats`
+/// serves, and refuses a data directory that already has a store.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_export_moves_every_document_to_one_relay() {
+    let _one = one_cluster_at_a_time().await;
+    let cluster = RelayCluster::start(3, NatsPath::Direct, ClusterOptions::default()).await;
+    let rooms = ["export/a", "export/b", "export/c"];
+    let mut writers = Vec::new();
+    for (i, room) in rooms.iter().enumerate() {
+        let mut writer = AckedWriter::new(room, "w");
+        for _ in 0..5 {
+            writer.edit();
+        }
+        writer
+            .settle(&cluster.relays[i].ws_url(room), Duration::from_secs(20))
+            .await
+            .unwrap_or_else(|e| panic!("{e}\n{}", cluster.logs()));
+        writers.push(writer);
+    }
+    let mut gone = AckedWriter::new("export/gone", "w");
+    gone.edit();
+    gone.settle(
+        &cluster.relays[0].ws_url("export/gone"),
+        Duration::from_secs(20),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", cluster.logs()));
+    let deleted = http_request(
+        cluster.relays[1].addr(),
+        "DELETE",
+        "/api/docs/export%2Fgone",
+        &[],
+        b"",
+    )
+    .await
+    .expect("delete");
+    assert_eq!(
+        deleted.status,
+        200,
+        "{}",
+        String::from_utf8_lossy(&deleted.body)
+    );
+
+    let target = tempfile::tempdir().expect("a data directory");
+    let export = || {
+        std::process::Command::new(relay_bin())
+            .args([
+                "cluster",
+                "export",
+                "--nats",
+                &cluster.nats.urls(),
+                "--data-dir",
+            ])
+            .arg(target.path())
+            .output()
+            .expect("run relay cluster export")
+    };
+    let first = export();
+    let said = String::from_utf8_lossy(&first.stderr).into_owned();
+    assert!(first.status.success(), "export failed: {said}");
+    assert!(said.contains("exported 3 documents"), "{said}");
+    assert!(said.contains("1 deleted"), "{said}");
+    let again = export();
+    assert!(
+        !again.status.success(),
+        "a second export into the same store is refused"
+    );
+    assert!(
+        String::from_utf8_lossy(&again.stderr).contains("exists"),
+        "{}",
+        String::from_utf8_lossy(&again.stderr)
+    );
+
+    let single = ChildRelay::start(target.path(), &[], |_| {})
+        .await
+        .expect("a relay without --nats on the exported store");
+    for (room, writer) in rooms.iter().zip(&writers) {
+        let seen = read_edits(&single.ws_url(room), Duration::from_secs(10))
+            .await
+            .expect("read the room back");
+        assert_eq!(
+            writer.first_missing(&seen, writer.sent()),
+            None,
+            "{room}: {seen:?}"
+        );
+    }
+    let seen = read_edits(&single.ws_url("export/gone"), Duration::from_secs(10))
+        .await
+        .expect("read the deleted room");
+    assert!(seen.is_empty(), "the deleted document came back: {seen:?}");
+}
+
+/// Waits for the SyncStatus of `client`'s last edit of `doc`.
+async fn owner_synced(client: &mut HocusClient, doc: &str) {
+    let status = client
+        .recv_until("SyncStatus", |name, m| {
+            name == doc && matches!(m, HMsg::SyncStatus(_))
+        })
+        .await;
+    assert_eq!(status, HMsg::SyncStatus(true));
+}
+
+/// Hocuspocus sockets through the hop: a provider on a relay that does not own the document
+/// converges with one on the owner, is told SyncStatus only once its edit is in the stream,
+/// a read-only token stays read-only there, stateless messages cross the hop both ways, and
+/// nothing of the document reaches another one on the same socket.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hocuspocus_clients_through_the_hop_keep_every_promise() {
+    use relay::auth::Access;
+
+    let _one = one_cluster_at_a_time().await;
+    let options = ClusterOptions {
+        extra_args: vec!["--secret".into(), TEST_SECRET.into()],
+        ..ClusterOptions::default()
+    };
+    let cluster = RelayCluster::start(3, NatsPath::Direct, options).await;
+    let (doc, other) = ("hocus/hop", "hocus/other");
+    let write = |d: &str| token(Some(d), Access::Write);
+    // The first opener makes r0 the owner; r1 and r2 forward.
+    let mut owner_side = HocusClient::connect(cluster.relays[0].addr()).await;
+    assert_eq!(owner_side.open(doc, &write(doc)).await, "read-write");
+    assert_eq!(
+        cluster
+            .wait_owner(doc, Duration::from_secs(10), |_| true)
+            .await,
+        0
+    );
+    let mut forwarded = HocusClient::connect(cluster.relays[1].addr()).await;
+    assert_eq!(forwarded.open(doc, &write(doc)).await, "read-write");
+    assert_eq!(forwarded.open(other, &write(other)).await, "read-write");
+
+    // SyncStatus only after the JetStream acknowledgement: the edit is in the stream by then.
+    forwarded.edit(doc, "through the hop").await;
+    let status = forwarded
+        .recv_until("SyncStatus of the forwarded edit", |name, m| {
+            name == doc && matches!(m, HMsg::SyncStatus(_))
+        })
+        .await;
+    assert_eq!(status, HMsg::SyncStatus(true));
+    let stored = replay_room(&cluster.js, doc).await;
+    assert_eq!(
+        doc_text(&stored.doc),
+        "through the hop",
+        "acknowledged before the stream had it"
+    );
+    owner_side
+        .recv_until("the forwarded edit", |name, m| {
+            name == doc && matches!(m, HMsg::Room(Msg::Update(_)))
+        })
+        .await;
+    assert_eq!(owner_side.text(doc), "through the hop");
+    owner_side.edit(doc, ", and back").await;
+    owner_synced(&mut owner_side, doc).await;
+    forwarded
+        .recv_until("the owner side's edit", |name, m| {
+            name == doc && matches!(m, HMsg::Room(Msg::Update(_)))
+        })
+        .await;
+    assert_eq!(forwarded.text(doc), "through the hop, and back");
+
+    // Stateless messages cross the hop, both ways.
+    forwarded.send(hocus_stateless(doc, "to the owner")).await;
+    let got = owner_side
+        .recv_until("the forwarded stateless message", |name, m| {
+            name == doc && matches!(m, HMsg::Stateless(_))
+        })
+        .await;
+    assert_eq!(got, HMsg::Stateless("to the owner".into()));
+    owner_side
+        .send(hocus_stateless(doc, "to the forwarder"))
+        .await;
+    let got = forwarded
+        .recv_until("the owner side's stateless message", |name, m| {
+            name == doc && matches!(m, HMsg::Stateless(_))
+        })
+        .await;
+    assert_eq!(got, HMsg::Stateless("to the forwarder".into()));
+
+    // Read-only through the hop: answered `readonly`, its edit refused and never stored.
+    let mut reader = HocusClient::connect(cluster.relays[2].addr()).await;
+    assert_eq!(
+        reader.open(doc, &token(Some(doc), Access::Read)).await,
+        "readonly"
+    );
+    reader.edit(doc, " NOT ALLOWED").await;
+    let status = reader
+        .recv_until("SyncStatus of the read-only edit", |name, m| {
+            name == doc && matches!(m, HMsg::SyncStatus(_))
+        })
+        .await;
+    assert_eq!(status, HMsg::SyncStatus(false));
+    owner_side.edit(doc, "!").await;
+    owner_synced(&mut owner_side, doc).await;
+    forwarded
+        .recv_until("the last edit", |name, m| {
+            name == doc && matches!(m, HMsg::Room(Msg::Update(_)))
+        })
+        .await;
+    let stored = replay_room(&cluster.js, doc).await;
+    assert_eq!(doc_text(&stored.doc), "through the hop, and back!");
+    assert_eq!(forwarded.text(doc), "through the hop, and back!");
+    // The other document on the forwarded socket got nothing of this one.
+    assert_eq!(forwarded.text(other), "");
+    assert!(doc_text(&replay_room(&cluster.js, other).await.doc).is_empty());
+}

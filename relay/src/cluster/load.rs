@@ -8,7 +8,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream::consumer::{DeliverPolicy, pull};
-use async_nats::jetstream::stream::LastRawMessageErrorKind;
+use async_nats::jetstream::object_store::ObjectStore;
+use async_nats::jetstream::stream::{LastRawMessageErrorKind, Stream};
 use bytes::Bytes;
 use crdt::doc::{Applied, RoomDoc};
 use crdt::store::{Store, StoredRoom};
@@ -60,11 +61,19 @@ pub(crate) struct Owned {
     pub(crate) log: LogStart,
 }
 
+/// Where a room's log is read from: its shard's stream, and the bucket of snapshots too large
+/// for one message.
+#[derive(Clone, Copy)]
+pub(crate) struct LogSource<'a> {
+    pub(crate) stream: &'a Stream,
+    pub(crate) objects: &'a ObjectStore,
+}
+
 /// What a replay of the subject gave.
 #[derive(Default)]
-struct Replay {
+pub(crate) struct Replay {
     /// Messages applied.
-    entries: u64,
+    pub(crate) entries: u64,
     /// Bytes of messages after the last rollup.
     log_bytes: u64,
     /// Messages after the last rollup.
@@ -149,7 +158,7 @@ async fn load_owned(
             (RoomDoc::new(), 0)
         }
     };
-    let last_seq = last_sequence(cluster, key).await?;
+    let last_seq = last_sequence(cluster.stream(key), &key.subject()).await?;
     let mut republish = None;
     let replay = if covered > 0 && last_seq < covered {
         // The cache covers more than the stream has: the stream lost acknowledged messages (or
@@ -160,7 +169,14 @@ async fn load_owned(
             "the stream holds less than the cached copy; republishing the difference"
         );
         let mut from_stream = RoomDoc::new();
-        let replay = replay(cluster, key, 1, last_seq, &mut from_stream).await?;
+        let replay = replay(
+            cluster.log_source(key),
+            &key.subject(),
+            1,
+            last_seq,
+            &mut from_stream,
+        )
+        .await?;
         let missing =
             doc.diff_v1(&from_stream.state_vector_v1())
                 .map_err(|e| LoadError::Corrupt {
@@ -173,7 +189,14 @@ async fn load_owned(
         doc = from_stream;
         replay
     } else {
-        replay(cluster, key, covered + 1, last_seq, &mut doc).await?
+        replay(
+            cluster.log_source(key),
+            &key.subject(),
+            covered + 1,
+            last_seq,
+            &mut doc,
+        )
+        .await?
     };
     tracing::info!(
         cached_through = covered,
@@ -209,12 +232,8 @@ async fn load_owned(
 }
 
 /// The subject's last sequence, from the stream leader (0 when it holds no message).
-async fn last_sequence(cluster: &Cluster, key: &RoomKey) -> Result<u64, LoadError> {
-    match cluster
-        .stream(key)
-        .get_last_raw_message_by_subject(&key.subject())
-        .await
-    {
+pub(crate) async fn last_sequence(stream: &Stream, subject: &str) -> Result<u64, LoadError> {
+    match stream.get_last_raw_message_by_subject(subject).await {
         Ok(message) => Ok(message.sequence),
         Err(error) if error.kind() == LastRawMessageErrorKind::NoMessageFound => Ok(0),
         Err(error) => Err(LoadError::Nats(error.to_string())),
@@ -223,9 +242,9 @@ async fn last_sequence(cluster: &Cluster, key: &RoomKey) -> Result<u64, LoadErro
 
 /// Applies the subject's messages with sequences `from..=through` to `doc`, through an ordered
 /// consumer (one request, messages in order without gaps for the filter).
-async fn replay(
-    cluster: &Cluster,
-    key: &RoomKey,
+pub(crate) async fn replay(
+    source: LogSource<'_>,
+    subject: &str,
     from: u64,
     through: u64,
     doc: &mut RoomDoc,
@@ -235,10 +254,10 @@ async fn replay(
         return Ok(replay);
     }
     let nats = |e: &dyn std::fmt::Display| LoadError::Nats(e.to_string());
-    let consumer = cluster
-        .stream(key)
+    let consumer = source
+        .stream
         .create_consumer(pull::OrderedConfig {
-            filter_subject: key.subject(),
+            filter_subject: subject.to_owned(),
             deliver_policy: DeliverPolicy::ByStartSequence {
                 start_sequence: from,
             },
@@ -251,7 +270,7 @@ async fn replay(
     while let Some(message) = messages.next().await {
         let message = message.map_err(|e| nats(&e))?;
         let seq = message.info().map_err(|e| nats(&e))?.stream_sequence;
-        let payload = payload_of(cluster, &message.headers, message.payload.clone()).await?;
+        let payload = payload_of(source.objects, &message.headers, message.payload.clone()).await?;
         let has = |name: &str| {
             message
                 .headers
@@ -301,15 +320,14 @@ fn object_name(headers: &Option<async_nats::HeaderMap>) -> Option<String> {
 
 /// A message's update: its payload, or the object its `Relay-Object` header names.
 pub(crate) async fn payload_of(
-    cluster: &Cluster,
+    objects: &ObjectStore,
     headers: &Option<async_nats::HeaderMap>,
     payload: Bytes,
 ) -> Result<Bytes, LoadError> {
     let Some(name) = object_name(headers) else {
         return Ok(payload);
     };
-    let mut object = cluster
-        .objects
+    let mut object = objects
         .get(&name)
         .await
         .map_err(|e| LoadError::Nats(format!("snapshot object {name}: {e}")))?;

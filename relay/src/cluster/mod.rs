@@ -20,6 +20,7 @@
 //! The store (`relay.redb`) is each relay's cache and second copy: entries are keyed by stream
 //! sequence, so its `next_seq - 1` is the last stream sequence the cache covers.
 
+pub mod export;
 pub(crate) mod lease;
 pub(crate) mod link;
 pub(crate) mod load;
@@ -169,36 +170,9 @@ impl Cluster {
         settings: ClusterSettings,
         metrics: Arc<crate::telemetry::Metrics>,
     ) -> Result<Arc<Cluster>, ClusterError> {
-        let servers = settings.servers.join(",");
-        let unreachable = |reason: String| ClusterError::Unreachable {
-            servers: servers.clone(),
-            reason,
-        };
-        let addrs = settings
-            .servers
-            .iter()
-            .map(|s| s.trim().parse::<async_nats::ServerAddr>())
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| unreachable(e.to_string()))?;
-        let options = async_nats::ConnectOptions::new()
-            .name(format!("relay {}", settings.node))
-            .connection_timeout(CONNECT_TIMEOUT)
-            .request_timeout(Some(REQUEST_TIMEOUT));
-        let client = tokio::time::timeout(CONNECT_TIMEOUT * 2, options.connect(addrs.as_slice()))
-            .await
-            .map_err(|_| unreachable("timed out".into()))?
-            .map_err(|e| unreachable(e.to_string()))?;
-
+        let (client, js) = connect(&settings.servers, &format!("relay {}", settings.node)).await?;
         let info = client.server_info();
-        check_version(&info.server_name, &info.version)?;
         check_monitors(&settings.monitors).await?;
-
-        let js = jetstream::ContextBuilder::new()
-            .timeout(REQUEST_TIMEOUT)
-            .build(client.clone());
-        js.query_account()
-            .await
-            .map_err(|e| ClusterError::NoJetStream(e.to_string()))?;
 
         let mut streams = Vec::with_capacity(SHARDS as usize);
         for shard in 0..SHARDS {
@@ -210,7 +184,7 @@ impl Cluster {
 
         tracing::info!(
             node = %settings.node,
-            servers = %servers,
+            servers = %settings.servers.join(","),
             server_version = %info.version,
             lease_secs = settings.lease.as_secs(),
             "cluster mode: connected to NATS JetStream"
@@ -233,6 +207,14 @@ impl Cluster {
     /// The stream holding `key`'s room.
     pub(crate) fn stream(&self, key: &RoomKey) -> &stream::Stream {
         &self.streams[key.shard as usize]
+    }
+
+    /// Where the log of the room `key` is read from.
+    pub(crate) fn log_source(&self, key: &RoomKey) -> load::LogSource<'_> {
+        load::LogSource {
+            stream: self.stream(key),
+            objects: &self.objects,
+        }
     }
 
     /// Whether the relay is shutting down (rooms then unload without delay).
@@ -347,6 +329,44 @@ fn fetch_json(url: &str) -> Result<serde_json::Value, String> {
         .read_to_string()
         .map_err(|e| e.to_string())?;
     serde_json::from_str(&body).map_err(|e| e.to_string())
+}
+
+/// Connects to `servers` as `name`, refuses a server older than [`MIN_SERVER_VERSION`] or
+/// without JetStream, and returns the client and its JetStream context.
+///
+/// # Errors
+/// [`ClusterError`] naming the problem.
+pub(crate) async fn connect(
+    servers: &[String],
+    name: &str,
+) -> Result<(async_nats::Client, jetstream::Context), ClusterError> {
+    let joined = servers.join(",");
+    let unreachable = |reason: String| ClusterError::Unreachable {
+        servers: joined.clone(),
+        reason,
+    };
+    let addrs = servers
+        .iter()
+        .map(|s| s.trim().parse::<async_nats::ServerAddr>())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| unreachable(e.to_string()))?;
+    let options = async_nats::ConnectOptions::new()
+        .name(name)
+        .connection_timeout(CONNECT_TIMEOUT)
+        .request_timeout(Some(REQUEST_TIMEOUT));
+    let client = tokio::time::timeout(CONNECT_TIMEOUT * 2, options.connect(addrs.as_slice()))
+        .await
+        .map_err(|_| unreachable("timed out".into()))?
+        .map_err(|e| unreachable(e.to_string()))?;
+    let info = client.server_info();
+    check_version(&info.server_name, &info.version)?;
+    let js = jetstream::ContextBuilder::new()
+        .timeout(REQUEST_TIMEOUT)
+        .build(client.clone());
+    js.query_account()
+        .await
+        .map_err(|e| ClusterError::NoJetStream(e.to_string()))?;
+    Ok((client, js))
 }
 
 fn setup_error(name: &str, reason: impl ToString) -> ClusterError {
