@@ -112,6 +112,11 @@ impl NatsNode {
         assert_eq!(rc, 0, "signal {signal} to nats-server {}", self.name);
     }
 
+    /// Its process id while it runs (the load generator reads its CPU time and memory).
+    pub fn process_id(&self) -> Option<u32> {
+        self.child.as_ref().and_then(Child::id)
+    }
+
     /// Whether its process is running (not killed; it may be stopped).
     pub fn is_running(&self) -> bool {
         self.child.is_some()

@@ -540,7 +540,12 @@ async fn frames_larger_than_a_nats_message_cross_the_hop() {
     let mut owner_side = Client::join(&cluster.relays[0].ws_url(room)).await;
     owner_side.edit(&big).await;
     owner_side.save(1).await;
-    assert_eq!(cluster.wait_owner(room, Duration::from_secs(10), |_| true).await, 0);
+    assert_eq!(
+        cluster
+            .wait_owner(room, Duration::from_secs(10), |_| true)
+            .await,
+        0
+    );
 
     let mut forwarded = cluster.relays[1]
         .join_with_text(room, &big, Duration::from_secs(30))
@@ -551,7 +556,9 @@ async fn frames_larger_than_a_nats_message_cross_the_hop() {
     let stored = replay_room(&cluster.js, room).await;
     assert_eq!(doc_text(&stored.doc).len(), big.len() + more.len());
     owner_side
-        .recv_until("the forwarded large update", |m| matches!(m, Msg::Update(_)))
+        .recv_until("the forwarded large update", |m| {
+            matches!(m, Msg::Update(_))
+        })
         .await;
     assert_eq!(owner_side.text().len(), big.len() + more.len());
 }

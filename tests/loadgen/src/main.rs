@@ -9,6 +9,10 @@
 //! # Hocuspocus clients, the relay's endpoint beside @hocuspocus/server:
 //! target/release/loadgen run --protocol hocuspocus --peer relay,hocuspocus-server \
 //!     --scenario busy-room,many-rooms --json hocuspocus.jsonl
+//! # cluster mode (tests/loadgen/cluster-bench.sh): 3 relays on 3 nats-servers
+//! target/release/loadgen run --peer relay --scenario durable --layout single,owner,spread
+//! target/release/loadgen takeover --lease-secs 2 --reps 5
+//! target/release/loadgen nats-memory --rooms 10000,30000
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -16,6 +20,7 @@ use std::process::Command;
 
 use anyhow::{Context, bail};
 use clap::{Args, Parser, Subcommand};
+use loadgen::cluster::{self, ClusterLauncher, Placement};
 use loadgen::metric::Metric;
 use loadgen::peers::{PeerKind, PeerPaths};
 use loadgen::protocol::Protocol;
@@ -38,6 +43,23 @@ enum Cmd {
     Run(RunArgs),
     /// Runs scenarios against peers and writes BENCHMARKS.md (and the raw results as JSON).
     Bench(BenchArgs),
+    /// Cluster mode only: the time from SIGKILL of a room's owner relay until a writer on a
+    /// surviving relay gets its next *saved* (median and maximum of `--reps`).
+    Takeover {
+        #[command(flatten)]
+        common: Common,
+        /// Repetitions (a fresh owner each).
+        #[arg(long, default_value_t = 5)]
+        reps: usize,
+    },
+    /// Cluster mode only: each nats-server's memory after N rooms that each got one update.
+    NatsMemory {
+        #[command(flatten)]
+        common: Common,
+        /// Cumulative room counts at which to measure, comma-separated.
+        #[arg(long, default_value = "10000")]
+        rooms: String,
+    },
     /// Rewrites the markdown from saved JSON results.
     Report {
         /// The JSON written by `bench`.
@@ -119,6 +141,15 @@ struct Common {
     /// Extra arguments for `relay serve` (repeat).
     #[arg(long = "relay-arg", allow_hyphen_values = true)]
     relay_args: Vec<String>,
+    /// How the relay runs, comma-separated: `single` (one process), `owner` (cluster mode: 3
+    /// relays on 3 nats-servers with JetStream R3 and `sync_interval: always`, each room's
+    /// clients on the relay that owns it) and `spread` (the same cluster, clients round-robin over
+    /// the relays, so most are forwarded to the owner). Other peers run as one process.
+    #[arg(long, default_value = "single")]
+    layout: String,
+    /// `--lease-secs` of the cluster's relays (default: the relay's own, 10).
+    #[arg(long)]
+    lease_secs: Option<u64>,
     /// Append every result to this JSON file as it comes.
     #[arg(long)]
     json: Option<PathBuf>,
@@ -161,6 +192,69 @@ fn main() -> anyhow::Result<()> {
             std::fs::write(&args.out, md)
                 .with_context(|| format!("write {}", args.out.display()))?;
             eprintln!("wrote {}", args.out.display());
+        }
+        Cmd::Takeover { common, reps } => {
+            pin(&common)?;
+            let paths = peer_paths(&common)?;
+            let dir = absolute(&common.work_dir)?.join("takeover");
+            let _ = std::fs::remove_dir_all(&dir);
+            let load = cluster::load_average();
+            let results = runtime.block_on(cluster::takeover::run(
+                &paths,
+                &dir,
+                common.lease_secs,
+                reps,
+            ))?;
+            let saved: Vec<_> = results.iter().map(|t| t.saved_after).collect();
+            let (median, max) = cluster::takeover::median_max(&saved);
+            let fresh: Vec<_> = results.iter().map(|t| t.fresh_saved_after).collect();
+            let (fresh_median, fresh_max) = cluster::takeover::median_max(&fresh);
+            let closed: Vec<_> = results.iter().filter_map(|t| t.closed_after).collect();
+            let (closed_median, closed_max) = cluster::takeover::median_max(&closed);
+            println!(
+                "takeover (lease {}): saved after the kill: median {median:.2} s, max {max:.2} s, \
+                 each {:.2?} s; a client connecting after the kill: median {fresh_median:.2} s, \
+                 max {fresh_max:.2} s; forwarded connection ended after: median {closed_median:.2} s, \
+                 max {closed_max:.2} s ({} of {}); load before {load}, after {}",
+                common
+                    .lease_secs
+                    .map_or("default 10 s".to_owned(), |s| format!("{s} s")),
+                saved.iter().map(|d| d.as_secs_f64()).collect::<Vec<_>>(),
+                closed.len(),
+                results.len(),
+                cluster::load_average()
+            );
+        }
+        Cmd::NatsMemory { common, rooms } => {
+            pin(&common)?;
+            let paths = peer_paths(&common)?;
+            let dir = absolute(&common.work_dir)?.join("nats-memory");
+            let _ = std::fs::remove_dir_all(&dir);
+            let checkpoints: Vec<usize> = rooms
+                .split(',')
+                .map(|r| r.trim().parse())
+                .collect::<Result<_, _>>()
+                .context("--rooms: numbers, comma-separated")?;
+            let load = cluster::load_average();
+            let points = runtime.block_on(cluster::nats_memory::run(&paths, &dir, &checkpoints))?;
+            for p in points {
+                let rss: Vec<String> = p.rss_mib.iter().map(|m| format!("{m:.1}")).collect();
+                let before: Vec<String> =
+                    p.rss_before_mib.iter().map(|m| format!("{m:.1}")).collect();
+                println!(
+                    "nats-memory: {} rooms: nats-server VmRSS MiB [{}] (before any room [{}]); \
+                     room streams: {} messages, {} subjects; lease bucket: {} messages; \
+                     {:.0} rooms/s",
+                    p.rooms,
+                    rss.join(", "),
+                    before.join(", "),
+                    p.room_messages,
+                    p.room_subjects,
+                    p.lease_messages,
+                    p.rooms_per_s
+                );
+            }
+            println!("load before {load}, after {}", cluster::load_average());
         }
         Cmd::Report {
             json,
@@ -240,6 +334,7 @@ fn loadgen_outcome_from_json(v: &serde_json::Value) -> Option<Outcome> {
     o.notes = strings("notes");
     o.warnings = strings("warnings");
     o.error = v.get("error").and_then(|e| e.as_str()).map(str::to_owned);
+    o.layout = v.get("layout").and_then(|e| e.as_str()).map(str::to_owned);
     Some(o)
 }
 
@@ -326,6 +421,27 @@ fn plans(scenario: &str, peer: &str, protocols: &str) -> anyhow::Result<Vec<Plan
         .collect())
 }
 
+fn peer_paths(c: &Common) -> anyhow::Result<PeerPaths> {
+    Ok(PeerPaths {
+        relay: absolute(&c.relay_bin)?,
+        forwarder: absolute(&c.forwarder_bin)?,
+        y_sweet: resolve_program(&c.y_sweet_bin),
+        node_peers: absolute(&c.node_peers)?,
+        server_core: (!c.no_pin).then_some(c.server_core),
+        relay_args: c.relay_args.clone(),
+    })
+}
+
+/// `--layout`: `None` for one process, else the cluster's client placement.
+fn layouts(s: &str) -> anyhow::Result<Vec<Option<Placement>>> {
+    s.split(',')
+        .map(|l| match l.trim() {
+            "single" => Ok(None),
+            other => other.parse().map(Some).map_err(anyhow::Error::msg),
+        })
+        .collect()
+}
+
 async fn run_all(c: &Common) -> anyhow::Result<Vec<Outcome>> {
     let plans = plans(&c.scenario, &c.peer, &c.protocol)?;
     let mut outcomes = Vec::new();
@@ -342,17 +458,11 @@ async fn run_plan(c: &Common, plan: &Plan) -> anyhow::Result<Vec<Outcome>> {
         peers,
     } = plan;
     let protocol = *protocol;
+    let layouts = layouts(&c.layout)?;
     let size = if c.smoke { Size::Smoke } else { Size::Full };
     let work_dir = absolute(&c.work_dir)?;
     std::fs::create_dir_all(&work_dir)?;
-    let paths = PeerPaths {
-        relay: absolute(&c.relay_bin)?,
-        forwarder: absolute(&c.forwarder_bin)?,
-        y_sweet: resolve_program(&c.y_sweet_bin),
-        node_peers: absolute(&c.node_peers)?,
-        server_core: (!c.no_pin).then_some(c.server_core),
-        relay_args: c.relay_args.clone(),
-    };
+    let paths = peer_paths(c)?;
     for p in peers {
         let program = match p {
             PeerKind::Relay => Some(&paths.relay),
@@ -380,18 +490,46 @@ async fn run_plan(c: &Common, plan: &Plan) -> anyhow::Result<Vec<Outcome>> {
     let mut outcomes = Vec::new();
     for preset in presets {
         for run in 1..=c.runs {
-            for peer in peers {
-                let mut launcher = ProcessLauncher {
-                    kind: *peer,
-                    paths: paths.clone(),
+            let runs = peers.iter().flat_map(|peer| {
+                let own: &[Option<Placement>] = if *peer == PeerKind::Relay {
+                    &layouts
+                } else {
+                    &[None]
+                };
+                own.iter().map(move |layout| (*peer, *layout))
+            });
+            for (peer, layout) in runs {
+                let tag = match layout {
+                    None => format!("run{run}"),
+                    Some(placement) => format!("cluster-{placement}-run{run}"),
                 };
                 eprintln!(
-                    "== {preset} / {peer}, {protocol} clients (run {run}/{}) ==",
-                    c.runs
+                    "== {preset} / {peer}{}, {protocol} clients (run {run}/{}) load {} ==",
+                    layout.map_or(String::new(), |p| format!(" cluster, clients: {p}")),
+                    c.runs,
+                    cluster::load_average()
                 );
-                let outcome =
-                    scenario::run(*preset, &mut launcher, &ctx, &format!("run{run}")).await;
-                println!("{}\n", outcome.summary());
+                let outcome = match layout {
+                    None => {
+                        let mut launcher = ProcessLauncher {
+                            kind: peer,
+                            paths: paths.clone(),
+                        };
+                        scenario::run(*preset, &mut launcher, &ctx, &tag).await
+                    }
+                    Some(placement) => {
+                        let mut launcher =
+                            ClusterLauncher::new(paths.clone(), 3, c.lease_secs, placement);
+                        let mut outcome = scenario::run(*preset, &mut launcher, &ctx, &tag).await;
+                        outcome.layout = Some(launcher.describe());
+                        outcome
+                    }
+                };
+                println!(
+                    "{}\n  load after: {}\n",
+                    outcome.summary(),
+                    cluster::load_average()
+                );
                 if let Some(json) = &c.json {
                     use std::io::Write;
                     let mut f = std::fs::OpenOptions::new()
@@ -402,7 +540,7 @@ async fn run_plan(c: &Common, plan: &Plan) -> anyhow::Result<Vec<Outcome>> {
                 }
                 outcomes.push(outcome);
                 // Leave the data directory for inspection only on failure.
-                let dir = work_dir.join(format!("{}-{}-run{run}", preset.name(), peer.name()));
+                let dir = work_dir.join(format!("{}-{}-{tag}", preset.name(), peer.name()));
                 // (scenario::run names it so for either protocol: they run one after the other.)
                 if outcomes.last().is_some_and(|o| o.error.is_none()) {
                     let _ = std::fs::remove_dir_all(&dir);

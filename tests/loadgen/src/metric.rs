@@ -82,6 +82,14 @@ metrics! {
     CpuSPer1kDeliveries = "cpu_s_per_1k_deliveries",
     /// Server CPU seconds per 1,000 updates (sent, or acknowledged in the durable preset).
     CpuSPer1kUpdates = "cpu_s_per_1k_updates",
+    /// CPU seconds of the nats-servers (cluster mode) over the measurement.
+    NatsCpuS = "nats_cpu_s",
+    /// nats-servers' CPU seconds per 1,000 deliveries (cluster mode).
+    NatsCpuSPer1kDeliveries = "nats_cpu_s_per_1k_deliveries",
+    /// nats-servers' CPU seconds per 1,000 updates (cluster mode).
+    NatsCpuSPer1kUpdates = "nats_cpu_s_per_1k_updates",
+    /// Sum of the nats-servers' VmRSS at the end of the measurement, MiB (cluster mode).
+    NatsRssMib = "nats_rss_mib",
     /// Server VmRSS before the clients came, MiB.
     RssBeforeMib = "rss_before_mib",
     /// Server VmRSS at the end of the measurement, MiB.

@@ -10,11 +10,13 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use tokio::net::TcpStream;
 
+use crate::cluster::ClusterRoutes;
 use crate::procfs;
 use crate::protocol::Protocol;
 
@@ -161,6 +163,9 @@ pub struct Server {
     child: Option<std::process::Child>,
     /// When the process was spawned.
     pub started: Instant,
+    /// In cluster mode: every relay and nats-server of the cluster, and which relay each room's
+    /// clients connect to. This server is then the cluster's first relay.
+    pub cluster: Option<Arc<ClusterRoutes>>,
 }
 
 /// What a stopped child process used over its life (from `wait4`).
@@ -307,6 +312,7 @@ impl Server {
             data_dir: data_dir.to_owned(),
             child: Some(child),
             started,
+            cluster: None,
         })
     }
 
@@ -319,6 +325,31 @@ impl Server {
             data_dir: data_dir.to_owned(),
             child: None,
             started: Instant::now(),
+            cluster: None,
+        }
+    }
+
+    /// The processes that serve clients: this server, or every relay of its cluster.
+    pub fn relay_pids(&self) -> Vec<u32> {
+        match &self.cluster {
+            Some(c) => c.relay_pids(),
+            None => vec![self.pid],
+        }
+    }
+
+    /// The cluster's nats-servers (none for a single server).
+    pub fn nats_pids(&self) -> Vec<u32> {
+        self.cluster
+            .as_ref()
+            .map(|c| c.nats_pids.clone())
+            .unwrap_or_default()
+    }
+
+    /// Kills the process with SIGKILL (a crash: no graceful hand-over) and reaps it.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
         }
     }
 
@@ -329,6 +360,9 @@ impl Server {
 
     /// The WebSocket URL of `room` for y-websocket clients.
     pub fn ws_url(&self, room: &str) -> String {
+        if let Some(cluster) = &self.cluster {
+            return format!("ws://{}/{room}", cluster.addr_for(room));
+        }
         match self.kind {
             PeerKind::YSweet => format!("ws://{}/d/{room}/ws/{room}", self.addr),
             _ => format!("ws://{}/{room}", self.addr),

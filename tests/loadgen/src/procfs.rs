@@ -136,6 +136,42 @@ impl CpuWatch {
     }
 }
 
+/// A CPU-time stopwatch for several processes (the relays of a cluster, or its nats-servers),
+/// summed.
+#[derive(Debug, Clone)]
+pub struct GroupCpuWatch(Vec<CpuWatch>);
+
+impl GroupCpuWatch {
+    /// Starts measuring every process of `pids` now.
+    pub fn start(pids: &[u32]) -> Self {
+        GroupCpuWatch(pids.iter().map(|&pid| CpuWatch::start(pid)).collect())
+    }
+
+    /// Whether it measures no process at all.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// (CPU seconds all of them used since the start, wall seconds since the start).
+    pub fn read(&self) -> (f64, f64) {
+        let mut wall = 0.0;
+        let mut cpu = 0.0;
+        for w in &self.0 {
+            let (c, t) = w.read();
+            cpu += c;
+            wall = t;
+        }
+        (cpu, wall)
+    }
+}
+
+/// Summed (`VmRSS`, `VmHWM`) of several processes, KiB; processes that are gone count zero.
+pub fn memory_kib_sum(pids: &[u32]) -> (u64, u64) {
+    pids.iter()
+        .filter_map(|&pid| memory_kib(pid).ok())
+        .fold((0, 0), |(r, h), (r2, h2)| (r + r2, h + h2))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

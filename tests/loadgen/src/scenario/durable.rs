@@ -18,12 +18,11 @@ use tokio_tungstenite::tungstenite::Message as WsMessage;
 
 use super::read::{Hooks, read_loop};
 use super::rooms::{check_convergence, create_rooms, join_all, room_names};
-use super::{Ctx, Outcome, Pcts, Size};
+use super::{Ctx, Outcome, Pcts, ServerCpu, Size};
 use crate::client::{self, MapWriter, SendLog, Ws};
 use crate::metric::Metric;
 use crate::monitor::Monitor;
 use crate::peers::Server;
-use crate::procfs::{self, CpuWatch};
 use crate::protocol::{Framing, Protocol};
 
 #[derive(Debug, Clone, Copy)]
@@ -147,7 +146,7 @@ pub(super) async fn run(server: &Server, ctx: &Ctx, out: &mut Outcome) -> anyhow
     let (stop_tx, stop_rx) = watch::channel(false);
     let save_requests = server.kind.acks_saves();
     let monitor = Monitor::start();
-    let cpu = CpuWatch::start(server.pid);
+    let cpu = ServerCpu::start(server);
     let t0 = Instant::now();
     let end = t0 + Duration::from_secs_f64(shape.seconds);
     let mut conns = conns.into_iter();
@@ -219,8 +218,8 @@ pub(super) async fn run(server: &Server, ctx: &Ctx, out: &mut Outcome) -> anyhow
         }
     }
     let elapsed = t0.elapsed().as_secs_f64();
-    let (server_cpu, _) = cpu.read();
-    let (rss, hwm) = procfs::memory_kib(server.pid).unwrap_or((0, 0));
+    let (server_cpu, _, nats_cpu) = cpu.read();
+    let (rss, hwm) = cpu.memory_kib();
     let load = monitor.finish();
     let _ = stop_tx.send(true);
     let mut streams = Vec::new();
@@ -231,6 +230,7 @@ pub(super) async fn run(server: &Server, ctx: &Ctx, out: &mut Outcome) -> anyhow
     out.set(Metric::AckedUpdates, acked as f64);
     out.set(Metric::AckedPerS, acked as f64 / elapsed);
     out.set(Metric::ServerCpuS, server_cpu);
+    cpu.record_nats(out, nats_cpu, acked, Metric::NatsCpuSPer1kUpdates);
     if acked > 0 {
         out.set(Metric::CpuSPer1kUpdates, server_cpu / acked as f64 * 1000.0);
     }

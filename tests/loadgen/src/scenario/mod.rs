@@ -17,6 +17,7 @@ use serde::Serialize;
 
 use crate::metric::Metric;
 use crate::peers::{ExitUsage, PeerKind, PeerPaths, Server};
+use crate::procfs::{self, GroupCpuWatch};
 use crate::protocol::Protocol;
 
 mod busy_room;
@@ -166,6 +167,61 @@ pub struct Ctx {
     pub protocol: Protocol,
 }
 
+/// The CPU time of the server under test: its one process, or every relay of a cluster, and the
+/// cluster's nats-servers apart.
+pub(super) struct ServerCpu {
+    relays: GroupCpuWatch,
+    nats: GroupCpuWatch,
+    relay_pids: Vec<u32>,
+    nats_pids: Vec<u32>,
+}
+
+impl ServerCpu {
+    pub(super) fn start(server: &Server) -> Self {
+        let relay_pids = server.relay_pids();
+        let nats_pids = server.nats_pids();
+        ServerCpu {
+            relays: GroupCpuWatch::start(&relay_pids),
+            nats: GroupCpuWatch::start(&nats_pids),
+            relay_pids,
+            nats_pids,
+        }
+    }
+
+    /// (server CPU seconds, wall seconds, the nats-servers' CPU seconds) since the start; in
+    /// cluster mode the server is every relay, and the nats-servers are read at the same moment.
+    pub(super) fn read(&self) -> (f64, f64, Option<f64>) {
+        let (cpu, wall) = self.relays.read();
+        let nats = (!self.nats.is_empty()).then(|| self.nats.read().0);
+        (cpu, wall, nats)
+    }
+
+    /// (VmRSS, VmHWM) of the server, summed over a cluster's relays, KiB.
+    pub(super) fn memory_kib(&self) -> (u64, u64) {
+        procfs::memory_kib_sum(&self.relay_pids)
+    }
+
+    /// In cluster mode, records the nats-servers' CPU (in total and per `per` deliveries or
+    /// updates, as `per_metric`) and their memory.
+    pub(super) fn record_nats(
+        &self,
+        out: &mut Outcome,
+        nats_cpu: Option<f64>,
+        per: u64,
+        per_metric: Metric,
+    ) {
+        let Some(cpu) = nats_cpu else {
+            return;
+        };
+        out.set(Metric::NatsCpuS, cpu);
+        if per > 0 {
+            out.set(per_metric, cpu / per as f64 * 1000.0);
+        }
+        let (rss, _) = procfs::memory_kib_sum(&self.nats_pids);
+        out.set(Metric::NatsRssMib, rss as f64 / 1024.0);
+    }
+}
+
 /// Starts and stops one kind of server.
 pub trait Launcher {
     /// Which server.
@@ -275,6 +331,9 @@ pub struct Outcome {
     pub warnings: Vec<String>,
     /// Why the run failed, if it did.
     pub error: Option<String>,
+    /// How the server ran, when not as one process (cluster mode).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub layout: Option<String>,
 }
 
 impl Outcome {
@@ -291,6 +350,7 @@ impl Outcome {
             notes: Vec::new(),
             warnings: Vec::new(),
             error: None,
+            layout: None,
         }
     }
 
@@ -310,6 +370,9 @@ impl Outcome {
             "{} / {} ({} clients)",
             self.preset, self.peer, self.protocol
         );
+        if let Some(layout) = &self.layout {
+            let _ = write!(s, " ({layout})");
+        }
         if let Some(e) = &self.error {
             let _ = write!(s, "\n  FAILED: {e}");
         }

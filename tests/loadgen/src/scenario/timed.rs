@@ -17,12 +17,11 @@ use tokio_tungstenite::tungstenite::Message as WsMessage;
 
 use super::read::{Hooks, read_loop};
 use super::rooms::{check_convergence, create_rooms, join_all, room_names};
-use super::{Ctx, Outcome, Pcts, Size};
+use super::{Ctx, Outcome, Pcts, ServerCpu, Size};
 use crate::client::{self, MapWriter, Received, SendLog, Ws};
 use crate::metric::Metric;
 use crate::monitor::Monitor;
 use crate::peers::Server;
-use crate::procfs::{self, CpuWatch};
 use crate::protocol::{Framing, Protocol};
 
 /// Rooms × (writers + observers) with a rate per writer.
@@ -139,7 +138,7 @@ pub(super) async fn run(
     let acks_expected = ctx.protocol == Protocol::Hocuspocus;
     let (stop_tx, stop_rx) = watch::channel(false);
     let monitor = Monitor::start();
-    let cpu = CpuWatch::start(server.pid);
+    let cpu = ServerCpu::start(server);
     let start = tokio::time::Instant::now() + Duration::from_millis(100);
     let end = start + Duration::from_secs_f64(shape.seconds);
     let period = 1.0 / shape.rate;
@@ -199,8 +198,8 @@ pub(super) async fn run(
     while !drained() && Instant::now() < drain_deadline {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    let (server_cpu, wall) = cpu.read();
-    let (rss, hwm) = procfs::memory_kib(server.pid).unwrap_or((0, 0));
+    let (server_cpu, wall, nats_cpu) = cpu.read();
+    let (rss, hwm) = cpu.memory_kib();
     let load = monitor.finish();
     let _ = stop_tx.send(true);
     let mut received = Received::default();
@@ -218,6 +217,12 @@ pub(super) async fn run(
     out.set(Metric::DeliveriesExpected, expected as f64);
     out.set(Metric::Echoes, received.echoes as f64);
     out.set(Metric::ServerCpuS, server_cpu);
+    cpu.record_nats(
+        out,
+        nats_cpu,
+        received.deliveries,
+        Metric::NatsCpuSPer1kDeliveries,
+    );
     out.set(Metric::MeasureWallS, wall);
     if received.deliveries > 0 {
         out.set(
