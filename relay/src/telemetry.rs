@@ -14,9 +14,27 @@ pub fn init_logging() {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        .with_writer(|| LossyStderr(std::io::stderr()))
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
+}
+
+/// Standard error that drops what it cannot write. When the reader of the relay's standard
+/// error is gone (a log pipe that died, `relay serve 2>&1 | head`), `tracing-subscriber` answers
+/// a failed write by printing a notice with `eprintln!`, which panics on the same broken pipe:
+/// every task that logged died there, the signal handler's among them, so SIGTERM no longer
+/// stopped the relay. Logs nobody can read are dropped instead.
+struct LossyStderr(std::io::Stderr);
+
+impl std::io::Write for LossyStderr {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        Ok(self.0.write(buf).unwrap_or(buf.len()))
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        let _ = self.0.flush();
+        Ok(())
+    }
 }
 
 /// A label naming why something happened.

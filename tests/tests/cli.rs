@@ -504,3 +504,52 @@ async fn serve_without_a_secret_says_loudly_that_the_relay_is_open() {
         "no such warning with a secret: {secured:#?}"
     );
 }
+
+/// A relay whose standard error nobody reads any more (a log pipe that died) still logs without
+/// harm and stops on SIGTERM. Before, the first log line after the reader left panicked the task
+/// that wrote it (tracing-subscriber's fallback `eprintln!`), the signal handler's included, and
+/// the relay kept serving after SIGTERM.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_stops_on_sigterm_after_its_log_reader_is_gone() {
+    use std::process::Stdio;
+    use tokio::io::AsyncBufReadExt;
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut child = tokio::process::Command::new(relay_bin())
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(dir.path())
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start the relay");
+    let stdout = child.stdout.take().expect("piped");
+    let line = tokio::io::BufReader::new(stdout)
+        .lines()
+        .next_line()
+        .await
+        .expect("read standard output")
+        .expect("a listening line");
+    let addr: std::net::SocketAddr = line
+        .rsplit("http://")
+        .next()
+        .and_then(|a| a.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no address in {line:?}"));
+    // The log's reader goes away; the relay logs a connection after that.
+    drop(child.stderr.take());
+    let (status, _) = http_get(addr, "/healthz").await.expect("healthz");
+    assert_eq!(status, 200);
+    let mut client = Client::join(&ws_url(addr, "logged")).await;
+    client.edit("still served").await;
+    client.save(1).await;
+    let pid = child.id().expect("running") as i32;
+    // SAFETY: sending a signal to our own child process.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
+    let status = tokio::time::timeout(std::time::Duration::from_secs(15), child.wait())
+        .await
+        .expect("the relay did not stop within 15 s of SIGTERM")
+        .expect("wait for the relay");
+    assert!(status.success(), "exit status {status}");
+}
