@@ -423,6 +423,15 @@ async fn owner_synced(client: &mut HocusClient, doc: &str) {
     assert_eq!(status, HMsg::SyncStatus(true));
 }
 
+/// Reads until the next update of `doc` reaches `client` (applying it).
+async fn next_update(client: &mut HocusClient, doc: &str, what: &str) {
+    client
+        .recv_until(what, |name, m| {
+            name == doc && matches!(m, HMsg::Room(Msg::Update(_)))
+        })
+        .await;
+}
+
 /// Hocuspocus sockets through the hop: a provider on a relay that does not own the document
 /// converges with one on the owner, is told SyncStatus only once its edit is in the stream,
 /// a read-only token stays read-only there, stateless messages cross the hop both ways, and
@@ -466,19 +475,11 @@ async fn hocuspocus_clients_through_the_hop_keep_every_promise() {
         "through the hop",
         "acknowledged before the stream had it"
     );
-    owner_side
-        .recv_until("the forwarded edit", |name, m| {
-            name == doc && matches!(m, HMsg::Room(Msg::Update(_)))
-        })
-        .await;
+    next_update(&mut owner_side, doc, "the forwarded edit").await;
     assert_eq!(owner_side.text(doc), "through the hop");
     owner_side.edit(doc, ", and back").await;
     owner_synced(&mut owner_side, doc).await;
-    forwarded
-        .recv_until("the owner side's edit", |name, m| {
-            name == doc && matches!(m, HMsg::Room(Msg::Update(_)))
-        })
-        .await;
+    next_update(&mut forwarded, doc, "the owner side's edit").await;
     assert_eq!(forwarded.text(doc), "through the hop, and back");
 
     // Stateless messages cross the hop, both ways.
@@ -514,11 +515,7 @@ async fn hocuspocus_clients_through_the_hop_keep_every_promise() {
     assert_eq!(status, HMsg::SyncStatus(false));
     owner_side.edit(doc, "!").await;
     owner_synced(&mut owner_side, doc).await;
-    forwarded
-        .recv_until("the last edit", |name, m| {
-            name == doc && matches!(m, HMsg::Room(Msg::Update(_)))
-        })
-        .await;
+    next_update(&mut forwarded, doc, "the last edit").await;
     let stored = replay_room(&cluster.js, doc).await;
     assert_eq!(doc_text(&stored.doc), "through the hop, and back!");
     assert_eq!(forwarded.text(doc), "through the hop, and back!");

@@ -8,15 +8,17 @@
 
 use std::path::{Path, PathBuf};
 
-use async_nats::jetstream::stream::Stream;
+use async_nats::jetstream::stream::{LastRawMessageErrorKind, Stream};
 use bytes::Bytes;
 use crdt::doc::RoomDoc;
 use crdt::store::{Store, StoreOptions, Write};
 use futures_util::TryStreamExt;
 
 use super::ClusterError;
-use super::load::{LoadError, LogSource, last_sequence, replay};
-use super::names::{HEADER_DELETED, HEADER_ROOM, SHARDS, SNAPSHOT_BUCKET, stream_name};
+use super::load::{LoadError, LogSource, replay};
+use super::names::{
+    HEADER_DELETED, HEADER_ROOM, SHARDS, SNAPSHOT_BUCKET, shard_subjects, stream_name,
+};
 use crate::config::STORE_FILE;
 
 /// Why an export failed.
@@ -93,7 +95,7 @@ pub async fn export(servers: &[String], data_dir: &Path) -> Result<ExportReport,
             .get_stream(&name)
             .await
             .map_err(|_| ExportError::NoStream(name.clone()))?;
-        let subjects = room_subjects(&mut stream, &name).await?;
+        let subjects = room_subjects(&mut stream, shard).await?;
         for subject in subjects {
             let source = LogSource {
                 stream: &stream,
@@ -121,14 +123,14 @@ pub async fn export(servers: &[String], data_dir: &Path) -> Result<ExportReport,
 }
 
 /// The subjects of `stream` that hold messages.
-async fn room_subjects(stream: &mut Stream, name: &str) -> Result<Vec<String>, ExportError> {
+async fn room_subjects(stream: &mut Stream, shard: u8) -> Result<Vec<String>, ExportError> {
     let list_error = |e: &dyn std::fmt::Display| ExportError::List {
-        stream: name.to_owned(),
+        stream: stream_name(shard),
         reason: e.to_string(),
     };
     let mut subjects = Vec::new();
     let mut pages = stream
-        .info_with_subjects(format!("yroom.{}.*", &name["YROOMS_".len()..]))
+        .info_with_subjects(shard_subjects(shard))
         .await
         .map_err(|e| list_error(&e))?;
     while let Some((subject, count)) = pages.try_next().await.map_err(|e| list_error(&e))? {
@@ -153,7 +155,10 @@ async fn read_room(
     };
     let last = match source.stream.get_last_raw_message_by_subject(subject).await {
         Ok(message) => message,
-        Err(_) => return Ok(None),
+        // Purged since it was listed: nothing to export.
+        Err(error) if error.kind() == LastRawMessageErrorKind::NoMessageFound => return Ok(None),
+        // Anything else would leave the document out of the export without a word.
+        Err(error) => return Err(failed(subject, LoadError::Nats(error.to_string()))),
     };
     // Every message of a room names it (the subject is only a hash of the name).
     let room = last
@@ -161,9 +166,8 @@ async fn read_room(
         .get(HEADER_ROOM)
         .map(|v| v.as_str().to_owned())
         .ok_or_else(|| failed(subject, LoadError::Nats("no Relay-Room header".into())))?;
-    let through = last_sequence(source.stream, subject)
-        .await
-        .map_err(|e| failed(&room, e))?;
+    // The leader's answer: the replay must reach it.
+    let through = last.sequence;
     if last.headers.get(HEADER_DELETED).is_some() {
         return Ok(Some(None));
     }

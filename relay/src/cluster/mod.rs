@@ -381,7 +381,7 @@ async fn room_stream(js: &jetstream::Context, shard: u8) -> Result<stream::Strea
     let name = stream_name(shard);
     let config = stream::Config {
         name: name.clone(),
-        subjects: vec![format!("yroom.{shard}.*")],
+        subjects: vec![names::shard_subjects(shard)],
         storage: stream::StorageType::File,
         num_replicas: REPLICAS,
         allow_rollup: true,

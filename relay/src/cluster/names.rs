@@ -38,6 +38,11 @@ pub(crate) fn stream_name(shard: u8) -> String {
     format!("YROOMS_{shard}")
 }
 
+/// The subjects of a shard's stream: one per room, `yroom.<shard>.<key>`.
+pub(crate) fn shard_subjects(shard: u8) -> String {
+    format!("yroom.{shard}.*")
+}
+
 /// Where a room lives in NATS.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct RoomKey {

@@ -89,13 +89,7 @@ async fn every_preset_runs_against_the_relay() {
             | Preset::Fanout1000
             | Preset::BusyRoom
             | Preset::ManyRooms => {
-                let sent = outcome.get(Metric::UpdatesSent).expect("updates sent");
-                assert!(sent > 0.0, "{preset}: nothing sent");
-                assert_eq!(
-                    outcome.get(Metric::Deliveries),
-                    outcome.get(Metric::DeliveriesExpected),
-                    "{preset}: deliveries"
-                );
+                assert_every_update_delivered(&outcome);
                 assert!(outcome.latency.is_some(), "{preset}: no latency");
                 assert_eq!(outcome.converged, Some(true), "{preset}: not checked");
             }
@@ -125,6 +119,20 @@ async fn every_preset_runs_against_the_relay() {
     }
 }
 
+/// Asserts that a timed preset sent updates and every one reached every client it should;
+/// returns how many were sent.
+fn assert_every_update_delivered(outcome: &scenario::Outcome) -> f64 {
+    let preset = outcome.preset;
+    let sent = outcome.get(Metric::UpdatesSent).expect("updates sent");
+    assert!(sent > 0.0, "{preset}: nothing sent");
+    assert_eq!(
+        outcome.get(Metric::Deliveries),
+        outcome.get(Metric::DeliveriesExpected),
+        "{preset}: deliveries"
+    );
+    sent
+}
+
 fn hocuspocus_ctx(work: &Path) -> Ctx {
     let ctx = Ctx {
         size: Size::Smoke,
@@ -147,13 +155,7 @@ fn assert_hocuspocus_timed(outcome: &scenario::Outcome) {
         "{preset} failed: {:?}",
         outcome.error
     );
-    let sent = outcome.get(Metric::UpdatesSent).expect("updates sent");
-    assert!(sent > 0.0, "{preset}: nothing sent");
-    assert_eq!(
-        outcome.get(Metric::Deliveries),
-        outcome.get(Metric::DeliveriesExpected),
-        "{preset}: deliveries"
-    );
+    let sent = assert_every_update_delivered(outcome);
     assert_eq!(
         outcome.get(Metric::AckedUpdates),
         Some(sent),
