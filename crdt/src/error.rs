@@ -141,6 +141,12 @@ pub enum OpenError {
     /// Reading or initialising the store's metadata failed.
     #[error("cannot initialise the store: {0}")]
     Storage(#[from] redb::Error),
+    /// The journal could not be read back into the store.
+    #[error("cannot recover the store's journal: {0}")]
+    Journal(#[from] JournalError),
+    /// The journal's records could not be moved into the store.
+    #[error("cannot recover the store's journal: {0}")]
+    Recovery(#[source] Box<CommitError>),
 }
 
 /// Loading a room failed; the store is unchanged.
@@ -182,6 +188,9 @@ pub enum CompactError {
     /// redb could not compact.
     #[error("cannot compact the store: {0}")]
     Storage(#[from] redb::CompactionError),
+    /// The journal could not be moved into the tables first.
+    #[error("cannot compact the store: {0}")]
+    Checkpoint(#[from] CommitError),
     /// The store is not open (a reopen after an I/O error failed).
     #[error("the store is not open")]
     Unavailable,
@@ -206,6 +215,42 @@ pub enum CommitError {
     /// redb failed to write or commit.
     #[error("commit failed: {0}")]
     Storage(#[from] redb::Error),
+    /// The journal could not be written or synced.
+    #[error("commit failed: {0}")]
+    Journal(#[from] JournalError),
+    /// More is journaled than redb has taken in than the store holds in memory: checkpoints
+    /// are failing (the disk is full, say). Nothing of the batch was written.
+    #[error("commit refused: {bytes} bytes are journaled and not yet checkpointed into the store")]
+    Behind {
+        /// Bytes journaled and waiting for a checkpoint.
+        bytes: u64,
+    },
+}
+
+/// The journal in front of the store could not be written or read back.
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum JournalError {
+    /// A journal file could not be created, written, synced or read.
+    #[error("journal file {path}: {source}")]
+    Io {
+        /// The journal file.
+        path: std::path::PathBuf,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A journal file's records do not continue the ones before: a file is missing or damaged
+    /// before its end, so what was acknowledged cannot all be recovered.
+    #[error("journal file {path} continues at record {found}, but record {expected} is missing")]
+    Gap {
+        /// The journal file.
+        path: std::path::PathBuf,
+        /// The record that should come next.
+        expected: u64,
+        /// The record found instead.
+        found: u64,
+    },
 }
 
 impl From<redb::TransactionError> for CommitError {

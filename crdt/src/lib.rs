@@ -43,6 +43,7 @@ pub mod doc;
 pub mod error;
 #[doc(hidden)]
 pub mod fuzzing;
+mod journal;
 pub mod protocol;
 pub mod store;
 pub mod validate;

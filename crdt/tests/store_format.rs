@@ -258,7 +258,7 @@ fn every_room_of_the_format_1_store_loads_exactly() {
 }
 
 #[test]
-fn this_build_keeps_writing_a_format_1_store() {
+fn a_format_1_store_is_migrated_to_the_current_format_and_stays_writable() {
     let (_dir, path) = fixture_copy();
     {
         let store = open(&path);
@@ -292,7 +292,17 @@ fn this_build_keeps_writing_a_format_1_store() {
             ])
             .expect("commit");
     }
-    // Reopened, it holds what was written.
+    // Reopened, it holds what was written, and says it is of this build's format (which a
+    // format-1 build refuses: it would not read the journal).
+    {
+        const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+        let db = redb::Database::open(&path).expect("a redb database");
+        let read = db.begin_read().expect("read");
+        let meta = read.open_table(META).expect("the meta table");
+        let version = meta.get("format_version").expect("read").map(|v| v.value());
+        assert_eq!(version, Some(crdt::store::FORMAT_VERSION));
+        const { assert!(crdt::store::FORMAT_VERSION > FIXTURE_FORMAT) };
+    }
     let store = open(&path);
     let plain = load(&store, PLAIN);
     assert_eq!(

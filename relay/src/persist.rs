@@ -6,6 +6,11 @@
 //! committed through the room's `watch` channel. Writes that arrive while a commit is in
 //! progress share the next commit, so the commit rate adapts to the load by itself.
 //!
+//! A commit appends the batch to the store's journal (one `write`, one `fdatasync`); a second
+//! thread, the checkpointer, moves the journal into redb's tables in larger transactions, when
+//! [`CHECKPOINT_BYTES`] are waiting or the oldest waiting write is [`CHECKPOINT_AGE`] old, and
+//! once more when the writer stops, so a relay stopped cleanly leaves an empty journal.
+//!
 //! redb is synchronous, so the writer is a plain thread and never blocks the async runtime.
 //! The queue is bounded so that a store that cannot keep up slows the rooms down instead of
 //! growing memory without limit.
@@ -30,6 +35,12 @@ const MAX_BATCH_BYTES: usize = 64 << 20;
 /// First retry delay after a failed commit; doubled up to [`MAX_RETRY_DELAY`].
 const FIRST_RETRY_DELAY: Duration = Duration::from_millis(50);
 const MAX_RETRY_DELAY: Duration = Duration::from_secs(5);
+/// Journaled bytes that start a checkpoint. Bounds the journal's size on disk and in memory, and
+/// what a start after a crash replays.
+pub(crate) const CHECKPOINT_BYTES: u64 = 16 << 20;
+/// Age of the oldest journaled write that starts a checkpoint, so that a quiet relay's tables
+/// catch up too.
+pub(crate) const CHECKPOINT_AGE: Duration = Duration::from_secs(10);
 
 /// How far a room's updates are committed, as seen by the room.
 #[derive(Debug, Clone, Default)]
@@ -78,10 +89,91 @@ pub(crate) fn start(
     queue_len: usize,
 ) -> std::io::Result<(PersistSender, JoinHandle<()>)> {
     let (tx, rx) = mpsc::channel(queue_len);
+    // One nudge is enough: the checkpointer takes everything journaled when it runs.
+    let (nudge, nudged) = std::sync::mpsc::sync_channel(1);
+    let checkpointer = {
+        let store = store.clone();
+        let metrics = metrics.clone();
+        std::thread::Builder::new()
+            .name("store-checkpoint".into())
+            .spawn(move || run_checkpoints(&store, &metrics, &nudged))?
+    };
     let handle = std::thread::Builder::new()
         .name("store-writer".into())
-        .spawn(move || Writer::new(store, metrics, commit_window).run(rx))?;
+        .spawn(move || {
+            Writer::new(store, metrics, commit_window, nudge).run(rx);
+            // The nudge sender is gone: the checkpointer makes its last checkpoint and ends.
+            if checkpointer.join().is_err() {
+                tracing::error!("the store checkpointer panicked");
+            }
+        })?;
     Ok((tx, handle))
+}
+
+/// The checkpointer's loop: waits for a nudge or [`CHECKPOINT_AGE`], checkpoints when enough is
+/// waiting, and retries failed checkpoints with backoff. Ends after a last checkpoint when the
+/// writer is gone.
+fn run_checkpoints(store: &Store, metrics: &Metrics, nudged: &std::sync::mpsc::Receiver<()>) {
+    let span = tracing::info_span!("store_checkpoint", path = %store.path().display());
+    let _entered = span.enter();
+    let mut failed_attempts = 0u64;
+    loop {
+        let wait = if failed_attempts > 0 {
+            retry_delay(failed_attempts)
+        } else {
+            CHECKPOINT_AGE / 4
+        };
+        let last = match nudged.recv_timeout(wait) {
+            Ok(()) | Err(std::sync::mpsc::RecvTimeoutError::Timeout) => false,
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => true,
+        };
+        let backlog = store.journal_backlog();
+        let due = backlog.bytes >= CHECKPOINT_BYTES
+            || backlog.since.is_some_and(|t| t.elapsed() >= CHECKPOINT_AGE)
+            || failed_attempts > 0
+            || last;
+        if !due || backlog.writes == 0 {
+            if last {
+                break;
+            }
+            continue;
+        }
+        let started = Instant::now();
+        match store.checkpoint() {
+            Ok(writes) => {
+                metrics
+                    .checkpoint_seconds
+                    .observe(started.elapsed().as_secs_f64());
+                if failed_attempts > 0 {
+                    tracing::info!(
+                        attempts = failed_attempts,
+                        "checkpoint succeeded after failures"
+                    );
+                }
+                tracing::debug!(writes, "checkpoint");
+                failed_attempts = 0;
+            }
+            Err(error) => {
+                failed_attempts += 1;
+                metrics.checkpoint_failures.inc();
+                tracing::error!(
+                    %error,
+                    attempt = failed_attempts,
+                    "checkpoint failed; the journal keeps every write and it is retried"
+                );
+                if let Err(error) = store.reopen() {
+                    tracing::error!(%error, "cannot reopen the store; will retry");
+                }
+                if last {
+                    // Stopping: the journal holds everything, the next start moves it.
+                    break;
+                }
+            }
+        }
+        if last {
+            break;
+        }
+    }
 }
 
 struct Writer {
@@ -89,15 +181,23 @@ struct Writer {
     metrics: Arc<Metrics>,
     commit_window: Duration,
     failed_attempts: u64,
+    /// Wakes the checkpointer when enough is journaled.
+    nudge: std::sync::mpsc::SyncSender<()>,
 }
 
 impl Writer {
-    fn new(store: Arc<Store>, metrics: Arc<Metrics>, commit_window: Duration) -> Self {
+    fn new(
+        store: Arc<Store>,
+        metrics: Arc<Metrics>,
+        commit_window: Duration,
+        nudge: std::sync::mpsc::SyncSender<()>,
+    ) -> Self {
         Writer {
             store,
             metrics,
             commit_window,
             failed_attempts: 0,
+            nudge,
         }
     }
 
@@ -163,6 +263,10 @@ impl Writer {
                     }
                     notify_committed(&pending, &self.metrics);
                     pending.clear();
+                    if self.store.journal_backlog().bytes >= CHECKPOINT_BYTES {
+                        // Full means a nudge is already waiting.
+                        let _ = self.nudge.try_send(());
+                    }
                 }
                 Err(error) => {
                     self.failed_attempts += 1;
@@ -175,13 +279,9 @@ impl Writer {
                     );
                     notify_failed(&pending, &error.to_string());
                     std::thread::sleep(retry_delay(self.failed_attempts));
-                    // redb refuses everything on a database that had an I/O error until it is
-                    // opened again. The failed batch may be on disk or not (redb does not say);
-                    // committing it again is idempotent either way, and nobody hears *saved*
-                    // for it before a commit succeeds.
-                    if let Err(error) = self.store.reopen() {
-                        tracing::error!(%error, "cannot reopen the store; will retry");
-                    }
+                    // The failed batch may be on disk in part or not at all; the retry goes to
+                    // a new journal file that supersedes the failed one's tail, every write is
+                    // idempotent, and nobody hears *saved* for it before a commit succeeds.
                 }
             }
         }

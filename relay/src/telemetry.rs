@@ -71,6 +71,10 @@ pub struct Metrics {
     pub commit_seconds: Histogram,
     /// Commits that failed (and were retried).
     pub commit_failures: Counter,
+    /// Seconds per checkpoint (journal into redb's tables).
+    pub checkpoint_seconds: Histogram,
+    /// Checkpoints that failed (and were retried).
+    pub checkpoint_failures: Counter,
     /// Compactions written.
     pub compactions: Counter,
     /// HTTP connections open now (not counting upgraded WebSockets).
@@ -103,6 +107,8 @@ impl Metrics {
         let commit_batch_writes = Histogram::new(exponential_buckets(1.0, 2.0, 14));
         let commit_seconds = Histogram::new(exponential_buckets(0.000_125, 2.0, 16));
         let commit_failures = Counter::default();
+        let checkpoint_seconds = Histogram::new(exponential_buckets(0.000_5, 2.0, 16));
+        let checkpoint_failures = Counter::default();
         let compactions = Counter::default();
         let http_connections = Gauge::default();
         let errors = Family::<Reason, Counter>::default();
@@ -157,13 +163,23 @@ impl Metrics {
         );
         registry.register(
             "commit_duration_seconds",
-            "Time per store commit, fsync included",
+            "Time per store commit (a journal append), fdatasync included",
             commit_seconds.clone(),
         );
         registry.register(
             "commit_failures",
             "Store commits that failed and will be retried",
             commit_failures.clone(),
+        );
+        registry.register(
+            "checkpoint_duration_seconds",
+            "Time per checkpoint (the journal moved into the store's tables)",
+            checkpoint_seconds.clone(),
+        );
+        registry.register(
+            "checkpoint_failures",
+            "Checkpoints that failed and will be retried",
+            checkpoint_failures.clone(),
         );
         registry.register(
             "compactions",
@@ -191,6 +207,8 @@ impl Metrics {
             commit_batch_writes,
             commit_seconds,
             commit_failures,
+            checkpoint_seconds,
+            checkpoint_failures,
             compactions,
             http_connections,
             errors,
