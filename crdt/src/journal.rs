@@ -28,10 +28,12 @@
 //! | *n* | payload |
 //!
 //! The payload, in lib0 variable-length integers (`var`): the commit time (milliseconds since
-//! the Unix epoch, `var`), the number of writes (`var`), then each write: a tag byte (1 append,
-//! 2 snapshot, 3 delete), the room name (`var` length, UTF-8), and for an append its sequence
-//! number (`var`) and the update (`var` length, bytes), for a snapshot the sequence number it
-//! covers (`var`) and the state (`var` length, bytes).
+//! the Unix epoch, `var`), the number of distinct rooms the batch writes to (`var`) and their
+//! names (`var` length, UTF-8 each), the number of writes (`var`), then each write: a tag byte
+//! (1 append, 2 snapshot, 3 delete), the room's index in that list (`var`), and for an append
+//! its sequence number (`var`) and the update (`var` length, bytes), for a snapshot the sequence
+//! number it covers (`var`) and the state (`var` length, bytes). (Naming each room once per
+//! record keeps a busy room's name from costing more than its keystrokes.)
 //!
 //! A record that is cut short, fails its CRC or does not decode ends the file: it is the torn
 //! tail of an append that was never reported durable.
@@ -112,29 +114,45 @@ pub(crate) fn encode(entries: &[Entry], out: &mut Vec<u8>) {
     out.extend_from_slice(&[0; 8]); // length and CRC, filled in below
     out.extend_from_slice(&first.lsn.to_le_bytes());
     write_var_u64(out, first.time_ms);
+    // The batch's rooms in order of first appearance; a batch names few, so a linear search
+    // is fine (and keeps the order the same for the same batch).
+    let mut rooms: Vec<&str> = Vec::new();
+    let index: Vec<usize> = entries
+        .iter()
+        .map(|entry| {
+            let room = entry.write.room();
+            rooms.iter().position(|r| *r == room).unwrap_or_else(|| {
+                rooms.push(room);
+                rooms.len() - 1
+            })
+        })
+        .collect();
+    write_var_u64(out, rooms.len() as u64);
+    for room in &rooms {
+        write_var_bytes(out, room.as_bytes());
+    }
     write_var_u64(out, entries.len() as u64);
-    for entry in entries {
+    for (entry, room) in entries.iter().zip(index) {
         debug_assert_eq!(entry.time_ms, first.time_ms, "one commit time per record");
+        let room = room as u64;
         match &entry.write {
-            Write::Append { room, seq, update } => {
+            Write::Append { seq, update, .. } => {
                 out.push(TAG_APPEND);
-                write_var_bytes(out, room.as_bytes());
+                write_var_u64(out, room);
                 write_var_u64(out, *seq);
                 write_var_bytes(out, update);
             }
             Write::Snapshot {
-                room,
-                through_seq,
-                state,
+                through_seq, state, ..
             } => {
                 out.push(TAG_SNAPSHOT);
-                write_var_bytes(out, room.as_bytes());
+                write_var_u64(out, room);
                 write_var_u64(out, *through_seq);
                 write_var_bytes(out, state);
             }
-            Write::Delete { room } => {
+            Write::Delete { .. } => {
                 out.push(TAG_DELETE);
-                write_var_bytes(out, room.as_bytes());
+                write_var_u64(out, room);
             }
         }
     }
@@ -175,12 +193,21 @@ fn decode_one(bytes: &[u8], into: &mut Vec<Entry>) -> Option<usize> {
 fn decode_payload(payload: &[u8], first_lsn: u64) -> Result<Vec<Entry>, ProtocolError> {
     let mut cursor = Cursor::new(payload);
     let time_ms = cursor.read_var_u64()?;
-    // Each write takes at least two bytes (tag and room length).
+    // Each room name takes at least one byte (its length), each write two (tag and index).
+    let room_count = cursor.read_count(1)?;
+    let mut rooms: Vec<Arc<str>> = Vec::with_capacity(room_count);
+    for _ in 0..room_count {
+        rooms.push(cursor.read_var_str()?.into());
+    }
     let count = cursor.read_count(2)?;
     let mut entries = Vec::with_capacity(count);
     for lsn in (first_lsn..).take(count) {
         let tag = cursor.read_u8()?;
-        let room: Arc<str> = cursor.read_var_str()?.into();
+        let room = usize::try_from(cursor.read_var_u64()?)
+            .ok()
+            .and_then(|i| rooms.get(i))
+            .ok_or(ProtocolError::Truncated)?
+            .clone();
         let write = match tag {
             TAG_APPEND => Write::Append {
                 room,
@@ -341,6 +368,14 @@ mod tests {
         encode(&entries[..1], &mut bytes);
         encode(&entries[1..], &mut bytes);
         assert_eq!(decode_all(&bytes), entries);
+        // One batch writing to two rooms, the first again after the second.
+        let mut again = entries[0].clone();
+        again.lsn = 4;
+        again.time_ms = entries[1].time_ms;
+        let batch = vec![entries[1].clone(), entries[2].clone(), again];
+        let mut bytes = Vec::new();
+        encode(&batch, &mut bytes);
+        assert_eq!(decode_all(&bytes), batch);
     }
 
     #[test]

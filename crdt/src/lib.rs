@@ -10,9 +10,10 @@
 //! 3. [`awareness`]: a room's awareness states, with the y-protocols rules and the owner of each
 //!    client id.
 //! 4. [`doc`]: a room's document, a `yrs::Doc` fed only validated updates.
-//! 5. [`store`]: durable storage in redb (snapshot plus update log per room, compaction), one
-//!    transaction per batch of writes (the relay's store writer gathers the batches: its group
-//!    commits); its docs describe the on-disk format and its version.
+//! 5. [`store`]: durable storage: each batch of writes (the relay's store writer gathers them:
+//!    its group commits) appended to a journal file with one `fdatasync`, and moved by
+//!    checkpoints into redb (snapshot plus update log per room, compaction); its docs describe
+//!    the on-disk format and its version, the journal module's the journal's records.
 //! 6. [`error`]: one error enum per operation family.
 //!
 //! # Example

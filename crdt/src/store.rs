@@ -726,14 +726,17 @@ impl Store {
             let mut rooms = txn.open_table(ROOMS)?;
             let mut meta = txn.open_table(META)?;
             let superseded = superseded_in_batch(entries);
+            // Rooms with appends skipped as covered by a later snapshot, and their latest
+            // commit time: the room's row must still say when it last changed.
+            let mut covered_appends: BTreeMap<Arc<str>, u64> = BTreeMap::new();
             for (Entry { time_ms, write, .. }, superseded) in entries.iter().zip(superseded) {
                 let now_ms = *time_ms;
                 if superseded {
                     // A later write of this batch undoes it (a snapshot covering an append, a
-                    // deletion): only the room's commit time is kept.
+                    // deletion): only an append's commit time is kept, set once per room below.
                     if let Write::Append { room, .. } = write {
-                        let bytes = rooms.get(&**room)?.map_or(0, |info| info.value().1);
-                        rooms.insert(&**room, (now_ms, bytes))?;
+                        let latest = covered_appends.entry(room.clone()).or_insert(0);
+                        *latest = (*latest).max(now_ms);
                     }
                     continue;
                 }
@@ -771,6 +774,15 @@ impl Store {
                         log.retain_in((&**room, 0)..=(&**room, u64::MAX), |_, _| false)?;
                         rooms.remove(&**room)?;
                     }
+                }
+            }
+            for (room, time_ms) in covered_appends {
+                // A room deleted later in the batch has no row, and gets none.
+                let row = rooms.get(&*room)?.map(|info| info.value());
+                if let Some((updated, bytes)) = row
+                    && updated < time_ms
+                {
+                    rooms.insert(&*room, (time_ms, bytes))?;
                 }
             }
             meta.insert(JOURNAL_LSN_KEY, through_lsn)?;
