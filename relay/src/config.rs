@@ -141,6 +141,12 @@ pub struct Config {
     #[arg(long, env = "RELAY_COMMIT_WINDOW_MS", default_value_t = 0)]
     pub commit_window_ms: u64,
 
+    /// Journal bytes after which a checkpoint moves the journal into the store's tables (also
+    /// done every 10 seconds and at shutdown). Larger: fewer, larger redb transactions; smaller:
+    /// less to replay after a crash and less held in memory.
+    #[arg(long, env = "RELAY_CHECKPOINT_BYTES", default_value_t = 16 << 20)]
+    pub checkpoint_bytes: u64,
+
     /// Log entries after which a room's log is compacted into a snapshot.
     #[arg(long, env = "RELAY_COMPACT_ENTRIES", default_value_t = 1_000)]
     pub compact_entries: u64,
@@ -264,6 +270,7 @@ impl Default for Config {
             slow_reader_grace_ms: 30_000,
             room_queue: 256,
             commit_window_ms: 0,
+            checkpoint_bytes: 16 << 20,
             compact_entries: 1_000,
             compact_bytes: 1 << 20,
             idle_unload_secs: 10,
@@ -360,6 +367,9 @@ impl Config {
         }
         if self.compact_entries == 0 {
             return fail("--compact-entries", "must be at least 1");
+        }
+        if self.checkpoint_bytes == 0 {
+            return fail("--checkpoint-bytes", "must be at least 1");
         }
         if self.keepalive_secs == 0 || self.keepalive_secs >= 30 {
             return fail(

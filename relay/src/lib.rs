@@ -232,6 +232,7 @@ pub async fn run_with_ready(
         body_timeout_secs = config.body_timeout_secs,
         outbound_queue_bytes = config.outbound_queue_bytes,
         commit_window_ms = config.commit_window_ms,
+        checkpoint_bytes = config.checkpoint_bytes,
         compact_entries = config.compact_entries,
         compact_bytes = config.compact_bytes,
         idle_unload_secs = config.idle_unload_secs,
@@ -242,8 +243,7 @@ pub async fn run_with_ready(
     let (persist, writer) = persist::start(
         store.clone(),
         metrics.clone(),
-        Duration::from_millis(config.commit_window_ms),
-        4096,
+        persist::WriterSettings::from_config(&config),
     )
     .map_err(|e| RunError::Spawn(e.to_string()))?;
     let webhooks = match &config.webhook_url {

@@ -8,7 +8,7 @@
 //!
 //! A commit appends the batch to the store's journal (one `write`, one `fdatasync`); a second
 //! thread, the checkpointer, moves the journal into redb's tables in larger transactions, when
-//! [`CHECKPOINT_BYTES`] are waiting or the oldest waiting write is [`CHECKPOINT_AGE`] old, and
+//! `--checkpoint-bytes` are waiting or the oldest waiting write is [`CHECKPOINT_AGE`] old, and
 //! once more when the writer stops, so a relay stopped cleanly leaves an empty journal.
 //!
 //! redb is synchronous, so the writer is a plain thread and never blocks the async runtime.
@@ -35,9 +35,6 @@ const MAX_BATCH_BYTES: usize = 64 << 20;
 /// First retry delay after a failed commit; doubled up to [`MAX_RETRY_DELAY`].
 const FIRST_RETRY_DELAY: Duration = Duration::from_millis(50);
 const MAX_RETRY_DELAY: Duration = Duration::from_secs(5);
-/// Journaled bytes that start a checkpoint. Bounds the journal's size on disk and in memory, and
-/// what a start after a crash replays.
-pub(crate) const CHECKPOINT_BYTES: u64 = 16 << 20;
 /// Age of the oldest journaled write that starts a checkpoint, so that a quiet relay's tables
 /// catch up too.
 pub(crate) const CHECKPOINT_AGE: Duration = Duration::from_secs(10);
@@ -85,9 +82,13 @@ pub(crate) type PersistSender = mpsc::Sender<PersistMsg>;
 pub(crate) fn start(
     store: Arc<Store>,
     metrics: Arc<Metrics>,
-    commit_window: Duration,
-    queue_len: usize,
+    settings: WriterSettings,
 ) -> std::io::Result<(PersistSender, JoinHandle<()>)> {
+    let WriterSettings {
+        commit_window,
+        checkpoint_bytes,
+        queue_len,
+    } = settings;
     let (tx, rx) = mpsc::channel(queue_len);
     // One nudge is enough: the checkpointer takes everything journaled when it runs.
     let (nudge, nudged) = std::sync::mpsc::sync_channel(1);
@@ -96,12 +97,12 @@ pub(crate) fn start(
         let metrics = metrics.clone();
         std::thread::Builder::new()
             .name("store-checkpoint".into())
-            .spawn(move || run_checkpoints(&store, &metrics, &nudged))?
+            .spawn(move || run_checkpoints(&store, &metrics, checkpoint_bytes, &nudged))?
     };
     let handle = std::thread::Builder::new()
         .name("store-writer".into())
         .spawn(move || {
-            Writer::new(store, metrics, commit_window, nudge).run(rx);
+            Writer::new(store, metrics, commit_window, checkpoint_bytes, nudge).run(rx);
             // The nudge sender is gone: the checkpointer makes its last checkpoint and ends.
             if checkpointer.join().is_err() {
                 tracing::error!("the store checkpointer panicked");
@@ -113,7 +114,12 @@ pub(crate) fn start(
 /// The checkpointer's loop: waits for a nudge or [`CHECKPOINT_AGE`], checkpoints when enough is
 /// waiting, and retries failed checkpoints with backoff. Ends after a last checkpoint when the
 /// writer is gone.
-fn run_checkpoints(store: &Store, metrics: &Metrics, nudged: &std::sync::mpsc::Receiver<()>) {
+fn run_checkpoints(
+    store: &Store,
+    metrics: &Metrics,
+    checkpoint_bytes: u64,
+    nudged: &std::sync::mpsc::Receiver<()>,
+) {
     let span = tracing::info_span!("store_checkpoint", path = %store.path().display());
     let _entered = span.enter();
     let mut failed_attempts = 0u64;
@@ -128,7 +134,7 @@ fn run_checkpoints(store: &Store, metrics: &Metrics, nudged: &std::sync::mpsc::R
             Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => true,
         };
         let backlog = store.journal_backlog();
-        let due = backlog.bytes >= CHECKPOINT_BYTES
+        let due = backlog.bytes >= checkpoint_bytes
             || backlog.since.is_some_and(|t| t.elapsed() >= CHECKPOINT_AGE)
             || failed_attempts > 0
             || last;
@@ -176,10 +182,34 @@ fn run_checkpoints(store: &Store, metrics: &Metrics, nudged: &std::sync::mpsc::R
     }
 }
 
+/// How the writer and its checkpointer work.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct WriterSettings {
+    /// Extra wait to gather more writes into one commit.
+    pub commit_window: Duration,
+    /// Journaled bytes that start a checkpoint: bounds the journal on disk and in memory, and
+    /// what a start after a crash replays.
+    pub checkpoint_bytes: u64,
+    /// Writes the queue holds before rooms wait.
+    pub queue_len: usize,
+}
+
+impl WriterSettings {
+    /// The settings `config` gives (the writer's queue holds 4,096 writes).
+    pub(crate) fn from_config(config: &crate::config::Config) -> Self {
+        WriterSettings {
+            commit_window: Duration::from_millis(config.commit_window_ms),
+            checkpoint_bytes: config.checkpoint_bytes,
+            queue_len: 4096,
+        }
+    }
+}
+
 struct Writer {
     store: Arc<Store>,
     metrics: Arc<Metrics>,
     commit_window: Duration,
+    checkpoint_bytes: u64,
     failed_attempts: u64,
     /// Wakes the checkpointer when enough is journaled.
     nudge: std::sync::mpsc::SyncSender<()>,
@@ -190,12 +220,14 @@ impl Writer {
         store: Arc<Store>,
         metrics: Arc<Metrics>,
         commit_window: Duration,
+        checkpoint_bytes: u64,
         nudge: std::sync::mpsc::SyncSender<()>,
     ) -> Self {
         Writer {
             store,
             metrics,
             commit_window,
+            checkpoint_bytes,
             failed_attempts: 0,
             nudge,
         }
@@ -263,7 +295,7 @@ impl Writer {
                     }
                     notify_committed(&pending, &self.metrics);
                     pending.clear();
-                    if self.store.journal_backlog().bytes >= CHECKPOINT_BYTES {
+                    if self.store.journal_backlog().bytes >= self.checkpoint_bytes {
                         // Full means a nudge is already waiting.
                         let _ = self.nudge.try_send(());
                     }
@@ -350,7 +382,12 @@ mod tests {
             Store::open(&dir.path().join("p.redb"), &StoreOptions::default()).expect("open"),
         );
         let metrics = Arc::new(Metrics::new());
-        let (tx, handle) = start(store.clone(), metrics, Duration::ZERO, 16).expect("start");
+        let settings = WriterSettings {
+            commit_window: Duration::ZERO,
+            checkpoint_bytes: 16 << 20,
+            queue_len: 16,
+        };
+        let (tx, handle) = start(store.clone(), metrics, settings).expect("start");
         let (notify, mut state) = watch::channel(CommitState::default());
         let notify = Arc::new(notify);
         for seq in 1..=3 {

@@ -445,7 +445,6 @@ async fn refuse_all(
 
 #[cfg(test)]
 mod tests {
-    use std::time::Duration;
 
     use crdt::store::{Store, StoreOptions};
     use tokio_util::sync::CancellationToken;
@@ -460,9 +459,9 @@ mod tests {
             Store::open(&dir.join("relay.redb"), &StoreOptions::default()).expect("open a store"),
         );
         let metrics = Arc::new(Metrics::new());
-        let (persist, _writer) =
-            crate::persist::start(store.clone(), metrics.clone(), Duration::ZERO, 16)
-                .expect("start the store writer");
+        let settings = crate::persist::WriterSettings::from_config(&Config::default());
+        let (persist, _writer) = crate::persist::start(store.clone(), metrics.clone(), settings)
+            .expect("start the store writer");
         let ctx = Arc::new(RoomContext {
             store,
             persist,

@@ -6,19 +6,10 @@ use std::process::Command;
 
 use relay_tests::relay_bin;
 
-#[test]
-fn acknowledged_edits_survive_sigkill() {
+/// Runs the crash test with `args`; asserts it passed having acknowledged something.
+fn crashtest(args: &[&str]) {
     let output = Command::new(env!("CARGO_BIN_EXE_crashtest"))
-        .args([
-            "--kills",
-            "3",
-            "--rooms",
-            "2",
-            "--writers",
-            "3",
-            "--seed",
-            "7",
-        ])
+        .args(args)
         .arg("--relay-bin")
         .arg(relay_bin())
         .output()
@@ -41,6 +32,38 @@ fn acknowledged_edits_survive_sigkill() {
         .expect("acknowledged count");
     assert!(acked > 0, "{summary}");
     assert!(summary.contains(" 0 lost"), "{summary}");
+}
+
+#[test]
+fn acknowledged_edits_survive_sigkill() {
+    crashtest(&[
+        "--kills",
+        "3",
+        "--rooms",
+        "2",
+        "--writers",
+        "3",
+        "--seed",
+        "7",
+    ]);
+}
+
+/// The same with a checkpoint every few KiB of journal, so that kills land in the middle of
+/// checkpoints (journal files being retired, redb transactions being written) too.
+#[test]
+fn acknowledged_edits_survive_sigkill_during_checkpoints() {
+    crashtest(&[
+        "--kills",
+        "4",
+        "--rooms",
+        "2",
+        "--writers",
+        "3",
+        "--seed",
+        "11",
+        "--checkpoint-bytes",
+        "4096",
+    ]);
 }
 
 /// The fixture the cluster and crash tests trust: `AckedWriter::settle` returns only once the

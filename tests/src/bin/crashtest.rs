@@ -51,6 +51,9 @@ struct Options {
     seed: u64,
     min_run_ms: u64,
     max_run_ms: u64,
+    /// `--checkpoint-bytes` for the relay (one node only): small values make checkpoints run,
+    /// and get killed, under load.
+    checkpoint_bytes: Option<u64>,
 }
 
 fn parse_args() -> Result<Options, String> {
@@ -66,6 +69,7 @@ fn parse_args() -> Result<Options, String> {
             .map_or(1, |d| d.as_nanos() as u64),
         min_run_ms: 200,
         max_run_ms: 1500,
+        checkpoint_bytes: None,
     };
     let mut args = std::env::args().skip(1);
     while let Some(flag) = args.next() {
@@ -81,10 +85,12 @@ fn parse_args() -> Result<Options, String> {
             "--seed" => options.seed = number(value()?)?,
             "--min-run-ms" => options.min_run_ms = number(value()?)?,
             "--max-run-ms" => options.max_run_ms = number(value()?)?,
+            "--checkpoint-bytes" => options.checkpoint_bytes = Some(number(value()?)?),
             "--help" | "-h" => {
                 return Err(
                     "usage: crashtest [--cluster [--lease-secs N]] [--relay-bin PATH] [--kills N] \
-                     [--rooms N] [--writers N] [--seed N] [--min-run-ms MS] [--max-run-ms MS]"
+                     [--rooms N] [--writers N] [--seed N] [--min-run-ms MS] [--max-run-ms MS] \
+                     [--checkpoint-bytes N (the relay's; small values checkpoint under load)]"
                         .into(),
                 );
             }
@@ -156,7 +162,12 @@ async fn run(options: Options) -> Result<(), String> {
     let mut total_acked = 0;
     for round in 0..=options.kills {
         // Each round on a new port: the writers reconnect to wherever the relay listens now.
-        let mut relay = ChildRelay::start_bin(&bin, &data_dir, &[], |command| {
+        let checkpoint_bytes = options.checkpoint_bytes.map(|n| n.to_string());
+        let relay_args: Vec<&str> = match &checkpoint_bytes {
+            Some(n) => vec!["--checkpoint-bytes", n],
+            None => vec![],
+        };
+        let mut relay = ChildRelay::start_bin(&bin, &data_dir, &relay_args, |command| {
             // The relay's warnings belong in this tool's output.
             command.stderr(Stdio::inherit());
         })
