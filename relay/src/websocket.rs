@@ -33,6 +33,7 @@ use warp::path::FullPath;
 use warp::reply::Response;
 
 use crate::admission::JoinRequest;
+use crate::clock::within;
 use crate::close::CloseReason;
 use crate::edge::{error, request_token, room_name};
 use crate::outbound::{ConnHandle, Outbound};
@@ -466,16 +467,22 @@ where
 {
     let mut next = Some(first);
     let mut written = 0;
+    let mut written_bytes = 0;
     let mut close = None;
     while let Some(frame) = next.take() {
         let len = frame.len();
         if feed_message(sink, frame, slow_reader_grace).await? == Fed::TimedOut {
             return Ok(Some(CloseReason::SlowReader));
         }
-        handle.backlog.written(len);
-        metrics.frames_out.inc();
-        metrics.bytes_out.inc_by(len as u64);
         written += 1;
+        if len >= FRAGMENT_BYTES {
+            // A large message may take a while: its progress counts at once, so a client that
+            // reads slowly but steadily is not taken for a stalled one.
+            handle.backlog.written(len);
+            metrics.bytes_out.inc_by(len as u64);
+        } else {
+            written_bytes += len;
+        }
         if written < WRITE_BATCH {
             match rx.try_recv() {
                 Ok(Outbound::Frame(frame)) => next = Some(frame),
@@ -484,13 +491,19 @@ where
             }
         }
     }
-    match tokio::time::timeout(slow_reader_grace, sink.flush()).await {
-        Ok(flushed) => flushed?,
-        Err(_) => {
+    match within(slow_reader_grace, sink.flush()).await {
+        Some(flushed) => flushed?,
+        None => {
             tracing::warn!("socket took no data for the grace period; disconnecting");
             return Ok(Some(CloseReason::SlowReader));
         }
     }
+    // Small frames are accounted once per batch (one clock read), after the flush.
+    if written_bytes > 0 {
+        handle.backlog.written(written_bytes);
+    }
+    metrics.frames_out.inc_by(written as u64);
+    metrics.bytes_out.inc_by(written_bytes as u64);
     Ok(close)
 }
 
@@ -516,9 +529,9 @@ where
     Si: Sink<Message, Error = WsError> + Unpin,
 {
     let mut feed = async |item: Message| -> Result<Fed, WsError> {
-        match tokio::time::timeout(slow_reader_grace, sink.feed(item)).await {
-            Ok(fed) => fed.map(|()| Fed::Done),
-            Err(_) => {
+        match within(slow_reader_grace, sink.feed(item)).await {
+            Some(fed) => fed.map(|()| Fed::Done),
+            None => {
                 tracing::warn!("socket took no data for the grace period; disconnecting");
                 Ok(Fed::TimedOut)
             }

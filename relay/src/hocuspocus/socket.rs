@@ -614,10 +614,10 @@ async fn write<Si>(sink: &mut Si, message: Message, grace: Duration) -> Result<b
 where
     Si: Sink<Message, Error = WsError> + Unpin,
 {
-    match tokio::time::timeout(grace, sink.send(message)).await {
-        Ok(Ok(())) => Ok(true),
-        Ok(Err(_)) => Err(Stop::Gone),
-        Err(_) => Err(Stop::Slow),
+    match crate::clock::within(grace, sink.send(message)).await {
+        Some(Ok(())) => Ok(true),
+        Some(Err(_)) => Err(Stop::Gone),
+        None => Err(Stop::Slow),
     }
 }
 
