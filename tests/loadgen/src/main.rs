@@ -631,7 +631,7 @@ fn markdown(outcomes: &[Outcome], machine: &str, reproduce: &str, started: &str)
     let mut s = String::new();
     s.push_str("# Benchmarks\n\n");
     s.push_str(&format!(
-        "Latest full run{}: every scenario of issue 6 against the relay and, in the same run, its peers. \
+        "Latest full run{}: every scenario of issues 6 and 15 against the relay and, in the same run, its peers. \
          Each cell is the mean of the runs, with each run in parentheses; ratios are relay ÷ peer \
          on the means (below 1: the relay uses less, or is faster).\n\n",
         if started.is_empty() { String::new() } else { format!(" ({started})") }
@@ -643,7 +643,7 @@ fn markdown(outcomes: &[Outcome], machine: &str, reproduce: &str, started: &str)
     s.push_str(machine);
     s.push_str("\n\n");
     s.push_str(METHOD);
-    s.push_str("\n## Targets (issue 6)\n\n");
+    s.push_str("\n## Targets (issue 15)\n\n");
     let y_websocket: Vec<Outcome> = outcomes
         .iter()
         .filter(|o| o.protocol == Protocol::YWebsocket)

@@ -101,7 +101,7 @@ async fn every_preset_runs_against_the_relay() {
                     outcome.get(Metric::Clients)
                 );
             }
-            Preset::Durable => {
+            Preset::Durable | Preset::Durable1000 => {
                 assert!(outcome.get(Metric::AckedUpdates).is_some_and(|n| n > 0.0));
                 assert_eq!(
                     outcome.get(Metric::AckedUpdates),

@@ -1,4 +1,4 @@
-//! durable: 100 rooms, each with one writer and one observer; a writer sends an update, waits for
+//! durable (100 rooms) and durable-1000 (1,000 rooms): each room with one writer and one observer; a writer sends an update, waits for
 //! its acknowledgement (the relay's *saved*: committed and fsynced; for peers without it,
 //! delivery to the observer) and sends the next: acknowledged updates per second and the time to
 //! each acknowledgement.
@@ -18,7 +18,7 @@ use tokio_tungstenite::tungstenite::Message as WsMessage;
 
 use super::read::{Hooks, read_loop};
 use super::rooms::{check_convergence, create_rooms, join_all, room_names};
-use super::{Ctx, Outcome, Pcts, ServerCpu, Size};
+use super::{Ctx, Outcome, Pcts, Preset, ServerCpu, Size};
 use crate::client::{self, MapWriter, SendLog, Ws};
 use crate::metric::Metric;
 use crate::monitor::Monitor;
@@ -42,10 +42,14 @@ fn durable_window() -> usize {
         .unwrap_or(1)
 }
 
-fn durable_shape(size: Size) -> DurableShape {
+fn durable_shape(preset: Preset, size: Size) -> DurableShape {
     match size {
         Size::Full => DurableShape {
-            rooms: 100,
+            rooms: if preset == Preset::Durable1000 {
+                1000
+            } else {
+                100
+            },
             window: durable_window(),
             seconds: 15.0,
         },
@@ -59,8 +63,8 @@ fn durable_shape(size: Size) -> DurableShape {
 
 /// Everything a scenario run needs besides the server.
 /// What the preset does, at `size`.
-pub(super) fn describe(size: Size) -> String {
-    let d = durable_shape(size);
+pub(super) fn describe(preset: Preset, size: Size) -> String {
+    let d = durable_shape(preset, size);
     format!(
         "{} rooms, 1 writer + 1 observer each, {} updates in flight per writer, {} s",
         d.rooms, d.window, d.seconds
@@ -128,8 +132,13 @@ async fn durable_writer(
 }
 
 /// Runs the preset against `server`.
-pub(super) async fn run(server: &Server, ctx: &Ctx, out: &mut Outcome) -> anyhow::Result<()> {
-    let mut shape = durable_shape(ctx.size);
+pub(super) async fn run(
+    preset: Preset,
+    server: &Server,
+    ctx: &Ctx,
+    out: &mut Outcome,
+) -> anyhow::Result<()> {
+    let mut shape = durable_shape(preset, ctx.size);
     if let Some(s) = ctx.seconds {
         shape.seconds = s;
     }

@@ -59,13 +59,15 @@ pub enum Preset {
     JoinStorm,
     /// 100 rooms writing as fast as saves are acknowledged.
     Durable,
+    /// The same with 1,000 rooms.
+    Durable1000,
     /// The automerge-paper trace through one client, one update per edit.
     LargeDoc,
 }
 
 impl Preset {
     /// Every preset, in the order.
-    pub const ALL: [Preset; 9] = [
+    pub const ALL: [Preset; 10] = [
         Preset::Fanout10,
         Preset::Fanout100,
         Preset::Fanout1000,
@@ -74,6 +76,7 @@ impl Preset {
         Preset::Idle,
         Preset::JoinStorm,
         Preset::Durable,
+        Preset::Durable1000,
         Preset::LargeDoc,
     ];
 
@@ -88,6 +91,7 @@ impl Preset {
             Preset::Idle => "idle",
             Preset::JoinStorm => "join-storm",
             Preset::Durable => "durable",
+            Preset::Durable1000 => "durable-1000",
             Preset::LargeDoc => "large-doc",
         }
     }
@@ -119,7 +123,7 @@ impl Preset {
             Preset::ManyRooms => many_rooms::describe(size),
             Preset::Idle => idle::describe(size),
             Preset::JoinStorm => join_storm::describe(size),
-            Preset::Durable => durable::describe(size),
+            Preset::Durable | Preset::Durable1000 => durable::describe(self, size),
             Preset::LargeDoc => large_doc::describe(size),
         }
     }
@@ -437,7 +441,9 @@ pub async fn run<L: Launcher>(preset: Preset, launcher: &mut L, ctx: &Ctx, tag: 
                         timed::run(&server, many_rooms::shape(ctx.size), ctx, &mut out).await
                     }
                     Preset::Idle => idle::run(&server, ctx, &mut out).await,
-                    Preset::Durable => durable::run(&server, ctx, &mut out).await,
+                    Preset::Durable | Preset::Durable1000 => {
+                        durable::run(preset, &server, ctx, &mut out).await
+                    }
                     Preset::JoinStorm | Preset::LargeDoc => unreachable!("matched above"),
                 };
                 launcher.stop(server).await;
