@@ -21,11 +21,14 @@ use yrs::types::text::YChange;
 use yrs::updates::decoder::Decode;
 use yrs::{Any, Doc, GetString, Out, ReadTxn, StateVector, Text, Transact, Update};
 
-// The generator, to check that this build still writes what the committed file holds.
-#[path = "../examples/store_format_1.rs"]
+// The generators, to check that this build still writes what the committed files hold. Format
+// 2's includes format 1's (a file may be loaded as a module only once).
+#[path = "../examples/store_format_2.rs"]
 #[allow(dead_code)] // its `main`
 #[allow(unreachable_pub)] // The generator is an example binary too: its items are `pub` there.
-mod generator;
+mod generator_2;
+
+use generator_2::format_1 as generator;
 
 use generator::{DELETED, NOTES, PLAIN, SNAPSHOT_ONLY};
 
@@ -116,8 +119,9 @@ fn array_json(doc: &Doc, name: &str) -> serde_json::Value {
     serde_json::to_value(&any).expect("JSON")
 }
 
-/// Checks every room's content and layout (what any build that writes these rooms must give).
-fn check_rooms(store: &Store) {
+/// Checks every room's content and layout (what any build that writes these rooms must give),
+/// and that the store lists exactly `listed`.
+fn check_rooms(store: &Store, listed: &[&str]) {
     let notes = load(store, NOTES);
     assert_eq!(
         layout(&notes),
@@ -213,8 +217,11 @@ fn check_rooms(store: &Store) {
         .into_iter()
         .map(|room| room.name)
         .collect();
-    assert_eq!(names, [NOTES, PLAIN, SNAPSHOT_ONLY], "the stored rooms");
+    assert_eq!(names, listed, "the stored rooms");
 }
+
+/// The format-1 rooms, as listed.
+const FORMAT_1_ROOMS: [&str; 3] = [NOTES, PLAIN, SNAPSHOT_ONLY];
 
 #[test]
 fn the_committed_store_is_format_1_and_small() {
@@ -236,7 +243,7 @@ fn the_committed_store_is_format_1_and_small() {
 fn every_room_of_the_format_1_store_loads_exactly() {
     let (_dir, path) = fixture_copy();
     let store = open(&path);
-    check_rooms(&store);
+    check_rooms(&store, &FORMAT_1_ROOMS);
     // What the format-1 writer recorded, to the byte and the millisecond.
     let room = |name: &str, updated_ms, stored_bytes| RoomInfo {
         name: name.to_owned(),
@@ -335,5 +342,112 @@ fn the_generator_writes_the_same_rooms_with_this_build() {
     let dir = tempfile::tempdir().expect("a temporary directory");
     let path = dir.path().join("relay.redb");
     generator::write_store(&path).expect("the generator runs");
-    check_rooms(&open(&path));
+    check_rooms(&open(&path), &FORMAT_1_ROOMS);
+}
+
+// Format 2: format 1's tables plus the journal. The committed directory holds `relay.redb` and
+// one journal file with a write that no checkpoint moved into the tables (as a crash leaves it).
+
+/// The committed store of format 2.
+const FIXTURE_2: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/store-format-2");
+
+/// The files of a store directory, by name.
+fn file_names(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .expect("read the directory")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+/// A copy of the committed directory in a temporary one: opening a store writes to it.
+fn fixture_2_copy() -> (TempDir, PathBuf) {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    for name in file_names(Path::new(FIXTURE_2)) {
+        std::fs::copy(Path::new(FIXTURE_2).join(&name), dir.path().join(&name))
+            .expect("copy a committed file");
+    }
+    let path = dir.path().join("relay.redb");
+    (dir, path)
+}
+
+/// Checks the format-2 rooms: format 1's, and the one only the journal holds.
+fn check_format_2_rooms(store: &Store) {
+    check_rooms(
+        store,
+        &[generator_2::JOURNAL_ONLY, NOTES, PLAIN, SNAPSHOT_ONLY],
+    );
+    let journal_only = load(store, generator_2::JOURNAL_ONLY);
+    assert_eq!(
+        layout(&journal_only),
+        Layout {
+            next_seq: 2,
+            log_entries: 1,
+            snapshot: false
+        }
+    );
+    assert_eq!(
+        formatted_text(journal_only.doc.yrs(), "t"),
+        [("only in the journal".to_owned(), false)]
+    );
+}
+
+#[test]
+fn the_committed_store_of_format_2_has_a_journal_not_yet_checkpointed() {
+    let names = file_names(Path::new(FIXTURE_2));
+    assert_eq!(names.len(), 2, "{names:?}");
+    assert_eq!(names[0], "relay.redb");
+    assert!(names[1].starts_with("relay.redb.journal."), "{names:?}");
+    // Read without the store (which would move the journal in): format 2 in `meta`, and the
+    // journal-only room absent from the tables.
+    const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+    const ROOMS: TableDefinition<&str, (u64, u64)> = TableDefinition::new("rooms");
+    let (_dir, path) = fixture_2_copy();
+    let db = redb::Database::open(&path).expect("a redb database");
+    let read = db.begin_read().expect("read");
+    let meta = read.open_table(META).expect("the meta table");
+    let version = meta.get("format_version").expect("read").map(|v| v.value());
+    assert_eq!(version, Some(2));
+    let checkpointed = meta.get("journal_lsn").expect("read").map(|v| v.value());
+    assert_eq!(checkpointed, Some(15));
+    assert!(names[1].ends_with(".00000000000000000016"), "{names:?}");
+    let rooms = read.open_table(ROOMS).expect("the rooms table");
+    assert!(
+        rooms
+            .get(generator_2::JOURNAL_ONLY)
+            .expect("read")
+            .is_none()
+    );
+    let size: u64 = names
+        .iter()
+        .map(|n| {
+            std::fs::metadata(Path::new(FIXTURE_2).join(n))
+                .expect("a file")
+                .len()
+        })
+        .sum();
+    assert!(size <= 160 << 10, "{FIXTURE_2} holds {size} bytes");
+}
+
+#[test]
+fn every_room_of_the_format_2_store_loads_exactly_and_its_journal_is_moved_in() {
+    let (dir, path) = fixture_2_copy();
+    {
+        let store = open(&path);
+        check_format_2_rooms(&store);
+    }
+    assert_eq!(
+        file_names(dir.path()),
+        ["relay.redb"],
+        "the journal was moved in"
+    );
+    check_format_2_rooms(&open(&path));
+}
+
+#[test]
+fn the_format_2_generator_writes_the_same_rooms_with_this_build() {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    generator_2::write_store(dir.path()).expect("the generator runs");
+    check_format_2_rooms(&open(&dir.path().join("relay.redb")));
 }
