@@ -577,7 +577,7 @@ impl Store {
             .map(|(write, lsn)| Entry {
                 lsn,
                 time_ms,
-                write: write.clone(),
+                write: compact_copy(write),
             })
             .collect();
         if entries.is_empty() {
@@ -897,6 +897,22 @@ fn superseded_in_batch(entries: &[Entry]) -> Vec<bool> {
         }
     }
     superseded
+}
+
+/// `write`, with an update in an allocation of its own, to be held until the next checkpoint. An
+/// update is often a slice of the buffer its frame was read into, which a large message grew:
+/// keeping the slice keeps the whole buffer. Two clients each sending 2 KiB edits between
+/// 256 KiB awareness messages (`tests/interop/slow-reader.test.mjs`) took the relay to 612 MB
+/// without the copy; 147 MB with it, as before the journal (146 MB).
+fn compact_copy(write: &Write) -> Write {
+    match write {
+        Write::Append { room, seq, update } => Write::Append {
+            room: room.clone(),
+            seq: *seq,
+            update: Bytes::copy_from_slice(update),
+        },
+        other => other.clone(),
+    }
 }
 
 /// Milliseconds since the Unix epoch (0 if the clock is before it).
