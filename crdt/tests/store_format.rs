@@ -223,15 +223,20 @@ fn check_rooms(store: &Store, listed: &[&str]) {
 /// The format-1 rooms, as listed.
 const FORMAT_1_ROOMS: [&str; 3] = [NOTES, PLAIN, SNAPSHOT_ONLY];
 
-#[test]
-fn the_committed_store_is_format_1_and_small() {
+/// A value of the `meta` table, read with redb alone (opening a [`Store`] would migrate the file
+/// and move its journal in).
+fn meta_value(path: &Path, key: &str) -> Option<u64> {
     const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
-    let (_dir, path) = fixture_copy();
-    let db = redb::Database::open(&path).expect("a redb database");
+    let db = redb::Database::open(path).expect("a redb database");
     let read = db.begin_read().expect("read");
     let meta = read.open_table(META).expect("the meta table");
-    let version = meta.get("format_version").expect("read").map(|v| v.value());
-    assert_eq!(version, Some(FIXTURE_FORMAT));
+    meta.get(key).expect("read").map(|v| v.value())
+}
+
+#[test]
+fn the_committed_store_is_format_1_and_small() {
+    let (_dir, path) = fixture_copy();
+    assert_eq!(meta_value(&path, "format_version"), Some(FIXTURE_FORMAT));
     // A fixture in the repository must stay small (it is 64 KiB).
     let size = std::fs::metadata(FIXTURE)
         .expect("the committed file")
@@ -301,15 +306,11 @@ fn a_format_1_store_is_migrated_to_the_current_format_and_stays_writable() {
     }
     // Reopened, it holds what was written, and says it is of this build's format (which a
     // format-1 build refuses: it would not read the journal).
-    {
-        const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
-        let db = redb::Database::open(&path).expect("a redb database");
-        let read = db.begin_read().expect("read");
-        let meta = read.open_table(META).expect("the meta table");
-        let version = meta.get("format_version").expect("read").map(|v| v.value());
-        assert_eq!(version, Some(crdt::store::FORMAT_VERSION));
-        const { assert!(crdt::store::FORMAT_VERSION > FIXTURE_FORMAT) };
-    }
+    assert_eq!(
+        meta_value(&path, "format_version"),
+        Some(crdt::store::FORMAT_VERSION)
+    );
+    const { assert!(crdt::store::FORMAT_VERSION > FIXTURE_FORMAT) };
     let store = open(&path);
     let plain = load(&store, PLAIN);
     assert_eq!(
@@ -401,17 +402,13 @@ fn the_committed_store_of_format_2_has_a_journal_not_yet_checkpointed() {
     assert!(names[1].starts_with("relay.redb.journal."), "{names:?}");
     // Read without the store (which would move the journal in): format 2 in `meta`, and the
     // journal-only room absent from the tables.
-    const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
     const ROOMS: TableDefinition<&str, (u64, u64)> = TableDefinition::new("rooms");
     let (_dir, path) = fixture_2_copy();
+    assert_eq!(meta_value(&path, "format_version"), Some(2));
+    assert_eq!(meta_value(&path, "journal_lsn"), Some(15));
+    assert!(names[1].ends_with(".00000000000000000016"), "{names:?}");
     let db = redb::Database::open(&path).expect("a redb database");
     let read = db.begin_read().expect("read");
-    let meta = read.open_table(META).expect("the meta table");
-    let version = meta.get("format_version").expect("read").map(|v| v.value());
-    assert_eq!(version, Some(2));
-    let checkpointed = meta.get("journal_lsn").expect("read").map(|v| v.value());
-    assert_eq!(checkpointed, Some(15));
-    assert!(names[1].ends_with(".00000000000000000016"), "{names:?}");
     let rooms = read.open_table(ROOMS).expect("the rooms table");
     assert!(
         rooms

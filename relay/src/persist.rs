@@ -129,55 +129,54 @@ fn run_checkpoints(
         } else {
             CHECKPOINT_AGE / 4
         };
-        let last = match nudged.recv_timeout(wait) {
-            Ok(()) | Err(std::sync::mpsc::RecvTimeoutError::Timeout) => false,
-            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => true,
-        };
+        let stopping = matches!(
+            nudged.recv_timeout(wait),
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected)
+        );
         let backlog = store.journal_backlog();
-        let due = backlog.bytes >= checkpoint_bytes
-            || backlog.since.is_some_and(|t| t.elapsed() >= CHECKPOINT_AGE)
-            || failed_attempts > 0
-            || last;
-        if !due || backlog.writes == 0 {
-            if last {
-                break;
-            }
-            continue;
+        let due = backlog.writes > 0
+            && (stopping
+                || failed_attempts > 0
+                || backlog.bytes >= checkpoint_bytes
+                || backlog.since.is_some_and(|t| t.elapsed() >= CHECKPOINT_AGE));
+        if due {
+            failed_attempts = checkpoint_once(store, metrics, failed_attempts);
         }
-        let started = Instant::now();
-        match store.checkpoint() {
-            Ok(writes) => {
-                metrics
-                    .checkpoint_seconds
-                    .observe(started.elapsed().as_secs_f64());
-                if failed_attempts > 0 {
-                    tracing::info!(
-                        attempts = failed_attempts,
-                        "checkpoint succeeded after failures"
-                    );
-                }
-                tracing::debug!(writes, "checkpoint");
-                failed_attempts = 0;
-            }
-            Err(error) => {
-                failed_attempts += 1;
-                metrics.checkpoint_failures.inc();
-                tracing::error!(
-                    %error,
-                    attempt = failed_attempts,
-                    "checkpoint failed; the journal keeps every write and it is retried"
-                );
-                if let Err(error) = store.reopen() {
-                    tracing::error!(%error, "cannot reopen the store; will retry");
-                }
-                if last {
-                    // Stopping: the journal holds everything, the next start moves it.
-                    break;
-                }
-            }
-        }
-        if last {
+        // A last checkpoint that failed leaves the journal to the next start, which moves it.
+        if stopping {
             break;
+        }
+    }
+}
+
+/// One checkpoint; returns the failed attempts in a row after it (0 when it succeeded).
+fn checkpoint_once(store: &Store, metrics: &Metrics, failed_attempts: u64) -> u64 {
+    let started = Instant::now();
+    match store.checkpoint() {
+        Ok(writes) => {
+            metrics
+                .checkpoint_seconds
+                .observe(started.elapsed().as_secs_f64());
+            if failed_attempts > 0 {
+                tracing::info!(
+                    attempts = failed_attempts,
+                    "checkpoint succeeded after failures"
+                );
+            }
+            tracing::debug!(writes, "checkpoint");
+            0
+        }
+        Err(error) => {
+            metrics.checkpoint_failures.inc();
+            tracing::error!(
+                %error,
+                attempt = failed_attempts + 1,
+                "checkpoint failed; the journal keeps every write and it is retried"
+            );
+            if let Err(error) = store.reopen() {
+                tracing::error!(%error, "cannot reopen the store; will retry");
+            }
+            failed_attempts + 1
         }
     }
 }
